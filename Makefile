@@ -1,0 +1,41 @@
+# Two commands on a fresh machine: `make run` and `make test`. Each does its own set-up.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: run test bench lint store examples clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+# The embedded store (FerretDB, SQLite backend) is built once into .cache/bin; not needed with MONGODB_URI.
+store:
+	@if [ -z "$$MONGODB_URI" ]; then scripts/install-ferretdb.sh; fi
+
+examples:
+	@scripts/fetch-fhir-examples.sh
+
+run: store $(STAMP)
+	$(BIN)/medunion run
+
+lint: $(STAMP)
+	$(BIN)/ruff check fhir_server tests bench scripts
+	$(BIN)/mypy
+
+# Tests always run against a throwaway FerretDB that the test session starts and stops.
+test: $(STAMP) examples
+	@scripts/install-ferretdb.sh
+	$(BIN)/ruff check fhir_server tests bench scripts
+	$(BIN)/mypy
+	$(BIN)/pytest
+
+bench: $(STAMP)
+	@scripts/install-ferretdb.sh
+	$(BIN)/python -m bench.http_crud
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

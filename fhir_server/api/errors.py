@@ -1,0 +1,67 @@
+"""Translation of the exception tree into HTTP status + OperationOutcome, for every route including unknown ones."""
+
+from __future__ import annotations
+
+import logging
+import traceback
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from fhir_server.api.formats import Rendering, fhir_response, rendering_of
+from fhir_server.errors import HubError, Issue, NotAcceptable, operation_outcome
+
+__all__ = ["install_error_handlers"]
+
+log = logging.getLogger("medunion.api")
+
+_HTTP_CODES = {404: "not-found", 405: "not-supported", 413: "too-costly", 401: "login", 403: "forbidden"}
+
+
+def _rendering(request: Request) -> Rendering:
+    try:
+        r = rendering_of(request)
+        return Rendering(r.fmt, r.pretty, "false", None)
+    except (HubError, ValueError):
+        return Rendering("json", False, "false", None)
+
+
+def _outcome(request: Request, status: int, issues: list[Issue], headers: dict[str, str] | None = None) -> Response:
+    return fhir_response(operation_outcome(issues), _rendering(request), status=status, headers=headers, shape=False)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(HubError)
+    async def _hub_error(request: Request, exc: HubError) -> Response:
+        if isinstance(exc, NotAcceptable):  # cannot honour Accept: answer in JSON
+            return fhir_response(operation_outcome(exc.issues), Rendering("json", False, "false", None),
+                                 status=exc.status, headers=exc.headers, shape=False)
+        return _outcome(request, exc.status, exc.issues, exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 404:
+            text = f"No route for {request.method} {request.url.path}"
+        elif exc.status_code == 405:
+            text = f"{request.method} is not supported on {request.url.path}"
+        else:
+            text = str(exc.detail)
+        return _outcome(request, exc.status_code, [Issue(code=_HTTP_CODES.get(exc.status_code, "processing"),
+                                                         diagnostics=text)])
+
+    @app.exception_handler(RequestValidationError)
+    async def _request_error(request: Request, exc: RequestValidationError) -> Response:
+        issues = [Issue(code="invalid", diagnostics=f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}")
+                  for e in exc.errors()]
+        return _outcome(request, 400, issues)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        # no message and no locals: they can carry patient data (DESIGN: patient data never goes into logs)
+        frames = "".join(traceback.format_tb(exc.__traceback__))
+        log.error("unhandled %s on %s %s\n%s", type(exc).__name__, request.method, request.scope.get("route")
+                  and getattr(request.scope["route"], "path", "?"), frames)
+        return _outcome(request, 500, [Issue(code="exception", diagnostics="Internal server error; the hub's log "
+                                             "has the details")])

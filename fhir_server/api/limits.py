@@ -1,0 +1,55 @@
+"""Pure-ASGI middleware: a time limit per request and an access log without patient data."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["RequestLimits"]
+
+log = logging.getLogger("medunion.access")
+
+_TIMEOUT_BODY = orjson.dumps({"resourceType": "OperationOutcome", "issue": [{
+    "severity": "error", "code": "timeout", "diagnostics": "The request took longer than the hub's limit"}]})
+
+
+class RequestLimits:
+    """Ends a request that runs past ``timeout`` seconds with 503, and logs method, route template, status and
+    duration: never the URL (ids, identifiers and search values are patient data)."""
+
+    def __init__(self, app: ASGIApp, *, timeout: float) -> None:
+        self.app = app
+        self.timeout = timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        state: dict[str, Any] = {"status": 0}
+
+        async def tracking_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                state["status"] = message["status"]
+            await send(message)
+
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self.app(scope, receive, tracking_send)
+        except TimeoutError:
+            if state["status"] == 0:
+                state["status"] = 503
+                await send({"type": "http.response.start", "status": 503, "headers": [
+                    (b"content-type", b"application/fhir+json; charset=utf-8"), (b"retry-after", b"5")]})
+                await send({"type": "http.response.body", "body": _TIMEOUT_BODY})
+        finally:
+            if log.isEnabledFor(logging.INFO):
+                route = scope.get("route")
+                template = getattr(route, "path", "?") if route is not None else "(no route)"
+                log.info("%s %s %s %.1fms", scope["method"], template, state["status"],
+                         (time.perf_counter() - started) * 1000)

@@ -1,0 +1,47 @@
+"""Composition root: builds the FastAPI app and wires storage, service, auth and entry points together."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+
+from fhir_server.api.deps import TokenCache
+from fhir_server.api.errors import install_error_handlers
+from fhir_server.api.limits import RequestLimits
+from fhir_server.api.routes import router, well_known
+from fhir_server.auth.tokens import TokenVerifier
+from fhir_server.service import ResourceService
+from fhir_server.settings import Settings
+from fhir_server.storage import ResourceStore, connect
+
+__all__ = ["create_app"]
+
+
+def create_app(settings: Settings, *, mongodb_uri: str | None = None) -> Any:
+    """The ASGI app. ``mongodb_uri`` overrides settings (the embedded store's address)."""
+    uri = mongodb_uri or settings.mongodb_uri
+    if uri is None:
+        raise ValueError("create_app needs a MongoDB URI (MONGODB_URI or the embedded store)")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        client = await connect(uri)
+        store = ResourceStore(client[settings.mongodb_database], lease_seconds=settings.write_lease_seconds)
+        await store.ensure_indexes()
+        app.state.settings = settings
+        app.state.store = store
+        app.state.service = ResourceService(store=store, settings=settings)
+        app.state.tokens = TokenCache(TokenVerifier(settings))
+        try:
+            yield
+        finally:
+            await client.close()
+
+    app = FastAPI(title="MedUnion Hub", lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None)
+    app.include_router(router, prefix="/fhir")
+    app.include_router(well_known)
+    install_error_handlers(app)
+    return RequestLimits(app, timeout=settings.request_timeout_seconds)

@@ -1,0 +1,112 @@
+"""The embedded default document store: FerretDB (SQLite backend) on loopback, started and stopped by the hub.
+
+Used when ``MONGODB_URI`` is not set. The binary is built once by ``scripts/install-ferretdb.sh`` into
+``.cache/bin`` of the checkout (``make run`` and ``make test`` do that). Telemetry is off
+(``--telemetry=disable`` and ``DO_NOT_TRACK=1``); FerretDB's debug HTTP listener is off.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+__all__ = ["EmbeddedStore", "EmbeddedStoreError", "find_ferretdb", "free_port"]
+
+_REPO_BIN = Path(__file__).resolve().parent.parent / ".cache" / "bin" / "ferretdb"
+
+
+class EmbeddedStoreError(RuntimeError):
+    """The embedded store cannot be started; the message says what to install or set."""
+
+
+def find_ferretdb(explicit: Path | None = None) -> Path:
+    for candidate in (explicit, _REPO_BIN, Path.cwd() / ".cache" / "bin" / "ferretdb"):
+        if candidate is not None and candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    found = shutil.which("ferretdb")
+    if found:
+        return Path(found)
+    hint = "install Go and run `make run` (it builds FerretDB once)" if shutil.which("go") is None else (
+        "run `scripts/install-ferretdb.sh` (or `make run`)")
+    raise EmbeddedStoreError(
+        f"No FerretDB binary for the embedded store: {hint}, or set MONGODB_URI to a MongoDB server.")
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the hub dies, even by SIGKILL (Linux prctl PR_SET_PDEATHSIG)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+class EmbeddedStore:
+    """A FerretDB child process with its SQLite files under ``data_dir``."""
+
+    def __init__(self, *, data_dir: Path, port: int, binary: Path | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = port
+        self.binary = find_ferretdb(binary)
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = data_dir / "ferretdb.log"
+
+    @property
+    def uri(self) -> str:
+        return f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
+
+    def start(self, *, timeout: float = 30.0) -> None:
+        if _port_open(self.port):
+            raise EmbeddedStoreError(
+                f"Port 127.0.0.1:{self.port} is already in use: another hub or store is running there. "
+                "Stop it or set MEDUNION_FERRETDB_PORT.")
+        sqlite_dir = self.data_dir / "sqlite"
+        sqlite_dir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "DO_NOT_TRACK": "1", "FERRETDB_TELEMETRY": "disable"}
+        args = [
+            str(self.binary), "--handler=sqlite", f"--sqlite-url=file:{sqlite_dir}/",
+            f"--state-dir={self.data_dir}", f"--listen-addr=127.0.0.1:{self.port}", "--debug-addr=-",
+            "--telemetry=disable", "--log-level=warn", "--log-format=text", "--no-log-uuid",
+        ]
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env,  # noqa: S603
+                                            stdin=subprocess.DEVNULL, start_new_session=True,
+                                            preexec_fn=_die_with_parent)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                tail = self.log_path.read_text(errors="replace")[-2000:]
+                raise EmbeddedStoreError(f"FerretDB exited at start (code {self.process.returncode}):\n{tail}")
+            if _port_open(self.port):
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise EmbeddedStoreError(f"FerretDB did not listen on 127.0.0.1:{self.port} within {timeout:.0f} s")
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=5)

@@ -1,0 +1,92 @@
+"""Typed configuration of the hub, read from the environment (prefix ``MEDUNION_``) and checked at start-up.
+
+Every setting is documented in ``medunion.env.example`` at the root of the checkout.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+from zoneinfo import ZoneInfo
+
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "SettingsError"]
+
+
+class SettingsError(ValueError):
+    """A setting that makes it unsafe or impossible to start."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MEDUNION_", extra="ignore", populate_by_name=True)
+
+    env: Literal["development", "production"] = "development"
+    home: Path = Field(default=Path(".data"), description="data folder: embedded store, keys, logs")
+
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    base_url: str | None = Field(default=None, description="public base of the FHIR API; default from host/port")
+
+    # Document store. Unset: the hub starts its embedded FerretDB (SQLite backend) on loopback.
+    mongodb_uri: str | None = Field(default=None, validation_alias=AliasChoices("MONGODB_URI", "MEDUNION_MONGODB_URI"))
+    mongodb_database: str = "medunion"
+    ferretdb_port: int = 27117
+    ferretdb_bin: Path | None = None
+
+    # Limits of the HTTP listener.
+    max_body_bytes: int = 8 * 1024 * 1024
+    history_max_count: int = 1000
+    history_default_count: int = 50
+    write_retries: int = 20
+    write_lease_seconds: float = 120.0  # longer than any request may run
+    request_timeout_seconds: float = 60.0
+    max_connections: int = 1000
+
+    # Authorization (SMART App Launch v2 scopes on bearer JWTs).
+    auth_issuer: str = "medunion-dev"
+    auth_audience: str | None = Field(default=None, description="default: the FHIR base URL")
+    jwks_file: Path | None = Field(default=None, description="public keys (JWKS) that sign accepted tokens")
+    signing_key_file: Path | None = Field(default=None, description="private JWK used by `medunion token`")
+    jwt_hs256_secret: str | None = Field(default=None, description="development only")
+    token_leeway_seconds: int = 30
+
+    timezone: str = "Asia/Shanghai"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        ZoneInfo(value)
+        return value
+
+    @model_validator(mode="after")
+    def _safe_outside_development(self) -> Settings:
+        if self.env == "production":
+            if self.jwt_hs256_secret:
+                raise SettingsError("MEDUNION_JWT_HS256_SECRET is refused in production: use RS256/ES256 via a JWKS")
+            if self.jwks_file is None:
+                raise SettingsError("production needs MEDUNION_JWKS_FILE (the public keys of your token issuer)")
+            if self.mongodb_uri is None:
+                raise SettingsError("production needs MONGODB_URI (the embedded store is for development)")
+            if self.auth_issuer == "medunion-dev":
+                raise SettingsError("production needs MEDUNION_AUTH_ISSUER set to your token issuer")
+        return self
+
+    @property
+    def fhir_base(self) -> str:
+        if self.base_url:
+            return self.base_url.rstrip("/")
+        return f"http://{self.http_host}:{self.http_port}/fhir"
+
+    @property
+    def audience(self) -> str:
+        return self.auth_audience or self.fhir_base
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.home / "keys"

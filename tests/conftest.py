@@ -1,0 +1,119 @@
+"""Test session: a real FerretDB on a free loopback port and the real hub (`medunion run`) in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from fhir_server.auth.tokens import mint_token
+from fhir_server.embedded_store import EmbeddedStore, free_port
+from fhir_server.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / ".cache" / "fhir-r4-examples" / "package"
+ADMIN = "system/*.cruds"
+
+
+@dataclass
+class Hub:
+    """A running hub process and what a client needs to talk to it."""
+
+    base: str
+    env: dict[str, str]
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    tokens: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def settings(self) -> Settings:
+        return settings_from(self.env)
+
+    def token(self, scope: str = ADMIN, *, sub: str = "tester", **kw: object) -> str:
+        key = f"{scope}|{sub}|{sorted(kw.items())}"
+        if key not in self.tokens:
+            self.tokens[key] = mint_token(self.settings, subject=sub, scope=scope, **kw)  # type: ignore[arg-type]
+        return self.tokens[key]
+
+    def client(self, scope: str = ADMIN, **kw: object) -> httpx.Client:
+        return httpx.Client(base_url=self.base, timeout=60,
+                            headers={"Authorization": f"Bearer {self.token(scope, **kw)}",
+                                     "Content-Type": "application/fhir+json"})
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def settings_from(env: dict[str, str]) -> Settings:
+    saved = dict(os.environ)
+    try:
+        os.environ.clear()
+        os.environ.update(env)
+        return Settings()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@pytest.fixture(scope="session")
+def store_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    store = EmbeddedStore(data_dir=tmp_path_factory.mktemp("ferretdb"), port=free_port())
+    store.start()
+    yield store.uri
+    store.stop()
+
+
+def start_hub(store_uri: str, home: Path, *, database: str = "medunion", extra: dict[str, str] | None = None) -> Hub:
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("MEDUNION_")},
+        "MONGODB_URI": store_uri, "MEDUNION_HOME": str(home), "MEDUNION_HTTP_PORT": str(port),
+        "MEDUNION_MONGODB_DATABASE": database, **(extra or {}),
+    }
+    log_path = home / "hub.log"
+    home.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen([sys.executable, "-m", "fhir_server.cli", "run"], env=env, stdout=log,
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}/fhir"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"hub exited at start:\n{log_path.read_text()}")
+        try:
+            if httpx.get(f"{base}/metadata", timeout=2).status_code == 200:
+                return Hub(base=base, env=env, process=process, log_path=log_path)
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise RuntimeError(f"hub did not answer within 60 s:\n{log_path.read_text()}")
+
+
+def stop_hub(hub: Hub) -> None:
+    if hub.process.poll() is None:
+        hub.process.terminate()
+        try:
+            hub.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            hub.process.kill()
+
+
+@pytest.fixture(scope="session")
+def hub(store_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
+    running = start_hub(store_uri, tmp_path_factory.mktemp("hub"), extra={"MEDUNION_MAX_BODY_BYTES": "2000000"})
+    yield running
+    stop_hub(running)
+
+
+@pytest.fixture
+def api(hub: Hub) -> Iterator[httpx.Client]:
+    with hub.client() as client:
+        yield client

@@ -1,0 +1,272 @@
+"""Every REST interaction and HTTP header of the FHIR R4 core (http.html), against the running hub."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import timedelta
+from email.utils import format_datetime, parsedate_to_datetime
+
+import httpx
+
+from tests.conftest import Hub
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex[:20]
+
+
+def patient(pid: str | None = None, family: str = "王", **extra: object) -> dict[str, object]:
+    body: dict[str, object] = {"resourceType": "Patient", "name": [{"family": family, "given": ["小东"]}],
+                               "gender": "male", "birthDate": "1970-03-01", **extra}
+    if pid:
+        body["id"] = pid
+    return body
+
+
+def test_create_assigns_id_version_and_headers(api: httpx.Client, hub: Hub) -> None:
+    r = api.post("/Patient", json=patient(identifier=[{"system": "urn:mrn", "value": new_id()}]))
+    assert r.status_code == 201, r.text
+    body = r.json()
+    rid = body["id"]
+    assert body["meta"]["versionId"] == "1"
+    assert "+08:00" in body["meta"]["lastUpdated"]  # server time with the hub zone's offset
+    assert r.headers["etag"] == 'W/"1"'
+    assert r.headers["location"] == f"{hub.base}/Patient/{rid}/_history/1"
+    assert parsedate_to_datetime(r.headers["last-modified"])
+    assert body["name"] == [{"family": "王", "given": ["小东"]}]
+
+
+def test_create_ignores_client_id_and_meta_version(api: httpx.Client) -> None:
+    r = api.post("/Patient", json=patient("client-chosen", meta={"versionId": "99", "tag": [{"code": "x"}]}))
+    assert r.status_code == 201
+    assert r.json()["id"] != "client-chosen"
+    assert r.json()["meta"]["versionId"] == "1"
+    assert r.json()["meta"]["tag"] == [{"code": "x"}]  # client meta elements other than server-owned kept
+
+
+def test_read_vread_update_versions(api: httpx.Client) -> None:
+    pid = new_id()
+    assert api.put(f"/Patient/{pid}", json=patient(pid)).status_code == 201  # create-on-update
+    r2 = api.put(f"/Patient/{pid}", json=patient(pid, family="李"))
+    assert r2.status_code == 200 and r2.json()["meta"]["versionId"] == "2"
+    read = api.get(f"/Patient/{pid}")
+    assert read.json()["name"][0]["family"] == "李" and read.headers["etag"] == 'W/"2"'
+    v1 = api.get(f"/Patient/{pid}/_history/1")
+    assert v1.status_code == 200 and v1.json()["name"][0]["family"] == "王"
+    assert v1.json()["meta"]["versionId"] == "1"
+    assert api.get(f"/Patient/{pid}/_history/3").status_code == 404
+    assert api.get(f"/Patient/{pid}/_history/abc").status_code == 404
+    assert api.get(f"/Patient/{new_id()}").status_code == 404
+
+
+def test_update_id_must_match_url(api: httpx.Client) -> None:
+    pid = new_id()
+    r = api.put(f"/Patient/{pid}", json=patient("other"))
+    assert r.status_code == 400
+    assert r.json()["issue"][0]["expression"] == ["Patient.id"]
+    r = api.put(f"/Patient/{pid}", json=patient())
+    assert r.status_code == 400
+    r = api.put(f"/Observation/{pid}", json=patient(pid))
+    assert r.status_code == 400 and r.json()["issue"][0]["expression"] == ["resourceType"]
+    r = api.put("/Patient/bad_id!", json=patient("bad_id!"))
+    assert r.status_code == 400
+
+
+def test_delete_is_a_tombstone(api: httpx.Client) -> None:
+    pid = new_id()
+    api.put(f"/Patient/{pid}", json=patient(pid))
+    r = api.delete(f"/Patient/{pid}")
+    assert r.status_code == 204 and r.headers["etag"] == 'W/"2"'
+    gone = api.get(f"/Patient/{pid}")
+    assert gone.status_code == 410 and gone.json()["issue"][0]["code"] == "deleted"
+    assert api.delete(f"/Patient/{pid}").status_code == 204  # idempotent
+    hist = api.get(f"/Patient/{pid}/_history").json()
+    assert [e["response"]["status"] for e in hist["entry"]] == ["204 No Content", "201 Created"]
+    assert "resource" not in hist["entry"][0] and hist["entry"][0]["request"]["method"] == "DELETE"
+    assert api.get(f"/Patient/{pid}/_history/1").status_code == 200
+    assert api.get(f"/Patient/{pid}/_history/2").status_code == 410
+    again = api.put(f"/Patient/{pid}", json=patient(pid))  # an update brings it back as version 3
+    assert again.status_code == 201 and again.json()["meta"]["versionId"] == "3"
+    assert api.delete(f"/Patient/{new_id()}").status_code == 404
+
+
+def test_if_match(api: httpx.Client) -> None:
+    pid = new_id()
+    api.put(f"/Patient/{pid}", json=patient(pid))
+    ok = api.put(f"/Patient/{pid}", json=patient(pid, family="A"), headers={"If-Match": 'W/"1"'})
+    assert ok.status_code == 200
+    stale = api.put(f"/Patient/{pid}", json=patient(pid, family="B"), headers={"If-Match": 'W/"1"'})
+    assert stale.status_code == 412 and stale.json()["resourceType"] == "OperationOutcome"
+    assert api.get(f"/Patient/{pid}").json()["name"][0]["family"] == "A"
+    assert api.put(f"/Patient/{pid}", json=patient(pid), headers={"If-Match": "garbage"}).status_code == 400
+    assert api.delete(f"/Patient/{pid}", headers={"If-Match": 'W/"1"'}).status_code == 412
+    assert api.put(f"/Patient/{new_id()}", json=patient(), headers={"If-Match": 'W/"1"'}).status_code in (400, 412)
+
+
+def test_conditional_read_headers(api: httpx.Client) -> None:
+    pid = new_id()
+    created = api.put(f"/Patient/{pid}", json=patient(pid))
+    assert api.get(f"/Patient/{pid}", headers={"If-None-Match": 'W/"1"'}).status_code == 304
+    assert api.get(f"/Patient/{pid}", headers={"If-None-Match": 'W/"0"'}).status_code == 200
+    last = parsedate_to_datetime(created.headers["last-modified"])
+    assert api.get(f"/Patient/{pid}", headers={"If-Modified-Since": format_datetime(last, usegmt=True)}
+                   ).status_code == 304
+    earlier = format_datetime(last - timedelta(seconds=5), usegmt=True)
+    assert api.get(f"/Patient/{pid}", headers={"If-Modified-Since": earlier}).status_code == 200
+
+
+def test_prefer_return(api: httpx.Client) -> None:
+    r = api.post("/Patient", json=patient(), headers={"Prefer": "return=minimal"})
+    assert r.status_code == 201 and r.content == b"" and r.headers["location"]
+    r = api.post("/Patient", json=patient(), headers={"Prefer": "return=OperationOutcome"})
+    assert r.status_code == 201 and r.json()["resourceType"] == "OperationOutcome"
+    r = api.post("/Patient", json=patient(), headers={"Prefer": "return=representation"})
+    assert r.json()["resourceType"] == "Patient"
+
+
+def test_pretty_summary_elements(api: httpx.Client) -> None:
+    pid = new_id()
+    api.put(f"/Patient/{pid}", json=patient(pid, text={"status": "generated", "div":
+            '<div xmlns="http://www.w3.org/1999/xhtml">王小东</div>'}, photo=[{"contentType": "image/png"}]))
+    pretty = api.get(f"/Patient/{pid}", params={"_pretty": "true"})
+    assert pretty.text.startswith('{\n  "resourceType"')
+    summary = api.get(f"/Patient/{pid}", params={"_summary": "true"}).json()
+    assert "photo" not in summary and "text" not in summary and summary["name"]
+    assert {"code": "SUBSETTED", "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue"} in (
+        summary["meta"]["tag"])
+    text = api.get(f"/Patient/{pid}", params={"_summary": "text"}).json()
+    assert set(text) == {"resourceType", "id", "meta", "text"}
+    data = api.get(f"/Patient/{pid}", params={"_summary": "data"}).json()
+    assert "text" not in data and "photo" in data
+    elements = api.get(f"/Patient/{pid}", params={"_elements": "gender,birthDate"}).json()
+    assert set(elements) == {"resourceType", "id", "meta", "gender", "birthDate"}
+    assert api.get(f"/Patient/{pid}", params={"_summary": "bogus"}).status_code == 400
+
+
+def test_patch(api: httpx.Client) -> None:
+    pid = new_id()
+    api.put(f"/Patient/{pid}", json=patient(pid))
+    ops = [{"op": "replace", "path": "/gender", "value": "female"}, {"op": "add", "path": "/active", "value": True}]
+    r = api.patch(f"/Patient/{pid}", json=ops, headers={"Content-Type": "application/json-patch+json"})
+    assert r.status_code == 200, r.text
+    assert r.json()["gender"] == "female" and r.json()["active"] is True and r.json()["meta"]["versionId"] == "2"
+    stale = api.patch(f"/Patient/{pid}", json=ops, headers={"Content-Type": "application/json-patch+json",
+                                                            "If-Match": 'W/"1"'})
+    assert stale.status_code == 412
+    invalid = api.patch(f"/Patient/{pid}", json=[{"op": "add", "path": "/birthDate", "value": "x"}],
+                        headers={"Content-Type": "application/json-patch+json"})
+    assert invalid.status_code == 400 and invalid.json()["issue"][0]["expression"] == ["Patient.birthDate"]
+    broken = api.patch(f"/Patient/{pid}", json=[{"op": "remove", "path": "/nothing"}],
+                       headers={"Content-Type": "application/json-patch+json"})
+    assert broken.status_code == 422
+    change_id = api.patch(f"/Patient/{pid}", json=[{"op": "replace", "path": "/id", "value": "x"}],
+                          headers={"Content-Type": "application/json-patch+json"})
+    assert change_id.status_code == 422
+    assert api.get(f"/Patient/{pid}").json()["meta"]["versionId"] == "2"  # nothing half-written
+    wrong_type = api.patch(f"/Patient/{pid}", json=ops)
+    assert wrong_type.status_code == 400
+
+
+def test_conditional_create(api: httpx.Client) -> None:
+    mrn = new_id()
+    headers = {"If-None-Exist": f"identifier=urn:mrn|{mrn}"}
+    body = patient(identifier=[{"system": "urn:mrn", "value": mrn}])
+    first = api.post("/Patient", json=body, headers=headers)
+    assert first.status_code == 201
+    second = api.post("/Patient", json=body, headers=headers)
+    assert second.status_code == 200 and second.json()["id"] == first.json()["id"]
+    any_system = api.post("/Patient", json=body, headers={"If-None-Exist": f"identifier={mrn}"})
+    assert any_system.status_code == 200 and any_system.json()["id"] == first.json()["id"]
+    other_system = api.post("/Patient", json=body, headers={"If-None-Exist": f"identifier=urn:other|{mrn}"})
+    assert other_system.status_code == 201
+    both = api.post("/Patient", json=body, headers={"If-None-Exist": f"identifier={mrn}"})
+    assert both.status_code == 412  # two now match
+    by_id = api.post("/Patient", json=body, headers={"If-None-Exist": f"_id={first.json()['id']}"})
+    assert by_id.status_code == 200
+    unsupported = api.post("/Patient", json=body, headers={"If-None-Exist": "name=%E7%8E%8B"})
+    assert unsupported.status_code == 400 and "name" in unsupported.json()["issue"][0]["diagnostics"]
+
+
+def test_conditional_update_and_delete(api: httpx.Client) -> None:
+    mrn = new_id()
+    body = patient(identifier=[{"system": "urn:mrn", "value": mrn}])
+    created = api.put("/Patient", params={"identifier": f"urn:mrn|{mrn}"}, json=body)
+    assert created.status_code == 201
+    rid = created.json()["id"]
+    updated = api.put("/Patient", params={"identifier": f"urn:mrn|{mrn}"}, json={**body, "gender": "female"})
+    assert updated.status_code == 200 and updated.json()["id"] == rid and updated.json()["meta"]["versionId"] == "2"
+    mismatch = api.put("/Patient", params={"identifier": f"urn:mrn|{mrn}"}, json={**body, "id": "someone-else"})
+    assert mismatch.status_code == 400
+    assert api.put("/Patient", json=body).status_code == 405
+    deleted = api.delete("/Patient", params={"identifier": f"urn:mrn|{mrn}"})
+    assert deleted.status_code == 204
+    assert api.get(f"/Patient/{rid}").status_code == 410
+    assert api.delete("/Patient", params={"identifier": f"urn:mrn|{mrn}"}).status_code == 204  # none left
+    assert api.delete("/Patient").status_code == 405
+
+
+def test_history_type_and_system_with_paging(api: httpx.Client, hub: Hub) -> None:
+    marker = new_id()
+    ids = []
+    before = time.time()
+    for i in range(5):
+        r = api.post("/Basic", json={"resourceType": "Basic", "code": {"text": f"{marker}-{i}"}})
+        ids.append(r.json()["id"])
+    api.put(f"/Basic/{ids[0]}", json={"resourceType": "Basic", "id": ids[0], "code": {"text": f"{marker}-0b"}})
+    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(before - 1)) + "Z"
+    seen: list[str] = []
+    url: str | None = f"/Basic/_history?_count=2&_since={since}"
+    pages = 0
+    while url:
+        page = api.get(url.replace(hub.base, "")).json()
+        assert page["type"] == "history"
+        assert len(page["entry"]) <= 2
+        seen += [f"{e['resource']['id']}/{e['resource']['meta']['versionId']}" for e in page["entry"]]
+        url = next((link["url"] for link in page["link"] if link["relation"] == "next"), None)
+        pages += 1
+    expected = [f"{ids[0]}/2"] + [f"{i}/1" for i in reversed(ids)]
+    assert [s for s in seen if s.split("/")[0] in ids] == expected
+    assert pages >= 3
+    system = api.get("/_history", params={"_count": 3, "_since": since}).json()
+    assert [e["resource"]["id"] for e in system["entry"]][:1] == [ids[0]]
+    at = api.get(f"/Basic/{ids[0]}/_history", params={"_at": since}).json()
+    assert at["entry"] == []
+    instance = api.get(f"/Basic/{ids[0]}/_history", params={"_count": 1}).json()
+    assert len(instance["entry"]) == 1 and any(link["relation"] == "next" for link in instance["link"])
+    assert api.get("/_history", params={"_since": "not-a-date"}).status_code == 400
+
+
+def test_metadata_lists_what_is_implemented(hub: Hub) -> None:
+    r = httpx.get(f"{hub.base}/metadata")
+    assert r.status_code == 200
+    cs = r.json()
+    assert cs["resourceType"] == "CapabilityStatement" and cs["fhirVersion"] == "4.0.1"
+    rest = cs["rest"][0]
+    types = {res["type"] for res in rest["resource"]}
+    assert "Patient" in types and "EffectEvidenceSynthesis" not in types
+    patient_caps = next(res for res in rest["resource"] if res["type"] == "Patient")
+    codes = {i["code"] for i in patient_caps["interaction"]}
+    assert codes == {"read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create"}
+    assert "search-type" not in codes and "searchParam" not in patient_caps
+    assert rest["interaction"] == [{"code": "history-system"}]
+
+
+def test_errors_are_operation_outcomes(api: httpx.Client) -> None:
+    for method, url, status in [("GET", "/NotAType/1", 404), ("GET", "/Patient/x/y/z/w", 404),
+                                ("POST", "/Patient/abc", 405), ("GET", "/EffectEvidenceSynthesis/1", 404),
+                                ("GET", "/Patient", 405), ("GET", "/NotAType", 404)]:
+        r = api.request(method, url)
+        assert r.status_code == status, (method, url, r.status_code)
+        assert r.json()["resourceType"] == "OperationOutcome"
+        assert r.headers["content-type"].startswith("application/fhir+json")
+
+
+def test_mongo_operator_keys_are_data(api: httpx.Client) -> None:
+    r = api.post("/Patient", json={"resourceType": "Patient", "$where": "1", "name.family": "x"})
+    assert r.status_code == 400
+    assert {tuple(i["expression"]) for i in r.json()["issue"]} == {("Patient.$where",), ("Patient.name.family",)}
+    cond = api.post("/Patient", json=patient(), headers={"If-None-Exist": "identifier[$ne]=x"})
+    assert cond.status_code == 400
+    weird = api.post("/Patient", json=patient(), headers={"If-None-Exist": "identifier=$ne"})
+    assert weird.status_code == 201  # a value is a value, never an operator
