@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -19,6 +20,8 @@ from fhir_server.storage import ResourceStore, connect
 
 __all__ = ["create_app"]
 
+log = logging.getLogger("medunion.app")
+
 
 def create_app(settings: Settings, *, mongodb_uri: str | None = None) -> Any:
     """The ASGI app. ``mongodb_uri`` overrides settings (the embedded store's address)."""
@@ -29,8 +32,13 @@ def create_app(settings: Settings, *, mongodb_uri: str | None = None) -> Any:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = await connect(uri)
-        store = ResourceStore(client[settings.mongodb_database], lease_seconds=settings.write_lease_seconds)
+        store = ResourceStore(client[settings.mongodb_database], lease_seconds=settings.write_lease_seconds,
+                              owner=settings.instance_id)
         await store.ensure_indexes()
+        committed, removed = await store.recover()
+        if committed or removed:
+            log.warning("recovered from an unclean stop: %d pending versions committed, %d orphan claims removed",
+                        committed, removed)
         app.state.settings = settings
         app.state.store = store
         app.state.service = ResourceService(store=store, settings=settings)

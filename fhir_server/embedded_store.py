@@ -24,7 +24,12 @@ class EmbeddedStoreError(RuntimeError):
 
 
 def find_ferretdb(explicit: Path | None = None) -> Path:
-    for candidate in (explicit, _REPO_BIN, Path.cwd() / ".cache" / "bin" / "ferretdb"):
+    if explicit is not None:
+        if explicit.is_file() and os.access(explicit, os.X_OK):
+            return explicit
+        raise EmbeddedStoreError(f"MEDUNION_FERRETDB_BIN={explicit} is not an executable file: fix it, unset it to "
+                                 "use the checkout's build, or set MONGODB_URI to a MongoDB server.")
+    for candidate in (_REPO_BIN, Path.cwd() / ".cache" / "bin" / "ferretdb"):
         if candidate is not None and candidate.is_file() and os.access(candidate, os.X_OK):
             return candidate
     found = shutil.which("ferretdb")

@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     history_max_count: int = 1000
     history_default_count: int = 50
     write_retries: int = 20
+    instance_id: str = Field(default="hub", description="unique per hub process sharing one store")
     write_lease_seconds: float = 120.0  # longer than any request may run
     request_timeout_seconds: float = 60.0
     max_connections: int = 1000

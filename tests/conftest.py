@@ -20,6 +20,7 @@ from fhir_server.settings import Settings
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / ".cache" / "fhir-r4-examples" / "package"
 ADMIN = "system/*.cruds"
+BODY_CAP = 15_000_000  # under the 16 MiB BSON document limit; the official examples reach 35 MB
 
 
 @dataclass
@@ -108,7 +109,7 @@ def stop_hub(hub: Hub) -> None:
 
 @pytest.fixture(scope="session")
 def hub(store_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
-    running = start_hub(store_uri, tmp_path_factory.mktemp("hub"), extra={"MEDUNION_MAX_BODY_BYTES": "2000000"})
+    running = start_hub(store_uri, tmp_path_factory.mktemp("hub"), extra={"MEDUNION_MAX_BODY_BYTES": str(BODY_CAP)})
     yield running
     stop_hub(running)
 

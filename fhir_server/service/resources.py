@@ -142,7 +142,8 @@ class ResourceService:
         require_supported_type(rtype)
         principal.require("u", rtype, rid=rid)
         if not ID_RE.match(rid):
-            raise BadRequest(f"'{rid}' is not a valid FHIR id")
+            msg = f"'{rid}' is not a valid FHIR id (1-64 characters of A-Z a-z 0-9 - .)"
+            raise BadRequest(msg, issues=[Issue(code="value", diagnostics=msg, expression=(f"{rtype}.id",))])
         validate_resource(resource, expected_type=rtype, expected_id=rid)
         return await self._write(rtype=rtype, rid=rid, resource=resource, method="PUT", expected=if_match,
                                  principal=principal)

@@ -74,13 +74,14 @@ class Version:
     def key(self) -> str:
         return f"{self.rtype}/{self.rid}"
 
-    def _history_doc(self, *, pending: bool) -> dict[str, Any]:
+    def _history_doc(self, *, pending: str | None) -> dict[str, Any]:
         doc: dict[str, Any] = {
             "_id": f"{self.key}/{self.vid}", "t": self.rtype, "i": self.rid, "v": self.vid, "ts": self.ts,
             "m": self.method, "j": None if self.body is None else Binary(self.body),
         }
-        if pending:
+        if pending is not None:
             doc["p"] = 1
+            doc["o"] = pending  # the hub instance that claimed it
         return doc
 
     def _current_doc(self) -> dict[str, Any]:
@@ -105,8 +106,10 @@ class HistoryPage:
 class ResourceStore:
     """The only code that reads or writes resource documents."""
 
-    def __init__(self, db: AsyncDatabase[dict[str, Any]], *, lease_seconds: float = 30.0) -> None:
+    def __init__(self, db: AsyncDatabase[dict[str, Any]], *, lease_seconds: float = 120.0,
+                 owner: str = "hub") -> None:
         self.db = db
+        self.owner = owner
         self.resources: AsyncCollection[dict[str, Any]] = db["resources"]
         self.history: AsyncCollection[dict[str, Any]] = db["history"]
         self.locks: AsyncCollection[dict[str, Any]] = db["locks"]
@@ -118,6 +121,8 @@ class ResourceStore:
         await self.history.create_index([("t", ASCENDING), ("ts", DESCENDING)], name="t_ts")
         await self.history.create_index([("ts", DESCENDING)], name="ts")
         await self.history.create_index([("t", ASCENDING), ("i", ASCENDING), ("v", DESCENDING)], name="t_i_v")
+        await self.history.create_index([("p", ASCENDING), ("o", ASCENDING)], name="pending")
+        await self.locks.create_index([("o", ASCENDING)], name="owner")
 
     # ---- reads -------------------------------------------------------------------------------------------
 
@@ -229,11 +234,28 @@ class ResourceStore:
         except BaseException:
             await self._abandon(new)
             raise
-        await self.history.update_one({"_id": f"{new.key}/{new.vid}"}, {"$unset": {"p": ""}})
+        await self.history.update_one({"_id": f"{new.key}/{new.vid}"}, {"$unset": {"p": "", "o": ""}})
         return new
 
+    async def recover(self) -> tuple[int, int]:
+        """At start-up: settle the claims and locks this hub instance left when it last stopped.
+
+        None of them can be in flight (the instance is starting), so each pending claim is either committed
+        (``resources`` reached it: clear ``p``) or an orphan (delete it). Returns (committed, removed).
+        """
+        committed = removed = 0
+        async for doc in self.history.find({"p": 1, "o": self.owner}, {"t": 1, "i": 1, "v": 1, "ts": 1}):
+            if await self._committed(doc["t"], doc["i"], int(doc["v"])):
+                await self.history.update_one({"_id": doc["_id"]}, {"$unset": {"p": "", "o": ""}})
+                committed += 1
+            else:
+                await self.history.delete_one({"_id": doc["_id"]})
+                removed += 1
+        await self.locks.delete_many({"o": self.owner})
+        return committed, removed
+
     async def _claim(self, new: Version) -> None:
-        doc = new._history_doc(pending=True)
+        doc = new._history_doc(pending=self.owner)
         for _ in range(2):
             try:
                 await self.history.insert_one(doc)
@@ -272,7 +294,7 @@ class ResourceStore:
         while True:
             ts = now_micros()
             try:
-                await self.locks.insert_one({"_id": name, "ts": ts})
+                await self.locks.insert_one({"_id": name, "ts": ts, "o": self.owner})
                 break
             except DuplicateKeyError:
                 held = await self.locks.find_one({"_id": name})

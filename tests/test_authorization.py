@@ -1,0 +1,105 @@
+"""Bearer tokens and SMART scopes: 401 for bad credentials, 403 for what the scopes do not allow."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import httpx
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from fhir_server.auth.scopes import parse_scopes
+from fhir_server.auth.tokens import mint_token
+from tests.conftest import Hub
+
+
+def _get(hub: Hub, path: str, token: str | None) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.get(f"{hub.base}{path}", headers=headers)
+
+
+def test_open_endpoints(hub: Hub) -> None:
+    assert httpx.get(f"{hub.base}/metadata").status_code == 200
+    smart = httpx.get(f"{hub.base}/.well-known/smart-configuration")
+    assert smart.status_code == 200 and "permission-v2" in smart.json()["capabilities"]
+    root = hub.base.removesuffix("/fhir")
+    assert httpx.get(f"{root}/.well-known/smart-configuration").status_code == 200
+
+
+def test_missing_and_malformed_tokens(hub: Hub) -> None:
+    r = _get(hub, "/Patient/x", None)
+    assert r.status_code == 401 and r.json()["issue"][0]["code"] == "login"
+    assert r.headers["www-authenticate"].startswith("Bearer")
+    assert _get(hub, "/Patient/x", "not-a-jwt").status_code == 401
+    basic = httpx.get(f"{hub.base}/Patient/x", headers={"Authorization": "Basic YTpi"})
+    assert basic.status_code == 401
+
+
+def test_expired_wrong_audience_wrong_issuer(hub: Hub) -> None:
+    settings = hub.settings
+    expired = mint_token(settings, subject="s", scope="system/*.cruds", lifetime_seconds=-120)
+    r = _get(hub, "/Patient/x", expired)
+    assert r.status_code == 401 and "expired" in r.json()["issue"][0]["diagnostics"]
+    wrong_aud = mint_token(settings, subject="s", scope="system/*.cruds", audience="http://elsewhere/fhir")
+    r = _get(hub, "/Patient/x", wrong_aud)
+    assert r.status_code == 401 and "aud" in r.json()["issue"][0]["diagnostics"]
+    other_issuer = settings.model_copy(update={"auth_issuer": "someone-else"})
+    r = _get(hub, "/Patient/x", mint_token(other_issuer, subject="s", scope="system/*.cruds"))
+    assert r.status_code == 401
+
+
+def test_unknown_key_and_algorithms(hub: Hub) -> None:
+    stranger = ec.generate_private_key(ec.SECP256R1())
+    claims = {"iss": hub.settings.auth_issuer, "aud": hub.settings.audience, "sub": "x", "scope": "system/*.cruds",
+              "exp": int(time.time()) + 60}
+    kid = json.loads((hub.settings.keys_dir / "jwks.json").read_text())["keys"][0]["kid"]
+    forged = jwt.encode(claims, stranger, algorithm="ES256", headers={"kid": kid})
+    assert _get(hub, "/Patient/x", forged).status_code == 401
+    hs = jwt.encode(claims, "secret-secret-secret-secret-secret!", algorithm="HS256")
+    assert _get(hub, "/Patient/x", hs).status_code == 401  # no HS256 secret configured
+    unsigned = jwt.encode(claims, None, algorithm="none")
+    assert _get(hub, "/Patient/x", unsigned).status_code == 401
+
+
+def test_scope_denials(hub: Hub) -> None:
+    with hub.client("system/Patient.rs") as reader:
+        denied = reader.post("/Patient", json={"resourceType": "Patient"})
+        assert denied.status_code == 403 and denied.json()["issue"][0]["code"] == "forbidden"
+        assert reader.get(f"/Patient/{uuid.uuid4().hex}").status_code == 404  # allowed, just absent
+        assert reader.get(f"/Observation/{uuid.uuid4().hex}").status_code == 403
+        assert reader.get("/Patient/_history").status_code == 200
+        assert reader.get("/_history").status_code == 403
+    with hub.client("user/Observation.write") as writer:  # v1 syntax: write = c u d
+        created = writer.post("/Observation", json={"resourceType": "Observation", "status": "final",
+                                                     "code": {"text": "x"}})
+        assert created.status_code == 201
+        oid = created.json()["id"]
+        assert writer.get(f"/Observation/{oid}").status_code == 403
+        assert writer.delete(f"/Observation/{oid}").status_code == 204
+    with hub.client("system/Patient.r") as read_only:
+        # create-on-update needs c as well as u; conditional create needs s as well as c
+        assert read_only.put("/Patient/abc", json={"resourceType": "Patient", "id": "abc"}).status_code == 403
+    with hub.client("system/Patient.c") as creator:
+        r = creator.post("/Patient", json={"resourceType": "Patient"}, headers={"If-None-Exist": "identifier=x"})
+        assert r.status_code == 403
+    with hub.client("openid profile") as nothing:
+        assert nothing.get("/Patient/x").status_code == 403
+
+
+def test_patient_scope_reaches_only_its_patient(hub: Hub, api: httpx.Client) -> None:
+    mine = api.post("/Patient", json={"resourceType": "Patient"}).json()["id"]
+    other = api.post("/Patient", json={"resourceType": "Patient"}).json()["id"]
+    with hub.client("patient/*.rs", patient=mine) as app:
+        assert app.get(f"/Patient/{mine}").status_code == 200
+        assert app.get(f"/Patient/{other}").status_code == 403
+        assert app.get(f"/Observation/{uuid.uuid4().hex}").status_code == 403
+
+
+def test_scope_parsing() -> None:
+    grants = parse_scopes("system/Patient.cruds user/*.read patient/Observation.rs launch openid user/X.y "
+                          "system/Encounter.rs?category=x")
+    assert [(g.context, g.rtype, "".join(sorted(g.permissions))) for g in grants] == [
+        ("system", "Patient", "cdrsu"), ("user", "*", "rs"), ("patient", "Observation", "rs")]
+    assert parse_scopes("system/Patient.rc") == ()  # v2 permissions must be in c r u d s order

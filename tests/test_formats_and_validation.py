@@ -1,0 +1,120 @@
+"""Formats (JSON, XML, negotiation), body limits and validation errors with FHIRPath locations."""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+
+from tests.conftest import BODY_CAP, Hub
+
+XML_PATIENT = """<?xml version="1.0" encoding="UTF-8"?>
+<Patient xmlns="http://hl7.org/fhir">
+  <identifier><system value="urn:mrn"/><value value="{mrn}"/></identifier>
+  <name><family value="张"/><given value="伟"/></name>
+  <gender value="female"/>
+  <birthDate value="1980-12-24"/>
+</Patient>"""
+
+
+def test_xml_create_and_round_trip(api: httpx.Client) -> None:
+    mrn = uuid.uuid4().hex
+    r = api.post("/Patient", content=XML_PATIENT.format(mrn=mrn).encode(),
+                 headers={"Content-Type": "application/fhir+xml", "Accept": "application/fhir+xml"})
+    assert r.status_code == 201, r.text
+    assert r.headers["content-type"].startswith("application/fhir+xml")
+    assert "<family value=\"张\"/>" in r.text
+    rid = r.headers["location"].split("/")[-3]
+    as_json = api.get(f"/Patient/{rid}").json()
+    assert as_json["name"] == [{"family": "张", "given": ["伟"]}]
+    assert as_json["identifier"] == [{"system": "urn:mrn", "value": mrn}]
+    as_xml = api.get(f"/Patient/{rid}", params={"_format": "xml"}).content
+    back = api.put(f"/Patient/{rid}", content=as_xml, headers={"Content-Type": "application/fhir+xml"})
+    assert back.status_code == 200
+    again = back.json()
+    for key in ("name", "identifier", "gender", "birthDate"):
+        assert again[key] == as_json[key]
+
+
+def test_format_negotiation(api: httpx.Client) -> None:
+    rid = api.post("/Basic", json={"resourceType": "Basic", "code": {"text": "x"}}).json()["id"]
+    for accept, media in [("application/fhir+xml", "xml"), ("application/xml", "xml"), ("text/html, */*", "json"),
+                          ("application/fhir+json;q=0.5, application/fhir+xml;q=0.9", "xml")]:
+        r = api.get(f"/Basic/{rid}", headers={"Accept": accept})
+        assert r.status_code == 200 and media in r.headers["content-type"], accept
+    assert "json" in api.get(f"/Basic/{rid}", params={"_format": "json"},
+                             headers={"Accept": "application/fhir+xml"}).headers["content-type"]
+    bad = api.get(f"/Basic/{rid}", headers={"Accept": "text/csv"})
+    assert bad.status_code == 406 and bad.json()["resourceType"] == "OperationOutcome"
+    assert api.get(f"/Basic/{rid}", params={"_format": "turtle"}).status_code == 406
+    unsupported = api.post("/Basic", content=b"a,b", headers={"Content-Type": "text/csv"})
+    assert unsupported.status_code == 415
+    xml_error = api.get("/Basic/does-not-exist", params={"_format": "xml"})
+    assert xml_error.status_code == 404 and "<OperationOutcome" in xml_error.text
+
+
+def test_xml_entities_are_refused(api: httpx.Client) -> None:
+    xxe = (b'<?xml version="1.0"?><!DOCTYPE p [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
+           b'<Patient xmlns="http://hl7.org/fhir"><name><family value="&x;"/></name></Patient>')
+    r = api.post("/Patient", content=xxe, headers={"Content-Type": "application/fhir+xml"})
+    assert r.status_code == 400 and r.json()["issue"][0]["code"] == "security"
+    assert "root:" not in r.text
+    broken = api.post("/Patient", content=b"<Patient", headers={"Content-Type": "application/fhir+xml"})
+    assert broken.status_code == 400
+    foreign = api.post("/Patient", content=b"<Patient/>", headers={"Content-Type": "application/fhir+xml"})
+    assert foreign.status_code == 400
+
+
+def test_body_cap_gives_413(api: httpx.Client) -> None:
+    big = {"resourceType": "Basic", "code": {"text": "x" * (BODY_CAP + 10)}}
+    r = api.post("/Basic", json=big)
+    assert r.status_code == 413 and r.json()["issue"][0]["code"] == "too-costly"
+
+    def chunks():  # no Content-Length: the cap holds while streaming
+        for _ in range(BODY_CAP // 1_000_000 + 2):
+            yield b" " * 1_000_000
+
+    streamed = api.post("/Basic", content=chunks())
+    assert streamed.status_code == 413
+
+
+def test_invalid_json_and_empty_body(api: httpx.Client) -> None:
+    r = api.post("/Patient", content=b'{"resourceType": "Patient",')
+    assert r.status_code == 400 and "JSON" in r.json()["issue"][0]["diagnostics"]
+    assert api.post("/Patient", content=b"").status_code == 400
+    assert api.post("/Patient", content=b"[1,2]").status_code == 400
+    assert api.post("/Patient", json={"name": []}).json()["issue"][0]["expression"] == ["resourceType"]
+
+
+def test_validation_lists_every_problem_with_fhirpath(api: httpx.Client) -> None:
+    bad = {"resourceType": "Observation", "status": "final", "code": {"coding": [{"system": 5}]},
+           "valueQuantity": {"value": "abc"}, "effectiveDateTime": "2026-13-45", "bogus": 1}
+    r = api.post("/Observation", json=bad)
+    assert r.status_code == 400
+    issues = r.json()["issue"]
+    where = {e for i in issues for e in i.get("expression", [])}
+    assert {"Observation.code.coding[0].system", "Observation.valueQuantity.value",
+            "Observation.effectiveDateTime", "Observation.bogus"} <= where
+    assert all(i["severity"] == "error" for i in issues)
+    missing = api.post("/Observation", json={"resourceType": "Observation", "status": "final"})
+    assert missing.status_code == 400
+    assert "Observation.code" in {e for i in missing.json()["issue"] for e in i.get("expression", [])}
+
+
+def test_validate_operation_does_not_store(api: httpx.Client, hub: Hub) -> None:
+    good = {"resourceType": "Patient", "id": "v1", "name": [{"family": "王"}]}
+    r = api.post("/Patient/$validate", json=good)
+    assert r.status_code == 200 and r.json()["issue"][0]["severity"] == "information"
+    bad = api.post("/Patient/$validate", json={"resourceType": "Patient", "birthDate": "x"})
+    assert bad.status_code == 400 and bad.json()["issue"][0]["expression"] == ["Patient.birthDate"]
+    params = {"resourceType": "Parameters", "parameter": [{"name": "resource", "resource": good}]}
+    assert api.post("/Patient/$validate", json=params).status_code == 200
+    mismatch = api.post("/Patient/other/$validate", json=good)
+    assert mismatch.status_code == 400
+    assert api.get("/Patient/v1").status_code == 404
+
+
+def test_r4_only_types_are_refused_clearly(api: httpx.Client) -> None:
+    r = api.post("/MedicinalProduct", json={"resourceType": "MedicinalProduct"})
+    assert r.status_code == 404
+    assert "R4" in r.json()["issue"][0]["diagnostics"]
