@@ -1,0 +1,216 @@
+"""CRUD benchmark: the hub over HTTP against the raw driver on the same store, in the same run.
+
+Starts a throwaway FerretDB and the hub (`medunion run`) on free loopback ports, then for 16 and 64
+concurrent clients measures create, read, update and a CRUD mix through the hub, and insert, find-by-id and
+replace-by-id with PyMongo's async driver directly. Prints requests/s and p50/p95/p99 side by side, and the
+hub's resident memory at rest and after the load.
+
+    make bench            # or: .venv/bin/python -m bench.http_crud --seconds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+from pymongo import AsyncMongoClient
+
+from fhir_server.auth.tokens import mint_token
+from fhir_server.embedded_store import EmbeddedStore, free_port
+from fhir_server.settings import Settings
+
+
+def patient(i: int) -> dict[str, Any]:
+    return {"resourceType": "Patient", "identifier": [{"system": "urn:oid:2.16.840.1.113883.2.4.6.3", "value": f"{i:09d}"}],
+            "name": [{"family": "王", "given": ["小东"], "text": "王小东"}], "gender": "male",
+            "birthDate": "1970-03-01", "telecom": [{"system": "phone", "value": "+86 21 5555 0000"}],
+            "address": [{"city": "上海", "district": "徐汇区", "country": "CN"}]}
+
+
+@dataclass
+class Result:
+    count: int
+    seconds: float
+    latencies: list[float]
+
+    @property
+    def rate(self) -> float:
+        return self.count / self.seconds
+
+    def pct(self, p: float) -> float:
+        if not self.latencies:
+            return float("nan")
+        qs = statistics.quantiles(self.latencies, n=100, method="inclusive")
+        return qs[int(p) - 1] * 1000
+
+
+async def drive(clients: int, seconds: float, op: Callable[[random.Random], Awaitable[bool]]) -> Result:
+    latencies: list[float] = []
+    deadline = time.perf_counter() + seconds
+    errors = 0
+
+    async def worker(seed: int) -> None:
+        nonlocal errors
+        rng = random.Random(seed)
+        while time.perf_counter() < deadline:
+            t0 = time.perf_counter()
+            ok = await op(rng)
+            latencies.append(time.perf_counter() - t0)
+            if not ok:
+                errors += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(i) for i in range(clients)))
+    elapsed = time.perf_counter() - started
+    if errors:
+        print(f"    ({errors} failed requests)")
+    return Result(len(latencies), elapsed, latencies)
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def main(seconds: float, levels: list[int]) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="medunion-bench-"))
+    store = EmbeddedStore(data_dir=tmp / "store", port=free_port())
+    store.start()
+    port = free_port()
+    env = {**os.environ, "MONGODB_URI": store.uri, "MEDUNION_HOME": str(tmp / "home"),
+           "MEDUNION_HTTP_PORT": str(port)}
+    hub = subprocess.Popen([sys.executable, "-m", "fhir_server.cli", "run"], env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}/fhir"
+    try:
+        for _ in range(300):
+            try:
+                async with aiohttp.ClientSession() as s, s.get(f"{base}/metadata") as r:
+                    if r.status == 200:
+                        break
+            except aiohttp.ClientError:
+                await asyncio.sleep(0.1)
+        await asyncio.sleep(1.0)
+        at_rest = rss_mb(hub.pid)
+        os.environ.update({k: v for k, v in env.items() if k.startswith("MEDUNION_")})
+        token = mint_token(Settings(), subject="bench", scope="system/*.cruds")
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"}
+        raw_client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(store.uri, maxPoolSize=128)
+        raw = raw_client["rawbench"]["patients"]
+
+        print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, Python "
+              f"{platform.python_version()}; store: FerretDB 1.24.2 (SQLite) on loopback; {seconds:.0f} s per row")
+        print(f"hub memory at rest: {at_rest:.0f} MB RSS")
+        header = (f"{'operation':<16}{'clients':>8} | {'hub req/s':>10}{'p50':>8}{'p95':>8}{'p99':>8} | "
+                  f"{'raw op/s':>10}{'p50':>8}{'p95':>8}{'p99':>8} | {'ratio':>6}")
+        print(header)
+        print("-" * len(header))
+
+        counter = iter(range(10**9))
+        for clients in levels:
+            conn = aiohttp.TCPConnector(limit=clients)
+            async with aiohttp.ClientSession(connector=conn, headers=headers) as http:
+                ids: list[str] = []
+                raw_ids: list[str] = []
+
+                async def hub_create(rng: random.Random) -> bool:
+                    async with http.post(f"{base}/Patient", data=orjson.dumps(patient(next(counter))),
+                                         headers={"Prefer": "return=minimal"}) as r:
+                        await r.read()
+                        if r.status == 201:
+                            ids.append(r.headers["Location"].split("/")[-3])
+                        return r.status == 201
+
+                async def raw_create(rng: random.Random) -> bool:
+                    rid = str(uuid.uuid4())
+                    await raw.insert_one({"_id": rid, **patient(next(counter))})
+                    raw_ids.append(rid)
+                    return True
+
+                async def hub_read(rng: random.Random) -> bool:
+                    async with http.get(f"{base}/Patient/{rng.choice(ids)}") as r:
+                        await r.read()
+                        return r.status == 200
+
+                async def raw_read(rng: random.Random) -> bool:
+                    return await raw.find_one({"_id": rng.choice(raw_ids)}) is not None
+
+                async def hub_update(rng: random.Random) -> bool:
+                    rid = rng.choice(ids)
+                    body = patient(rng.randrange(10**6)) | {"id": rid}
+                    async with http.put(f"{base}/Patient/{rid}", data=orjson.dumps(body),
+                                        headers={"Prefer": "return=minimal"}) as r:
+                        await r.read()
+                        return r.status == 200
+
+                async def raw_update(rng: random.Random) -> bool:
+                    rid = rng.choice(raw_ids)
+                    await raw.replace_one({"_id": rid}, patient(rng.randrange(10**6)))
+                    return True
+
+                async def hub_mix(rng: random.Random) -> bool:
+                    x = rng.random()  # 20 % create, 55 % read, 20 % update, 5 % delete
+                    if x < 0.20:
+                        return await hub_create(rng)
+                    if x < 0.75:
+                        return await hub_read(rng)
+                    if x < 0.95:
+                        return await hub_update(rng)
+                    rid = ids.pop(rng.randrange(len(ids)))
+                    async with http.delete(f"{base}/Patient/{rid}") as r:
+                        await r.read()
+                        return r.status == 204
+
+                async def raw_mix(rng: random.Random) -> bool:
+                    x = rng.random()
+                    if x < 0.20:
+                        return await raw_create(rng)
+                    if x < 0.75:
+                        return await raw_read(rng)
+                    if x < 0.95:
+                        return await raw_update(rng)
+                    rid = raw_ids.pop(rng.randrange(len(raw_ids)))
+                    await raw.delete_one({"_id": rid})
+                    return True
+
+                for name, hub_op, raw_op in [("create Patient", hub_create, raw_create),
+                                             ("read Patient", hub_read, raw_read),
+                                             ("update Patient", hub_update, raw_update),
+                                             ("CRUD mix", hub_mix, raw_mix)]:
+                    h = await drive(clients, seconds, hub_op)
+                    b = await drive(clients, seconds, raw_op)
+                    print(f"{name:<16}{clients:>8} | {h.rate:>10.0f}{h.pct(50):>8.1f}{h.pct(95):>8.1f}"
+                          f"{h.pct(99):>8.1f} | {b.rate:>10.0f}{b.pct(50):>8.1f}{b.pct(95):>8.1f}{b.pct(99):>8.1f} |"
+                          f" {h.rate / b.rate:>5.0%}")
+        print("latencies in ms; ratio = hub req/s / raw driver op/s on the same store")
+        print(f"hub memory after the load: {rss_mb(hub.pid):.0f} MB RSS")
+        await raw_client.close()
+    finally:
+        hub.terminate()
+        hub.wait(timeout=15)
+        store.stop()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--clients", default="16,64")
+    args = parser.parse_args()
+    asyncio.run(main(args.seconds, [int(c) for c in args.clients.split(",")]))
