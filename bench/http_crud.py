@@ -36,7 +36,8 @@ from fhir_server.settings import Settings
 
 
 def patient(i: int) -> dict[str, Any]:
-    return {"resourceType": "Patient", "identifier": [{"system": "urn:oid:2.16.840.1.113883.2.4.6.3", "value": f"{i:09d}"}],
+    return {"resourceType": "Patient",
+            "identifier": [{"system": "urn:oid:2.16.840.1.113883.2.4.6.3", "value": f"{i:09d}"}],
             "name": [{"family": "王", "given": ["小东"], "text": "王小东"}], "gender": "male",
             "birthDate": "1970-03-01", "telecom": [{"system": "phone", "value": "+86 21 5555 0000"}],
             "address": [{"city": "上海", "district": "徐汇区", "country": "CN"}]}
@@ -82,6 +83,74 @@ async def drive(clients: int, seconds: float, op: Callable[[random.Random], Awai
     return Result(len(latencies), elapsed, latencies)
 
 
+class Workload:
+    """The same four operations through the hub (HTTP) and through the raw driver (PyMongo async)."""
+
+    def __init__(self, http: aiohttp.ClientSession, base: str, raw: Any) -> None:
+        self.http, self.base, self.raw = http, base, raw
+        self.ids: list[str] = []
+        self.raw_ids: list[str] = []
+        self.counter = iter(range(10**9))
+
+    async def hub_create(self, rng: random.Random) -> bool:
+        async with self.http.post(f"{self.base}/Patient", data=orjson.dumps(patient(next(self.counter))),
+                                  headers={"Prefer": "return=minimal"}) as r:
+            await r.read()
+            if r.status == 201:
+                self.ids.append(r.headers["Location"].split("/")[-3])
+            return r.status == 201
+
+    async def raw_create(self, rng: random.Random) -> bool:
+        rid = str(uuid.uuid4())
+        await self.raw.insert_one({"_id": rid, **patient(next(self.counter))})
+        self.raw_ids.append(rid)
+        return True
+
+    async def hub_read(self, rng: random.Random) -> bool:
+        async with self.http.get(f"{self.base}/Patient/{rng.choice(self.ids)}") as r:
+            await r.read()
+            return r.status == 200
+
+    async def raw_read(self, rng: random.Random) -> bool:
+        return await self.raw.find_one({"_id": rng.choice(self.raw_ids)}) is not None
+
+    async def hub_update(self, rng: random.Random) -> bool:
+        rid = rng.choice(self.ids)
+        body = patient(rng.randrange(10**6)) | {"id": rid}
+        async with self.http.put(f"{self.base}/Patient/{rid}", data=orjson.dumps(body),
+                                 headers={"Prefer": "return=minimal"}) as r:
+            await r.read()
+            return r.status == 200
+
+    async def raw_update(self, rng: random.Random) -> bool:
+        await self.raw.replace_one({"_id": rng.choice(self.raw_ids)}, patient(rng.randrange(10**6)))
+        return True
+
+    async def hub_mix(self, rng: random.Random) -> bool:
+        x = rng.random()  # 20 % create, 55 % read, 20 % update, 5 % delete
+        if x < 0.20:
+            return await self.hub_create(rng)
+        if x < 0.75:
+            return await self.hub_read(rng)
+        if x < 0.95:
+            return await self.hub_update(rng)
+        rid = self.ids.pop(rng.randrange(len(self.ids)))
+        async with self.http.delete(f"{self.base}/Patient/{rid}") as r:
+            await r.read()
+            return r.status == 204
+
+    async def raw_mix(self, rng: random.Random) -> bool:
+        x = rng.random()
+        if x < 0.20:
+            return await self.raw_create(rng)
+        if x < 0.75:
+            return await self.raw_read(rng)
+        if x < 0.95:
+            return await self.raw_update(rng)
+        await self.raw.delete_one({"_id": self.raw_ids.pop(rng.randrange(len(self.raw_ids)))})
+        return True
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -96,8 +165,8 @@ async def main(seconds: float, levels: list[int]) -> None:
     port = free_port()
     env = {**os.environ, "MONGODB_URI": store.uri, "MEDUNION_HOME": str(tmp / "home"),
            "MEDUNION_HTTP_PORT": str(port)}
-    hub = subprocess.Popen([sys.executable, "-m", "fhir_server.cli", "run"], env=env, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
+    hub = subprocess.Popen([sys.executable, "-m", "fhir_server.cli", "run"], env=env,  # noqa: ASYNC220
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}/fhir"
     try:
         for _ in range(300):
@@ -123,77 +192,14 @@ async def main(seconds: float, levels: list[int]) -> None:
         print(header)
         print("-" * len(header))
 
-        counter = iter(range(10**9))
         for clients in levels:
             conn = aiohttp.TCPConnector(limit=clients)
             async with aiohttp.ClientSession(connector=conn, headers=headers) as http:
-                ids: list[str] = []
-                raw_ids: list[str] = []
-
-                async def hub_create(rng: random.Random) -> bool:
-                    async with http.post(f"{base}/Patient", data=orjson.dumps(patient(next(counter))),
-                                         headers={"Prefer": "return=minimal"}) as r:
-                        await r.read()
-                        if r.status == 201:
-                            ids.append(r.headers["Location"].split("/")[-3])
-                        return r.status == 201
-
-                async def raw_create(rng: random.Random) -> bool:
-                    rid = str(uuid.uuid4())
-                    await raw.insert_one({"_id": rid, **patient(next(counter))})
-                    raw_ids.append(rid)
-                    return True
-
-                async def hub_read(rng: random.Random) -> bool:
-                    async with http.get(f"{base}/Patient/{rng.choice(ids)}") as r:
-                        await r.read()
-                        return r.status == 200
-
-                async def raw_read(rng: random.Random) -> bool:
-                    return await raw.find_one({"_id": rng.choice(raw_ids)}) is not None
-
-                async def hub_update(rng: random.Random) -> bool:
-                    rid = rng.choice(ids)
-                    body = patient(rng.randrange(10**6)) | {"id": rid}
-                    async with http.put(f"{base}/Patient/{rid}", data=orjson.dumps(body),
-                                        headers={"Prefer": "return=minimal"}) as r:
-                        await r.read()
-                        return r.status == 200
-
-                async def raw_update(rng: random.Random) -> bool:
-                    rid = rng.choice(raw_ids)
-                    await raw.replace_one({"_id": rid}, patient(rng.randrange(10**6)))
-                    return True
-
-                async def hub_mix(rng: random.Random) -> bool:
-                    x = rng.random()  # 20 % create, 55 % read, 20 % update, 5 % delete
-                    if x < 0.20:
-                        return await hub_create(rng)
-                    if x < 0.75:
-                        return await hub_read(rng)
-                    if x < 0.95:
-                        return await hub_update(rng)
-                    rid = ids.pop(rng.randrange(len(ids)))
-                    async with http.delete(f"{base}/Patient/{rid}") as r:
-                        await r.read()
-                        return r.status == 204
-
-                async def raw_mix(rng: random.Random) -> bool:
-                    x = rng.random()
-                    if x < 0.20:
-                        return await raw_create(rng)
-                    if x < 0.75:
-                        return await raw_read(rng)
-                    if x < 0.95:
-                        return await raw_update(rng)
-                    rid = raw_ids.pop(rng.randrange(len(raw_ids)))
-                    await raw.delete_one({"_id": rid})
-                    return True
-
-                for name, hub_op, raw_op in [("create Patient", hub_create, raw_create),
-                                             ("read Patient", hub_read, raw_read),
-                                             ("update Patient", hub_update, raw_update),
-                                             ("CRUD mix", hub_mix, raw_mix)]:
+                work = Workload(http, base, raw)
+                for name, hub_op, raw_op in [("create Patient", work.hub_create, work.raw_create),
+                                             ("read Patient", work.hub_read, work.raw_read),
+                                             ("update Patient", work.hub_update, work.raw_update),
+                                             ("CRUD mix", work.hub_mix, work.raw_mix)]:
                     h = await drive(clients, seconds, hub_op)
                     b = await drive(clients, seconds, raw_op)
                     print(f"{name:<16}{clients:>8} | {h.rate:>10.0f}{h.pct(50):>8.1f}{h.pct(95):>8.1f}"
