@@ -91,6 +91,7 @@ class Workload:
         self.ids: list[str] = []
         self.raw_ids: list[str] = []
         self.counter = iter(range(10**9))
+        self.failures: dict[int, int] = {}
 
     async def hub_create(self, rng: random.Random) -> bool:
         async with self.http.post(f"{self.base}/Patient", data=orjson.dumps(patient(next(self.counter))),
@@ -120,6 +121,8 @@ class Workload:
         async with self.http.put(f"{self.base}/Patient/{rid}", data=orjson.dumps(body),
                                  headers={"Prefer": "return=minimal"}) as r:
             await r.read()
+            if r.status != 200:
+                self.failures[r.status] = self.failures.get(r.status, 0) + 1
             return r.status == 200
 
     async def raw_update(self, rng: random.Random) -> bool:
@@ -151,6 +154,13 @@ class Workload:
         return True
 
 
+def hub_rss(pid: int) -> float:
+    """RSS of the hub: its process and its worker processes, if any."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    kids = [int(k) for k in children.read_text().split()] if children.exists() else []
+    return rss_mb(pid) + sum(rss_mb(k) for k in kids)
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -158,13 +168,13 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-async def main(seconds: float, levels: list[int]) -> None:
+async def main(seconds: float, levels: list[int], workers: int) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="medunion-bench-"))
     store = EmbeddedStore(data_dir=tmp / "store", port=free_port())
     store.start()
     port = free_port()
     env = {**os.environ, "MONGODB_URI": store.uri, "MEDUNION_HOME": str(tmp / "home"),
-           "MEDUNION_HTTP_PORT": str(port)}
+           "MEDUNION_HTTP_PORT": str(port), "MEDUNION_WORKERS": str(workers)}
     hub = subprocess.Popen([sys.executable, "-m", "fhir_server.cli", "run"], env=env,  # noqa: ASYNC220
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}/fhir"
@@ -177,7 +187,7 @@ async def main(seconds: float, levels: list[int]) -> None:
             except aiohttp.ClientError:
                 await asyncio.sleep(0.1)
         await asyncio.sleep(1.0)
-        at_rest = rss_mb(hub.pid)
+        at_rest = hub_rss(hub.pid)
         os.environ.update({k: v for k, v in env.items() if k.startswith("MEDUNION_")})
         token = mint_token(Settings(), subject="bench", scope="system/*.cruds")
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"}
@@ -186,7 +196,7 @@ async def main(seconds: float, levels: list[int]) -> None:
 
         print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, Python "
               f"{platform.python_version()}; store: FerretDB 1.24.2 (SQLite) on loopback; {seconds:.0f} s per row")
-        print(f"hub memory at rest: {at_rest:.0f} MB RSS")
+        print(f"hub memory at rest: {at_rest:.0f} MB RSS ({workers} worker process(es))")
         header = (f"{'operation':<16}{'clients':>8} | {'hub req/s':>10}{'p50':>8}{'p95':>8}{'p99':>8} | "
                   f"{'raw op/s':>10}{'p50':>8}{'p95':>8}{'p99':>8} | {'ratio':>6}")
         print(header)
@@ -205,8 +215,11 @@ async def main(seconds: float, levels: list[int]) -> None:
                     print(f"{name:<16}{clients:>8} | {h.rate:>10.0f}{h.pct(50):>8.1f}{h.pct(95):>8.1f}"
                           f"{h.pct(99):>8.1f} | {b.rate:>10.0f}{b.pct(50):>8.1f}{b.pct(95):>8.1f}{b.pct(99):>8.1f} |"
                           f" {h.rate / b.rate:>5.0%}")
+                    if work.failures:
+                        print(f"    failed updates by status: {work.failures}")
+                        work.failures.clear()
         print("latencies in ms; ratio = hub req/s / raw driver op/s on the same store")
-        print(f"hub memory after the load: {rss_mb(hub.pid):.0f} MB RSS")
+        print(f"hub memory after the load: {hub_rss(hub.pid):.0f} MB RSS")
         await raw_client.close()
     finally:
         hub.terminate()
@@ -218,5 +231,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--clients", default="16,64")
+    parser.add_argument("--workers", type=int, default=int(os.environ.get("MEDUNION_WORKERS", "1")))
     args = parser.parse_args()
-    asyncio.run(main(args.seconds, [int(c) for c in args.clients.split(",")]))
+    asyncio.run(main(args.seconds, [int(c) for c in args.clients.split(",")], args.workers))

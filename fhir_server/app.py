@@ -35,10 +35,9 @@ def create_app(settings: Settings, *, mongodb_uri: str | None = None) -> Any:
         store = ResourceStore(client[settings.mongodb_database], lease_seconds=settings.write_lease_seconds,
                               owner=settings.instance_id)
         await store.ensure_indexes()
-        committed, removed = await store.recover()
-        if committed or removed:
-            log.warning("recovered from an unclean stop: %d pending versions committed, %d orphan claims removed",
-                        committed, removed)
+        released = await store.release_own_locks()
+        if released:
+            log.warning("released %d conditional-operation locks left by an unclean stop", released)
         app.state.settings = settings
         app.state.store = store
         app.state.service = ResourceService(store=store, settings=settings)

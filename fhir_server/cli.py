@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import socket
 import sys
 
 from pydantic import ValidationError
@@ -27,9 +29,6 @@ def _settings() -> Settings:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from fhir_server.app import create_app
     from fhir_server.auth.tokens import ensure_dev_keys, mint_token
     from fhir_server.embedded_store import EmbeddedStore, EmbeddedStoreError
 
@@ -48,21 +47,94 @@ def _run(args: argparse.Namespace) -> int:
             return 3
         uri = store.uri
     try:
+        ensure_dev_keys(settings)
         if settings.env == "development":
-            ensure_dev_keys(settings)
             token = mint_token(settings, subject="admin", scope=ADMIN_SCOPE, lifetime_seconds=12 * 3600)
             store_text = "embedded FerretDB (SQLite) under " + str(settings.home / "store") if store else "MONGODB_URI"
             print(f"\nMedUnion Hub: FHIR R4 at {settings.fhir_base} (store: {store_text})\n"
                   f"Admin bearer token (development, 12 h, scope {ADMIN_SCOPE}):\n\n{token}\n\n"
                   f"Try:\n  curl -H 'Authorization: Bearer {token}' {settings.fhir_base}/Patient/example\n"
                   f"  curl {settings.fhir_base}/metadata\n", flush=True)
-        app = create_app(settings, mongodb_uri=uri)
-        uvicorn.run(app, host=settings.http_host, port=settings.http_port, access_log=False, log_level="info",
-                    limit_concurrency=settings.max_connections, timeout_keep_alive=15,
-                    h11_max_incomplete_event_size=64 * 1024, server_header=False)
+        if settings.workers == 1:
+            _serve(settings, uri)
+            return 0
+        return _supervise(settings, uri)
     finally:
         if store is not None:
             store.stop()
+
+
+def _listen(settings: Settings) -> socket.socket:
+    """The API socket. SO_REUSEPORT lets each worker process bind its own; the kernel spreads connections."""
+    sock = socket.socket(socket.AF_INET6 if ":" in settings.http_host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((settings.http_host, settings.http_port))
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _serve(settings: Settings, uri: str) -> None:
+    """One hub process in the foreground."""
+    import uvicorn
+
+    from fhir_server.app import create_app
+
+    app = create_app(settings, mongodb_uri=uri)
+    config = uvicorn.Config(app, access_log=False, log_level="info", limit_concurrency=settings.max_connections,
+                            timeout_keep_alive=15, h11_max_incomplete_event_size=64 * 1024, server_header=False)
+    uvicorn.Server(config).run(sockets=[_listen(settings)])
+
+
+def _supervise(settings: Settings, uri: str) -> int:
+    """Run ``settings.workers`` hub processes on one port; stop them all when one fails or we are told to stop.
+
+    Each worker gets its own instance id (``<instance_id>-<n>``), stable across restarts of the hub, so each
+    settles only its own unfinished writes.
+    """
+    import signal
+    import subprocess
+    import time
+
+    children: list[subprocess.Popen[bytes]] = []
+    for n in range(settings.workers):
+        env = {**os.environ, "MONGODB_URI": uri, "MEDUNION_WORKERS": "1",
+               "MEDUNION_INSTANCE_ID": f"{settings.instance_id}-{n}"}
+        children.append(subprocess.Popen([sys.executable, "-m", "fhir_server.cli", "worker"], env=env))
+    stopping = False
+
+    def _stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        while not stopping and all(c.poll() is None for c in children):
+            time.sleep(0.2)
+    finally:
+        for c in children:
+            if c.poll() is None:
+                c.terminate()
+        for c in children:
+            try:
+                c.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                c.kill()
+    return 0 if stopping else 1
+
+
+def _worker(args: argparse.Namespace) -> int:
+    settings = _settings()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from fhir_server.embedded_store import die_with_parent
+
+    die_with_parent()
+    if settings.mongodb_uri is None:
+        print("medunion worker: MONGODB_URI is required", file=sys.stderr)
+        return 2
+    _serve(settings, settings.mongodb_uri)
     return 0
 
 
@@ -79,13 +151,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="medunion", description="MedUnion Hub")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="run the hub in the foreground (starts the embedded store unless MONGODB_URI)")
+    sub.add_parser("worker", help=argparse.SUPPRESS)
     token = sub.add_parser("token", help="print a bearer token the hub with the same MEDUNION_HOME accepts")
     token.add_argument("--sub", required=True, help="subject (user or system name)")
     token.add_argument("--scope", default=ADMIN_SCOPE, help="SMART scopes, space-separated")
     token.add_argument("--patient", default=None, help="launch patient id for patient/ scopes")
     token.add_argument("--lifetime", type=int, default=3600, help="seconds until the token expires")
     args = parser.parse_args(argv)
-    return {"run": _run, "token": _token}[args.command](args)
+    return {"run": _run, "token": _token, "worker": _worker}[args.command](args)
 
 
 if __name__ == "__main__":

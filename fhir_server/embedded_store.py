@@ -14,7 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
-__all__ = ["EmbeddedStore", "EmbeddedStoreError", "find_ferretdb", "free_port"]
+__all__ = ["EmbeddedStore", "EmbeddedStoreError", "die_with_parent", "find_ferretdb", "free_port"]
 
 _REPO_BIN = Path(__file__).resolve().parent.parent / ".cache" / "bin" / "ferretdb"
 
@@ -41,7 +41,7 @@ def find_ferretdb(explicit: Path | None = None) -> Path:
         f"No FerretDB binary for the embedded store: {hint}, or set MONGODB_URI to a MongoDB server.")
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child: get SIGTERM when the hub dies, even by SIGKILL (Linux prctl PR_SET_PDEATHSIG)."""
     try:
         import ctypes
@@ -94,7 +94,7 @@ class EmbeddedStore:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env,  # noqa: S603
                                             stdin=subprocess.DEVNULL, start_new_session=True,
-                                            preexec_fn=_die_with_parent)
+                                            preexec_fn=die_with_parent)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

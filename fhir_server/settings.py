@@ -27,6 +27,7 @@ class Settings(BaseSettings):
 
     http_host: str = "127.0.0.1"
     http_port: int = 8080
+    workers: int = Field(default=1, ge=1, le=64, description="hub processes sharing the port (SO_REUSEPORT)")
     base_url: str | None = Field(default=None, description="public base of the FHIR API; default from host/port")
 
     # Document store. Unset: the hub starts its embedded FerretDB (SQLite backend) on loopback.
@@ -39,7 +40,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = 8 * 1024 * 1024
     history_max_count: int = 1000
     history_default_count: int = 50
-    write_retries: int = 20
+    write_retry_seconds: float = 10.0
     instance_id: str = Field(default="hub", description="unique per hub process sharing one store")
     write_lease_seconds: float = 120.0  # longer than any request may run
     request_timeout_seconds: float = 60.0

@@ -54,7 +54,6 @@ def test_kill_mid_load_loses_no_acknowledged_write(store_uri: str, tmp_path: Pat
 
     restarted = start_hub(store_uri, home, database=database)
     print(f"acknowledged writes before the kill: {len(acked)}")
-    print([line for line in restarted.log().splitlines() if "recovered" in line])
     try:
         with restarted.client() as client:
             for rid, vid, body in acked:  # every acknowledged version reads back exactly as acknowledged

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -105,7 +107,7 @@ class ResourceService:
             if not ts.isdigit() or not key:
                 raise BadRequest("The history page cursor is not valid; start again from the first page")
             parsed = (int(ts), key)
-        page = await self.store.history_page(rtype=rtype, rid=None, since=since, at=at, count=count, cursor=parsed)
+        page = await self.store.history_page(rtype=rtype, since=since, at=at, count=count, cursor=parsed)
         nxt = None if page.next_cursor is None else f"{page.next_cursor[0]}:{page.next_cursor[1]}"
         return HistoryResult(page.versions, nxt)
 
@@ -178,7 +180,7 @@ class ResourceService:
         principal.require("u", rtype, rid=rid)
         if not isinstance(operations, list):
             raise BadRequest("A JSON Patch body is an array of operations")
-        for _ in range(self.settings.write_retries):
+        async for _ in self._attempts():
             current = await self.read(principal=principal, rtype=rtype, rid=rid)
             if if_match is not None and current.vid != if_match:
                 raise PreconditionFailed(f"{rtype}/{rid} is at version {current.vid}, not {if_match}",
@@ -198,7 +200,7 @@ class ResourceService:
             except VersionConflict:
                 if if_match is not None:
                     raise PreconditionFailed(f"{rtype}/{rid} was changed concurrently") from None
-                await self._backoff()
+                continue
         raise Conflict(f"{rtype}/{rid} is being changed by too many writers; try again")
 
     async def delete(self, *, principal: Principal, rtype: str, rid: str,
@@ -206,7 +208,7 @@ class ResourceService:
         """Delete as a tombstone version; None if there was nothing to delete (already deleted)."""
         require_supported_type(rtype)
         principal.require("d", rtype, rid=rid)
-        for _ in range(self.settings.write_retries):
+        async for _ in self._attempts():
             current = await self.store.current(rtype, rid) if ID_RE.match(rid) else None
             if current is None:
                 raise NotFound(f"{rtype}/{rid} is not known")
@@ -219,7 +221,7 @@ class ResourceService:
             except VersionConflict:
                 if if_match is not None:
                     raise PreconditionFailed(f"{rtype}/{rid} was changed concurrently") from None
-                await self._backoff()
+                continue
         raise Conflict(f"{rtype}/{rid} is being changed by too many writers; try again")
 
     async def conditional_delete(self, *, principal: Principal, rtype: str, criteria_text: str) -> WriteResult | None:
@@ -249,7 +251,7 @@ class ResourceService:
 
     async def _write(self, *, rtype: str, rid: str, resource: dict[str, Any], method: str, expected: int | None,
                      must_be_new: bool = False, principal: Principal | None = None) -> WriteResult:
-        for _ in range(self.settings.write_retries):
+        async for _ in self._attempts():
             current = None if must_be_new else await self.store.current(rtype, rid)
             if expected is not None and (current is None or current.vid != expected):
                 # FHIR R4 http.html#concurrency: If-Match that does not hold -> 412
@@ -262,7 +264,7 @@ class ResourceService:
             except VersionConflict:
                 if expected is not None or must_be_new:
                     raise PreconditionFailed(f"{rtype}/{rid} was changed concurrently") from None
-                await self._backoff()
+                continue
         raise Conflict(f"{rtype}/{rid} is being changed by too many writers; try again")
 
     async def _write_once(self, *, rtype: str, rid: str, resource: dict[str, Any] | None, method: str,
@@ -276,11 +278,24 @@ class ResourceService:
             body = orjson.dumps(stamped)
             index = index_entries(stamped)
         version = Version(rtype=rtype, rid=rid, vid=vid, ts=ts, method=method, body=body, index=index)
-        await self.store.write(version)
+        await self.store.write(version, base=base)
         return WriteResult(version, created=base is None or base.deleted)
 
-    async def _backoff(self) -> None:
-        await asyncio.sleep(random.uniform(0.001, 0.01))  # noqa: S311 - jitter, not security
+    async def _attempts(self) -> AsyncIterator[int]:
+        """Attempts of a write that lost a race, until ``write_retry_seconds`` have passed.
+
+        Writes without If-Match must not fail just because others write the same resource: a lost race
+        is retried on the new current version, with exponential backoff and jitter.
+        """
+        deadline = time.monotonic() + self.settings.write_retry_seconds
+        attempt = 0
+        while True:
+            yield attempt
+            if time.monotonic() > deadline:
+                return
+            attempt += 1
+            pause = min(0.002 * 2 ** min(attempt, 10), 0.05)
+            await asyncio.sleep(random.uniform(pause / 2, pause))  # noqa: S311 - jitter, not security
 
 
 class _LockGuard:

@@ -2,23 +2,25 @@
 
 Two collections:
 
-- ``history``: one immutable document per version, ``_id`` = ``Type/id/vid``. Inserting version n+1 is
-  the write lock: of two writers of n+1, the second gets a duplicate key (DESIGN.md, lessons from Spark).
-  A version is inserted *pending* (``p``) and becomes visible only once ``resources`` points at it.
-- ``resources``: the current version of each resource, ``_id`` = ``Type/id``, plus its search index
-  entries. A read is one lookup by ``_id``.
+- ``resources``: the current version of each resource, ``_id`` = ``Type/id``, with its search index
+  entries. A read is one lookup by ``_id``; a create is one insert (the unique ``_id`` refuses a second).
+- ``history``: the versions that were current before, ``_id`` = ``Type/id/vid``, each a faithful copy of a
+  committed version. Superseding version n starts by inserting the copy of n: that insert is the write
+  lock (DESIGN.md, lessons from Spark), because the copy of n can be inserted once only. The writer that
+  inserted it then replaces ``resources`` with n+1: the one step at which n+1 becomes visible.
 
-A write is: claim n+1 in ``history`` (pending) -> replace ``resources`` -> clear ``p``. A process killed
-after the claim leaves a pending orphan that nobody can see (``vid`` > current); the next writer of that
-resource removes it once its lease has expired. A process killed after the replace leaves a committed
-version whose ``p`` is still set; readers check ``resources`` for such versions, so it is visible, as it
-must be. Only filters on ``_id`` alone are used on hot paths: FerretDB's SQLite backend pushes down
-nothing else.
+A process killed after the copy and before the replace leaves ``resources`` at n and a copy of n: every
+visible version is still a committed one. The copy is a *claim* that blocks the next writer of that
+resource until it is released: by the same hub instance at once (it knows the claim is not one of its
+own writes in flight: after a restart, or after a failed write), by any instance after the lease.
+
+Only filters on ``_id`` alone are used on hot paths: FerretDB's SQLite backend pushes down nothing else.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -47,7 +49,7 @@ def now_micros() -> int:
 
 
 class VersionConflict(Exception):
-    """Version ``vid`` of the resource was claimed by another writer."""
+    """Another writer superseded the version this write was based on."""
 
 
 class LockBusy(Exception):
@@ -74,21 +76,13 @@ class Version:
     def key(self) -> str:
         return f"{self.rtype}/{self.rid}"
 
-    def _history_doc(self, *, pending: str | None) -> dict[str, Any]:
-        doc: dict[str, Any] = {
-            "_id": f"{self.key}/{self.vid}", "t": self.rtype, "i": self.rid, "v": self.vid, "ts": self.ts,
-            "m": self.method, "j": None if self.body is None else Binary(self.body),
-        }
-        if pending is not None:
-            doc["p"] = 1
-            doc["o"] = pending  # the hub instance that claimed it
-        return doc
+    @property
+    def version_key(self) -> str:
+        return f"{self.rtype}/{self.rid}/{self.vid}"
 
-    def _current_doc(self) -> dict[str, Any]:
-        return {
-            "t": self.rtype, "i": self.rid, "v": self.vid, "ts": self.ts, "m": self.method,
-            "j": None if self.body is None else Binary(self.body), "ix": self.index,
-        }
+    def _fields(self) -> dict[str, Any]:
+        return {"t": self.rtype, "i": self.rid, "v": self.vid, "ts": self.ts, "m": self.method,
+                "j": None if self.body is None else Binary(self.body)}
 
 
 def _from_doc(doc: dict[str, Any]) -> Version:
@@ -114,15 +108,21 @@ class ResourceStore:
         self.history: AsyncCollection[dict[str, Any]] = db["history"]
         self.locks: AsyncCollection[dict[str, Any]] = db["locks"]
         self.lease_micros = int(lease_seconds * 1_000_000)
+        self._in_flight: set[str] = set()  # claims this process holds right now
 
     async def ensure_indexes(self) -> None:
         """Create the indexes the hub needs; idempotent (same name and keys each start)."""
         await self.resources.create_index([("t", ASCENDING), ("ix.identifier", ASCENDING)], name="t_identifier")
+        await self.resources.create_index([("t", ASCENDING), ("ts", DESCENDING)], name="t_ts")
+        await self.resources.create_index([("ts", DESCENDING)], name="ts")
         await self.history.create_index([("t", ASCENDING), ("ts", DESCENDING)], name="t_ts")
         await self.history.create_index([("ts", DESCENDING)], name="ts")
-        await self.history.create_index([("t", ASCENDING), ("i", ASCENDING), ("v", DESCENDING)], name="t_i_v")
-        await self.history.create_index([("p", ASCENDING), ("o", ASCENDING)], name="pending")
         await self.locks.create_index([("o", ASCENDING)], name="owner")
+
+    async def release_own_locks(self) -> int:
+        """At start-up: conditional-operation locks this instance held when it last stopped are dead."""
+        result = await self.locks.delete_many({"o": self.owner})
+        return int(result.deleted_count)
 
     # ---- reads -------------------------------------------------------------------------------------------
 
@@ -132,15 +132,10 @@ class ResourceStore:
 
     async def version(self, rtype: str, rid: str, vid: int) -> Version | None:
         doc = await self.history.find_one({"_id": f"{rtype}/{rid}/{vid}"})
-        if doc is None:
-            return None
-        if doc.get("p") and not await self._committed(rtype, rid, vid):
-            return None
-        return _from_doc(doc)
-
-    async def _committed(self, rtype: str, rid: str, vid: int) -> bool:
-        cur = await self.resources.find_one({"_id": f"{rtype}/{rid}"}, {"v": 1})
-        return cur is not None and int(cur["v"]) >= vid
+        if doc is not None:
+            return _from_doc(doc)  # every copy in history is a committed version
+        current = await self.current(rtype, rid)
+        return current if current is not None and current.vid == vid else None
 
     async def find_current(self, rtype: str, query: dict[str, Any], *, limit: int = 2) -> list[Version]:
         """Current (not deleted) versions matching a store query built by the search package."""
@@ -150,145 +145,137 @@ class ResourceStore:
     async def instance_history(
         self, *, rtype: str, rid: str, since: int | None, at: int | None, count: int, before_vid: int | None,
     ) -> tuple[list[Version], int | None]:
-        """Versions of one resource, newest first, fetched by ``_id`` (cheap on every engine).
+        """Versions of one resource, newest first, each fetched by ``_id`` (cheap on every engine).
 
         Returns the page and the vid to continue below (None when done).
         """
-        cur = await self.resources.find_one({"_id": f"{rtype}/{rid}"}, {"v": 1})
-        if cur is None:
+        current = await self.current(rtype, rid)
+        if current is None:
             return [], None
-        top = int(cur["v"]) if before_vid is None else min(int(cur["v"]), before_vid - 1)
+        top = current.vid if before_vid is None else min(current.vid, before_vid - 1)
         out: list[Version] = []
         vid = top
         while vid >= 1 and len(out) < count:
             batch = list(range(vid, max(vid - count, 0), -1))
-            docs = await asyncio.gather(*(self.history.find_one({"_id": f"{rtype}/{rid}/{v}"}) for v in batch))
-            for doc in docs:
+            found = await asyncio.gather(*(self._historic(rtype, rid, v, current) for v in batch))
+            for version in found:
                 vid -= 1
-                if doc is None:
+                if version is None:
                     continue
-                version = _from_doc(doc)
                 if since is not None and version.ts < since:
                     return out, None
-                if at is not None and version.ts > at:
-                    continue
+                if at is not None:
+                    if version.ts > at:
+                        continue
+                    return [version], None  # FHIR R4 http.html#history: _at = the version current then
                 out.append(version)
-                if at is not None or len(out) == count:
+                if len(out) == count:
                     break
-            if at is not None and out:
-                return out, None
         return out, (out[-1].vid if out and vid >= 1 else None)
 
-    async def history_page(
-        self, *, rtype: str | None, rid: str | None, since: int | None, at: int | None, count: int,
-        cursor: tuple[int, str] | None,
-    ) -> HistoryPage:
-        """Committed versions, newest first. ``at``: only the version current at that time per resource."""
+    async def _historic(self, rtype: str, rid: str, vid: int, current: Version) -> Version | None:
+        if vid == current.vid:
+            return current
+        doc = await self.history.find_one({"_id": f"{rtype}/{rid}/{vid}"})
+        return None if doc is None else _from_doc(doc)
+
+    async def history_page(self, *, rtype: str | None, since: int | None, at: int | None, count: int,
+                           cursor: tuple[int, str] | None) -> HistoryPage:
+        """Versions of a type (or of all types), newest first: current versions and their history, merged."""
         query: dict[str, Any] = {}
         if rtype is not None:
             query["t"] = rtype
-        if rid is not None:
-            query["i"] = rid
         ts_range: dict[str, int] = {}
         if since is not None:
             ts_range["$gte"] = since
         if at is not None:
             ts_range["$lte"] = at
+        if cursor is not None:
+            ts_range["$lte"] = min(cursor[0], ts_range.get("$lte", cursor[0]))
         if ts_range:
             query["ts"] = ts_range
-        if cursor is not None:
-            ts, key = cursor
-            query["$or"] = [{"ts": {"$lt": ts}}, {"ts": ts, "_id": {"$lt": key}}]
-        found = self.history.find(query).sort([("ts", DESCENDING), ("_id", DESCENDING)])
+        limit = count + 1
+        sort = [("ts", DESCENDING)]
+        cur_docs = [d async for d in self.resources.find(query, {"ix": 0}).sort(sort).limit(limit + 8)]
+        old_docs = [d async for d in self.history.find(query).sort(sort).limit(limit + 8)]
+        merged = heapq.merge((_from_doc(d) for d in cur_docs), (_from_doc(d) for d in old_docs),
+                             key=lambda v: (-v.ts, _neg(v.version_key)))
         out: list[Version] = []
         seen: set[str] = set()
-        last: tuple[int, str] | None = None
-        async for doc in found:
-            last = (int(doc["ts"]), str(doc["_id"]))
-            if doc.get("p") and not await self._committed(doc["t"], doc["i"], int(doc["v"])):
+        by_resource: set[str] = set()
+        for version in merged:
+            vkey = version.version_key
+            if cursor is not None and (version.ts, vkey) >= cursor:
                 continue
-            version = _from_doc(doc)
-            if at is not None:  # FHIR R4 http.html#history: _at = the version current at that instant
-                if version.key in seen:
+            if vkey in seen:  # a claim's copy of the current version: the same version twice
+                continue
+            seen.add(vkey)
+            if at is not None:  # _at: only the version that was current at that instant, per resource
+                if version.key in by_resource:
                     continue
-                seen.add(version.key)
+                by_resource.add(version.key)
             out.append(version)
             if len(out) > count:
                 break
         if len(out) > count:
-            last_kept = out[count - 1]
-            return HistoryPage(out[:count], (last_kept.ts, f"{last_kept.key}/{last_kept.vid}"))
-        del last
+            last = out[count - 1]
+            return HistoryPage(out[:count], (last.ts, last.version_key))
         return HistoryPage(out, None)
 
     # ---- writes ------------------------------------------------------------------------------------------
 
-    async def write(self, new: Version) -> Version:
-        """Store ``new`` as version ``new.vid`` of its resource; the caller read version ``new.vid - 1``.
+    async def write(self, new: Version, *, base: Version | None) -> Version:
+        """Store ``new`` as the version after ``base`` (None: the resource does not exist yet).
 
-        Raises VersionConflict if another writer claimed that version first.
+        Raises VersionConflict if another writer got there first.
         """
-        await self._claim(new)
+        if base is None:
+            try:
+                await self.resources.insert_one({"_id": new.key, **new._fields(), "ix": new.index})
+            except DuplicateKeyError:
+                raise VersionConflict(f"{new.key} was created concurrently") from None
+            return new
+        claim = base.version_key
+        if claim in self._in_flight:
+            raise VersionConflict(f"{base.key} is being written by another request")
+        self._in_flight.add(claim)  # before the insert: a rival in this process must never see it as dead
         try:
-            await self.resources.replace_one({"_id": new.key}, new._current_doc(), upsert=True)
-        except BaseException:
-            await self._abandon(new)
-            raise
-        await self.history.update_one({"_id": f"{new.key}/{new.vid}"}, {"$unset": {"p": "", "o": ""}})
+            await self._claim(base)
+            await self.resources.replace_one({"_id": new.key}, {**new._fields(), "ix": new.index})
+        finally:
+            self._in_flight.discard(claim)
         return new
 
-    async def recover(self) -> tuple[int, int]:
-        """At start-up: settle the claims and locks this hub instance left when it last stopped.
-
-        None of them can be in flight (the instance is starting), so each pending claim is either committed
-        (``resources`` reached it: clear ``p``) or an orphan (delete it). Returns (committed, removed).
-        """
-        committed = removed = 0
-        async for doc in self.history.find({"p": 1, "o": self.owner}, {"t": 1, "i": 1, "v": 1, "ts": 1}):
-            if await self._committed(doc["t"], doc["i"], int(doc["v"])):
-                await self.history.update_one({"_id": doc["_id"]}, {"$unset": {"p": "", "o": ""}})
-                committed += 1
-            else:
-                await self.history.delete_one({"_id": doc["_id"]})
-                removed += 1
-        await self.locks.delete_many({"o": self.owner})
-        return committed, removed
-
-    async def _claim(self, new: Version) -> None:
-        doc = new._history_doc(pending=self.owner)
-        for _ in range(2):
-            try:
-                await self.history.insert_one(doc)
-                return
-            except DuplicateKeyError:
-                if not await self._remove_orphan(new):
-                    raise VersionConflict(f"{new.key} version {new.vid} was written concurrently") from None
-        raise VersionConflict(f"{new.key} version {new.vid} was written concurrently")
-
-    async def _remove_orphan(self, new: Version) -> bool:
-        """Remove a pending claim of ``new.vid`` left by a writer that died; True if one was removed."""
-        held = await self.history.find_one({"_id": f"{new.key}/{new.vid}"}, {"p": 1, "ts": 1})
-        if held is None:
-            return True  # removed meanwhile: try the claim again
-        if not held.get("p") or now_micros() - int(held["ts"]) < self.lease_micros:
-            return False
-        if await self._committed(new.rtype, new.rid, new.vid):
-            return False
-        result = await self.history.delete_one({"_id": held["_id"], "ts": held["ts"], "p": 1})
-        return result.deleted_count == 1
-
-    async def _abandon(self, new: Version) -> None:
-        """Undo a claim whose commit failed (best effort: a leftover is an invisible orphan)."""
+    async def _claim(self, base: Version) -> None:
+        """Insert the copy of ``base``: the right to write the version after it."""
+        copy = {"_id": base.version_key, **base._fields(), "o": self.owner, "c": now_micros()}
         try:
-            await asyncio.shield(self.history.delete_one({"_id": f"{new.key}/{new.vid}", "ts": new.ts}))
-        except Exception:  # noqa: S110 - the orphan stays invisible and is removed by the next writer
+            await self.history.insert_one(copy)
+            return
+        except DuplicateKeyError:
             pass
+        held = await self.history.find_one({"_id": base.version_key}, {"o": 1, "c": 1})
+        current = await self.resources.find_one({"_id": base.key}, {"v": 1})
+        if held is None or current is None or int(current["v"]) != base.vid:
+            raise VersionConflict(f"{base.key} version {base.vid} was superseded concurrently")
+        # write() admits one local writer per claim, so a claim of ours that exists here is not in flight
+        mine_and_dead = held.get("o") == self.owner
+        expired = now_micros() - int(held.get("c", 0)) > self.lease_micros
+        if not (mine_and_dead or expired):
+            raise VersionConflict(f"{base.key} is being written by another request")
+        # The claim's writer died before its replace. Take it over; of several rivals one wins the takeover lock.
+        try:
+            await self.locks.insert_one({"_id": f"takeover:{base.version_key}:{held.get('c')}", "o": self.owner,
+                                         "ts": now_micros()})
+        except DuplicateKeyError:
+            raise VersionConflict(f"{base.key} is being recovered by another request") from None
+        await self.history.update_one({"_id": base.version_key}, {"$set": {"o": self.owner, "c": now_micros()}})
 
     # ---- locks for conditional operations ---------------------------------------------------------------
 
     @asynccontextmanager
     async def lock(self, name: str, *, wait_seconds: float = 10.0) -> AsyncIterator[None]:
-        """Hold a named lease lock (one ``locks`` document). Guards match-then-write of conditional operations."""
+        """Hold a named lease lock (one ``locks`` document): guards match-then-write of conditional operations."""
         deadline = time.monotonic() + wait_seconds
         delay = 0.002
         while True:
@@ -309,3 +296,15 @@ class ResourceStore:
             yield
         finally:
             await asyncio.shield(self.locks.delete_one({"_id": name}))
+
+
+class _neg:
+    """Sort key wrapper: reverses string order (history is newest first, ties by key descending)."""
+
+    __slots__ = ("s",)
+
+    def __init__(self, s: str) -> None:
+        self.s = s
+
+    def __lt__(self, other: _neg) -> bool:
+        return self.s > other.s

@@ -1,0 +1,91 @@
+"""The write protocol of the versioned store, step by step, on the real FerretDB: claims left by dead writers."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from pymongo import AsyncMongoClient
+
+from fhir_server.storage import ResourceStore, Version, VersionConflict, now_micros
+
+
+def _version(rid: str, vid: int, body: bytes | None = b'{"resourceType":"Basic"}') -> Version:
+    return Version(rtype="Basic", rid=rid, vid=vid, ts=now_micros(), method="PUT", body=body)
+
+
+@pytest.fixture
+async def stores(store_uri: str):
+    client: AsyncMongoClient = AsyncMongoClient(store_uri)
+    db = client[f"claims{uuid.uuid4().hex[:8]}"]
+    mine = ResourceStore(db, owner="hub-a", lease_seconds=60)
+    other = ResourceStore(db, owner="hub-b", lease_seconds=60)
+    await mine.ensure_indexes()
+    yield mine, other
+    await client.close()
+
+
+async def _dead_claim(store: ResourceStore, base: Version, *, age_seconds: float = 0) -> None:
+    """What a writer killed between its claim and its commit leaves behind."""
+    await store.history.insert_one({"_id": base.version_key, "t": base.rtype, "i": base.rid, "v": base.vid,
+                                    "ts": base.ts, "m": base.method, "j": base.body, "o": store.owner,
+                                    "c": now_micros() - int(age_seconds * 1_000_000)})
+
+
+async def test_create_is_one_insert_and_refuses_a_second(stores) -> None:
+    mine, other = stores
+    v1 = await mine.write(_version("a", 1), base=None)
+    with pytest.raises(VersionConflict):
+        await other.write(_version("a", 1), base=None)
+    assert (await mine.current("Basic", "a")) == v1
+    assert await mine.history.count_documents({}) == 0  # nothing superseded yet
+
+
+async def test_update_copies_the_superseded_version(stores) -> None:
+    mine, _ = stores
+    v1 = await mine.write(_version("b", 1, b'{"v":1}'), base=None)
+    v2 = await mine.write(_version("b", 2, b'{"v":2}'), base=v1)
+    assert (await mine.version("Basic", "b", 1)).body == b'{"v":1}'
+    assert (await mine.version("Basic", "b", 2)).body == b'{"v":2}'
+    assert await mine.version("Basic", "b", 3) is None
+    with pytest.raises(VersionConflict):  # a second writer based on v1 loses
+        await mine.write(_version("b", 2, b'{"lost":1}'), base=v1)
+    assert (await mine.current("Basic", "b")) == v2
+
+
+async def test_own_dead_claim_is_taken_over_at_once(stores) -> None:
+    mine, _ = stores
+    v1 = await mine.write(_version("c", 1), base=None)
+    await _dead_claim(mine, v1)  # this instance died after claiming v1, before committing v2
+    assert (await mine.current("Basic", "c")).vid == 1  # nothing half-visible
+    v2 = await mine.write(_version("c", 2), base=v1)  # restarted instance: not in flight here, so dead
+    assert (await mine.current("Basic", "c")) == v2
+
+
+async def test_other_instance_claim_blocks_until_its_lease_expires(stores) -> None:
+    mine, other = stores
+    v1 = await mine.write(_version("d", 1), base=None)
+    await _dead_claim(other, v1)  # fresh claim of another hub instance: maybe still in flight
+    with pytest.raises(VersionConflict):
+        await mine.write(_version("d", 2), base=v1)
+    await mine.history.delete_one({"_id": v1.version_key})
+    await _dead_claim(other, v1, age_seconds=120)  # older than the 60 s lease: its writer is gone
+    v2 = await mine.write(_version("d", 2), base=v1)
+    assert (await mine.current("Basic", "d")) == v2
+
+
+async def test_history_page_merges_current_and_superseded(stores) -> None:
+    mine, _ = stores
+    a1 = await mine.write(_version("h1", 1), base=None)
+    b1 = await mine.write(_version("h2", 1), base=None)
+    a2 = await mine.write(_version("h1", 2), base=a1)
+    await _dead_claim(mine, b1)  # a claim's copy duplicates the current version; it must appear once
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = await mine.history_page(rtype="Basic", since=None, at=None, count=1, cursor=cursor)
+        seen += [v.version_key for v in page.versions]
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert seen == [a2.version_key, b1.version_key, a1.version_key]
