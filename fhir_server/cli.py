@@ -83,7 +83,8 @@ def _serve(settings: Settings, uri: str) -> None:
 
     app = create_app(settings, mongodb_uri=uri)
     config = uvicorn.Config(app, access_log=False, log_level="info", limit_concurrency=settings.max_connections,
-                            timeout_keep_alive=15, h11_max_incomplete_event_size=64 * 1024, server_header=False)
+                            timeout_keep_alive=15, h11_max_incomplete_event_size=64 * 1024, server_header=False,
+                            proxy_headers=False)
     uvicorn.Server(config).run(sockets=[_listen(settings)])
 
 

@@ -1,4 +1,8 @@
-"""FastAPI dependencies, built from the app's lifespan state."""
+"""FastAPI dependencies, built from the app's lifespan state.
+
+They are ``async def`` on purpose: FastAPI runs plain ``def`` dependencies in a thread pool, which cost a
+thread hop per dependency per request (10 % of a read's CPU when they were sync).
+"""
 
 from __future__ import annotations
 
@@ -38,17 +42,17 @@ class TokenCache:
         return principal
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def _service(request: Request) -> ResourceService:
+async def _service(request: Request) -> ResourceService:
     service: ResourceService = request.app.state.service
     return service
 
 
-def _principal(request: Request) -> Principal:
+async def _principal(request: Request) -> Principal:
     header = request.headers.get("authorization")
     if not header:
         raise Unauthorized("This endpoint needs a bearer token (Authorization: Bearer ...)",

@@ -198,6 +198,18 @@ async def history_type(rtype: str, request: Request, service: ServiceDep, settin
     return await _history(request, service, settings, user, rtype, None)
 
 
+# read is matched early (it is the most frequent request); only /{rtype}/_history must come before it
+@router.get("/{rtype}/{rid}")
+async def read(rtype: str, rid: str, request: Request, service: ServiceDep, settings: SettingsDep,
+               user: CurrentUser) -> Response:
+    rendering = rendering_of(request)
+    version = await service.read(principal=user, rtype=rtype, rid=rid)
+    headers = _version_headers(version, settings)
+    if _not_modified(request, version):
+        return Response(status_code=304, headers=headers)
+    return fhir_response(version.body, rendering, headers=headers)
+
+
 @router.get("/{rtype}/{rid}/_history")
 async def history_instance(rtype: str, rid: str, request: Request, service: ServiceDep, settings: SettingsDep,
                            user: CurrentUser) -> Response:
@@ -298,17 +310,6 @@ def _deleted_response(request: Request, result: WriteResult | None) -> Response:
 
 
 # ---- instance level -----------------------------------------------------------------------------------------
-
-@router.get("/{rtype}/{rid}")
-async def read(rtype: str, rid: str, request: Request, service: ServiceDep, settings: SettingsDep,
-               user: CurrentUser) -> Response:
-    rendering = rendering_of(request)
-    version = await service.read(principal=user, rtype=rtype, rid=rid)
-    headers = _version_headers(version, settings)
-    if _not_modified(request, version):
-        return Response(status_code=304, headers=headers)
-    return fhir_response(version.body, rendering, headers=headers)
-
 
 @router.put("/{rtype}/{rid}")
 async def update(rtype: str, rid: str, request: Request, service: ServiceDep, settings: SettingsDep,
