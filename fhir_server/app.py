@@ -9,12 +9,14 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from pymongo.errors import ConnectionFailure
 
 from fhir_server.api.deps import TokenCache
 from fhir_server.api.errors import install_error_handlers
 from fhir_server.api.limits import RequestLimits
 from fhir_server.api.routes import router, well_known
 from fhir_server.auth.tokens import TokenVerifier
+from fhir_server.errors import StoreUnavailable
 from fhir_server.service import ResourceService
 from fhir_server.settings import Settings
 from fhir_server.storage import ResourceStore, connect
@@ -32,7 +34,7 @@ def create_app(settings: Settings, *, mongodb_uri: str | None = None) -> Any:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        client = await connect(uri)
+        client = await connect(uri, timeout_seconds=settings.store_timeout_seconds)
         store = ResourceStore(client[settings.mongodb_database], lease_seconds=settings.write_lease_seconds,
                               owner=settings.instance_id)
         await store.ensure_indexes()
@@ -55,5 +57,7 @@ def create_app(settings: Settings, *, mongodb_uri: str | None = None) -> Any:
     app = FastAPI(title="MedUnion Hub", lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None)
     app.include_router(router, prefix="/fhir")
     app.include_router(well_known)
-    install_error_handlers(app)
-    return RequestLimits(app, timeout=settings.request_timeout_seconds)
+    install_error_handlers(app, translate={ConnectionFailure: StoreUnavailable(
+        "The document store does not answer; nothing was changed. Retry in a moment.",
+        headers={"Retry-After": "5"})})
+    return RequestLimits(app, timeout=settings.request_timeout_seconds, max_in_flight=settings.max_connections)

@@ -82,9 +82,9 @@ def _serve(settings: Settings, uri: str) -> None:
     from fhir_server.app import create_app
 
     app = create_app(settings, mongodb_uri=uri)
-    config = uvicorn.Config(app, access_log=False, log_level="info", limit_concurrency=settings.max_connections,
-                            timeout_keep_alive=15, h11_max_incomplete_event_size=64 * 1024, server_header=False,
-                            proxy_headers=False)
+    # the concurrency limit is RequestLimits' (503 with an OperationOutcome), not uvicorn's plain-text one
+    config = uvicorn.Config(app, access_log=False, log_level="info", timeout_keep_alive=15,
+                            h11_max_incomplete_event_size=64 * 1024, server_header=False, proxy_headers=False)
     uvicorn.Server(config).run(sockets=[_listen(settings)])
 
 

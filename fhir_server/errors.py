@@ -18,6 +18,7 @@ __all__ = [
     "NotFound",
     "PayloadTooLarge",
     "PreconditionFailed",
+    "StoreUnavailable",
     "Unauthorized",
     "UnprocessableEntity",
     "UnsupportedMediaType",
@@ -126,6 +127,12 @@ class UnsupportedMediaType(HubError):
     """Request body in a format the hub does not read (HTTP 415)."""
 
     status, code = 415, "not-supported"
+
+
+class StoreUnavailable(HubError):
+    """The document store does not answer (HTTP 503); nothing was written."""
+
+    status, code = 503, "transient"
 
 
 class UnprocessableEntity(HubError):

@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     # Document store. Unset: the hub starts its embedded FerretDB (SQLite backend) on loopback.
     mongodb_uri: str | None = Field(default=None, validation_alias=AliasChoices("MONGODB_URI", "MEDUNION_MONGODB_URI"))
     mongodb_database: str = "medunion"
+    store_timeout_seconds: float = 5.0
     ferretdb_port: int = 27117
     ferretdb_bin: Path | None = None
 

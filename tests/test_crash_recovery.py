@@ -112,3 +112,29 @@ def test_clean_stop_stops_embedded_store(tmp_path: Path, signum: int) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_store_outage_gives_503_and_recovers(tmp_path: Path) -> None:
+    """The store goes away under a running hub: clear 503 OperationOutcomes, not hangs or 500s."""
+    from fhir_server.embedded_store import EmbeddedStore, free_port
+
+    store = EmbeddedStore(data_dir=tmp_path / "store", port=free_port())
+    store.start()
+    hub = start_hub(store.uri, tmp_path / "home", extra={"MEDUNION_STORE_TIMEOUT_SECONDS": "1"})
+    try:
+        with hub.client() as client:
+            pid = client.post("/Patient", json={"resourceType": "Patient"}).json()["id"]
+            store.stop()
+            down = client.get(f"/Patient/{pid}")
+            assert down.status_code == 503, down.text
+            assert down.json()["issue"][0]["code"] == "transient" and "Traceback" not in down.text
+            assert down.headers["retry-after"] == "5"
+            assert client.post("/Patient", json={"resourceType": "Patient"}).status_code == 503
+            store.start()
+            deadline = time.monotonic() + 20
+            while client.get(f"/Patient/{pid}").status_code != 200:
+                assert time.monotonic() < deadline, "the hub did not reconnect to the store"
+                time.sleep(0.2)
+    finally:
+        stop_hub(hub)
+        store.stop()

@@ -270,3 +270,18 @@ def test_mongo_operator_keys_are_data(api: httpx.Client) -> None:
     assert cond.status_code == 400
     weird = api.post("/Patient", json=patient(), headers={"If-None-Exist": "identifier=$ne"})
     assert weird.status_code == 201  # a value is a value, never an operator
+
+
+def test_patient_data_never_reaches_the_log(api: httpx.Client, hub: Hub) -> None:
+    mrn, family = f"MRN{new_id()}", f"欧阳{new_id()[:6]}"
+    body = patient(family=family, identifier=[{"system": "urn:mrn", "value": mrn}])
+    created = api.post("/Patient", json=body, headers={"If-None-Exist": f"identifier=urn:mrn|{mrn}"})
+    rid = created.json()["id"]
+    api.get(f"/Patient/{rid}", params={"_elements": "name"})
+    api.put("/Patient", params={"identifier": f"urn:mrn|{mrn}"}, json=body)
+    api.post("/Patient", json={**body, "birthDate": f"bad-{mrn}"})  # a validation error about the value
+    time.sleep(0.5)
+    log = hub.log()
+    assert "/{rtype}/{rid}" in log  # the access log is on and names route templates
+    for secret in (rid, mrn, family):
+        assert secret not in log

@@ -32,7 +32,16 @@ def _outcome(request: Request, status: int, issues: list[Issue], headers: dict[s
     return fhir_response(operation_outcome(issues), _rendering(request), status=status, headers=headers, shape=False)
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI, *, translate: dict[type[Exception], HubError] | None = None) -> None:
+    """Register the handlers. ``translate`` maps exceptions of lower layers (the store driver) onto HubErrors;
+    the composition root supplies it, so this module knows no driver."""
+    for kind, hub_error in (translate or {}).items():
+        async def _translated(request: Request, exc: Exception, hub_error: HubError = hub_error) -> Response:
+            log.warning("%s: %s", type(exc).__name__, hub_error.message)
+            return _outcome(request, hub_error.status, hub_error.issues, hub_error.headers)
+
+        app.add_exception_handler(kind, _translated)
+
     @app.exception_handler(HubError)
     async def _hub_error(request: Request, exc: HubError) -> Response:
         if isinstance(exc, NotAcceptable):  # cannot honour Accept: answer in JSON

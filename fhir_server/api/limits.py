@@ -16,20 +16,30 @@ log = logging.getLogger("medunion.access")
 
 _TIMEOUT_BODY = orjson.dumps({"resourceType": "OperationOutcome", "issue": [{
     "severity": "error", "code": "timeout", "diagnostics": "The request took longer than the hub's limit"}]})
+_BUSY_BODY = orjson.dumps({"resourceType": "OperationOutcome", "issue": [{
+    "severity": "error", "code": "transient", "diagnostics": "The hub is at its limit of concurrent requests; "
+    "retry after a moment"}]})
 
 
 class RequestLimits:
-    """Ends a request that runs past ``timeout`` seconds with 503, and logs method, route template, status and
-    duration: never the URL (ids, identifiers and search values are patient data)."""
+    """Refuses requests over ``max_in_flight`` and ends those that run past ``timeout`` seconds (503 with an
+    OperationOutcome), and logs method, route template, status and duration: never the URL (ids,
+    identifiers and search values are patient data)."""
 
-    def __init__(self, app: ASGIApp, *, timeout: float) -> None:
+    def __init__(self, app: ASGIApp, *, timeout: float, max_in_flight: int) -> None:
         self.app = app
         self.timeout = timeout
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if self.in_flight >= self.max_in_flight:
+            await _send_outcome(send, 503, _BUSY_BODY)
+            return
+        self.in_flight += 1
         started = time.perf_counter()
         state: dict[str, Any] = {"status": 0}
 
@@ -44,12 +54,17 @@ class RequestLimits:
         except TimeoutError:
             if state["status"] == 0:
                 state["status"] = 503
-                await send({"type": "http.response.start", "status": 503, "headers": [
-                    (b"content-type", b"application/fhir+json; charset=utf-8"), (b"retry-after", b"5")]})
-                await send({"type": "http.response.body", "body": _TIMEOUT_BODY})
+                await _send_outcome(send, 503, _TIMEOUT_BODY)
         finally:
+            self.in_flight -= 1
             if log.isEnabledFor(logging.INFO):
                 route = scope.get("route")
                 template = getattr(route, "path", "?") if route is not None else "(no route)"
                 log.info("%s %s %s %.1fms", scope["method"], template, state["status"],
                          (time.perf_counter() - started) * 1000)
+
+
+async def _send_outcome(send: Send, status: int, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/fhir+json; charset=utf-8"), (b"retry-after", b"5")]})
+    await send({"type": "http.response.body", "body": body})
