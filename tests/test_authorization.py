@@ -103,3 +103,34 @@ def test_scope_parsing() -> None:
     assert [(g.context, g.rtype, "".join(sorted(g.permissions))) for g in grants] == [
         ("system", "Patient", "cdrsu"), ("user", "*", "rs"), ("patient", "Observation", "rs")]
     assert parse_scopes("system/Patient.rc") == ()  # v2 permissions must be in c r u d s order
+
+
+def test_rs256_from_a_jwks_file_and_hs256_in_development(store_uri: str, tmp_path) -> None:
+    """A hub configured with an issuer's JWKS (RS256) accepts that issuer's tokens and no others."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from jwt.algorithms import RSAAlgorithm
+
+    from tests.conftest import start_hub, stop_hub
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = json.loads(RSAAlgorithm.to_jwk(key.public_key())) | {"kid": "union-idp-1", "alg": "RS256"}
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [public]}))
+    secret = "development-only-shared-secret-0123456789"
+    hub = start_hub(store_uri, tmp_path / "home", extra={
+        "MEDUNION_JWKS_FILE": str(jwks), "MEDUNION_AUTH_ISSUER": "https://idp.medunion.example",
+        "MEDUNION_JWT_HS256_SECRET": secret})
+    try:
+        claims = {"iss": "https://idp.medunion.example", "aud": hub.base, "sub": "dr-zhou",
+                  "scope": "user/Patient.rs", "exp": int(time.time()) + 300}
+        rs = jwt.encode(claims, key, algorithm="RS256", headers={"kid": "union-idp-1"})
+        assert _get(hub, f"/Patient/{uuid.uuid4().hex}", rs).status_code == 404  # accepted, patient absent
+        hs = jwt.encode(claims, secret, algorithm="HS256")
+        assert _get(hub, f"/Patient/{uuid.uuid4().hex}", hs).status_code == 404  # development mode only
+        other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        forged = jwt.encode(claims, other, algorithm="RS256", headers={"kid": "union-idp-1"})
+        assert _get(hub, "/Patient/x", forged).status_code == 401
+        assert _get(hub, "/Patient/x", jwt.encode(claims, key, algorithm="RS256", headers={"kid": "nope"})
+                    ).status_code == 401
+    finally:
+        stop_hub(hub)

@@ -118,3 +118,17 @@ def test_r4_only_types_are_refused_clearly(api: httpx.Client) -> None:
     r = api.post("/MedicinalProduct", json={"resourceType": "MedicinalProduct"})
     assert r.status_code == 404
     assert "R4" in r.json()["issue"][0]["diagnostics"]
+
+
+def test_xml_for_bundles_outcomes_and_capabilities(api: httpx.Client, hub: Hub) -> None:
+    rid = api.post("/Basic", json={"resourceType": "Basic", "code": {"text": "xml"}}).json()["id"]
+    history = api.get(f"/Basic/{rid}/_history", params={"_format": "xml"})
+    assert history.status_code == 200 and history.text.count("<Bundle") == 1 and "<type value=\"history\"/>" in (
+        history.text)
+    metadata = httpx.get(f"{hub.base}/metadata", params={"_format": "xml"})
+    assert metadata.status_code == 200 and "<CapabilityStatement" in metadata.text
+    assert '<fhirVersion value="4.0.1"/>' in metadata.text
+    outcome = api.post("/Patient", json={"resourceType": "Patient", "birthDate": "x"},
+                       headers={"Accept": "application/fhir+xml"})
+    assert outcome.status_code == 400 and "<OperationOutcome" in outcome.text
+    assert '<expression value="Patient.birthDate"/>' in outcome.text
