@@ -1,0 +1,109 @@
+"""FHIRPath expressions of search parameters, compiled to functions from a resource (parsed JSON) to values.
+
+Simple paths (``Patient.name``, ``Observation.effective``, ``(Observation.value as Quantity)``) compile to
+plain dictionary walks; everything else is evaluated by fhirpathpy with the R4 model. The two must agree
+on every official example (tests/test_search_paths.py).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from functools import cache
+from typing import Any
+
+from fhirpathpy import compile as fhirpath_compile
+from fhirpathpy.models import models
+
+__all__ = ["Extractor", "compile_path", "is_fast"]
+
+Extractor = Callable[[dict[str, Any]], list[Any]]
+
+_SIMPLE = re.compile(r"^(?P<path>[A-Z][A-Za-z]*(?:\.[a-z][A-Za-z]*)+)$")
+_CAST = re.compile(r"^\((?P<path>[A-Z][A-Za-z]*(?:\.[a-z][A-Za-z]*)+) as (?P<type>[A-Za-z]+)\)$")
+
+
+# FHIRPath `as T` also matches T's specializations (FHIR R4 datatypes: canonical, url, oid and uuid are uris...)
+_SPECIALIZATIONS = {
+    "uri": ("uri", "url", "canonical", "oid", "uuid"),
+    "string": ("string", "code", "id", "markdown"),
+    "integer": ("integer", "positiveInt", "unsignedInt"),
+    "Quantity": ("Quantity", "Age", "Count", "Distance", "Duration"),
+}
+
+
+# the types a choice element [x] can take in R4 (datatypes.html#open): value[x] appears as valueQuantity, ...
+_CHOICE_TYPES = frozenset("""Base64Binary Boolean Canonical Code Date DateTime Decimal Id Instant Integer Markdown Oid
+PositiveInt String Time UnsignedInt Uri Url Uuid Address Age Annotation Attachment CodeableConcept Coding ContactPoint
+Count Distance Duration HumanName Identifier Money Period Quantity Range Ratio Reference SampledData Signature Timing
+ContactDetail Contributor DataRequirement Expression ParameterDefinition RelatedArtifact TriggerDefinition
+UsageContext Dosage Meta""".split())
+
+
+def _children(items: list[Any], name: str, choice_type: str | None) -> list[Any]:
+    out: list[Any] = []
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        if choice_type is not None:
+            keys = [name + t[0].upper() + t[1:] for t in _SPECIALIZATIONS.get(choice_type, (choice_type,))]
+        elif name in item:
+            keys = [name]
+        else:  # a choice element named without its type: effective -> effectiveDateTime, effectivePeriod...
+            keys = [k for k in item if k.startswith(name) and k[len(name):] in _CHOICE_TYPES]
+        for key in keys:
+            value = item.get(key)
+            if isinstance(value, list):
+                out.extend(v for v in value if v is not None)
+            elif value is not None:
+                out.append(value)
+    return out
+
+
+def _walker(rtype: str, steps: list[str], cast: str | None) -> Extractor:
+    def extract(resource: dict[str, Any]) -> list[Any]:
+        if resource.get("resourceType") != rtype and rtype not in ("Resource", "DomainResource"):
+            return []
+        items: list[Any] = [resource]
+        for i, step in enumerate(steps):
+            items = _children(items, step, cast if i == len(steps) - 1 else None)
+            if not items:
+                break
+        return items
+
+    return extract
+
+
+def _fast(expression: str) -> Extractor | None:
+    m = _SIMPLE.match(expression)
+    cast = None
+    if m is None:
+        m = _CAST.match(expression)
+        if m is None:
+            return None
+        cast = m.group("type")
+    rtype, *steps = m.group("path").split(".")
+    return _walker(rtype, steps, cast)
+
+
+def is_fast(expression: str) -> bool:
+    return _fast(expression) is not None
+
+
+def _general(expression: str) -> Extractor:
+    compiled = fhirpath_compile(expression, models["r4"])
+
+    def extract(resource: dict[str, Any]) -> list[Any]:
+        return list(compiled(resource, {}))
+
+    return extract
+
+
+@cache
+def compile_path(expression: str, *, general: bool = False) -> Extractor:
+    """The extractor of one FHIRPath expression; ``general=True`` forces the FHIRPath engine."""
+    if not general:
+        fast = _fast(expression)
+        if fast is not None:
+            return fast
+    return _general(expression)
