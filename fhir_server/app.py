@@ -1,4 +1,4 @@
-"""Composition root: builds the FastAPI app and wires storage, service, auth and entry points together."""
+"""Composition root: builds the ASGI app and wires storage, service, auth and entry points together."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
 from pymongo.errors import ConnectionFailure
+from starlette.applications import Starlette
+from starlette.routing import Mount
 
 from fhir_server.api.deps import TokenCache
 from fhir_server.api.errors import install_error_handlers
 from fhir_server.api.limits import RequestLimits
-from fhir_server.api.routes import router, well_known
+from fhir_server.api.routes import fhir_routes, well_known_routes
 from fhir_server.auth.tokens import TokenVerifier
 from fhir_server.errors import StoreUnavailable
 from fhir_server.service import ResourceService
@@ -33,7 +34,7 @@ def create_app(settings: Settings, *, mongodb_uri: str | None = None) -> Any:
         raise ValueError("create_app needs a MongoDB URI (MONGODB_URI or the embedded store)")
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
         client = await connect(uri, timeout_seconds=settings.store_timeout_seconds)
         store = ResourceStore(client[settings.mongodb_database], lease_seconds=settings.write_lease_seconds,
                               owner=settings.instance_id)
@@ -54,9 +55,9 @@ def create_app(settings: Settings, *, mongodb_uri: str | None = None) -> Any:
         finally:
             await client.close()
 
-    app = FastAPI(title="MedUnion Hub", lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None)
-    app.include_router(router, prefix="/fhir")
-    app.include_router(well_known)
+    # Starlette directly, not FastAPI: its per-request dependency and middleware machinery cost 30 % of read
+    # throughput (docs/benchmarks.md), and the FHIR API does its own negotiation, parsing and responses.
+    app = Starlette(routes=[Mount("/fhir", routes=fhir_routes()), *well_known_routes()], lifespan=lifespan)
     install_error_handlers(app, translate={ConnectionFailure: StoreUnavailable(
         "The document store does not answer; nothing was changed. Retry in a moment.",
         headers={"Retry-After": "5"})})

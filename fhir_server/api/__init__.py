@@ -1,7 +1,7 @@
-"""The FHIR REST entry point: routers, content negotiation, error translation, request limits."""
+"""The FHIR REST entry point: routes, content negotiation, error translation, request limits."""
 
 from __future__ import annotations
 
-from fhir_server.api.routes import router, well_known
+from fhir_server.api.routes import fhir_routes, well_known_routes
 
-__all__ = ["router", "well_known"]
+__all__ = ["fhir_routes", "well_known_routes"]

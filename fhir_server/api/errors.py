@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 import traceback
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from starlette.applications import Starlette
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
 from starlette.responses import Response
 
 from fhir_server.api.formats import Rendering, fhir_response, rendering_of
@@ -32,7 +32,7 @@ def _outcome(request: Request, status: int, issues: list[Issue], headers: dict[s
     return fhir_response(operation_outcome(issues), _rendering(request), status=status, headers=headers, shape=False)
 
 
-def install_error_handlers(app: FastAPI, *, translate: dict[type[Exception], HubError] | None = None) -> None:
+def install_error_handlers(app: Starlette, *, translate: dict[type[Exception], HubError] | None = None) -> None:
     """Register the handlers. ``translate`` maps exceptions of lower layers (the store driver) onto HubErrors;
     the composition root supplies it, so this module knows no driver."""
     for kind, hub_error in (translate or {}).items():
@@ -42,14 +42,12 @@ def install_error_handlers(app: FastAPI, *, translate: dict[type[Exception], Hub
 
         app.add_exception_handler(kind, _translated)
 
-    @app.exception_handler(HubError)
     async def _hub_error(request: Request, exc: HubError) -> Response:
         if isinstance(exc, NotAcceptable):  # cannot honour Accept: answer in JSON
             return fhir_response(operation_outcome(exc.issues), Rendering("json", False, "false", None),
                                  status=exc.status, headers=exc.headers, shape=False)
         return _outcome(request, exc.status, exc.issues, exc.headers)
 
-    @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         if exc.status_code == 404:
             text = f"No route for {request.method} {request.url.path}"
@@ -60,13 +58,6 @@ def install_error_handlers(app: FastAPI, *, translate: dict[type[Exception], Hub
         return _outcome(request, exc.status_code, [Issue(code=_HTTP_CODES.get(exc.status_code, "processing"),
                                                          diagnostics=text)])
 
-    @app.exception_handler(RequestValidationError)
-    async def _request_error(request: Request, exc: RequestValidationError) -> Response:
-        issues = [Issue(code="invalid", diagnostics=f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}")
-                  for e in exc.errors()]
-        return _outcome(request, 400, issues)
-
-    @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
         # no message and no locals: they can carry patient data (DESIGN: patient data never goes into logs)
         frames = "".join(traceback.format_tb(exc.__traceback__))
@@ -74,3 +65,7 @@ def install_error_handlers(app: FastAPI, *, translate: dict[type[Exception], Hub
                   and getattr(request.scope["route"], "path", "?"), frames)
         return _outcome(request, 500, [Issue(code="exception", diagnostics="Internal server error; the hub's log "
                                              "has the details")])
+
+    app.add_exception_handler(HubError, _hub_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, _unexpected)

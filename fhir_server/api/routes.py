@@ -8,11 +8,12 @@ from typing import Any
 from urllib.parse import urlencode
 
 import orjson
-from fastapi import APIRouter, Request
+from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
 
 from fhir_server.api.capability import capability_statement, smart_configuration
-from fhir_server.api.deps import CurrentUser, ServiceDep, SettingsDep
+from fhir_server.api.deps import current_user, service_of, settings_of
 from fhir_server.api.formats import Rendering, fhir_response, read_resource, rendering_of
 from fhir_server.errors import BadRequest, Issue, MethodNotAllowed, operation_outcome
 from fhir_server.model.types import require_supported_type
@@ -20,10 +21,7 @@ from fhir_server.service import HistoryResult, ResourceService, WriteResult, ins
 from fhir_server.settings import Settings
 from fhir_server.storage import Version
 
-__all__ = ["router", "well_known"]
-
-router = APIRouter()
-well_known = APIRouter()
+__all__ = ["fhir_routes", "well_known_routes"]
 
 _STARTED = datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -108,17 +106,15 @@ def _write_response(request: Request, result: WriteResult, settings: Settings, r
 
 # ---- capabilities -------------------------------------------------------------------------------------------
 
-@router.get("/metadata")
-async def metadata(request: Request, settings: SettingsDep) -> Response:
+async def metadata(request: Request) -> Response:
+    settings = settings_of(request)
     rendering = rendering_of(request)
     statement = capability_statement(settings, software_date=_STARTED)
     return fhir_response(statement, Rendering(rendering.fmt, rendering.pretty, "false", None), shape=False)
 
 
-@well_known.get("/.well-known/smart-configuration")
-@router.get("/.well-known/smart-configuration")
-async def smart_config(settings: SettingsDep) -> Response:
-    return Response(orjson.dumps(smart_configuration(settings)), media_type="application/json")
+async def smart_config(request: Request) -> Response:
+    return Response(orjson.dumps(smart_configuration(settings_of(request))), media_type="application/json")
 
 
 # ---- history ------------------------------------------------------------------------------------------------
@@ -186,42 +182,43 @@ def _history_bundle(result: HistoryResult, settings: Settings, url: str, q: Any,
     return {"resourceType": "Bundle", "type": "history", "link": links, "entry": entries}
 
 
-@router.get("/_history")
-async def history_system(request: Request, service: ServiceDep, settings: SettingsDep, user: CurrentUser) -> Response:
-    return await _history(request, service, settings, user, None, None)
+async def history_system(request: Request) -> Response:
+    user = await current_user(request)
+    return await _history(request, service_of(request), settings_of(request), user, None, None)
 
 
-@router.get("/{rtype}/_history")
-async def history_type(rtype: str, request: Request, service: ServiceDep, settings: SettingsDep,
-                       user: CurrentUser) -> Response:
-    require_supported_type(rtype)
-    return await _history(request, service, settings, user, rtype, None)
+async def history_type(request: Request) -> Response:
+    rtype = require_supported_type(request.path_params["rtype"])
+    user = await current_user(request)
+    return await _history(request, service_of(request), settings_of(request), user, rtype, None)
 
 
-# read is matched early (it is the most frequent request); only /{rtype}/_history must come before it
-@router.get("/{rtype}/{rid}")
-async def read(rtype: str, rid: str, request: Request, service: ServiceDep, settings: SettingsDep,
-               user: CurrentUser) -> Response:
+async def read(request: Request) -> Response:
     rendering = rendering_of(request)
-    version = await service.read(principal=user, rtype=rtype, rid=rid)
+    user = await current_user(request)
+    settings = settings_of(request)
+    version = await service_of(request).read(principal=user, rtype=request.path_params["rtype"],
+                                             rid=request.path_params["rid"])
     headers = _version_headers(version, settings)
     if _not_modified(request, version):
         return Response(status_code=304, headers=headers)
     return fhir_response(version.body, rendering, headers=headers)
 
 
-@router.get("/{rtype}/{rid}/_history")
-async def history_instance(rtype: str, rid: str, request: Request, service: ServiceDep, settings: SettingsDep,
-                           user: CurrentUser) -> Response:
-    require_supported_type(rtype)
-    return await _history(request, service, settings, user, rtype, rid)
+async def history_instance(request: Request) -> Response:
+    rtype = require_supported_type(request.path_params["rtype"])
+    user = await current_user(request)
+    return await _history(request, service_of(request), settings_of(request), user, rtype,
+                          request.path_params["rid"])
 
 
-@router.get("/{rtype}/{rid}/_history/{vid}")
-async def vread(rtype: str, rid: str, vid: str, request: Request, service: ServiceDep, settings: SettingsDep,
-                user: CurrentUser) -> Response:
+async def vread(request: Request) -> Response:
     rendering = rendering_of(request)
-    version = await service.vread(principal=user, rtype=rtype, rid=rid, vid=vid)
+    user = await current_user(request)
+    settings = settings_of(request)
+    params = request.path_params
+    version = await service_of(request).vread(principal=user, rtype=params["rtype"], rid=params["rid"],
+                                              vid=params["vid"])
     headers = _version_headers(version, settings)
     if _not_modified(request, version):
         return Response(status_code=304, headers=headers)
@@ -245,42 +242,42 @@ async def _validate(request: Request, service: ResourceService, settings: Settin
     return fhir_response(outcome, rendering, shape=False)
 
 
-@router.post("/{rtype}/$validate")
-async def validate_type(rtype: str, request: Request, service: ServiceDep, settings: SettingsDep,
-                        user: CurrentUser) -> Response:
-    return await _validate(request, service, settings, user, rtype, None)
+async def validate_type(request: Request) -> Response:
+    user = await current_user(request)
+    return await _validate(request, service_of(request), settings_of(request), user,
+                           request.path_params["rtype"], None)
 
 
-@router.post("/{rtype}/{rid}/$validate")
-async def validate_instance(rtype: str, rid: str, request: Request, service: ServiceDep, settings: SettingsDep,
-                            user: CurrentUser) -> Response:
-    return await _validate(request, service, settings, user, rtype, rid)
+async def validate_instance(request: Request) -> Response:
+    user = await current_user(request)
+    return await _validate(request, service_of(request), settings_of(request), user,
+                           request.path_params["rtype"], request.path_params["rid"])
 
 
 # ---- type level: create, conditional update, conditional delete --------------------------------------------
 
-@router.post("/{rtype}")
-async def create(rtype: str, request: Request, service: ServiceDep, settings: SettingsDep,
-                 user: CurrentUser) -> Response:
+async def create(request: Request) -> Response:
     rendering = rendering_of(request)
-    require_supported_type(rtype)
+    user = await current_user(request)
+    service, settings = service_of(request), settings_of(request)
+    rtype = require_supported_type(request.path_params["rtype"])
     resource, _ = await read_resource(request, settings.max_body_bytes)
     result = await service.create(principal=user, rtype=rtype, resource=resource,
                                   if_none_exist=_if_none_exist(request))
     return _write_response(request, result, settings, rendering)
 
 
-@router.get("/{rtype}")
-async def search_type(rtype: str, user: CurrentUser) -> Response:
-    require_supported_type(rtype)
+async def search_type(request: Request) -> Response:
+    await current_user(request)
+    rtype = require_supported_type(request.path_params["rtype"])
     raise MethodNotAllowed(f"Search on {rtype} is not implemented yet; read by id, or use history")
 
 
-@router.put("/{rtype}")
-async def conditional_update(rtype: str, request: Request, service: ServiceDep, settings: SettingsDep,
-                             user: CurrentUser) -> Response:
+async def conditional_update(request: Request) -> Response:
     rendering = rendering_of(request)
-    require_supported_type(rtype)
+    user = await current_user(request)
+    service, settings = service_of(request), settings_of(request)
+    rtype = require_supported_type(request.path_params["rtype"])
     if not _criteria(request):
         raise MethodNotAllowed("PUT on a type needs search criteria (conditional update), e.g. ?identifier=s|v")
     resource, _ = await read_resource(request, settings.max_body_bytes)
@@ -289,10 +286,11 @@ async def conditional_update(rtype: str, request: Request, service: ServiceDep, 
     return _write_response(request, result, settings, rendering)
 
 
-@router.delete("/{rtype}")
-async def conditional_delete(rtype: str, request: Request, service: ServiceDep, user: CurrentUser) -> Response:
+async def conditional_delete(request: Request) -> Response:
     rendering_of(request)
-    require_supported_type(rtype)
+    user = await current_user(request)
+    service = service_of(request)
+    rtype = require_supported_type(request.path_params["rtype"])
     if not _criteria(request):
         raise MethodNotAllowed("DELETE on a type needs search criteria (conditional delete), e.g. ?identifier=s|v")
     result = await service.conditional_delete(principal=user, rtype=rtype, criteria_text=_criteria(request))
@@ -311,22 +309,22 @@ def _deleted_response(request: Request, result: WriteResult | None) -> Response:
 
 # ---- instance level -----------------------------------------------------------------------------------------
 
-@router.put("/{rtype}/{rid}")
-async def update(rtype: str, rid: str, request: Request, service: ServiceDep, settings: SettingsDep,
-                 user: CurrentUser) -> Response:
+async def update(request: Request) -> Response:
     rendering = rendering_of(request)
-    require_supported_type(rtype)
+    user = await current_user(request)
+    service, settings = service_of(request), settings_of(request)
+    rtype, rid = require_supported_type(request.path_params["rtype"]), request.path_params["rid"]
     resource, _ = await read_resource(request, settings.max_body_bytes)
     result = await service.update(principal=user, rtype=rtype, rid=rid, resource=resource,
                                   if_match=_if_match(request))
     return _write_response(request, result, settings, rendering)
 
 
-@router.patch("/{rtype}/{rid}")
-async def patch(rtype: str, rid: str, request: Request, service: ServiceDep, settings: SettingsDep,
-                user: CurrentUser) -> Response:
+async def patch(request: Request) -> Response:
     rendering = rendering_of(request)
-    require_supported_type(rtype)
+    user = await current_user(request)
+    service, settings = service_of(request), settings_of(request)
+    rtype, rid = require_supported_type(request.path_params["rtype"]), request.path_params["rid"]
     operations, kind = await read_resource(request, settings.max_body_bytes, allow_patch=True)
     if kind != "json-patch":
         raise BadRequest("PATCH takes a JSON Patch body (Content-Type: application/json-patch+json)")
@@ -335,8 +333,37 @@ async def patch(rtype: str, rid: str, request: Request, service: ServiceDep, set
     return _write_response(request, result, settings, rendering)
 
 
-@router.delete("/{rtype}/{rid}")
-async def delete(rtype: str, rid: str, request: Request, service: ServiceDep, user: CurrentUser) -> Response:
+async def delete(request: Request) -> Response:
     rendering_of(request)
-    result = await service.delete(principal=user, rtype=rtype, rid=rid, if_match=_if_match(request))
+    user = await current_user(request)
+    result = await service_of(request).delete(principal=user, rtype=request.path_params["rtype"],
+                                              rid=request.path_params["rid"], if_match=_if_match(request))
     return _deleted_response(request, result)
+
+
+def fhir_routes() -> list[BaseRoute]:
+    """The FHIR REST routes, relative to the base (``/fhir``). Order matters: literal segments (``_history``,
+    ``$validate``, ``metadata``) before the ids they would otherwise match; read early, it is the most
+    frequent request."""
+    return [
+        Route("/metadata", metadata, methods=["GET"]),
+        Route("/.well-known/smart-configuration", smart_config, methods=["GET"]),
+        Route("/_history", history_system, methods=["GET"]),
+        Route("/{rtype}/_history", history_type, methods=["GET"]),
+        Route("/{rtype}/$validate", validate_type, methods=["POST"]),
+        Route("/{rtype}/{rid}", read, methods=["GET"]),
+        Route("/{rtype}/{rid}", update, methods=["PUT"]),
+        Route("/{rtype}/{rid}", patch, methods=["PATCH"]),
+        Route("/{rtype}/{rid}", delete, methods=["DELETE"]),
+        Route("/{rtype}/{rid}/_history", history_instance, methods=["GET"]),
+        Route("/{rtype}/{rid}/_history/{vid}", vread, methods=["GET"]),
+        Route("/{rtype}/{rid}/$validate", validate_instance, methods=["POST"]),
+        Route("/{rtype}", create, methods=["POST"]),
+        Route("/{rtype}", search_type, methods=["GET"]),
+        Route("/{rtype}", conditional_update, methods=["PUT"]),
+        Route("/{rtype}", conditional_delete, methods=["DELETE"]),
+    ]
+
+
+def well_known_routes() -> list[BaseRoute]:
+    return [Route("/.well-known/smart-configuration", smart_config, methods=["GET"])]
