@@ -1,0 +1,201 @@
+"""Typed search index entries of a resource, one list per search parameter (FHIR R4 search.html).
+
+Pure functions from a resource to values a store can index and compare without FHIRPath:
+
+- string: normalized text (case folded, accents removed; Chinese is unchanged), one per searchable part
+  (HumanName family/given/prefix/suffix/text, Address parts, plain strings)
+- token: ``system|code`` plus ``\\x00|code`` for "any system" (``|code`` when the code has no system);
+  from code, Coding, CodeableConcept, Identifier, ContactPoint, boolean, id, uri, string
+- reference: ``Type/id`` (or the absolute URL / canonical as written)
+- date: ``[low, high]`` microseconds since the epoch, the interval the value's precision covers; a value
+  without a zone is read in the hub's zone
+- number: the decimal value; quantity: ``{"v": value, "s": system, "c": code, "u": unit}``; uri: the uri
+
+Composite parameters are left to the query side (their components are ordinary parameters here).
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from datetime import date, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from fhir_server.search.paths import compile_path
+from fhir_server.search.registry import SearchParameter, parameters_for
+
+__all__ = ["ANY_SYSTEM", "date_range", "entries_for", "normalize_string"]
+
+ANY_SYSTEM = "\u0000"
+_UTC = ZoneInfo("UTC")
+
+
+def normalize_string(text: str) -> str:
+    """Case- and accent-insensitive form (FHIR R4 search.html#string); CJK characters are kept as they are."""
+    decomposed = unicodedata.normalize("NFKD", text.casefold())
+    return "".join(ch for ch in decomposed if not unicodedata.combining(ch)).strip()
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, dict):
+        return []
+    out: list[str] = []
+    for key in ("family", "text", "city", "district", "state", "postalCode", "country", "value", "display"):
+        if isinstance(value.get(key), str):
+            out.append(value[key])
+    for key in ("given", "prefix", "suffix", "line"):
+        out.extend(v for v in value.get(key) or [] if isinstance(v, str))
+    return out
+
+
+def _token(system: Any, code: Any) -> list[str]:
+    if not isinstance(code, str | bool | int) or code == "":
+        return []
+    code_text = str(code).lower() if isinstance(code, bool) else str(code)
+    if isinstance(system, str) and system:
+        return [f"{system}|{code_text}", f"{ANY_SYSTEM}|{code_text}"]
+    return [f"|{code_text}", f"{ANY_SYSTEM}|{code_text}"]
+
+
+def _tokens(value: Any) -> list[str]:
+    if isinstance(value, str | bool):
+        return _token(None, value)
+    if not isinstance(value, dict):
+        return []
+    if "coding" in value or ("text" in value and "value" not in value and "code" not in value):
+        out: list[str] = []
+        for coding in value.get("coding") or []:
+            if isinstance(coding, dict):
+                out += _token(coding.get("system"), coding.get("code"))
+        return out
+    if "code" in value:  # Coding (also Quantity-like codes)
+        return _token(value.get("system"), value.get("code"))
+    if "value" in value:  # Identifier, ContactPoint
+        return _token(value.get("system"), value.get("value"))
+    return []
+
+
+def _reference(value: Any) -> list[str]:
+    if isinstance(value, str):  # canonical / uri used as a reference
+        return [value]
+    if isinstance(value, dict) and isinstance(value.get("reference"), str):
+        ref = value["reference"].split("/_history/", 1)[0]
+        return [ref]
+    return []
+
+
+def _parse_instant(text: str, zone: ZoneInfo) -> tuple[datetime, timedelta]:
+    """A FHIR date/dateTime/instant and the length of the period its precision covers."""
+    if len(text) == 4:
+        start = datetime(int(text), 1, 1, tzinfo=zone)
+        return start, start.replace(year=start.year + 1) - start
+    if len(text) == 7:
+        start = datetime(int(text[:4]), int(text[5:7]), 1, tzinfo=zone)
+        nxt = (start.replace(day=28) + timedelta(days=4)).replace(day=1)
+        return start, nxt - start
+    if len(text) == 10:
+        start = datetime.combine(date.fromisoformat(text), datetime.min.time(), tzinfo=zone)
+        return start, timedelta(days=1)
+    parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=zone)
+    if "." in text:
+        return parsed, timedelta(microseconds=1)
+    precision = timedelta(seconds=1) if text.count(":") >= 2 else timedelta(minutes=1)
+    return parsed, precision
+
+
+def _micros(moment: datetime) -> int:
+    return int((moment - datetime(1970, 1, 1, tzinfo=_UTC)) / timedelta(microseconds=1))
+
+
+def date_range(text: str, zone: ZoneInfo) -> tuple[int, int] | None:
+    """``[low, high]`` in microseconds of a FHIR date value (inclusive bounds), or None if it is not one."""
+    try:
+        start, span = _parse_instant(text, zone)
+    except ValueError:
+        return None
+    low = _micros(start)
+    return low, low + int(span / timedelta(microseconds=1)) - 1
+
+
+def _dates(value: Any, zone: ZoneInfo) -> list[list[int]]:
+    if isinstance(value, str):
+        found = date_range(value, zone)
+        return [list(found)] if found else []
+    if not isinstance(value, dict):
+        return []
+    if "start" in value or "end" in value:  # Period: open ends are unbounded (FHIR R4 search.html#date)
+        low = date_range(value["start"], zone) if isinstance(value.get("start"), str) else None
+        high = date_range(value["end"], zone) if isinstance(value.get("end"), str) else None
+        return [[low[0] if low else -(2**62), high[1] if high else 2**62]]
+    if "event" in value:  # Timing
+        return [r for e in value.get("event") or [] for r in _dates(e, zone)]
+    return []
+
+
+def _number(value: Any) -> list[float]:
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int | float):
+        return [float(value)]
+    if isinstance(value, str):
+        try:
+            return [float(Decimal(value))]
+        except InvalidOperation:
+            return []
+    return []
+
+
+def _quantity(value: Any) -> list[dict[str, Any]]:
+    if not isinstance(value, dict) or not isinstance(value.get("value"), int | float) or isinstance(
+            value.get("value"), bool):
+        return []
+    entry: dict[str, Any] = {"v": float(value["value"])}
+    for key, short in (("system", "s"), ("code", "c"), ("unit", "u")):
+        if isinstance(value.get(key), str):
+            entry[short] = value[key]
+    return [entry]
+
+
+def _values(parameter: SearchParameter, resource: dict[str, Any]) -> list[Any]:
+    out: list[Any] = []
+    for part in parameter.paths:
+        found = compile_path(part.expression)(resource)
+        if part.resolve_is is not None:  # X.where(resolve() is T): references to T only
+            found = [v for v in found if isinstance(v, dict) and isinstance(v.get("reference"), str)
+                     and v["reference"].split("/")[-2:-1] == [part.resolve_is]]
+        out.extend(found)
+    return out
+
+
+def entries_for(resource: dict[str, Any], *, zone: ZoneInfo) -> dict[str, list[Any]]:
+    """Index entries of every search parameter of the resource's type that has a value in it."""
+    entries: dict[str, list[Any]] = {}
+    for code, parameter in parameters_for(resource.get("resourceType", "")).items():
+        if parameter.type in ("composite", "special"):
+            continue
+        values = _values(parameter, resource)
+        if not values:
+            continue
+        found: list[Any]
+        if parameter.type == "string":
+            found = sorted({normalize_string(s) for v in values for s in _strings(v) if s.strip()})
+        elif parameter.type == "token":
+            found = sorted({t for v in values for t in _tokens(v)})
+        elif parameter.type == "reference":
+            found = sorted({r for v in values for r in _reference(v)})
+        elif parameter.type == "date":
+            found = [d for v in values for d in _dates(v, zone)]
+        elif parameter.type == "number":
+            found = [n for v in values for n in _number(v)]
+        elif parameter.type == "quantity":
+            found = [q for v in values for q in _quantity(v)]
+        else:  # uri
+            found = sorted({v for v in values if isinstance(v, str)})
+        if found:
+            entries[code] = found
+    return entries
