@@ -51,10 +51,16 @@ def _run(args: argparse.Namespace) -> int:
         if settings.env == "development":
             token = mint_token(settings, subject="admin", scope=ADMIN_SCOPE, lifetime_seconds=12 * 3600)
             store_text = "embedded FerretDB (SQLite) under " + str(settings.home / "store") if store else "MONGODB_URI"
-            print(f"\nMedUnion Hub: FHIR R4 at {settings.fhir_base} (store: {store_text})\n"
+            base = settings.fhir_base
+            print(f"\nMedUnion Hub: FHIR R4 at {base} (store: {store_text})\n"
                   f"Admin bearer token (development, 12 h, scope {ADMIN_SCOPE}):\n\n{token}\n\n"
-                  f"Try:\n  curl -H 'Authorization: Bearer {token}' {settings.fhir_base}/Patient/example\n"
-                  f"  curl {settings.fhir_base}/metadata\n", flush=True)
+                  f"Try (create a patient, then read it by the id in the Location header):\n"
+                  f"  export TOKEN={token}\n"
+                  f"  curl -i -X POST -H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: application/fhir+json' "
+                  f"-d '{{\"resourceType\":\"Patient\",\"name\":[{{\"family\":\"王\",\"given\":[\"小东\"]}}]}}' "
+                  f"{base}/Patient\n"
+                  f"  curl -H \"Authorization: Bearer $TOKEN\" {base}/Patient/<id>\n"
+                  f"  curl {base}/metadata\n", flush=True)
         if settings.workers == 1:
             _serve(settings, uri)
             return 0
