@@ -1,0 +1,59 @@
+"""Limits of the HTTP listener: time per request and requests in flight, answered with OperationOutcomes."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import Hub, start_hub, stop_hub
+
+
+@pytest.fixture(scope="module")
+def tight_hub(store_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
+    hub = start_hub(store_uri, tmp_path_factory.mktemp("tight"), extra={
+        "MEDUNION_REQUEST_TIMEOUT_SECONDS": "1.5", "MEDUNION_MAX_CONNECTIONS": "2"})
+    yield hub
+    stop_hub(hub)
+
+
+def _slow_body(seconds: float) -> Iterator[bytes]:
+    yield b'{"resourceType": "Basic", "code": {"text": "'
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        yield b"x"
+    yield b'"}}'
+
+
+def test_slow_upload_is_cut_off_with_503(tight_hub: Hub) -> None:
+    with tight_hub.client() as client:
+        r = client.post("/Basic", content=_slow_body(4))
+        assert r.status_code == 503 and r.json()["issue"][0]["code"] == "timeout"
+        assert client.post("/Basic", json={"resourceType": "Basic", "code": {"text": "fast"}}).status_code == 201
+
+
+def test_requests_over_the_in_flight_limit_get_503(tight_hub: Hub, tmp_path: Path) -> None:
+    results: list[int] = []
+
+    def slow() -> None:
+        with tight_hub.client() as client:
+            results.append(client.post("/Basic", content=_slow_body(1.2)).status_code)
+
+    threads = [threading.Thread(target=slow) for _ in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)  # both slow uploads are in flight now
+    with tight_hub.client() as client:
+        busy = client.get("/Basic/whatever")
+    for t in threads:
+        t.join()
+    assert busy.status_code == 503 and busy.json()["issue"][0]["code"] == "transient"
+    assert busy.headers["retry-after"] == "5"
+    assert sorted(results) == [201, 201]
+    with httpx.Client() as plain:  # and the limit is released afterwards
+        assert plain.get(f"{tight_hub.base}/metadata").status_code == 200
