@@ -89,3 +89,26 @@ async def test_history_page_merges_current_and_superseded(stores) -> None:
             break
         cursor = page.next_cursor
     assert seen == [a2.version_key, b1.version_key, a1.version_key]
+
+
+async def test_history_at_gives_the_version_current_then_across_pages(stores) -> None:
+    mine, _ = stores
+    a1 = await mine.write(_version("at-a", 1, b'{"a":1}'), base=None)
+    b1 = await mine.write(_version("at-b", 1, b'{"b":1}'), base=None)
+    a2 = await mine.write(_version("at-a", 2, b'{"a":2}'), base=a1)
+    a3 = await mine.write(_version("at-a", 3, b'{"a":3}'), base=a2)
+
+    async def at(instant: int) -> list[str]:
+        seen: list[str] = []
+        cursor = None
+        while True:
+            page = await mine.history_page(rtype="Basic", since=None, at=instant, count=1, cursor=cursor)
+            seen += [v.version_key for v in page.versions if v.rid.startswith("at-")]
+            if page.next_cursor is None:
+                return seen
+            cursor = page.next_cursor
+
+    assert await at(a1.ts) == [a1.version_key]
+    assert await at(b1.ts) == [b1.version_key, a1.version_key]
+    assert await at(a2.ts) == [a2.version_key, b1.version_key]
+    assert await at(a3.ts + 10) == [a3.version_key, b1.version_key]

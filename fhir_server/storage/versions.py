@@ -20,7 +20,6 @@ Only filters on ``_id`` alone are used on hot paths: FerretDB's SQLite backend p
 from __future__ import annotations
 
 import asyncio
-import heapq
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -181,7 +180,11 @@ class ResourceStore:
 
     async def history_page(self, *, rtype: str | None, since: int | None, at: int | None, count: int,
                            cursor: tuple[int, str] | None) -> HistoryPage:
-        """Versions of a type (or of all types), newest first: current versions and their history, merged."""
+        """Versions of a type (or of all types), newest first: current versions and their history, merged.
+
+        ``at``: only versions that were current at that instant (FHIR R4 http.html#history): a superseded
+        version qualifies if it was written by then and superseded (``u``) after it.
+        """
         query: dict[str, Any] = {}
         if rtype is not None:
             query["t"] = rtype
@@ -194,29 +197,30 @@ class ResourceStore:
             ts_range["$lte"] = min(cursor[0], ts_range.get("$lte", cursor[0]))
         if ts_range:
             query["ts"] = ts_range
-        limit = count + 1
+        superseded = {**query, "u": {"$gt": at}} if at is not None else query
         sort = [("ts", DESCENDING)]
-        cur_docs = [d async for d in self.resources.find(query, {"ix": 0}).sort(sort).limit(limit + 8)]
-        old_docs = [d async for d in self.history.find(query).sort(sort).limit(limit + 8)]
-        merged = heapq.merge((_from_doc(d) for d in cur_docs), (_from_doc(d) for d in old_docs),
-                             key=lambda v: (-v.ts, _neg(v.version_key)))
+        streams = [self.resources.find(query, {"ix": 0}).sort(sort), self.history.find(superseded).sort(sort)]
+        heads: list[Version | None] = [await _next(s) for s in streams]
         out: list[Version] = []
-        seen: set[str] = set()
-        by_resource: set[str] = set()
-        for version in merged:
-            vkey = version.version_key
-            if cursor is not None and (version.ts, vkey) >= cursor:
-                continue
-            if vkey in seen:  # a claim's copy of the current version: the same version twice
-                continue
-            seen.add(vkey)
-            if at is not None:  # _at: only the version that was current at that instant, per resource
-                if version.key in by_resource:
+        last_key: tuple[int, str] | None = None
+        try:
+            while len(out) <= count and any(h is not None for h in heads):
+                # newest first; equal timestamps by key, descending, so the cursor (ts, key) is a total order
+                i = max((i for i, h in enumerate(heads) if h is not None),
+                        key=lambda i: (heads[i].ts, heads[i].version_key))  # type: ignore[union-attr]
+                version = heads[i]
+                assert version is not None
+                heads[i] = await _next(streams[i])
+                key = (version.ts, version.version_key)
+                if cursor is not None and key >= cursor:
                     continue
-                by_resource.add(version.key)
-            out.append(version)
-            if len(out) > count:
-                break
+                if key == last_key:  # a claim's copy of the current version: the same version twice
+                    continue
+                last_key = key
+                out.append(version)
+        finally:
+            for stream in streams:
+                await stream.close()
         if len(out) > count:
             last = out[count - 1]
             return HistoryPage(out[:count], (last.ts, last.version_key))
@@ -240,15 +244,15 @@ class ResourceStore:
             raise VersionConflict(f"{base.key} is being written by another request")
         self._in_flight.add(claim)  # before the insert: a rival in this process must never see it as dead
         try:
-            await self._claim(base)
+            await self._claim(base, until=new.ts)
             await self.resources.replace_one({"_id": new.key}, {**new._fields(), "ix": new.index})
         finally:
             self._in_flight.discard(claim)
         return new
 
-    async def _claim(self, base: Version) -> None:
-        """Insert the copy of ``base``: the right to write the version after it."""
-        copy = {"_id": base.version_key, **base._fields(), "o": self.owner, "c": now_micros()}
+    async def _claim(self, base: Version, *, until: int) -> None:
+        """Insert the copy of ``base``: the right to write the version after it (``until``: its timestamp)."""
+        copy = {"_id": base.version_key, **base._fields(), "u": until, "o": self.owner, "c": now_micros()}
         try:
             await self.history.insert_one(copy)
             return
@@ -269,7 +273,8 @@ class ResourceStore:
                                          "ts": now_micros()})
         except DuplicateKeyError:
             raise VersionConflict(f"{base.key} is being recovered by another request") from None
-        await self.history.update_one({"_id": base.version_key}, {"$set": {"o": self.owner, "c": now_micros()}})
+        await self.history.update_one({"_id": base.version_key},
+                                      {"$set": {"o": self.owner, "c": now_micros(), "u": until}})
 
     # ---- locks for conditional operations ---------------------------------------------------------------
 
@@ -298,13 +303,6 @@ class ResourceStore:
             await asyncio.shield(self.locks.delete_one({"_id": name}))
 
 
-class _neg:
-    """Sort key wrapper: reverses string order (history is newest first, ties by key descending)."""
-
-    __slots__ = ("s",)
-
-    def __init__(self, s: str) -> None:
-        self.s = s
-
-    def __lt__(self, other: _neg) -> bool:
-        return self.s > other.s
+async def _next(stream: Any) -> Version | None:
+    doc = await anext(stream, None)
+    return None if doc is None else _from_doc(doc)
