@@ -15,10 +15,10 @@ from starlette.routing import Mount
 from fhir_server.api.deps import TokenCache
 from fhir_server.api.errors import install_error_handlers
 from fhir_server.api.limits import RequestLimits
-from fhir_server.api.routes import fhir_routes, well_known_routes
+from fhir_server.api.routes import fhir_routes, root_routes
 from fhir_server.auth.tokens import TokenVerifier
 from fhir_server.errors import StoreUnavailable
-from fhir_server.service import ResourceService
+from fhir_server.service import BundleService, ResourceService
 from fhir_server.settings import Settings
 from fhir_server.storage import ResourceStore, connect
 
@@ -45,6 +45,7 @@ def create_app(settings: Settings, *, mongodb_uri: str | None = None) -> Any:
         app.state.settings = settings
         app.state.store = store
         app.state.service = ResourceService(store=store, settings=settings)
+        app.state.bundles = BundleService(resources=app.state.service, settings=settings)
         app.state.tokens = TokenCache(TokenVerifier(settings))
         # Everything loaded so far (models, routes, settings) lives as long as the process: keep it out of
         # the cyclic collector's scans, which otherwise stall busy event loops for tens of milliseconds.
@@ -57,7 +58,7 @@ def create_app(settings: Settings, *, mongodb_uri: str | None = None) -> Any:
 
     # Starlette directly, not FastAPI: its per-request dependency and middleware machinery cost 30 % of read
     # throughput (docs/benchmarks.md), and the FHIR API does its own negotiation, parsing and responses.
-    app = Starlette(routes=[Mount("/fhir", routes=fhir_routes()), *well_known_routes()], lifespan=lifespan)
+    app = Starlette(routes=[Mount("/fhir", routes=fhir_routes()), *root_routes()], lifespan=lifespan)
     install_error_handlers(app, translate={ConnectionFailure: StoreUnavailable(
         "The document store does not answer; nothing was changed. Retry in a moment.",
         headers={"Retry-After": "5"})})

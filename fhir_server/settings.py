@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     # Limits of the HTTP listener.
     max_body_bytes: int = 8 * 1024 * 1024
     history_max_count: int = 1000
+    bundle_max_entries: int = 1000
     history_default_count: int = 50
     write_retry_seconds: float = 10.0
     instance_id: str = Field(default="hub", description="unique per hub process sharing one store")

@@ -249,7 +249,7 @@ def test_metadata_lists_what_is_implemented(hub: Hub) -> None:
     codes = {i["code"] for i in patient_caps["interaction"]}
     assert codes == {"read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create"}
     assert "search-type" not in codes and "searchParam" not in patient_caps
-    assert rest["interaction"] == [{"code": "history-system"}]
+    assert rest["interaction"] == [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}]
 
 
 def test_errors_are_operation_outcomes(api: httpx.Client) -> None:

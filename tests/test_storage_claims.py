@@ -112,3 +112,29 @@ async def test_history_at_gives_the_version_current_then_across_pages(stores) ->
     assert await at(b1.ts) == [b1.version_key, a1.version_key]
     assert await at(a2.ts) == [a2.version_key, b1.version_key]
     assert await at(a3.ts + 10) == [a3.version_key, b1.version_key]
+
+
+async def test_write_all_undoes_applied_changes_when_a_later_one_fails(stores) -> None:
+    mine, _ = stores
+    a1 = await mine.write(_version("tx-a", 1, b'{"a":1}'), base=None)
+    taken = await mine.write(_version("tx-b", 1, b'{"b":1}'), base=None)
+    a2 = _version("tx-a", 2, b'{"a":2}')
+    clash = _version("tx-b", 1, b'{"b":"mine"}')  # "create" of a resource that exists: fails at commit
+    with pytest.raises(VersionConflict):
+        await mine.write_all([(a2, a1), (clash, None)])
+    assert (await mine.current("Basic", "tx-a")) == a1  # the applied update was undone
+    assert (await mine.current("Basic", "tx-b")) == taken
+    assert await mine.history.find_one({"_id": a1.version_key}) is None  # and its claim released
+    a2b = await mine.write(_version("tx-a", 2, b'{"a":"2b"}'), base=a1)  # so the next writer is not blocked
+    assert (await mine.current("Basic", "tx-a")) == a2b
+
+
+async def test_write_all_releases_claims_when_one_cannot_be_taken(stores) -> None:
+    mine, other = stores
+    x1 = await mine.write(_version("tx-x", 1), base=None)
+    y1 = await mine.write(_version("tx-y", 1), base=None)
+    await _dead_claim(other, y1)  # another instance is writing tx-y right now
+    with pytest.raises(VersionConflict):
+        await mine.write_all([(_version("tx-x", 2), x1), (_version("tx-y", 2), y1)])
+    assert await mine.history.find_one({"_id": x1.version_key}) is None
+    assert (await mine.current("Basic", "tx-x")) == x1

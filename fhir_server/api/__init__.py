@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from fhir_server.api.routes import fhir_routes, well_known_routes
+from fhir_server.api.routes import fhir_routes, root_routes
 
-__all__ = ["fhir_routes", "well_known_routes"]
+__all__ = ["fhir_routes", "root_routes"]

@@ -52,7 +52,7 @@ def capability_statement(settings: Settings, *, software_date: str) -> dict[str,
                                "except /metadata and /.well-known/smart-configuration",
             },
             "resource": resources,
-            "interaction": [{"code": "history-system"}],
+            "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}],
         }],
     }
 

@@ -14,10 +14,10 @@ from starlette.requests import Request
 from fhir_server.auth.scopes import Principal
 from fhir_server.auth.tokens import TokenVerifier
 from fhir_server.errors import Unauthorized
-from fhir_server.service import ResourceService
+from fhir_server.service import BundleService, ResourceService
 from fhir_server.settings import Settings
 
-__all__ = ["TokenCache", "current_user", "service_of", "settings_of"]
+__all__ = ["TokenCache", "bundles_of", "current_user", "service_of", "settings_of"]
 
 
 class TokenCache:
@@ -50,6 +50,11 @@ def settings_of(request: Request) -> Settings:
 def service_of(request: Request) -> ResourceService:
     service: ResourceService = request.app.state.service
     return service
+
+
+def bundles_of(request: Request) -> BundleService:
+    bundles: BundleService = request.app.state.bundles
+    return bundles
 
 
 async def current_user(request: Request) -> Principal:

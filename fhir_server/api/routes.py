@@ -13,7 +13,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from fhir_server.api.capability import capability_statement, smart_configuration
-from fhir_server.api.deps import current_user, service_of, settings_of
+from fhir_server.api.deps import bundles_of, current_user, service_of, settings_of
 from fhir_server.api.formats import Rendering, fhir_response, read_resource, rendering_of
 from fhir_server.errors import BadRequest, Issue, MethodNotAllowed, operation_outcome
 from fhir_server.model.types import require_supported_type
@@ -21,7 +21,7 @@ from fhir_server.service import HistoryResult, ResourceService, WriteResult, ins
 from fhir_server.settings import Settings
 from fhir_server.storage import Version
 
-__all__ = ["fhir_routes", "well_known_routes"]
+__all__ = ["fhir_routes", "root_routes"]
 
 _STARTED = datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -225,6 +225,17 @@ async def vread(request: Request) -> Response:
     return fhir_response(version.body, rendering, headers=headers)
 
 
+# ---- batch and transaction --------------------------------------------------------------------------------
+
+async def batch_or_transaction(request: Request) -> Response:
+    rendering = rendering_of(request)
+    user = await current_user(request)
+    settings = settings_of(request)
+    bundle, _ = await read_resource(request, settings.max_body_bytes)
+    response = await bundles_of(request).process(principal=user, bundle=bundle)
+    return fhir_response(response, rendering, shape=False)
+
+
 # ---- validate -----------------------------------------------------------------------------------------------
 
 async def _validate(request: Request, service: ResourceService, settings: Settings, user: Any, rtype: str,
@@ -346,6 +357,7 @@ def fhir_routes() -> list[BaseRoute]:
     ``$validate``, ``metadata``) before the ids they would otherwise match; read early, it is the most
     frequent request."""
     return [
+        Route("/", batch_or_transaction, methods=["POST"]),
         Route("/metadata", metadata, methods=["GET"]),
         Route("/.well-known/smart-configuration", smart_config, methods=["GET"]),
         Route("/_history", history_system, methods=["GET"]),
@@ -365,5 +377,8 @@ def fhir_routes() -> list[BaseRoute]:
     ]
 
 
-def well_known_routes() -> list[BaseRoute]:
-    return [Route("/.well-known/smart-configuration", smart_config, methods=["GET"])]
+def root_routes() -> list[BaseRoute]:
+    """Routes outside the /fhir mount: the base URL itself (FHIR clients POST Bundles to it, no slash) and
+    the SMART configuration at the server root."""
+    return [Route("/fhir", batch_or_transaction, methods=["POST"]),
+            Route("/.well-known/smart-configuration", smart_config, methods=["GET"])]

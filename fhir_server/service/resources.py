@@ -131,7 +131,7 @@ class ResourceService:
         principal.require("s", rtype)
         criteria = parse_criteria(rtype, if_none_exist)
         async with self._guard(criteria):
-            matches = await self._match(criteria, rtype)
+            matches = await self.match(criteria, rtype)
             if len(matches) > 1:
                 raise PreconditionFailed(f"If-None-Exist matched {len(matches)} {rtype} resources; be more specific")
             if matches:  # FHIR R4 http.html#ccreate: one match -> 200 OK, nothing created
@@ -159,7 +159,7 @@ class ResourceService:
         validate_resource(resource, expected_type=rtype)
         body_id = resource.get("id")
         async with self._guard(criteria):
-            matches = await self._match(criteria, rtype)
+            matches = await self.match(criteria, rtype)
             if len(matches) > 1:  # FHIR R4 http.html#cond-update: multiple matches -> 412
                 raise PreconditionFailed(f"The criteria matched {len(matches)} {rtype} resources; be more specific")
             if matches:
@@ -180,7 +180,7 @@ class ResourceService:
         principal.require("u", rtype, rid=rid)
         if not isinstance(operations, list):
             raise BadRequest("A JSON Patch body is an array of operations")
-        async for _ in self._attempts():
+        async for _ in self.attempts():
             current = await self.read(principal=principal, rtype=rtype, rid=rid)
             if if_match is not None and current.vid != if_match:
                 raise PreconditionFailed(f"{rtype}/{rid} is at version {current.vid}, not {if_match}",
@@ -208,7 +208,7 @@ class ResourceService:
         """Delete as a tombstone version; None if there was nothing to delete (already deleted)."""
         require_supported_type(rtype)
         principal.require("d", rtype, rid=rid)
-        async for _ in self._attempts():
+        async for _ in self.attempts():
             current = await self.store.current(rtype, rid) if ID_RE.match(rid) else None
             if current is None:
                 raise NotFound(f"{rtype}/{rid} is not known")
@@ -230,7 +230,7 @@ class ResourceService:
         principal.require("s", rtype)
         criteria = parse_criteria(rtype, criteria_text)
         async with self._guard(criteria):
-            matches = await self._match(criteria, rtype)
+            matches = await self.match(criteria, rtype)
             if len(matches) > 1:  # FHIR R4 http.html#cdelete: we delete one at a time
                 raise PreconditionFailed(f"The criteria matched {len(matches)} {rtype} resources; be more specific")
             if not matches:
@@ -243,7 +243,8 @@ class ResourceService:
         """Serialize match-then-write of one conditional criteria (HAPI #3141: racing creates duplicated)."""
         return _LockGuard(self.store, criteria.text)
 
-    async def _match(self, criteria: Criteria, rtype: str) -> list[Version]:
+    async def match(self, criteria: Criteria, rtype: str) -> list[Version]:
+        """Current resources matching conditional criteria (at most two: enough to tell one from several)."""
         if criteria.ids is not None and len(criteria.ids) == 1 and not criteria.filters:
             found = await self.store.current(rtype, next(iter(criteria.ids)))
             return [] if found is None or found.deleted else [found]
@@ -251,7 +252,7 @@ class ResourceService:
 
     async def _write(self, *, rtype: str, rid: str, resource: dict[str, Any], method: str, expected: int | None,
                      must_be_new: bool = False, principal: Principal | None = None) -> WriteResult:
-        async for _ in self._attempts():
+        async for _ in self.attempts():
             current = None if must_be_new else await self.store.current(rtype, rid)
             if expected is not None and (current is None or current.vid != expected):
                 # FHIR R4 http.html#concurrency: If-Match that does not hold -> 412
@@ -267,21 +268,24 @@ class ResourceService:
                 continue
         raise Conflict(f"{rtype}/{rid} is being changed by too many writers; try again")
 
-    async def _write_once(self, *, rtype: str, rid: str, resource: dict[str, Any] | None, method: str,
-                          base: Version | None) -> WriteResult:
+    def new_version(self, *, rtype: str, rid: str, resource: dict[str, Any] | None, method: str,
+                    base: Version | None) -> Version:
+        """The version after ``base``: the resource as received with server-owned id and meta, and its index."""
         vid = 1 if base is None else base.vid + 1
         ts = now_micros()
-        body: bytes | None = None
-        index: dict[str, Any] = {}
-        if resource is not None:
-            stamped = _stamp(resource, rid=rid, vid=vid, last_updated=instant(ts, self.settings))
-            body = orjson.dumps(stamped)
-            index = index_entries(stamped)
-        version = Version(rtype=rtype, rid=rid, vid=vid, ts=ts, method=method, body=body, index=index)
+        if resource is None:
+            return Version(rtype=rtype, rid=rid, vid=vid, ts=ts, method=method, body=None)
+        stamped = _stamp(resource, rid=rid, vid=vid, last_updated=instant(ts, self.settings))
+        return Version(rtype=rtype, rid=rid, vid=vid, ts=ts, method=method, body=orjson.dumps(stamped),
+                       index=index_entries(stamped))
+
+    async def _write_once(self, *, rtype: str, rid: str, resource: dict[str, Any] | None, method: str,
+                          base: Version | None) -> WriteResult:
+        version = self.new_version(rtype=rtype, rid=rid, resource=resource, method=method, base=base)
         await self.store.write(version, base=base)
         return WriteResult(version, created=base is None or base.deleted)
 
-    async def _attempts(self) -> AsyncIterator[int]:
+    async def attempts(self) -> AsyncIterator[int]:
         """Attempts of a write that lost a race, until ``write_retry_seconds`` have passed.
 
         Writes without If-Match must not fail just because others write the same resource: a lost race

@@ -250,6 +250,74 @@ class ResourceStore:
             self._in_flight.discard(claim)
         return new
 
+    async def write_all(self, changes: list[tuple[Version, Version | None]]) -> None:
+        """Store several new versions all or nothing (each ``(new, base)``, as for ``write``).
+
+        Prepare: claim every base (in key order), so no other writer can touch these resources until we are
+        done; a claim we cannot get releases the ones we hold and raises VersionConflict. Commit: apply each
+        change in the given order; if the store fails part-way, the applied changes are undone (the claim
+        copies hold the previous versions) and the error is raised. Readers may see the changes appear
+        during the commit phase (milliseconds); writers never interleave.
+        """
+        claimed: list[tuple[Version, Version]] = []
+        try:
+            for new, base in sorted(((n, b) for n, b in changes if b is not None), key=lambda c: c[0].key):
+                assert base is not None
+                if base.version_key in self._in_flight:
+                    raise VersionConflict(f"{base.key} is being written by another request")
+                self._in_flight.add(base.version_key)
+                try:
+                    await self._claim(base, until=new.ts)
+                except BaseException:
+                    self._in_flight.discard(base.version_key)
+                    raise
+                claimed.append((new, base))
+        except BaseException:
+            await self._release(claimed)
+            raise
+        applied: list[tuple[Version, Version | None]] = []
+        try:
+            for change in changes:
+                if change[1] is None:
+                    try:
+                        await self.resources.insert_one({"_id": change[0].key, **change[0]._fields(),
+                                                         "ix": change[0].index})
+                    except DuplicateKeyError:
+                        raise VersionConflict(f"{change[0].key} was created concurrently") from None
+                else:
+                    await self.resources.replace_one({"_id": change[0].key},
+                                                     {**change[0]._fields(), "ix": change[0].index})
+                applied.append(change)
+        except BaseException:
+            await asyncio.shield(self._undo(applied))
+            await asyncio.shield(self._release(claimed))
+            raise
+        finally:
+            for _, base in claimed:
+                self._in_flight.discard(base.version_key)
+
+    async def _undo(self, applied: list[tuple[Version, Version | None]]) -> None:
+        for new, base in reversed(applied):
+            if base is None:
+                await self.resources.delete_one({"_id": new.key})
+            else:
+                await self.resources.replace_one({"_id": new.key}, {**base._fields(), "ix": base.index})
+
+    async def _release(self, claimed: list[tuple[Version, Version]]) -> None:
+        """Give back claims of a write that did not happen: ``resources`` still holds each base version."""
+        for _, base in claimed:
+            await self.history.delete_one({"_id": base.version_key})
+            self._in_flight.discard(base.version_key)
+
+    async def current_with_index(self, rtype: str, rid: str) -> Version | None:
+        """The current version with its index entries (what a rollback restores)."""
+        doc = await self.resources.find_one({"_id": f"{rtype}/{rid}"})
+        if doc is None:
+            return None
+        version = _from_doc(doc)
+        return Version(rtype=version.rtype, rid=version.rid, vid=version.vid, ts=version.ts, method=version.method,
+                       body=version.body, index=dict(doc.get("ix") or {}))
+
     async def _claim(self, base: Version, *, until: int) -> None:
         """Insert the copy of ``base``: the right to write the version after it (``until``: its timestamp)."""
         copy = {"_id": base.version_key, **base._fields(), "u": until, "o": self.owner, "c": now_micros()}

@@ -1,0 +1,352 @@
+"""Batch and transaction Bundles (FHIR R4 http.html#transaction).
+
+A batch runs each entry on its own through the ResourceService. A transaction is all or nothing:
+every entry is parsed, authorized, matched, rewritten and validated before anything is written; then the
+store claims every resource the transaction changes and applies the changes (``ResourceStore.write_all``),
+undoing them if the store fails part-way. Isolation: writers never interleave with a transaction (the
+claims); readers may see its changes appear during the commit phase, which lasts milliseconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from fhir_server.auth.scopes import Principal
+from fhir_server.errors import BadRequest, Conflict, HubError, Issue, NotFound, PreconditionFailed, operation_outcome
+from fhir_server.model.types import ID_RE, require_supported_type
+from fhir_server.model.validation import validate_resource
+from fhir_server.search import parse_criteria
+from fhir_server.service.resources import ResourceService, WriteResult, instant
+from fhir_server.settings import Settings
+from fhir_server.storage import Version, VersionConflict, now_micros
+
+__all__ = ["BundleService"]
+
+# FHIR R4 http.html#trules: DELETE, then POST, then PUT/PATCH, then GET/HEAD
+_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
+
+
+@dataclass
+class _Entry:
+    index: int
+    method: str
+    rtype: str
+    rid: str | None
+    vid: str | None
+    query: str | None
+    resource: Any
+    full_url: str | None
+    if_none_exist: str | None
+    if_match: int | None
+    target: str | None = None  # the id this entry writes
+    base: Version | None = None
+    new: Version | None = None
+    status: str = ""
+    outcome: dict[str, Any] | None = None
+    result: Version | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def where(self) -> str:
+        return f"Bundle.entry[{self.index}]"
+
+
+def _fail(entry: _Entry | None, exc: HubError) -> HubError:
+    """The same error, located at its entry (FHIRPath from the Bundle)."""
+    if entry is None:
+        return exc
+    issues = [Issue(code=i.code, diagnostics=f"{entry.where}: {i.diagnostics}", severity=i.severity,
+                    expression=tuple(f"{entry.where}.resource{e[len(entry.rtype):]}" if e.startswith(entry.rtype)
+                                     else f"{entry.where}.{e}" for e in i.expression) or (entry.where,))
+              for i in exc.issues]
+    return type(exc)(f"{entry.where}: {exc.message}", issues=issues, headers=exc.headers)
+
+
+class BundleService:
+    def __init__(self, *, resources: ResourceService, settings: Settings) -> None:
+        self.resources = resources
+        self.store = resources.store
+        self.settings = settings
+
+    async def process(self, *, principal: Principal, bundle: Any) -> dict[str, Any]:
+        if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+            raise BadRequest("POST to the base takes a Bundle of type batch or transaction")
+        kind = bundle.get("type")
+        if kind not in ("batch", "transaction"):
+            msg = f"Bundle.type must be batch or transaction, not {kind!r}"
+            raise BadRequest(msg, issues=[Issue(code="value", diagnostics=msg, expression=("Bundle.type",))])
+        raw_entries = bundle.get("entry") or []
+        if not isinstance(raw_entries, list):
+            raise BadRequest("Bundle.entry must be a list")
+        if len(raw_entries) > self.settings.bundle_max_entries:
+            raise BadRequest(f"The Bundle has {len(raw_entries)} entries; the limit is "
+                             f"{self.settings.bundle_max_entries}", issues=[Issue(
+                                 code="too-costly", diagnostics="Too many entries", expression=("Bundle.entry",))])
+        if kind == "batch":
+            return await self._batch(principal, raw_entries)
+        return await self._transaction(principal, raw_entries)
+
+    # ---- parsing ----------------------------------------------------------------------------------------
+
+    def _parse(self, index: int, raw: Any) -> _Entry:
+        where = f"Bundle.entry[{index}]"
+        if not isinstance(raw, dict) or not isinstance(raw.get("request"), dict):
+            raise BadRequest(f"{where}.request is missing", issues=[
+                Issue(code="required", diagnostics="request is missing", expression=(f"{where}.request",))])
+        request = raw["request"]
+        method = str(request.get("method", "")).upper()
+        url = request.get("url")
+        if method not in _ORDER or not isinstance(url, str) or not url:
+            raise BadRequest(f"{where}.request needs a method (GET, POST, PUT, PATCH, DELETE) and a url", issues=[
+                Issue(code="required", diagnostics="request needs method and url", expression=(f"{where}.request",))])
+        base = self.settings.fhir_base + "/"
+        if url.startswith(base):
+            url = url[len(base):]
+        path, _, query = url.partition("?")
+        parts = [p for p in path.split("/") if p]
+        if not parts:
+            raise BadRequest(f"{where}.request.url '{url}' names no resource type")
+        rtype = require_supported_type(parts[0])
+        rid = parts[1] if len(parts) > 1 else None
+        vid = parts[3] if len(parts) == 4 and parts[2] == "_history" else None
+        if len(parts) > 2 and vid is None:
+            raise BadRequest(f"{where}.request.url '{url}' is not a resource or version URL")
+        if_match = None
+        if request.get("ifMatch"):
+            tag = str(request["ifMatch"]).removeprefix("W/").strip('"')
+            if not tag.isdigit():
+                raise BadRequest(f"{where}.request.ifMatch must be a version ETag like W/\"3\"")
+            if_match = int(tag)
+        ine = request.get("ifNoneExist")
+        return _Entry(index=index, method=method, rtype=rtype, rid=rid, vid=vid, query=query or None,
+                      resource=raw.get("resource"), full_url=raw.get("fullUrl"),
+                      if_none_exist=(ine.split("?", 1)[-1] if isinstance(ine, str) and ine else None),
+                      if_match=if_match)
+
+    # ---- batch ------------------------------------------------------------------------------------------
+
+    async def _batch(self, principal: Principal, raw_entries: list[Any]) -> dict[str, Any]:
+        out: list[dict[str, Any]] = []
+        for index, raw in enumerate(raw_entries):
+            try:
+                entry = self._parse(index, raw)
+                out.append(await self._one(principal, entry))
+            except HubError as exc:
+                out.append({"response": {"status": f"{exc.status}", "outcome": operation_outcome(exc.issues)}})
+        return {"resourceType": "Bundle", "type": "batch-response", "entry": out}
+
+    async def _one(self, principal: Principal, e: _Entry) -> dict[str, Any]:
+        service = self.resources
+        result: WriteResult | Version | None
+        if e.method in ("GET", "HEAD"):
+            if e.rid is None:
+                raise BadRequest("Search in a Bundle entry is not supported yet")
+            if e.vid is not None:
+                result = await service.vread(principal=principal, rtype=e.rtype, rid=e.rid, vid=e.vid)
+            else:
+                result = await service.read(principal=principal, rtype=e.rtype, rid=e.rid)
+            return self._entry_json(result, "200 OK", with_resource=True)
+        if e.method == "POST":
+            result = await service.create(principal=principal, rtype=e.rtype, resource=e.resource,
+                                          if_none_exist=e.if_none_exist)
+        elif e.method == "PUT" and e.rid is not None:
+            result = await service.update(principal=principal, rtype=e.rtype, rid=e.rid, resource=e.resource,
+                                          if_match=e.if_match)
+        elif e.method == "PUT" and e.query:
+            result = await service.conditional_update(principal=principal, rtype=e.rtype, criteria_text=e.query,
+                                                      resource=e.resource, if_match=e.if_match)
+        elif e.method == "PATCH" and e.rid is not None:
+            raise BadRequest("PATCH in a Bundle entry needs a Binary or Parameters body; use PATCH on the resource")
+        elif e.method == "DELETE" and e.rid is not None:
+            result = await service.delete(principal=principal, rtype=e.rtype, rid=e.rid, if_match=e.if_match)
+        elif e.method == "DELETE" and e.query:
+            result = await service.conditional_delete(principal=principal, rtype=e.rtype, criteria_text=e.query)
+        else:
+            raise BadRequest(f"{e.method} {e.rtype} needs an id or search criteria")
+        if result is None:
+            return {"response": {"status": "204 No Content"}}
+        assert isinstance(result, WriteResult)
+        status = "201 Created" if result.created and result.changed else "200 OK"
+        if result.version.deleted:
+            status = "204 No Content"
+        return self._entry_json(result.version, status, with_resource=not result.version.deleted)
+
+    def _entry_json(self, version: Version, status: str, *, with_resource: bool) -> dict[str, Any]:
+        entry: dict[str, Any] = {}
+        if with_resource and version.body is not None:
+            entry["fullUrl"] = f"{self.settings.fhir_base}/{version.key}"
+            entry["resource"] = orjson.loads(version.body)
+        entry["response"] = {"status": status, "location": f"{version.key}/_history/{version.vid}",
+                             "etag": f'W/"{version.vid}"', "lastModified": instant(version.ts, self.settings)}
+        return entry
+
+    # ---- transaction ------------------------------------------------------------------------------------
+
+    async def _transaction(self, principal: Principal, raw_entries: list[Any]) -> dict[str, Any]:
+        entries = [self._parse(i, raw) for i, raw in enumerate(raw_entries)]
+        for e in entries:
+            self._authorize(principal, e)
+        async for _ in self.resources.attempts():
+            try:
+                return await self._attempt(principal, entries)
+            except VersionConflict:
+                if any(e.if_match is not None for e in entries):
+                    raise PreconditionFailed("A resource of this transaction was changed concurrently") from None
+                for e in entries:
+                    e.target, e.base, e.new, e.result = None, None, None, None
+                continue
+        raise Conflict("The resources of this transaction are being changed by too many writers; try again")
+
+    def _authorize(self, principal: Principal, e: _Entry) -> None:
+        need = {"GET": "r", "HEAD": "r", "POST": "c", "PUT": "u", "PATCH": "u", "DELETE": "d"}[e.method]
+        try:
+            principal.require(need, e.rtype, rid=e.rid)
+            if e.query or e.if_none_exist:
+                principal.require("s", e.rtype)
+        except HubError as exc:
+            raise _fail(e, exc) from None
+
+    async def _attempt(self, principal: Principal, entries: list[_Entry]) -> dict[str, Any]:
+        locks = sorted({parse_criteria(e.rtype, q).text for e in entries for q in (e.query, e.if_none_exist) if q})
+        async with contextlib.AsyncExitStack() as stack:
+            for name in locks:  # conditional criteria, in name order: match-then-write cannot race
+                await stack.enter_async_context(self.store.lock(name))
+            ids = await self._resolve_targets(entries)
+            references: dict[str, str] = {}
+            for e in entries:
+                if e.method in ("POST", "PUT") and e.resource is not None:
+                    e.resource = await self._rewrite(e, e.resource, ids, references)
+            changes = await self._prepare(entries)
+            await self.store.write_all(changes)
+        for e in sorted(entries, key=lambda x: _ORDER[x.method]):
+            if e.method in ("GET", "HEAD"):
+                try:
+                    e.extra = await self._one(principal, e)
+                except HubError as exc:
+                    raise _fail(e, exc) from None
+        return {"resourceType": "Bundle", "type": "transaction-response",
+                "entry": [e.extra or self._write_entry(e) for e in entries]}
+
+    async def _resolve_targets(self, entries: list[_Entry]) -> dict[str, str]:
+        """Decide the id each write entry targets; map fullUrls (urn:uuid:, urn:oid:) to Type/id."""
+        ids: dict[str, str] = {}
+        seen: set[str] = set()
+        for e in sorted(entries, key=lambda x: _ORDER[x.method]):
+            if e.method in ("GET", "HEAD"):
+                continue
+            try:
+                if e.method == "POST":
+                    if e.if_none_exist:
+                        found = await self._matches(e.rtype, e.if_none_exist)
+                        if len(found) > 1:
+                            raise PreconditionFailed(f"ifNoneExist matched {len(found)} {e.rtype} resources")
+                        if found:
+                            e.target, e.result, e.status = found[0].rid, found[0], "200 OK"
+                    e.target = e.target or str(uuid.uuid4())
+                elif e.rid is not None:
+                    if not ID_RE.match(e.rid):
+                        raise BadRequest(f"'{e.rid}' is not a valid FHIR id")
+                    e.target = e.rid
+                elif e.query:
+                    found = await self._matches(e.rtype, e.query)
+                    if len(found) > 1:
+                        raise PreconditionFailed(f"The criteria matched {len(found)} {e.rtype} resources")
+                    body_id = e.resource.get("id") if isinstance(e.resource, dict) else None
+                    if found:
+                        e.target = found[0].rid
+                    elif e.method == "PUT":
+                        e.target = body_id if isinstance(body_id, str) else str(uuid.uuid4())
+                    else:
+                        e.status = "204 No Content"  # conditional delete that matched nothing
+                        continue
+                else:
+                    raise BadRequest(f"{e.method} {e.rtype} needs an id or search criteria")
+            except HubError as exc:
+                raise _fail(e, exc) from None
+            key = f"{e.rtype}/{e.target}"
+            if key in seen and e.result is None:  # FHIR R4 http.html#trules: one entry per resource
+                raise _fail(e, BadRequest(f"{key} is changed by more than one entry of the transaction"))
+            seen.add(key)
+            if e.full_url:
+                ids[e.full_url] = key
+        return ids
+
+    async def _matches(self, rtype: str, query: str) -> list[Version]:
+        criteria = parse_criteria(rtype, query)
+        return await self.resources.match(criteria, rtype)
+
+    async def _rewrite(self, e: _Entry, value: Any, ids: dict[str, str], cache: dict[str, str]) -> Any:
+        """Replace references to fullUrls of this Bundle and conditional references by Type/id."""
+        if isinstance(value, list):
+            return [await self._rewrite(e, v, ids, cache) for v in value]
+        if not isinstance(value, dict):
+            return value
+        out = {k: await self._rewrite(e, v, ids, cache) for k, v in value.items()}
+        ref = out.get("reference")
+        if isinstance(ref, str):
+            if ref in ids:
+                out["reference"] = ids[ref]
+            elif "?" in ref and not ref.startswith(("http:", "https:", "urn:")):
+                if ref not in cache:
+                    rtype, _, query = ref.partition("?")
+                    try:
+                        found = await self._matches(require_supported_type(rtype), query)
+                    except HubError as exc:
+                        raise _fail(e, exc) from None
+                    if len(found) != 1:  # FHIR R4 http.html#trules: a conditional reference must match one
+                        raise _fail(e, PreconditionFailed(
+                            f"The conditional reference {rtype}?… matched {len(found)} resources, not one"))
+                    cache[ref] = found[0].key
+                out["reference"] = cache[ref]
+            elif ref.startswith(("urn:uuid:", "urn:oid:")):
+                raise _fail(e, BadRequest(f"Reference {ref} names no entry of this transaction"))
+        return out
+
+    async def _prepare(self, entries: list[_Entry]) -> list[tuple[Version, Version | None]]:
+        """Validate and build every new version; read the versions they supersede."""
+        changes: list[tuple[Version, Version | None]] = []
+        for e in sorted(entries, key=lambda x: _ORDER[x.method]):
+            if e.method in ("GET", "HEAD") or e.target is None or e.result is not None:
+                continue
+            try:
+                if e.method == "PATCH":
+                    raise BadRequest("PATCH in a transaction is not supported yet; use PUT")
+                base = await self.store.current_with_index(e.rtype, e.target)
+                if e.if_match is not None and (base is None or base.vid != e.if_match):
+                    raise PreconditionFailed(f"{e.rtype}/{e.target} is not at version {e.if_match}")
+                if e.method == "DELETE":
+                    if base is None or base.deleted:
+                        e.status = "204 No Content" if base is not None else "404 Not Found"
+                        if base is None:
+                            raise NotFound(f"{e.rtype}/{e.target} is not known")
+                        continue
+                    new = Version(rtype=e.rtype, rid=e.target, vid=base.vid + 1, ts=now_micros(),
+                                  method="DELETE", body=None)
+                else:
+                    resource = e.resource
+                    if e.method == "PUT" and isinstance(resource, dict) and resource.get("id") is None and e.query:
+                        resource = {**resource, "id": e.target}
+                    validate_resource(resource, expected_type=e.rtype,
+                                      expected_id=e.target if e.method == "PUT" else None)
+                    new = self.resources.new_version(rtype=e.rtype, rid=e.target, resource=resource,
+                                                     method=e.method, base=base)
+            except HubError as exc:
+                raise _fail(e, exc) from None
+            e.base, e.new = base, new
+            changes.append((new, base))
+        return changes
+
+    def _write_entry(self, e: _Entry) -> dict[str, Any]:
+        if e.result is not None:  # ifNoneExist matched: nothing written
+            return self._entry_json(e.result, "200 OK", with_resource=False)
+        if e.new is None:
+            return {"response": {"status": e.status or "204 No Content"}}
+        status = "204 No Content" if e.new.deleted else (
+            "201 Created" if e.base is None or e.base.deleted else "200 OK")
+        return self._entry_json(e.new, status, with_resource=False)
+

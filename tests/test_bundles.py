@@ -1,0 +1,160 @@
+"""Batch and transaction Bundles: processing order, reference rewriting, conditional references, atomicity."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import httpx
+
+from tests.conftest import Hub
+
+
+def _entry(method: str, url: str, resource: dict | None = None, full_url: str | None = None, **request) -> dict:
+    entry: dict = {"request": {"method": method, "url": url, **request}}
+    if resource is not None:
+        entry["resource"] = resource
+    if full_url:
+        entry["fullUrl"] = full_url
+    return entry
+
+
+def _transaction(*entries: dict) -> dict:
+    return {"resourceType": "Bundle", "type": "transaction", "entry": list(entries)}
+
+
+def test_transaction_rewrites_urn_references_and_answers_each_entry(api: httpx.Client, hub: Hub) -> None:
+    mrn = uuid.uuid4().hex
+    patient_urn, order_urn = f"urn:uuid:{uuid.uuid4()}", f"urn:uuid:{uuid.uuid4()}"
+    bundle = _transaction(
+        _entry("POST", "ServiceRequest", {"resourceType": "ServiceRequest", "status": "active", "intent": "order",
+                                          "subject": {"reference": patient_urn}}, order_urn),
+        _entry("POST", "Patient", {"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": mrn}],
+                                   "name": [{"family": "赵"}]}, patient_urn),
+        _entry("POST", "DiagnosticReport", {"resourceType": "DiagnosticReport", "status": "final",
+                                            "code": {"text": "CT"}, "subject": {"reference": patient_urn},
+                                            "basedOn": [{"reference": order_urn}]}),
+    )
+    r = httpx.post(hub.base, json=bundle, headers=api.headers)  # the base URL itself, no trailing slash
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["type"] == "transaction-response" and len(out["entry"]) == 3
+    assert [e["response"]["status"] for e in out["entry"]] == ["201 Created"] * 3
+    order_loc, patient_loc, report_loc = (e["response"]["location"] for e in out["entry"])
+    patient_ref = patient_loc.split("/_history")[0]
+    order = api.get(f"/{order_loc.split('/_history')[0]}").json()
+    report = api.get(f"/{report_loc.split('/_history')[0]}").json()
+    assert order["subject"]["reference"] == patient_ref
+    assert report["subject"]["reference"] == patient_ref
+    assert report["basedOn"][0]["reference"] == order_loc.split("/_history")[0]
+
+
+def test_conditional_references_and_if_none_exist(api: httpx.Client) -> None:
+    mrn = uuid.uuid4().hex
+    pid = api.post("/Patient", json={"resourceType": "Patient", "identifier": [{"system": "urn:mrn",
+                                                                             "value": mrn}]}).json()["id"]
+    bundle = _transaction(
+        _entry("POST", "Patient", {"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": mrn}]},
+               ifNoneExist=f"identifier=urn:mrn|{mrn}"),
+        _entry("POST", "Observation", {"resourceType": "Observation", "status": "final", "code": {"text": "AFP"},
+                                       "subject": {"reference": f"Patient?identifier=urn:mrn|{mrn}"}}),
+    )
+    out = api.post("/", json=bundle).json()
+    assert out["entry"][0]["response"]["status"] == "200 OK"
+    assert out["entry"][0]["response"]["location"].startswith(f"Patient/{pid}/")
+    obs_id = out["entry"][1]["response"]["location"].split("/")[1]
+    assert api.get(f"/Observation/{obs_id}").json()["subject"]["reference"] == f"Patient/{pid}"
+    none = _transaction(_entry("POST", "Observation", {"resourceType": "Observation", "status": "final",
+                                                       "code": {"text": "x"},
+                                                       "subject": {"reference": "Patient?identifier=nobody"}}))
+    r = api.post("/", json=none)
+    assert r.status_code == 412 and "Bundle.entry[0]" in r.json()["issue"][0]["diagnostics"]
+
+
+def test_failing_last_entry_of_100_leaves_nothing(api: httpx.Client) -> None:
+    marker = uuid.uuid4().hex
+    existing = api.post("/Basic", json={"resourceType": "Basic", "code": {"text": "before"}}).json()
+    entries = [_entry("POST", "Basic", {"resourceType": "Basic", "code": {"text": f"{marker}-{i}"}})
+               for i in range(98)]
+    entries.append(_entry("PUT", f"Basic/{existing['id']}", {"resourceType": "Basic", "id": existing["id"],
+                                                             "code": {"text": "changed"}}))
+    entries.append(_entry("POST", "Patient", {"resourceType": "Patient", "birthDate": "not-a-date"}))
+    r = api.post("/", json=_transaction(*entries))
+    assert r.status_code == 400
+    issue = r.json()["issue"][0]
+    assert issue["expression"] == ["Bundle.entry[99].resource.birthDate"]
+    history = api.get("/Basic/_history", params={"_count": 1000, "_since": existing["meta"]["lastUpdated"]}).json()
+    assert not [e for e in history["entry"] if e["resource"]["code"]["text"].startswith(marker)]
+    assert api.get(f"/Basic/{existing['id']}").json()["meta"]["versionId"] == "1"
+
+
+def test_transaction_if_match_and_duplicate_targets(api: httpx.Client) -> None:
+    basic = api.post("/Basic", json={"resourceType": "Basic", "code": {"text": "v1"}}).json()
+    stale = _transaction(
+        _entry("POST", "Basic", {"resourceType": "Basic", "code": {"text": "new"}}),
+        _entry("PUT", f"Basic/{basic['id']}", {"resourceType": "Basic", "id": basic["id"], "code": {"text": "v2"}},
+               ifMatch='W/"7"'))
+    r = api.post("/", json=stale)
+    assert r.status_code == 412 and "Bundle.entry[1]" in r.json()["issue"][0]["diagnostics"]
+    twice = _transaction(
+        _entry("PUT", f"Basic/{basic['id']}", {"resourceType": "Basic", "id": basic["id"], "code": {"text": "a"}}),
+        _entry("DELETE", f"Basic/{basic['id']}"))
+    assert api.post("/", json=twice).status_code == 400
+    ok = api.post("/", json=_transaction(
+        _entry("PUT", f"Basic/{basic['id']}", {"resourceType": "Basic", "id": basic["id"], "code": {"text": "v2"}},
+               ifMatch='W/"1"'),
+        _entry("GET", f"Basic/{basic['id']}")))
+    assert ok.status_code == 200
+    entries = ok.json()["entry"]
+    assert entries[0]["response"]["status"] == "200 OK" and entries[0]["response"]["etag"] == 'W/"2"'
+    assert entries[1]["resource"]["code"]["text"] == "v2"  # GETs run after the writes
+
+
+def test_batch_entries_succeed_or_fail_alone(api: httpx.Client) -> None:
+    bundle = {"resourceType": "Bundle", "type": "batch", "entry": [
+        _entry("POST", "Basic", {"resourceType": "Basic", "code": {"text": "ok"}}),
+        _entry("POST", "Patient", {"resourceType": "Patient", "birthDate": "bad"}),
+        _entry("GET", f"Basic/{uuid.uuid4().hex}"),
+        _entry("DELETE", "NotAType/1"),
+    ]}
+    out = api.post("/", json=bundle).json()
+    assert out["type"] == "batch-response"
+    statuses = [e["response"]["status"] for e in out["entry"]]
+    assert statuses[0] == "201 Created" and statuses[1:] == ["400", "404", "404"]
+    assert out["entry"][1]["response"]["outcome"]["issue"][0]["expression"] == ["Patient.birthDate"]
+
+
+def test_bundle_limits_and_type(api: httpx.Client, hub: Hub) -> None:
+    assert api.post("/", json={"resourceType": "Bundle", "type": "collection"}).status_code == 400
+    assert api.post("/", json={"resourceType": "Patient"}).status_code == 400
+    many = _transaction(*[_entry("GET", "Basic/x")] * 1001)
+    r = api.post("/", json=many)
+    assert r.status_code == 400 and r.json()["issue"][0]["code"] == "too-costly"
+    with hub.client("system/Basic.r") as reader:
+        denied = reader.post("/", json=_transaction(_entry("POST", "Basic", {"resourceType": "Basic",
+                                                                              "code": {"text": "x"}})))
+        assert denied.status_code == 403
+
+
+async def test_concurrent_transactions_on_the_same_resources(hub: Hub) -> None:
+    async with httpx.AsyncClient(base_url=hub.base, headers={"Authorization": f"Bearer {hub.token()}"},
+                                 timeout=60) as client:
+        a = (await client.post("/Basic", json={"resourceType": "Basic", "code": {"text": "a0"}})).json()["id"]
+        b = (await client.post("/Basic", json={"resourceType": "Basic", "code": {"text": "b0"}})).json()["id"]
+
+        def both(i: int) -> dict:
+            return _transaction(
+                _entry("PUT", f"Basic/{a}", {"resourceType": "Basic", "id": a, "code": {"text": f"t{i}"}}),
+                _entry("PUT", f"Basic/{b}", {"resourceType": "Basic", "id": b, "code": {"text": f"t{i}"}}))
+
+        results = await asyncio.gather(*(client.post("/", json=both(i)) for i in range(12)))
+        assert all(r.status_code == 200 for r in results), [r.text for r in results if r.status_code != 200][:2]
+        ra = (await client.get(f"/Basic/{a}")).json()
+        rb = (await client.get(f"/Basic/{b}")).json()
+        assert ra["meta"]["versionId"] == rb["meta"]["versionId"] == "13"
+        assert ra["code"] == rb["code"]  # the last transaction wrote both: never half of one and half of another
+        ha = (await client.get(f"/Basic/{a}/_history", params={"_count": 50})).json()
+        hb = (await client.get(f"/Basic/{b}/_history", params={"_count": 50})).json()
+        order_a = [e["resource"]["code"]["text"] for e in ha["entry"]][:-1]  # without the first versions
+        order_b = [e["resource"]["code"]["text"] for e in hb["entry"]][:-1]
+        assert order_a == order_b and len(order_a) == 12  # the same order of transactions on both
