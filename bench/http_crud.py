@@ -13,74 +13,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import random
-import statistics
-import subprocess
-import sys
-import tempfile
-import time
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
 from pymongo import AsyncMongoClient
 
-from fhir_server.auth.tokens import mint_token
-from fhir_server.embedded_store import EmbeddedStore, free_port
-from fhir_server.settings import Settings
-
-
-def patient(i: int) -> dict[str, Any]:
-    return {"resourceType": "Patient",
-            "identifier": [{"system": "urn:oid:2.16.840.1.113883.2.4.6.3", "value": f"{i:09d}"}],
-            "name": [{"family": "王", "given": ["小东"], "text": "王小东"}], "gender": "male",
-            "birthDate": "1970-03-01", "telecom": [{"system": "phone", "value": "+86 21 5555 0000"}],
-            "address": [{"city": "上海", "district": "徐汇区", "country": "CN"}]}
-
-
-@dataclass
-class Result:
-    count: int
-    seconds: float
-    latencies: list[float]
-
-    @property
-    def rate(self) -> float:
-        return self.count / self.seconds
-
-    def pct(self, p: float) -> float:
-        if not self.latencies:
-            return float("nan")
-        qs = statistics.quantiles(self.latencies, n=100, method="inclusive")
-        return qs[int(p) - 1] * 1000
-
-
-async def drive(clients: int, seconds: float, op: Callable[[random.Random], Awaitable[bool]]) -> Result:
-    latencies: list[float] = []
-    deadline = time.perf_counter() + seconds
-    errors = 0
-
-    async def worker(seed: int) -> None:
-        nonlocal errors
-        rng = random.Random(seed)
-        while time.perf_counter() < deadline:
-            t0 = time.perf_counter()
-            ok = await op(rng)
-            latencies.append(time.perf_counter() - t0)
-            if not ok:
-                errors += 1
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker(i) for i in range(clients)))
-    elapsed = time.perf_counter() - started
-    if errors:
-        print(f"    ({errors} failed requests)")
-    return Result(len(latencies), elapsed, latencies)
+from bench.harness import drive, hub_rss, machine_line, patient, running_hub
 
 
 class Workload:
@@ -154,48 +95,14 @@ class Workload:
         return True
 
 
-def hub_rss(pid: int) -> float:
-    """RSS of the hub: its process and its worker processes, if any."""
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    kids = [int(k) for k in children.read_text().split()] if children.exists() else []
-    return rss_mb(pid) + sum(rss_mb(k) for k in kids)
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 async def main(seconds: float, levels: list[int], workers: int) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix="medunion-bench-"))
-    store = EmbeddedStore(data_dir=tmp / "store", port=free_port())
-    store.start()
-    port = free_port()
-    env = {**os.environ, "MONGODB_URI": store.uri, "MEDUNION_HOME": str(tmp / "home"),
-           "MEDUNION_HTTP_PORT": str(port), "MEDUNION_WORKERS": str(workers)}
-    hub = subprocess.Popen([sys.executable, "-m", "fhir_server.cli", "run"], env=env,  # noqa: ASYNC220
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}/fhir"
-    try:
-        for _ in range(300):
-            try:
-                async with aiohttp.ClientSession() as s, s.get(f"{base}/metadata") as r:
-                    if r.status == 200:
-                        break
-            except aiohttp.ClientError:
-                await asyncio.sleep(0.1)
-        await asyncio.sleep(1.0)
+    async with running_hub(workers=workers) as hub:
         at_rest = hub_rss(hub.pid)
-        os.environ.update({k: v for k, v in env.items() if k.startswith("MEDUNION_")})
-        token = mint_token(Settings(), subject="bench", scope="system/*.cruds")
-        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"}
-        raw_client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(store.uri, maxPoolSize=128)
+        base, headers = hub.base, hub.headers
+        raw_client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(hub.store_uri, maxPoolSize=128)
         raw = raw_client["rawbench"]["patients"]
 
-        print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, Python "
-              f"{platform.python_version()}; store: FerretDB 1.24.2 (SQLite) on loopback; {seconds:.0f} s per row")
+        print(f"{machine_line()}; {seconds:.0f} s per row")
         print(f"hub memory at rest: {at_rest:.0f} MB RSS ({workers} worker process(es))")
         header = (f"{'operation':<16}{'clients':>8} | {'hub req/s':>10}{'p50':>8}{'p95':>8}{'p99':>8} | "
                   f"{'raw op/s':>10}{'p50':>8}{'p95':>8}{'p99':>8} | {'ratio':>6}")
@@ -221,10 +128,6 @@ async def main(seconds: float, levels: list[int], workers: int) -> None:
         print("latencies in ms; ratio = hub req/s / raw driver op/s on the same store")
         print(f"hub memory after the load: {hub_rss(hub.pid):.0f} MB RSS")
         await raw_client.close()
-    finally:
-        hub.terminate()
-        hub.wait(timeout=15)
-        store.stop()
 
 
 if __name__ == "__main__":

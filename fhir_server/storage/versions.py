@@ -30,7 +30,7 @@ from bson import Binary
 from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 __all__ = ["HistoryPage", "LockBusy", "ResourceStore", "Version", "VersionConflict", "now_micros"]
 
@@ -277,17 +277,26 @@ class ResourceStore:
             raise
         applied: list[tuple[Version, Version | None]] = []
         try:
-            for change in changes:
-                if change[1] is None:
-                    try:
-                        await self.resources.insert_one({"_id": change[0].key, **change[0]._fields(),
-                                                         "ix": change[0].index})
-                    except DuplicateKeyError:
-                        raise VersionConflict(f"{change[0].key} was created concurrently") from None
-                else:
-                    await self.resources.replace_one({"_id": change[0].key},
-                                                     {**change[0]._fields(), "ix": change[0].index})
-                applied.append(change)
+            i = 0
+            while i < len(changes):
+                change, prior = changes[i]
+                if prior is not None:
+                    await self.resources.replace_one({"_id": change.key}, {**change._fields(), "ix": change.index})
+                    applied.append((change, prior))
+                    i += 1
+                    continue
+                run = [change]  # consecutive creates go in one insert_many: one round trip, one SQLite transaction
+                while i + len(run) < len(changes) and changes[i + len(run)][1] is None:
+                    run.append(changes[i + len(run)][0])
+                try:
+                    await self.resources.insert_many([{"_id": v.key, **v._fields(), "ix": v.index} for v in run],
+                                                     ordered=True)
+                except BulkWriteError as exc:
+                    inserted = int(exc.details.get("nInserted", 0))
+                    applied.extend((v, None) for v in run[:inserted])
+                    raise VersionConflict(f"{run[inserted].key} was created concurrently") from None
+                applied.extend((v, None) for v in run)
+                i += len(run)
         except BaseException:
             await asyncio.shield(self._undo(applied))
             await asyncio.shield(self._release(claimed))
