@@ -39,9 +39,10 @@ def create_app(settings: Settings, *, mongodb_uri: str | None = None) -> Any:
         store = ResourceStore(client[settings.mongodb_database], lease_seconds=settings.write_lease_seconds,
                               owner=settings.instance_id)
         await store.ensure_indexes()
-        released = await store.release_own_locks()
-        if released:
-            log.warning("released %d conditional-operation locks left by an unclean stop", released)
+        undone, released = await store.recover()
+        if undone or released:
+            log.warning("recovered from an unclean stop: %d unfinished transactions undone, %d locks released",
+                        undone, released)
         app.state.settings = settings
         app.state.store = store
         app.state.service = ResourceService(store=store, settings=settings)

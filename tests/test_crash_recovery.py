@@ -138,3 +138,69 @@ def test_store_outage_gives_503_and_recovers(tmp_path: Path) -> None:
     finally:
         stop_hub(hub)
         store.stop()
+
+
+def test_kill_during_transactions_leaves_each_all_or_nothing(store_uri: str, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    database = f"txcrash{int(time.time())}"
+    hub = start_hub(store_uri, home, database=database)
+    shared = [f"shared-{k}" for k in range(5)]
+    with hub.client() as client:
+        for rid in shared:
+            client.put(f"/Basic/{rid}", json={"resourceType": "Basic", "id": rid, "code": {"text": "start"}})
+    acked: list[str] = []
+    stop = threading.Event()
+
+    def load(worker: int) -> None:
+        with hub.client() as client:
+            n = 0
+            while not stop.is_set():
+                marker = f"w{worker}-{n}"
+                n += 1
+                entries = [{"request": {"method": "POST", "url": "Basic"},
+                            "resource": {"resourceType": "Basic", "code": {"text": marker}}} for _ in range(5)]
+                entries += [{"request": {"method": "PUT", "url": f"Basic/{rid}"},
+                             "resource": {"resourceType": "Basic", "id": rid, "code": {"text": marker}}}
+                            for rid in shared]
+                try:
+                    r = client.post("/", json={"resourceType": "Bundle", "type": "transaction", "entry": entries})
+                except httpx.TransportError:
+                    return
+                if r.status_code == 200:
+                    acked.append(marker)
+
+    threads = [threading.Thread(target=load, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(2.0)
+    hub.process.send_signal(signal.SIGKILL)
+    hub.process.wait(timeout=10)
+    stop.set()
+    for t in threads:
+        t.join(timeout=30)
+    assert len(acked) >= 5, "the load did not get going before the kill"
+
+    restarted = start_hub(store_uri, home, database=database)
+    try:
+        with restarted.client() as client:
+            finals = {client.get(f"/Basic/{rid}").json()["code"]["text"] for rid in shared}
+            assert len(finals) == 1, finals  # every shared resource holds the same transaction's value
+            created: dict[str, int] = {}
+            url: str | None = "/Basic/_history?_count=1000"
+            while url:
+                page = client.get(url.replace(restarted.base, "")).json()
+                for e in page.get("entry", []):
+                    if e["request"]["method"] == "POST":
+                        text = e["resource"]["code"]["text"]
+                        created[text] = created.get(text, 0) + 1
+                url = next((link["url"] for link in page["link"] if link["relation"] == "next"), None)
+            assert all(count == 5 for count in created.values()), {k: v for k, v in created.items() if v != 5}
+            for marker in acked:  # every acknowledged transaction is there whole
+                assert created.get(marker) == 5, marker
+            winner = finals.pop()
+            assert winner == "start" or created.get(winner) == 5
+            for rid in shared:  # and nothing is left claimed
+                r = client.put(f"/Basic/{rid}", json={"resourceType": "Basic", "id": rid, "code": {"text": "after"}})
+                assert r.status_code == 200
+    finally:
+        stop_hub(restarted)

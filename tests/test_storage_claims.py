@@ -138,3 +138,30 @@ async def test_write_all_releases_claims_when_one_cannot_be_taken(stores) -> Non
         await mine.write_all([(_version("tx-x", 2), x1), (_version("tx-y", 2), y1)])
     assert await mine.history.find_one({"_id": x1.version_key}) is None
     assert (await mine.current("Basic", "tx-x")) == x1
+
+
+async def test_recover_undoes_a_transaction_cut_off_mid_commit(stores, store_uri: str) -> None:
+    """The process dies after applying part of a transaction: the next start of the same instance undoes it."""
+    mine, _ = stores
+    a1 = await mine.write(_version("cut-a", 1, b'{"a":1}'), base=None)
+    b1 = await mine.write(_version("cut-b", 1, b'{"b":1}'), base=None)
+    a1 = await mine.current_with_index("Basic", "cut-a")
+    b1 = await mine.current_with_index("Basic", "cut-b")
+    changes = [(_version("cut-new", 1, b'{"c":1}'), None), (_version("cut-a", 2, b'{"a":2}'), a1),
+               (_version("cut-b", 2, b'{"b":2}'), b1)]
+    await mine._prepare_all(changes)
+    applied: list = []
+    await mine._apply_from(changes, 0, applied)  # the create
+    await mine._apply_from(changes, 1, applied)  # the update of a; then the process is killed
+    assert (await mine.current("Basic", "cut-a")).vid == 2  # half of the transaction is visible now
+
+    restarted = ResourceStore(mine.db, owner=mine.owner, lease_seconds=60)
+    undone, _ = await restarted.recover()
+    assert undone == 1
+    assert await restarted.current("Basic", "cut-new") is None
+    assert (await restarted.current("Basic", "cut-a")).body == b'{"a":1}'
+    assert (await restarted.current("Basic", "cut-b")) == b1
+    assert await restarted.history.count_documents({"i": {"$in": ["cut-a", "cut-b"]}}) == 0  # claims released
+    assert await restarted.journal.count_documents({}) == 0
+    a2 = await restarted.write(_version("cut-a", 2, b'{"a":"again"}'), base=a1)  # writable at once
+    assert (await restarted.current("Basic", "cut-a")) == a2

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -106,6 +107,7 @@ class ResourceStore:
         self.resources: AsyncCollection[dict[str, Any]] = db["resources"]
         self.history: AsyncCollection[dict[str, Any]] = db["history"]
         self.locks: AsyncCollection[dict[str, Any]] = db["locks"]
+        self.journal: AsyncCollection[dict[str, Any]] = db["journal"]
         self.lease_micros = int(lease_seconds * 1_000_000)
         self._in_flight: set[str] = set()  # claims this process holds right now
 
@@ -117,11 +119,7 @@ class ResourceStore:
         await self.history.create_index([("t", ASCENDING), ("ts", DESCENDING)], name="t_ts")
         await self.history.create_index([("ts", DESCENDING)], name="ts")
         await self.locks.create_index([("o", ASCENDING)], name="owner")
-
-    async def release_own_locks(self) -> int:
-        """At start-up: conditional-operation locks this instance held when it last stopped are dead."""
-        result = await self.locks.delete_many({"o": self.owner})
-        return int(result.deleted_count)
+        await self.journal.create_index([("o", ASCENDING)], name="owner")
 
     # ---- reads -------------------------------------------------------------------------------------------
 
@@ -254,11 +252,30 @@ class ResourceStore:
         """Store several new versions all or nothing (each ``(new, base)``, as for ``write``).
 
         Prepare: claim every base (in key order), so no other writer can touch these resources until we are
-        done; a claim we cannot get releases the ones we hold and raises VersionConflict. Commit: apply each
-        change in the given order; if the store fails part-way, the applied changes are undone (the claim
-        copies hold the previous versions) and the error is raised. Readers may see the changes appear
-        during the commit phase (milliseconds); writers never interleave.
+        done, and journal the changes; a claim we cannot get releases the ones we hold and raises
+        VersionConflict. Commit: apply each change in the given order, consecutive creates in one ordered
+        insert_many. If the store fails part-way, the applied changes are undone from the claim copies; if
+        the process dies part-way, ``recover`` undoes them at the next start from the journal. Readers may
+        see the changes appear during the commit phase (milliseconds); writers never interleave.
         """
+        journal = await self._prepare_all(changes)
+        applied: list[tuple[Version, Version | None]] = []
+        try:
+            i = 0
+            while i < len(changes):
+                i += await self._apply_from(changes, i, applied)
+        except BaseException:
+            await asyncio.shield(self._undo(applied))
+            await asyncio.shield(self._release([(n, b) for n, b in changes if b is not None]))
+            await asyncio.shield(self.journal.delete_one({"_id": journal}))
+            raise
+        await self.journal.delete_one({"_id": journal})
+        for _, base in changes:
+            if base is not None:
+                self._in_flight.discard(base.version_key)
+
+    async def _prepare_all(self, changes: list[tuple[Version, Version | None]]) -> str:
+        """Claim every base and journal what is about to change; returns the journal's id."""
         claimed: list[tuple[Version, Version]] = []
         try:
             for new, base in sorted(((n, b) for n, b in changes if b is not None), key=lambda c: c[0].key):
@@ -272,38 +289,60 @@ class ResourceStore:
                     self._in_flight.discard(base.version_key)
                     raise
                 claimed.append((new, base))
+            journal = f"txn:{uuid.uuid4().hex}"
+            await self.journal.insert_one({
+                "_id": journal, "o": self.owner, "ts": now_micros(),
+                # documents, not nested arrays: FerretDB 1.24 refuses arrays of arrays
+                "changes": [{"k": n.key, "ts": n.ts, "b": None if b is None else b.vid} for n, b in changes]})
+            return journal
         except BaseException:
             await self._release(claimed)
             raise
-        applied: list[tuple[Version, Version | None]] = []
+
+    async def _apply_from(self, changes: list[tuple[Version, Version | None]], i: int,
+                          applied: list[tuple[Version, Version | None]]) -> int:
+        """Apply ``changes[i]`` (or the run of creates starting there); returns how many were applied."""
+        change, prior = changes[i]
+        if prior is not None:
+            await self.resources.replace_one({"_id": change.key}, {**change._fields(), "ix": change.index})
+            applied.append((change, prior))
+            return 1
+        run = [change]  # consecutive creates go in one insert_many: one round trip, one SQLite transaction
+        while i + len(run) < len(changes) and changes[i + len(run)][1] is None:
+            run.append(changes[i + len(run)][0])
         try:
-            i = 0
-            while i < len(changes):
-                change, prior = changes[i]
-                if prior is not None:
-                    await self.resources.replace_one({"_id": change.key}, {**change._fields(), "ix": change.index})
-                    applied.append((change, prior))
-                    i += 1
+            await self.resources.insert_many([{"_id": v.key, **v._fields(), "ix": v.index} for v in run],
+                                             ordered=True)
+        except BulkWriteError as exc:
+            inserted = int(exc.details.get("nInserted", 0))
+            applied.extend((v, None) for v in run[:inserted])
+            raise VersionConflict(f"{run[inserted].key} was created concurrently") from None
+        applied.extend((v, None) for v in run)
+        return len(run)
+
+    async def recover(self) -> tuple[int, int]:
+        """At start-up: undo the transactions this instance was committing when it died, and release the
+        conditional-operation locks it held. Returns (transactions undone, locks released)."""
+        undone = 0
+        async for entry in self.journal.find({"o": self.owner}):
+            for change in reversed(entry["changes"]):
+                key, ts, base_vid = change["k"], change["ts"], change["b"]
+                current = await self.resources.find_one({"_id": key}, {"v": 1, "ts": 1})
+                applied = current is not None and int(current["ts"]) == int(ts)
+                if base_vid is None:
+                    if applied:
+                        await self.resources.delete_one({"_id": key})
                     continue
-                run = [change]  # consecutive creates go in one insert_many: one round trip, one SQLite transaction
-                while i + len(run) < len(changes) and changes[i + len(run)][1] is None:
-                    run.append(changes[i + len(run)][0])
-                try:
-                    await self.resources.insert_many([{"_id": v.key, **v._fields(), "ix": v.index} for v in run],
-                                                     ordered=True)
-                except BulkWriteError as exc:
-                    inserted = int(exc.details.get("nInserted", 0))
-                    applied.extend((v, None) for v in run[:inserted])
-                    raise VersionConflict(f"{run[inserted].key} was created concurrently") from None
-                applied.extend((v, None) for v in run)
-                i += len(run)
-        except BaseException:
-            await asyncio.shield(self._undo(applied))
-            await asyncio.shield(self._release(claimed))
-            raise
-        finally:
-            for _, base in claimed:
-                self._in_flight.discard(base.version_key)
+                copy = await self.history.find_one({"_id": f"{key}/{base_vid}"})
+                if applied and copy is not None:
+                    restored: dict[str, Any] = {k: copy[k] for k in ("t", "i", "v", "ts", "m", "j", "ix") if k in copy}
+                    await self.resources.replace_one({"_id": key}, restored)
+                if copy is not None and copy.get("o") == self.owner:
+                    await self.history.delete_one({"_id": f"{key}/{base_vid}"})
+            await self.journal.delete_one({"_id": entry["_id"]})
+            undone += 1
+        released = await self.locks.delete_many({"o": self.owner})
+        return undone, int(released.deleted_count)
 
     async def _undo(self, applied: list[tuple[Version, Version | None]]) -> None:
         for new, base in reversed(applied):
@@ -329,7 +368,8 @@ class ResourceStore:
 
     async def _claim(self, base: Version, *, until: int) -> None:
         """Insert the copy of ``base``: the right to write the version after it (``until``: its timestamp)."""
-        copy = {"_id": base.version_key, **base._fields(), "u": until, "o": self.owner, "c": now_micros()}
+        copy = {"_id": base.version_key, **base._fields(), "ix": base.index, "u": until, "o": self.owner,
+                "c": now_micros()}
         try:
             await self.history.insert_one(copy)
             return
