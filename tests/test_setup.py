@@ -50,3 +50,28 @@ def test_production_refuses_development_secrets(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "fhir_server.cli", "run"], env=env, capture_output=True, text=True,
                        timeout=30)
     assert r.returncode == 2 and "HS256" in r.stderr
+
+
+def test_worker_processes_share_the_port_and_stop_together(store_uri: str, tmp_path: Path) -> None:
+    """MEDUNION_WORKERS=2: two hub processes behind one port, each its own instance id, stopped together."""
+    import signal
+    import time
+
+    from tests.conftest import start_hub
+
+    hub = start_hub(store_uri, tmp_path / "home", database="workers", extra={"MEDUNION_WORKERS": "2"})
+    try:
+        children = Path(f"/proc/{hub.process.pid}/task/{hub.process.pid}/children").read_text().split()
+        assert len(children) == 2
+        envs = [Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") for pid in children]
+        ids = {e.split(b"=", 1)[1] for env in envs for e in env if e.startswith(b"MEDUNION_INSTANCE_ID=")}
+        assert ids == {b"hub-0", b"hub-1"}
+        with hub.client() as client:
+            for _ in range(20):  # new connections are spread over both processes; all work
+                with httpx.Client(base_url=hub.base, headers=client.headers) as fresh:
+                    assert fresh.post("/Basic", json={"resourceType": "Basic", "code": {"text": "w"}}).status_code == 201
+    finally:
+        hub.process.send_signal(signal.SIGTERM)
+        hub.process.wait(timeout=20)
+    time.sleep(0.5)
+    assert all(not Path(f"/proc/{pid}").exists() for pid in children)
