@@ -69,7 +69,8 @@ def test_worker_processes_share_the_port_and_stop_together(store_uri: str, tmp_p
         with hub.client() as client:
             for _ in range(20):  # new connections are spread over both processes; all work
                 with httpx.Client(base_url=hub.base, headers=client.headers) as fresh:
-                    assert fresh.post("/Basic", json={"resourceType": "Basic", "code": {"text": "w"}}).status_code == 201
+                    created = fresh.post("/Basic", json={"resourceType": "Basic", "code": {"text": "w"}})
+                    assert created.status_code == 201
     finally:
         hub.process.send_signal(signal.SIGTERM)
         hub.process.wait(timeout=20)
