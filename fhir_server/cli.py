@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import socket
 import sys
 
@@ -62,6 +63,10 @@ def _run(args: argparse.Namespace) -> int:
                   f"  curl -H \"Authorization: Bearer $TOKEN\" {base}/Patient/<id>\n"
                   f"  curl {base}/metadata\n", flush=True)
         if settings.workers == 1:
+            # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; with the default handlers that would
+            # kill this process before the `finally` below stops the embedded store. Ours just let it return.
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, lambda *_: None)
             _serve(settings, uri)
             return 0
         return _supervise(settings, uri)
@@ -100,7 +105,6 @@ def _supervise(settings: Settings, uri: str) -> int:
     Each worker gets its own instance id (``<instance_id>-<n>``), stable across restarts of the hub, so each
     settles only its own unfinished writes.
     """
-    import signal
     import subprocess
     import time
 
