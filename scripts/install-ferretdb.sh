@@ -3,12 +3,12 @@
 #
 # `go install github.com/FerretDB/FerretDB/cmd/ferretdb@v1.24.x` compiles but the binary panics at
 # start: the module zip lacks build/version/version.txt, which FerretDB's own build task generates.
-# So we take the same module from the Go module proxy, add that one file, and build it unchanged.
+# So we take the same module from the Go module proxy, add that file, apply our patch, and build it.
 set -euo pipefail
 VERSION="${FERRETDB_VERSION:-v1.24.2}"
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 BIN="$ROOT/.cache/bin/ferretdb"
-if [[ -x "$BIN" ]] && "$BIN" --version 2>/dev/null | grep -q "package: medunion-idx"; then
+if [[ -x "$BIN" ]] && "$BIN" --version 2>/dev/null | grep -q "package: medunion-idx2"; then
   exit 0
 fi
 if ! command -v go >/dev/null 2>&1; then
@@ -23,14 +23,15 @@ rm -rf "$WORK"
 cp -r "$SRC" "$WORK"
 chmod -R u+w "$WORK"
 echo "${VERSION}" > "$WORK/build/version/version.txt"
-echo "medunion-idx" > "$WORK/build/version/package.txt"
-# SQLite backend: the _id lookup is written `sjson->'$._id'` while the _id index is built on `sjson->"_id"`;
-# SQLite uses an expression index only for the identical expression, so every find/update/delete by _id
-# scanned the whole table (O(n)). Write the lookup the way the index is built (same value, same order).
-sed -i "s|IDColumn = DefaultColumn + \"->'\$._id'\"|IDColumn = DefaultColumn + \\\`->\"_id\"\\\`|" \
-  "$WORK/internal/backends/sqlite/metadata/metadata.go"
-grep -q 'IDColumn = DefaultColumn + `->"_id"`' "$WORK/internal/backends/sqlite/metadata/metadata.go" \
-  || { echo "medunion: FerretDB _id index patch did not apply" >&2; exit 1; }
+echo "medunion-idx2" > "$WORK/build/version/package.txt"
+# Two changes to the SQLite backend, both in scripts/ferretdb-sqlite-id-pushdown.patch:
+# 1. The _id lookup was written `sjson->'$._id'` while the _id index is built on `sjson->"_id"`; SQLite uses
+#    an expression index only for the identical expression, so every find/update/delete by _id scanned the
+#    table (O(n)). The lookup is now written like the index.
+# 2. A filter {_id: {$gt/$gte/$lt/$lte: string}} is pushed down to that index (FerretDB pushed down only _id
+#    equality; everything else scans). The hub's search index uses _id ranges (docs/operations.md).
+(cd "$WORK" && patch -p1 --quiet < "$ROOT/scripts/ferretdb-sqlite-id-pushdown.patch") \
+  || { echo "medunion: the FerretDB patch did not apply" >&2; exit 1; }
 mkdir -p "$ROOT/.cache/bin"
 echo "medunion: building FerretDB ${VERSION} (first time only, about a minute)..." >&2
 (cd "$WORK" && go build -trimpath -tags ferretdb_no_postgresql -o "$BIN.tmp" ./cmd/ferretdb)

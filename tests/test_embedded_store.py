@@ -1,0 +1,30 @@
+"""The embedded FerretDB as the project builds it: lookups and ranges on _id go through the _id index."""
+
+from __future__ import annotations
+
+import uuid
+
+from pymongo import AsyncMongoClient
+
+
+async def test_id_lookups_and_ranges_use_the_index(store_uri: str) -> None:
+    client: AsyncMongoClient = AsyncMongoClient(store_uri)
+    coll = client[f"idx{uuid.uuid4().hex[:8]}"]["entries"]
+    try:
+        await coll.insert_many([{"_id": f"Patient|family|{name.encode().hex()}|{i:04d}"}
+                                for i, name in enumerate(["wang", "wangfang", "li", "liu", "王", "王小东"] * 50)])
+        plan = await coll.database.command("explain", {"find": "entries", "filter": {"_id": "x"}})
+        assert "USING INDEX" in plan["queryPlanner"]["Plan"][-1]  # equality: patched to match the index
+        low = f"Patient|family|{'wang'.encode().hex()}"
+        ranged = {"_id": {"$gte": low, "$lt": low + "~"}}
+        plan = await coll.database.command("explain", {"find": "entries", "filter": ranged})
+        assert "USING INDEX" in plan["queryPlanner"]["Plan"][-1] and plan["filterPushdown"] is True
+        found = [d["_id"] async for d in coll.find(ranged)]
+        assert len(found) == 100  # wang and wangfang, 50 each: a prefix match
+        chinese = f"Patient|family|{'王'.encode().hex()}"
+        assert len([d async for d in coll.find({"_id": {"$gte": chinese, "$lt": chinese + "~"}})]) == 100
+        exact = f"Patient|family|{'li'.encode().hex()}|"
+        assert len([d async for d in coll.find({"_id": {"$gt": exact, "$lt": exact + "~"}})]) == 50
+    finally:
+        await client.drop_database(coll.database.name)
+        await client.close()
