@@ -15,7 +15,7 @@ async def test_id_lookups_and_ranges_use_the_index(store_uri: str) -> None:
                                 for i, name in enumerate(["wang", "wangfang", "li", "liu", "王", "王小东"] * 50)])
         plan = await coll.database.command("explain", {"find": "entries", "filter": {"_id": "x"}})
         assert "USING INDEX" in plan["queryPlanner"]["Plan"][-1]  # equality: patched to match the index
-        low = f"Patient|family|{'wang'.encode().hex()}"
+        low = f"Patient|family|{b'wang'.hex()}"
         ranged = {"_id": {"$gte": low, "$lt": low + "~"}}
         plan = await coll.database.command("explain", {"find": "entries", "filter": ranged})
         assert "USING INDEX" in plan["queryPlanner"]["Plan"][-1] and plan["filterPushdown"] is True
@@ -23,7 +23,7 @@ async def test_id_lookups_and_ranges_use_the_index(store_uri: str) -> None:
         assert len(found) == 100  # wang and wangfang, 50 each: a prefix match
         chinese = f"Patient|family|{'王'.encode().hex()}"
         assert len([d async for d in coll.find({"_id": {"$gte": chinese, "$lt": chinese + "~"}})]) == 100
-        exact = f"Patient|family|{'li'.encode().hex()}|"
+        exact = f"Patient|family|{b'li'.hex()}|"
         assert len([d async for d in coll.find({"_id": {"$gt": exact, "$lt": exact + "~"}})]) == 50
     finally:
         await client.drop_database(coll.database.name)
