@@ -36,6 +36,7 @@ test: $(STAMP) examples
 bench: $(STAMP)
 	@scripts/install-ferretdb.sh
 	$(BIN)/python -m bench.http_crud
+	$(BIN)/python -m bench.bundle_ingest
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
