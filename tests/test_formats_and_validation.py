@@ -29,7 +29,8 @@ def test_xml_create_and_round_trip(api: httpx.Client) -> None:
     assert as_json["name"] == [{"family": "张", "given": ["伟"]}]
     assert as_json["identifier"] == [{"system": "urn:mrn", "value": mrn}]
     as_xml = api.get(f"/Patient/{rid}", params={"_format": "xml"}).content
-    back = api.put(f"/Patient/{rid}", content=as_xml, headers={"Content-Type": "application/fhir+xml"})
+    back = api.put(f"/Patient/{rid}", content=as_xml, headers={"Content-Type": "application/fhir+xml",
+                                                               "Accept": "application/fhir+json"})
     assert back.status_code == 200
     again = back.json()
     for key in ("name", "identifier", "gender", "birthDate"):
@@ -56,12 +57,13 @@ def test_format_negotiation(api: httpx.Client) -> None:
 def test_xml_entities_are_refused(api: httpx.Client) -> None:
     xxe = (b'<?xml version="1.0"?><!DOCTYPE p [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
            b'<Patient xmlns="http://hl7.org/fhir"><name><family value="&x;"/></name></Patient>')
-    r = api.post("/Patient", content=xxe, headers={"Content-Type": "application/fhir+xml"})
+    as_json = {"Content-Type": "application/fhir+xml", "Accept": "application/fhir+json"}
+    r = api.post("/Patient", content=xxe, headers=as_json)
     assert r.status_code == 400 and r.json()["issue"][0]["code"] == "security"
     assert "root:" not in r.text
-    broken = api.post("/Patient", content=b"<Patient", headers={"Content-Type": "application/fhir+xml"})
+    broken = api.post("/Patient", content=b"<Patient", headers=as_json)
     assert broken.status_code == 400
-    foreign = api.post("/Patient", content=b"<Patient/>", headers={"Content-Type": "application/fhir+xml"})
+    foreign = api.post("/Patient", content=b"<Patient/>", headers=as_json)
     assert foreign.status_code == 400
 
 
@@ -132,3 +134,15 @@ def test_xml_for_bundles_outcomes_and_capabilities(api: httpx.Client, hub: Hub) 
                        headers={"Accept": "application/fhir+xml"})
     assert outcome.status_code == 400 and "<OperationOutcome" in outcome.text
     assert '<expression value="Patient.birthDate"/>' in outcome.text
+
+
+def test_without_accept_the_answer_uses_the_request_format(api: httpx.Client) -> None:
+    xml = XML_PATIENT.format(mrn=uuid.uuid4().hex).encode()
+    r = api.post("/Patient", content=xml, headers={"Content-Type": "application/fhir+xml", "Accept": "*/*"})
+    assert r.status_code == 201 and r.headers["content-type"].startswith("application/fhir+xml")
+    bad = api.post("/Patient", content=b'<Patient xmlns="http://hl7.org/fhir"><birthDate value="x"/></Patient>',
+                   headers={"Content-Type": "application/fhir+xml"})
+    assert bad.status_code == 400 and bad.headers["content-type"].startswith("application/fhir+xml")
+    as_json = api.post("/Patient", content=xml, headers={"Content-Type": "application/fhir+xml",
+                                                         "Accept": "application/fhir+json"})
+    assert as_json.headers["content-type"].startswith("application/fhir+json")

@@ -56,7 +56,13 @@ def rendering_of(request: Request) -> Rendering:
             raise NotAcceptable(f"_format '{fmt_param}' is not supported: use json or xml")
         fmt = found
     else:
-        fmt = _from_accept(request.headers.get("accept"))
+        accept = request.headers.get("accept")
+        if not accept or accept.strip() in ("*/*", "application/*"):
+            # no preference: answer in the format the client sent (FHIR R4 http.html#mime-type)
+            sent = _FORMAT_ALIASES.get(_media(request.headers.get("content-type", "")))
+            fmt = sent or "json"
+        else:
+            fmt = _from_accept(accept)
     summary = q.get("_summary", "false")
     if summary not in ("true", "false", "text", "data", "count"):
         raise BadRequest(f"_summary must be true, false, text, data or count, not '{summary}'", issues=[
