@@ -8,7 +8,7 @@ from urllib.parse import parse_qsl
 
 from fhir_server.errors import BadRequest, Issue
 from fhir_server.model.types import ID_RE
-from fhir_server.search.index import ANY_SYSTEM
+from fhir_server.search.entries import ANY_SYSTEM
 
 __all__ = ["SUPPORTED_PARAMETERS", "Criteria", "parse_criteria"]
 

@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo
 from fhir_server.search.paths import compile_path
 from fhir_server.search.registry import SearchParameter, parameters_for
 
-__all__ = ["ANY_SYSTEM", "date_range", "entries_for", "normalize_string"]
+__all__ = ["ANY_SYSTEM", "date_range", "entries_for", "normalize_string", "tokens_of"]
 
 ANY_SYSTEM = "\u0000"
 _UTC = ZoneInfo("UTC")
@@ -60,7 +60,8 @@ def _token(system: Any, code: Any) -> list[str]:
     return [f"|{code_text}", f"{ANY_SYSTEM}|{code_text}"]
 
 
-def _tokens(value: Any) -> list[str]:
+def tokens_of(value: Any) -> list[str]:
+    """Token index values of one code, Coding, CodeableConcept, Identifier, ContactPoint or boolean."""
     if isinstance(value, str | bool):
         return _token(None, value)
     if not isinstance(value, dict):
@@ -185,7 +186,7 @@ def entries_for(resource: dict[str, Any], *, zone: ZoneInfo) -> dict[str, list[A
         if parameter.type == "string":
             found = sorted({normalize_string(s) for v in values for s in _strings(v) if s.strip()})
         elif parameter.type == "token":
-            found = sorted({t for v in values for t in _tokens(v)})
+            found = sorted({t for v in values for t in tokens_of(v)})
         elif parameter.type == "reference":
             found = sorted({r for v in values for r in _reference(v)})
         elif parameter.type == "date":
