@@ -158,3 +158,17 @@ async def test_concurrent_transactions_on_the_same_resources(hub: Hub) -> None:
         order_a = [e["resource"]["code"]["text"] for e in ha["entry"]][:-1]  # without the first versions
         order_b = [e["resource"]["code"]["text"] for e in hb["entry"]][:-1]
         assert order_a == order_b and len(order_a) == 12  # the same order of transactions on both
+
+
+def test_reads_in_a_transaction_answer_in_their_entry(api: httpx.Client) -> None:
+    out = api.post("/", json=_transaction(
+        _entry("POST", "Basic", {"resourceType": "Basic", "code": {"text": "kept"}}),
+        _entry("GET", f"Basic/{uuid.uuid4().hex}")))
+    assert out.status_code == 200
+    created, missing = out.json()["entry"]
+    assert created["response"]["status"] == "201 Created"
+    assert missing["response"]["status"] == "404" and missing["response"]["outcome"]["resourceType"] == (
+        "OperationOutcome")
+    bad = api.post("/", json=_transaction(_entry("POST", "Basic", {"resourceType": "Basic", "code": {"text": "x"}},
+                                                 ifNoneExist="name=x")))
+    assert bad.status_code == 400 and "Bundle.entry[0]" in bad.json()["issue"][0]["diagnostics"]

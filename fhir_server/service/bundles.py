@@ -212,7 +212,15 @@ class BundleService:
             raise _fail(e, exc) from None
 
     async def _attempt(self, principal: Principal, entries: list[_Entry]) -> dict[str, Any]:
-        locks = sorted({parse_criteria(e.rtype, q).text for e in entries for q in (e.query, e.if_none_exist) if q})
+        names: set[str] = set()
+        for e in entries:
+            for query in (e.query, e.if_none_exist):
+                if query and e.method not in ("GET", "HEAD"):
+                    try:
+                        names.add(parse_criteria(e.rtype, query).text)
+                    except HubError as exc:
+                        raise _fail(e, exc) from None
+        locks = sorted(names)
         async with contextlib.AsyncExitStack() as stack:
             for name in locks:  # conditional criteria, in name order: match-then-write cannot race
                 await stack.enter_async_context(self.store.lock(name))
@@ -225,10 +233,12 @@ class BundleService:
             await self.store.write_all(changes)
         for e in sorted(entries, key=lambda x: _ORDER[x.method]):
             if e.method in ("GET", "HEAD"):
+                # reads run after the commit (FHIR R4 http.html#trules); one that fails is answered in its
+                # entry: failing the whole Bundle now would report a committed transaction as failed
                 try:
                     e.extra = await self._one(principal, e)
                 except HubError as exc:
-                    raise _fail(e, exc) from None
+                    e.extra = {"response": {"status": str(exc.status), "outcome": operation_outcome(exc.issues)}}
         return {"resourceType": "Bundle", "type": "transaction-response",
                 "entry": [e.extra or self._write_entry(e) for e in entries]}
 
