@@ -16,7 +16,7 @@ from tests.conftest import Hub, start_hub, stop_hub
 @pytest.fixture(scope="module")
 def tight_hub(store_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
     hub = start_hub(store_uri, tmp_path_factory.mktemp("tight"), extra={
-        "MEDUNION_REQUEST_TIMEOUT_SECONDS": "1.5", "MEDUNION_MAX_CONNECTIONS": "2"})
+        "MEDUNION_REQUEST_TIMEOUT_SECONDS": "3", "MEDUNION_MAX_CONNECTIONS": "2"})
     yield hub
     stop_hub(hub)
 
@@ -32,7 +32,7 @@ def _slow_body(seconds: float) -> Iterator[bytes]:
 
 def test_slow_upload_is_cut_off_with_503(tight_hub: Hub) -> None:
     with tight_hub.client() as client:
-        r = client.post("/Basic", content=_slow_body(4))
+        r = client.post("/Basic", content=_slow_body(6))
         assert r.status_code == 503 and r.json()["issue"][0]["code"] == "timeout"
         assert client.post("/Basic", json={"resourceType": "Basic", "code": {"text": "fast"}}).status_code == 201
 
@@ -42,12 +42,12 @@ def test_requests_over_the_in_flight_limit_get_503(tight_hub: Hub, tmp_path: Pat
 
     def slow() -> None:
         with tight_hub.client() as client:
-            results.append(client.post("/Basic", content=_slow_body(1.2)).status_code)
+            results.append(client.post("/Basic", content=_slow_body(2.0)).status_code)
 
     threads = [threading.Thread(target=slow) for _ in range(2)]
     for t in threads:
         t.start()
-    time.sleep(0.5)  # both slow uploads are in flight now
+    time.sleep(1.0)  # both slow uploads are in flight now (each lasts 2 s, under the 3 s limit)
     with tight_hub.client() as client:
         busy = client.get("/Basic/whatever")
     for t in threads:
