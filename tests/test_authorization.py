@@ -88,13 +88,44 @@ def test_scope_denials(hub: Hub) -> None:
         assert nothing.get("/Patient/x").status_code == 403
 
 
-def test_patient_scope_reaches_only_its_patient(hub: Hub, api: httpx.Client) -> None:
+def test_patient_scopes_keep_to_the_patients_compartment(hub: Hub, api: httpx.Client) -> None:
     mine = api.post("/Patient", json={"resourceType": "Patient"}).json()["id"]
     other = api.post("/Patient", json={"resourceType": "Patient"}).json()["id"]
-    with hub.client("patient/*.rs", patient=mine) as app:
+
+    def obs(pid: str, text: str = "CEA") -> dict:
+        return {"resourceType": "Observation", "status": "final", "code": {"text": text},
+                "subject": {"reference": f"Patient/{pid}"}}
+
+    theirs = api.post("/Observation", json=obs(other)).json()["id"]
+    with hub.client("patient/*.cruds", patient=mine) as app:
         assert app.get(f"/Patient/{mine}").status_code == 200
         assert app.get(f"/Patient/{other}").status_code == 403
-        assert app.get(f"/Observation/{uuid.uuid4().hex}").status_code == 403
+        assert app.get(f"/Observation/{theirs}").status_code == 403
+        assert app.get(f"/Observation/{theirs}/_history/1").status_code == 403
+        assert app.get(f"/Observation/{theirs}/_history").status_code == 403
+        created = app.post("/Observation", json=obs(mine))
+        assert created.status_code == 201
+        own = created.json()["id"]
+        assert app.get(f"/Observation/{own}").status_code == 200
+        assert app.post("/Observation", json=obs(other)).status_code == 403  # not for another patient
+        moved = app.put(f"/Observation/{own}", json={**obs(other), "id": own})
+        assert moved.status_code == 403  # cannot move a resource out of the compartment
+        hijack = app.put(f"/Observation/{theirs}", json={**obs(mine), "id": theirs})
+        assert hijack.status_code == 403  # nor take one in from another patient
+        assert app.put(f"/Observation/{own}", json={**obs(mine, "AFP"), "id": own}).status_code == 200
+        assert len(app.get(f"/Observation/{own}/_history").json()["entry"]) == 2
+        assert app.get("/Observation/_history").status_code == 403  # needs compartment search
+        assert app.post("/Observation", json=obs(mine),
+                        headers={"If-None-Exist": "identifier=x"}).status_code == 403
+        tx = {"resourceType": "Bundle", "type": "transaction",
+              "entry": [{"request": {"method": "POST", "url": "Observation"}, "resource": obs(mine)}]}
+        assert app.post("/", json=tx).status_code == 403
+        batch = {**tx, "type": "batch"}
+        assert app.post("/", json=batch).json()["entry"][0]["response"]["status"] == "201 Created"
+        assert app.delete(f"/Observation/{theirs}").status_code == 403
+        assert app.delete(f"/Observation/{own}").status_code == 204
+    with hub.client("patient/*.rs") as no_claim:  # patient/ scopes without a patient claim reach nothing
+        assert no_claim.get(f"/Patient/{mine}").status_code == 403
 
 
 def test_scope_parsing() -> None:

@@ -49,18 +49,25 @@ class Principal:
     patient: str | None = None
     claims: dict[str, object] = field(default_factory=dict, compare=False, hash=False)
 
-    def require(self, permission: str, rtype: str, *, rid: str | None = None) -> None:
-        """Raise Forbidden unless a grant allows ``permission`` (one of c r u d s) on ``rtype``."""
+    def require(self, permission: str, rtype: str, *, rid: str | None = None) -> str | None:
+        """Check that a grant allows ``permission`` (one of c r u d s) on ``rtype``; raise Forbidden if none does.
+
+        Returns None for unrestricted access, or the id of the token's patient when only ``patient/`` scopes
+        allow it: the caller must then keep to that patient's compartment (the service checks every
+        resource it reads or writes against it).
+        """
+        compartment: str | None = None
         for grant in self.grants:
             if not grant.covers(permission, rtype):
                 continue
             if grant.context in ("system", "user"):
-                return
-            # patient/ scopes: until compartment membership is indexed (search issue), a patient-context
-            # token reaches only its own Patient resource; everything else is refused, never leaked.
-            if rtype == "Patient" and self.patient is not None and rid == self.patient and permission in "ru":
-                return
+                return None
+            if self.patient is not None:
+                compartment = self.patient
+        if compartment is not None:
+            return compartment
         name = {"c": "create", "r": "read", "u": "update", "d": "delete", "s": "search"}[permission]
         raise Forbidden(
             f"The token's scopes do not allow {name} on {rtype}: needs e.g. system/{rtype}.{permission} "
-            f"or user/{rtype}.{permission}")
+            f"or user/{rtype}.{permission}" + (" (patient/ scopes need a patient claim)" if any(
+                g.context == "patient" and g.covers(permission, rtype) for g in self.grants) else ""))

@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo
 from fhir_server.search.paths import compile_path
 from fhir_server.search.registry import SearchParameter, parameters_for
 
-__all__ = ["ANY_SYSTEM", "date_range", "entries_for", "normalize_string", "tokens_of"]
+__all__ = ["ANY_SYSTEM", "date_range", "entries_for", "entries_of", "normalize_string", "tokens_of"]
 
 ANY_SYSTEM = "\u0000"
 _UTC = ZoneInfo("UTC")
@@ -173,30 +173,40 @@ def _values(parameter: SearchParameter, resource: dict[str, Any]) -> list[Any]:
     return out
 
 
+def _entries_of(parameter: SearchParameter, resource: dict[str, Any], zone: ZoneInfo) -> list[Any]:
+    values = _values(parameter, resource)
+    if not values:
+        return []
+    if parameter.type == "string":
+        return sorted({normalize_string(s) for v in values for s in _strings(v) if s.strip()})
+    if parameter.type == "token":
+        return sorted({t for v in values for t in tokens_of(v)})
+    if parameter.type == "reference":
+        return sorted({r for v in values for r in _reference(v)})
+    if parameter.type == "date":
+        return [d for v in values for d in _dates(v, zone)]
+    if parameter.type == "number":
+        return [n for v in values for n in _number(v)]
+    if parameter.type == "quantity":
+        return [q for v in values for q in _quantity(v)]
+    return sorted({v for v in values if isinstance(v, str)})  # uri
+
+
+def entries_of(resource: dict[str, Any], code: str, *, zone: ZoneInfo) -> list[Any]:
+    """Index entries of one search parameter (empty if the type has no such parameter)."""
+    parameter = parameters_for(resource.get("resourceType", "")).get(code)
+    if parameter is None or parameter.type in ("composite", "special"):
+        return []
+    return _entries_of(parameter, resource, zone)
+
+
 def entries_for(resource: dict[str, Any], *, zone: ZoneInfo) -> dict[str, list[Any]]:
     """Index entries of every search parameter of the resource's type that has a value in it."""
     entries: dict[str, list[Any]] = {}
     for code, parameter in parameters_for(resource.get("resourceType", "")).items():
         if parameter.type in ("composite", "special"):
             continue
-        values = _values(parameter, resource)
-        if not values:
-            continue
-        found: list[Any]
-        if parameter.type == "string":
-            found = sorted({normalize_string(s) for v in values for s in _strings(v) if s.strip()})
-        elif parameter.type == "token":
-            found = sorted({t for v in values for t in tokens_of(v)})
-        elif parameter.type == "reference":
-            found = sorted({r for v in values for r in _reference(v)})
-        elif parameter.type == "date":
-            found = [d for v in values for d in _dates(v, zone)]
-        elif parameter.type == "number":
-            found = [n for v in values for n in _number(v)]
-        elif parameter.type == "quantity":
-            found = [q for v in values for q in _quantity(v)]
-        else:  # uri
-            found = sorted({v for v in values if isinstance(v, str)})
+        found = _entries_of(parameter, resource, zone)
         if found:
             entries[code] = found
     return entries

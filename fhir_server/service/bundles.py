@@ -17,7 +17,16 @@ from typing import Any
 import orjson
 
 from fhir_server.auth.scopes import Principal
-from fhir_server.errors import BadRequest, Conflict, HubError, Issue, NotFound, PreconditionFailed, operation_outcome
+from fhir_server.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    HubError,
+    Issue,
+    NotFound,
+    PreconditionFailed,
+    operation_outcome,
+)
 from fhir_server.model.types import ID_RE, require_supported_type
 from fhir_server.model.validation import validate_resource
 from fhir_server.search import parse_criteria
@@ -205,7 +214,9 @@ class BundleService:
     def _authorize(self, principal: Principal, e: _Entry) -> None:
         need = {"GET": "r", "HEAD": "r", "POST": "c", "PUT": "u", "PATCH": "u", "DELETE": "d"}[e.method]
         try:
-            principal.require(need, e.rtype, rid=e.rid)
+            if principal.require(need, e.rtype, rid=e.rid) is not None:
+                raise Forbidden("Transactions are not available to patient/ scopes yet; use a batch, whose "
+                                "entries are checked one by one against the patient's compartment")
             if e.query or e.if_none_exist:
                 principal.require("s", e.rtype)
         except HubError as exc:

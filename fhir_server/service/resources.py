@@ -31,6 +31,7 @@ from fhir_server.errors import (
 from fhir_server.model.types import ID_RE, require_supported_type
 from fhir_server.model.validation import validate_resource
 from fhir_server.search import Criteria, index_entries, parse_criteria
+from fhir_server.search.compartment import in_patient_compartment
 from fhir_server.settings import Settings
 from fhir_server.storage import LockBusy, ResourceStore, Version, VersionConflict, now_micros
 
@@ -66,40 +67,54 @@ class ResourceService:
 
     async def read(self, *, principal: Principal, rtype: str, rid: str) -> Version:
         require_supported_type(rtype)
-        principal.require("r", rtype, rid=rid)
+        patient = principal.require("r", rtype, rid=rid)
         version = await self.store.current(rtype, rid) if ID_RE.match(rid) else None
         if version is None:
             raise NotFound(f"{rtype}/{rid} is not known")
+        _keep_to_compartment(patient, version)
         if version.deleted:
             raise Gone(f"{rtype}/{rid} was deleted", headers={"ETag": f'W/"{version.vid}"'})
         return version
 
     async def vread(self, *, principal: Principal, rtype: str, rid: str, vid: str) -> Version:
         require_supported_type(rtype)
-        principal.require("r", rtype, rid=rid)
+        patient = principal.require("r", rtype, rid=rid)
         version = None
         if ID_RE.match(rid) and vid.isdigit() and len(vid) < 12:
             version = await self.store.version(rtype, rid, int(vid))
         if version is None:
             raise NotFound(f"{rtype}/{rid}/_history/{vid} is not known")
+        _keep_to_compartment(patient, version)
         if version.deleted:
             raise Gone(f"{rtype}/{rid} version {vid} is a deletion")
         return version
 
     async def history(self, *, principal: Principal, rtype: str | None, rid: str | None, since: int | None,
                       at: int | None, count: int, cursor: str | None) -> HistoryResult:
+        patient = None
         if rtype is not None:
             require_supported_type(rtype)
-            principal.require("r" if rid else "s", rtype, rid=rid)
+            patient = principal.require("r" if rid else "s", rtype, rid=rid)
+            if patient is not None and rid is None:
+                raise Forbidden(f"Type history of {rtype} is not available to patient/ scopes (it needs search "
+                                "by compartment); read the patient's resources one by one")
         elif not any(g.rtype == "*" and "s" in g.permissions and g.context != "patient" for g in principal.grants):
             raise Forbidden("System history needs a scope on all types, e.g. system/*.rs")
         count = max(0, min(count, self.settings.history_max_count))
         if rtype is not None and rid is not None:
             before = int(cursor) if cursor and cursor.isdigit() else None
+            if patient is not None:  # only a resource that is in the compartment now shows its history
+                current = await self.store.current(rtype, rid)
+                if current is None:
+                    raise NotFound(f"{rtype}/{rid} is not known")
+                _keep_to_compartment(patient, current)
             versions, below = await self.store.instance_history(
                 rtype=rtype, rid=rid, since=since, at=at, count=count, before_vid=before)
             if not versions and before is None and await self.store.current(rtype, rid) is None:
                 raise NotFound(f"{rtype}/{rid} is not known")
+            if patient is not None:  # and of it, the versions that were in the compartment
+                versions = [v for v in versions if v.body is None or
+                            in_patient_compartment(orjson.loads(v.body), patient)]
             return HistoryResult(versions, None if below is None else str(below))
         parsed: tuple[int, str] | None = None
         if cursor:
@@ -123,12 +138,13 @@ class ResourceService:
     async def create(self, *, principal: Principal, rtype: str, resource: Any,
                      if_none_exist: str | None = None) -> WriteResult:
         require_supported_type(rtype)
-        principal.require("c", rtype)
+        patient = principal.require("c", rtype)
         validate_resource(resource, expected_type=rtype)
+        _keep_body_to_compartment(patient, resource)
         if if_none_exist is None:
             return await self._write(rtype=rtype, rid=str(uuid.uuid4()), resource=resource, method="POST",
                                      expected=None, must_be_new=True)
-        principal.require("s", rtype)
+        _no_search_for_patient_scopes(principal.require("s", rtype), "Conditional create")
         criteria = parse_criteria(rtype, if_none_exist)
         async with self._guard(criteria):
             matches = await self.match(criteria, rtype)
@@ -142,11 +158,16 @@ class ResourceService:
     async def update(self, *, principal: Principal, rtype: str, rid: str, resource: Any,
                      if_match: int | None = None) -> WriteResult:
         require_supported_type(rtype)
-        principal.require("u", rtype, rid=rid)
+        patient = principal.require("u", rtype, rid=rid)
         if not ID_RE.match(rid):
             msg = f"'{rid}' is not a valid FHIR id (1-64 characters of A-Z a-z 0-9 - .)"
             raise BadRequest(msg, issues=[Issue(code="value", diagnostics=msg, expression=(f"{rtype}.id",))])
         validate_resource(resource, expected_type=rtype, expected_id=rid)
+        if patient is not None:  # the new version and the one it replaces must both be the patient's
+            _keep_body_to_compartment(patient, resource)
+            current = await self.store.current(rtype, rid)
+            if current is not None:
+                _keep_to_compartment(patient, current)
         return await self._write(rtype=rtype, rid=rid, resource=resource, method="PUT", expected=if_match,
                                  principal=principal)
 
@@ -154,7 +175,7 @@ class ResourceService:
                                  if_match: int | None = None) -> WriteResult:
         require_supported_type(rtype)
         principal.require("u", rtype)
-        principal.require("s", rtype)
+        _no_search_for_patient_scopes(principal.require("s", rtype), "Conditional update")
         criteria = parse_criteria(rtype, criteria_text)
         validate_resource(resource, expected_type=rtype)
         body_id = resource.get("id")
@@ -194,6 +215,7 @@ class ResourceService:
             if not isinstance(patched, dict) or patched.get("resourceType") != rtype or patched.get("id") != rid:
                 raise UnprocessableEntity("A patch must not change resourceType or id")
             validate_resource(patched, expected_type=rtype, expected_id=rid)
+            _keep_body_to_compartment(principal.require("u", rtype, rid=rid), patched)
             try:
                 return await self._write_once(rtype=rtype, rid=rid, resource=patched, method="PATCH",
                                               base=current)
@@ -207,11 +229,12 @@ class ResourceService:
                      if_match: int | None = None) -> WriteResult | None:
         """Delete as a tombstone version; None if there was nothing to delete (already deleted)."""
         require_supported_type(rtype)
-        principal.require("d", rtype, rid=rid)
+        patient = principal.require("d", rtype, rid=rid)
         async for _ in self.attempts():
             current = await self.store.current(rtype, rid) if ID_RE.match(rid) else None
             if current is None:
                 raise NotFound(f"{rtype}/{rid} is not known")
+            _keep_to_compartment(patient, current)
             if if_match is not None and current.vid != if_match:
                 raise PreconditionFailed(f"{rtype}/{rid} is at version {current.vid}, not {if_match}")
             if current.deleted:
@@ -227,7 +250,7 @@ class ResourceService:
     async def conditional_delete(self, *, principal: Principal, rtype: str, criteria_text: str) -> WriteResult | None:
         require_supported_type(rtype)
         principal.require("d", rtype)
-        principal.require("s", rtype)
+        _no_search_for_patient_scopes(principal.require("s", rtype), "Conditional delete")
         criteria = parse_criteria(rtype, criteria_text)
         async with self._guard(criteria):
             matches = await self.match(criteria, rtype)
@@ -314,6 +337,25 @@ class _LockGuard:
 
     async def __aexit__(self, *exc: object) -> None:
         await self._cm.__aexit__(*exc)  # type: ignore[arg-type]
+
+
+def _keep_to_compartment(patient: str | None, version: Version) -> None:
+    """With patient/ scopes (``patient`` set), refuse a stored resource outside that patient's compartment."""
+    if patient is None:
+        return
+    if version.body is None or not in_patient_compartment(orjson.loads(version.body), patient):
+        raise Forbidden(f"{version.key} is not in the compartment of the token's patient")
+
+
+def _keep_body_to_compartment(patient: str | None, resource: dict[str, Any]) -> None:
+    if patient is not None and not in_patient_compartment(resource, patient):
+        raise Forbidden("With patient/ scopes a resource must belong to the token's patient (its subject or "
+                        "patient reference must be that Patient)")
+
+
+def _no_search_for_patient_scopes(patient: str | None, what: str) -> None:
+    if patient is not None:
+        raise Forbidden(f"{what} is not available to patient/ scopes yet: it needs search within the compartment")
 
 
 def _stamp(resource: dict[str, Any], *, rid: str, vid: int, last_updated: str) -> dict[str, Any]:
