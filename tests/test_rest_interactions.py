@@ -235,6 +235,8 @@ def test_history_type_and_system_with_paging(api: httpx.Client, hub: Hub) -> Non
     instance = api.get(f"/Basic/{ids[0]}/_history", params={"_count": 1}).json()
     assert len(instance["entry"]) == 1 and any(link["relation"] == "next" for link in instance["link"])
     assert api.get("/_history", params={"_since": "not-a-date"}).status_code == 400
+    empty = api.get("/Basic/_history", params={"_count": 0}).json()
+    assert empty.get("entry", []) == [] and not [link for link in empty["link"] if link["relation"] == "next"]
 
 
 def test_metadata_lists_what_is_implemented(hub: Hub) -> None:

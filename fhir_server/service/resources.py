@@ -101,6 +101,8 @@ class ResourceService:
         elif not any(g.rtype == "*" and "s" in g.permissions and g.context != "patient" for g in principal.grants):
             raise Forbidden("System history needs a scope on all types, e.g. system/*.rs")
         count = max(0, min(count, self.settings.history_max_count))
+        if count == 0:  # FHIR R4 search.html#count: _count=0 asks for no entries
+            return HistoryResult([], None)
         if rtype is not None and rid is not None:
             before = int(cursor) if cursor and cursor.isdigit() else None
             if patient is not None:  # only a resource that is in the compartment now shows its history
