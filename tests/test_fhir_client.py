@@ -20,6 +20,8 @@ async def test_fhirpy_crud(hub: Hub) -> None:
 
     fetched = await client.reference("Patient", patient.id).to_resource()
     assert fetched["name"][0]["family"] == "陈"
+    by_mrn = await client.resources("Patient").search(identifier=f"urn:mrn|{mrn}").fetch_all()
+    assert [p.id for p in by_mrn] == [patient.id]
 
     fetched["gender"] = "other"
     await fetched.save()

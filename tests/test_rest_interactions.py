@@ -249,15 +249,16 @@ def test_metadata_lists_what_is_implemented(hub: Hub) -> None:
     assert "Patient" in types and "EffectEvidenceSynthesis" not in types
     patient_caps = next(res for res in rest["resource"] if res["type"] == "Patient")
     codes = {i["code"] for i in patient_caps["interaction"]}
-    assert codes == {"read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create"}
-    assert "search-type" not in codes and "searchParam" not in patient_caps
+    assert codes == {"read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create",
+                     "search-type"}
+    assert [p["name"] for p in patient_caps["searchParam"]] == ["_id", "identifier"]
     assert rest["interaction"] == [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}]
 
 
 def test_errors_are_operation_outcomes(api: httpx.Client) -> None:
     for method, url, status in [("GET", "/NotAType/1", 404), ("GET", "/Patient/x/y/z/w", 404),
                                 ("POST", "/Patient/abc", 405), ("GET", "/EffectEvidenceSynthesis/1", 404),
-                                ("GET", "/Patient", 405), ("GET", "/NotAType", 404)]:
+                                ("PATCH", "/Patient", 405), ("GET", "/NotAType", 404)]:
         r = api.request(method, url)
         assert r.status_code == status, (method, url, r.status_code)
         assert r.json()["resourceType"] == "OperationOutcome"
@@ -287,3 +288,36 @@ def test_patient_data_never_reaches_the_log(api: httpx.Client, hub: Hub) -> None
     assert "/{rtype}/{rid}" in log  # the access log is on and names route templates
     for secret in (rid, mrn, family):
         assert secret not in log
+
+
+def test_search_by_identifier_and_id_with_paging(api: httpx.Client, hub: Hub) -> None:
+    mrn = new_id()
+    ids = sorted(api.post("/Patient", json=patient(identifier=[{"system": "urn:mrn", "value": mrn},
+                                                             {"system": "urn:card", "value": f"{mrn}-{i}"}])
+                          ).json()["id"] for i in range(3))
+    found = api.get("/Patient", params={"identifier": f"urn:mrn|{mrn}"}).json()
+    assert found["type"] == "searchset" and found["total"] == 3
+    assert sorted(e["resource"]["id"] for e in found["entry"]) == ids
+    assert all(e["search"]["mode"] == "match" and e["fullUrl"].endswith(e["resource"]["id"]) for e in found["entry"])
+    assert api.get("/Patient", params={"identifier": mrn}).json()["total"] == 3  # any system
+    assert api.get("/Patient", params={"identifier": f"urn:other|{mrn}"}).json()["total"] == 0
+    one = api.get("/Patient", params={"identifier": f"urn:card|{mrn}-1,urn:card|{mrn}-2"}).json()
+    assert one["total"] == 2  # comma = OR
+    both = api.get("/Patient", params=[("identifier", f"urn:mrn|{mrn}"), ("_id", ids[0])]).json()
+    assert [e["resource"]["id"] for e in both["entry"]] == [ids[0]]  # repeated parameters = AND
+    seen: list[str] = []
+    url: str | None = f"/Patient?identifier=urn:mrn|{mrn}&_count=1"
+    while url:
+        page = api.get(url.replace(hub.base, "")).json()
+        assert len(page["entry"]) <= 1
+        seen += [e["resource"]["id"] for e in page["entry"]]
+        url = next((link["url"] for link in page["link"] if link["relation"] == "next"), None)
+    assert seen == ids  # every match once, in a stable order
+    api.delete(f"/Patient/{ids[1]}")
+    assert api.get("/Patient", params={"identifier": f"urn:mrn|{mrn}"}).json()["total"] == 2  # deleted: gone
+    summary = api.get("/Patient", params={"_id": ids[0], "_elements": "gender"}).json()
+    assert set(summary["entry"][0]["resource"]) == {"resourceType", "id", "meta", "gender"}
+    unsupported = api.get("/Patient", params={"name": "王"})
+    assert unsupported.status_code == 400 and "name" in unsupported.json()["issue"][0]["diagnostics"]
+    with hub.client("system/Patient.r") as reader:  # search needs s
+        assert reader.get("/Patient", params={"_id": ids[0]}).status_code == 403

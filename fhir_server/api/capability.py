@@ -6,11 +6,23 @@ from typing import Any
 
 from fhir_server import __version__
 from fhir_server.model.types import SUPPORTED_TYPES
+from fhir_server.search.registry import parameters_for
 from fhir_server.settings import Settings
 
 __all__ = ["capability_statement", "smart_configuration"]
 
-_TYPE_INTERACTIONS = ["read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create"]
+_TYPE_INTERACTIONS = ["read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create",
+                      "search-type"]
+# the parameters the hub searches by so far (search/criteria.py); the search issue adds the rest
+_SEARCH_PARAMS = [
+    {"name": "_id", "definition": "http://hl7.org/fhir/SearchParameter/Resource-id", "type": "token"},
+    {"name": "identifier", "type": "token",
+     "documentation": "system|value, |value or value; exact match"},
+]
+
+
+def rtype_has_identifier(rtype: str) -> bool:
+    return "identifier" in parameters_for(rtype)
 
 
 def capability_statement(settings: Settings, *, software_date: str) -> dict[str, Any]:
@@ -26,6 +38,7 @@ def capability_statement(settings: Settings, *, software_date: str) -> dict[str,
             "conditionalUpdate": True,
             "conditionalDelete": "single",
             "referencePolicy": ["literal", "logical"],
+            "searchParam": _SEARCH_PARAMS if rtype_has_identifier(rtype) else _SEARCH_PARAMS[:1],
             "operation": [{"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}],
         }
         for rtype in sorted(SUPPORTED_TYPES)
@@ -43,7 +56,8 @@ def capability_statement(settings: Settings, *, software_date: str) -> dict[str,
         "patchFormat": ["application/json-patch+json"],
         "rest": [{
             "mode": "server",
-            "documentation": "Conditional create/update/delete accept the search parameters _id and identifier.",
+            "documentation": "Search and conditional create/update/delete accept the parameters _id and "
+                             "identifier (where the type has one); results are paged with a _cursor link.",
             "security": {
                 "cors": False,
                 "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service",

@@ -11,7 +11,7 @@ from starlette.responses import Response
 from fhir_server.errors import BadRequest, Issue, NotAcceptable, PayloadTooLarge, UnsupportedMediaType
 from fhir_server.model.representation import SummaryMode, from_xml, select_elements, summarize, to_xml
 
-__all__ = ["Format", "Rendering", "fhir_response", "read_body", "read_resource", "rendering_of"]
+__all__ = ["Format", "Rendering", "fhir_response", "read_body", "read_resource", "rendering_of", "shape_resource"]
 
 Format = Literal["json", "xml"]
 
@@ -138,7 +138,8 @@ async def read_resource(request: Request, limit: int, *, allow_patch: bool = Fal
             Issue(code="structure", diagnostics=f"The body is not valid JSON: {exc}")]) from exc
 
 
-def _shape(resource: dict[str, Any], rendering: Rendering) -> dict[str, Any]:
+def shape_resource(resource: dict[str, Any], rendering: Rendering) -> dict[str, Any]:
+    """Apply ``_summary`` and ``_elements`` to one resource."""
     if rendering.summary in ("true", "text", "data"):
         resource = summarize(resource, rendering.summary)
     if rendering.elements:
@@ -152,7 +153,7 @@ def render(content: bytes | dict[str, Any], rendering: Rendering, *, shape: bool
         return content
     resource = orjson.loads(content) if isinstance(content, bytes) else content
     if shape and resource.get("resourceType") not in ("Bundle", "OperationOutcome"):
-        resource = _shape(resource, rendering)
+        resource = shape_resource(resource, rendering)
     if rendering.fmt == "xml":
         return to_xml(resource, pretty=rendering.pretty)
     return orjson.dumps(resource, option=orjson.OPT_INDENT_2 if rendering.pretty else 0)

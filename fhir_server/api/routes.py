@@ -14,7 +14,7 @@ from starlette.routing import BaseRoute, Route
 
 from fhir_server.api.capability import capability_statement, smart_configuration
 from fhir_server.api.deps import bundles_of, current_user, service_of, settings_of
-from fhir_server.api.formats import Rendering, fhir_response, read_resource, rendering_of
+from fhir_server.api.formats import Rendering, fhir_response, read_resource, rendering_of, shape_resource
 from fhir_server.errors import BadRequest, Issue, MethodNotAllowed, operation_outcome
 from fhir_server.model.types import require_supported_type
 from fhir_server.service import HistoryResult, ResourceService, WriteResult, instant
@@ -147,10 +147,7 @@ async def _history(request: Request, service: ResourceService, settings: Setting
                    rtype: str | None, rid: str | None) -> Response:
     rendering = rendering_of(request)
     q = request.query_params
-    count_text = q.get("_count", str(settings.history_default_count))
-    if not count_text.isdigit():
-        raise BadRequest("_count must be a non-negative integer")
-    count = min(int(count_text), settings.history_max_count)
+    count = _count_param(q, settings)
     result = await service.history(
         principal=user, rtype=rtype, rid=rid, since=_parse_instant("_since", q.get("_since"), settings),
         at=_parse_instant("_at", q.get("_at"), settings, end=True), count=count, cursor=q.get("_cursor"))
@@ -279,9 +276,35 @@ async def create(request: Request) -> Response:
 
 
 async def search_type(request: Request) -> Response:
-    await current_user(request)
+    """``GET [type]?identifier=…&_id=…``: a searchset Bundle, paged by a stable cursor (FHIR R4 search.html)."""
+    rendering = rendering_of(request)
+    user = await current_user(request)
+    settings = settings_of(request)
     rtype = require_supported_type(request.path_params["rtype"])
-    raise MethodNotAllowed(f"Search on {rtype} is not implemented yet; read by id, or use history")
+    q = request.query_params
+    count = _count_param(q, settings)
+    versions, next_cursor = await service_of(request).search(principal=user, rtype=rtype, query=request.url.query,
+                                                             count=count, cursor=q.get("_cursor"))
+    url = f"{settings.fhir_base}/{rtype}"
+    keep = [(k, v) for k, v in q.multi_items() if k != "_cursor"]
+    links = [{"relation": "self", "url": f"{url}?{urlencode(list(q.multi_items()))}"}]
+    if next_cursor is not None:
+        links.append({"relation": "next", "url": f"{url}?{urlencode([*keep, ('_cursor', next_cursor)])}"})
+    entries = [{"fullUrl": f"{settings.fhir_base}/{v.key}",
+                "resource": shape_resource(orjson.loads(v.body or b"{}"), rendering), "search": {"mode": "match"}}
+               for v in versions]
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "link": links, "entry": entries}
+    if next_cursor is None and not q.get("_cursor"):
+        bundle["total"] = len(versions)  # the whole result is on this page
+    return fhir_response(bundle, rendering, shape=False)
+
+
+def _count_param(q: Any, settings: Settings) -> int:
+    text = q.get("_count", str(settings.history_default_count))
+    if not text.isdigit():
+        raise BadRequest("_count must be a non-negative integer", issues=[
+            Issue(code="value", diagnostics="_count must be a non-negative integer", expression=("_count",))])
+    return min(int(text), settings.history_max_count)
 
 
 async def conditional_update(request: Request) -> Response:

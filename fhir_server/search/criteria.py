@@ -14,7 +14,7 @@ __all__ = ["SUPPORTED_PARAMETERS", "Criteria", "parse_criteria"]
 
 SUPPORTED_PARAMETERS = ("_id", "identifier")
 # parameters that shape a result and never select resources (FHIR R4 search.html#other)
-_RESULT_PARAMETERS = {"_format", "_pretty", "_summary", "_elements", "_count"}
+_RESULT_PARAMETERS = {"_format", "_pretty", "_summary", "_elements", "_count", "_cursor"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,9 +38,15 @@ def _token(value: str) -> str:
     return value  # "system|value" or "|value" (no system), as stored
 
 
-def parse_criteria(rtype: str, query: str) -> Criteria:
-    """Parse ``identifier=system|value&_id=...``; anything else is refused with a clear 400."""
+def parse_criteria(rtype: str, query: str, *, allow_empty: bool = False) -> Criteria:
+    """Parse ``identifier=system|value&_id=...``; anything else is refused with a clear 400.
+
+    ``allow_empty``: no criteria selects every resource of the type (a search); conditional operations
+    must name criteria.
+    """
     pairs = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k not in _RESULT_PARAMETERS]
+    if not pairs and allow_empty:
+        return Criteria(text=f"{rtype}?", ids=None, filters=())
     if not pairs:
         raise BadRequest("A conditional operation needs search criteria", issues=[
             Issue(code="required", diagnostics="A conditional operation needs search criteria, e.g. "
@@ -60,8 +66,8 @@ def parse_criteria(rtype: str, query: str) -> Criteria:
         elif name == "identifier":
             filters.append({"ix.identifier": {"$in": [_token(v) for v in values]}})
         else:
-            raise BadRequest(f"Search parameter '{name}' is not supported in conditional operations", issues=[
-                Issue(code="not-supported", diagnostics=f"Search parameter '{name}' is not supported here; "
-                      f"conditional operations accept {', '.join(SUPPORTED_PARAMETERS)}")])
+            raise BadRequest(f"Search parameter '{name}' is not supported yet", issues=[
+                Issue(code="not-supported", diagnostics=f"Search parameter '{name}' is not supported yet; "
+                      f"this hub searches by {', '.join(SUPPORTED_PARAMETERS)}")])
     canonical = "&".join(f"{k}={v}" for k, v in sorted(pairs))
     return Criteria(text=f"{rtype}?{canonical}", ids=None if ids is None else frozenset(ids), filters=tuple(filters))

@@ -128,6 +128,22 @@ class ResourceService:
         nxt = None if page.next_cursor is None else f"{page.next_cursor[0]}:{page.next_cursor[1]}"
         return HistoryResult(page.versions, nxt)
 
+    async def search(self, *, principal: Principal, rtype: str, query: str, count: int,
+                     cursor: str | None) -> tuple[list[Version], str | None]:
+        """Type-level search by ``_id`` and ``identifier`` (the search issue widens the parameters).
+
+        Returns a page and the cursor of the next one (the last resource key of this page), if any.
+        """
+        require_supported_type(rtype)
+        _no_search_for_patient_scopes(principal.require("s", rtype), "Search")
+        criteria = parse_criteria(rtype, query, allow_empty=True)
+        count = max(0, min(count, self.settings.history_max_count))
+        if count == 0:
+            return [], None
+        after = f"{rtype}/{cursor}" if cursor and ID_RE.match(cursor) else None
+        versions, more = await self.store.search_current(rtype, criteria.store_query(), count=count, after=after)
+        return versions, (versions[-1].rid if more and versions else None)
+
     # ---- writes ---------------------------------------------------------------------------------------
 
     async def validate(self, *, principal: Principal, rtype: str, resource: Any, rid: str | None = None) -> None:

@@ -139,6 +139,17 @@ class ResourceStore:
         docs = self.resources.find({"t": rtype, "j": {"$ne": None}, **query}, {"ix": 0}).limit(limit)
         return [_from_doc(d) async for d in docs]
 
+    async def search_current(self, rtype: str, query: dict[str, Any], *, count: int,
+                             after: str | None) -> tuple[list[Version], bool]:
+        """A page of current (not deleted) versions matching ``query``, in ``_id`` order after ``after``
+        (a stable cursor: writes elsewhere do not shift it); returns the page and whether more follow."""
+        page_query: dict[str, Any] = {"t": rtype, "j": {"$ne": None}, **query}
+        if after is not None:
+            page_query["_id"] = {"$gt": after}
+        docs = self.resources.find(page_query, {"ix": 0}).sort("_id", ASCENDING).limit(count + 1)
+        found = [_from_doc(d) async for d in docs]
+        return found[:count], len(found) > count
+
     async def instance_history(
         self, *, rtype: str, rid: str, since: int | None, at: int | None, count: int, before_vid: int | None,
     ) -> tuple[list[Version], int | None]:
