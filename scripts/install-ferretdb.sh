@@ -16,6 +16,10 @@ if ! command -v go >/dev/null 2>&1; then
   echo "          Install Go >= 1.22 (Debian: apt-get install golang) and run again." >&2
   exit 3
 fi
+if ! command -v patch >/dev/null 2>&1; then
+  echo "medunion: 'patch' is needed to build the embedded FerretDB store (Debian: apt-get install patch)." >&2
+  exit 3
+fi
 export GOFLAGS="-mod=mod" GOTOOLCHAIN=local
 SRC="$(go mod download -json "github.com/FerretDB/FerretDB@${VERSION}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')"
 WORK="$ROOT/.cache/ferretdb-src-${VERSION}"
