@@ -145,8 +145,8 @@ async def test_recover_undoes_a_transaction_cut_off_mid_commit(stores, store_uri
     mine, _ = stores
     a1 = await mine.write(_version("cut-a", 1, b'{"a":1}'), base=None)
     b1 = await mine.write(_version("cut-b", 1, b'{"b":1}'), base=None)
-    a1 = await mine.current_with_index("Basic", "cut-a")
-    b1 = await mine.current_with_index("Basic", "cut-b")
+    a1 = await mine.current("Basic", "cut-a", with_index=True)
+    b1 = await mine.current("Basic", "cut-b", with_index=True)
     changes = [(_version("cut-new", 1, b'{"c":1}'), None), (_version("cut-a", 2, b'{"a":2}'), a1),
                (_version("cut-b", 2, b'{"b":2}'), b1)]
     await mine._prepare_all(changes)

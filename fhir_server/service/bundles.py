@@ -337,7 +337,7 @@ class BundleService:
             try:
                 if e.method == "PATCH":
                     raise BadRequest("PATCH in a transaction is not supported yet; use PUT")
-                base = await self.store.current_with_index(e.rtype, e.target)
+                base = await self.store.current(e.rtype, e.target, with_index=True)
                 if e.if_match is not None and (base is None or base.vid != e.if_match):
                     raise PreconditionFailed(f"{e.rtype}/{e.target} is not at version {e.if_match}")
                 if e.method == "DELETE":

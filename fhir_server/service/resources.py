@@ -105,15 +105,12 @@ class ResourceService:
             return HistoryResult([], None)
         if rtype is not None and rid is not None:
             before = int(cursor) if cursor and cursor.isdigit() else None
-            if patient is not None:  # only a resource that is in the compartment now shows its history
-                current = await self.store.current(rtype, rid)
-                if current is None:
-                    raise NotFound(f"{rtype}/{rid} is not known")
-                _keep_to_compartment(patient, current)
-            versions, below = await self.store.instance_history(
-                rtype=rtype, rid=rid, since=since, at=at, count=count, before_vid=before)
-            if not versions and before is None and await self.store.current(rtype, rid) is None:
+            current = await self.store.current(rtype, rid) if ID_RE.match(rid) else None
+            if current is None:
                 raise NotFound(f"{rtype}/{rid} is not known")
+            _keep_to_compartment(patient, current)  # only a resource in the compartment now shows its history
+            versions, below = await self.store.instance_history(
+                current=current, since=since, at=at, count=count, before_vid=before)
             if patient is not None:  # and of it, the versions that were in the compartment
                 versions = [v for v in versions if v.body is None or
                             in_patient_compartment(orjson.loads(v.body), patient)]
@@ -287,9 +284,10 @@ class ResourceService:
     async def match(self, criteria: Criteria, rtype: str) -> list[Version]:
         """Current resources matching conditional criteria (at most two: enough to tell one from several)."""
         if criteria.ids is not None and len(criteria.ids) == 1 and not criteria.filters:
-            found = await self.store.current(rtype, next(iter(criteria.ids)))
-            return [] if found is None or found.deleted else [found]
-        return await self.store.find_current(rtype, criteria.store_query(), limit=2)
+            current = await self.store.current(rtype, next(iter(criteria.ids)))
+            return [] if current is None or current.deleted else [current]
+        matches, _ = await self.store.search_current(rtype, criteria.store_query(), count=2, after=None)
+        return matches
 
     async def _write(self, *, rtype: str, rid: str, resource: dict[str, Any], method: str, expected: int | None,
                      must_be_new: bool = False, principal: Principal | None = None) -> WriteResult:

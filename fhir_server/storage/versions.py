@@ -85,10 +85,11 @@ class Version:
                 "j": None if self.body is None else Binary(self.body)}
 
 
-def _from_doc(doc: dict[str, Any]) -> Version:
+def _from_doc(doc: dict[str, Any], *, with_index: bool = False) -> Version:
     body = doc.get("j")
     return Version(rtype=doc["t"], rid=doc["i"], vid=int(doc["v"]), ts=int(doc["ts"]), method=doc.get("m", "PUT"),
-                   body=None if body is None else bytes(body))
+                   body=None if body is None else bytes(body),
+                   index=dict(doc.get("ix") or {}) if with_index else {})
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,9 +124,10 @@ class ResourceStore:
 
     # ---- reads -------------------------------------------------------------------------------------------
 
-    async def current(self, rtype: str, rid: str) -> Version | None:
-        doc = await self.resources.find_one({"_id": f"{rtype}/{rid}"}, {"ix": 0})
-        return None if doc is None else _from_doc(doc)
+    async def current(self, rtype: str, rid: str, *, with_index: bool = False) -> Version | None:
+        """The current version; ``with_index``: with its index entries too (what a rollback restores)."""
+        doc = await self.resources.find_one({"_id": f"{rtype}/{rid}"}, None if with_index else {"ix": 0})
+        return None if doc is None else _from_doc(doc, with_index=with_index)
 
     async def version(self, rtype: str, rid: str, vid: int) -> Version | None:
         doc = await self.history.find_one({"_id": f"{rtype}/{rid}/{vid}"})
@@ -133,11 +135,6 @@ class ResourceStore:
             return _from_doc(doc)  # every copy in history is a committed version
         current = await self.current(rtype, rid)
         return current if current is not None and current.vid == vid else None
-
-    async def find_current(self, rtype: str, query: dict[str, Any], *, limit: int = 2) -> list[Version]:
-        """Current (not deleted) versions matching a store query built by the search package."""
-        docs = self.resources.find({"t": rtype, "j": {"$ne": None}, **query}, {"ix": 0}).limit(limit)
-        return [_from_doc(d) async for d in docs]
 
     async def search_current(self, rtype: str, query: dict[str, Any], *, count: int,
                              after: str | None) -> tuple[list[Version], bool]:
@@ -151,15 +148,12 @@ class ResourceStore:
         return found[:count], len(found) > count
 
     async def instance_history(
-        self, *, rtype: str, rid: str, since: int | None, at: int | None, count: int, before_vid: int | None,
+        self, *, current: Version, since: int | None, at: int | None, count: int, before_vid: int | None,
     ) -> tuple[list[Version], int | None]:
-        """Versions of one resource, newest first, each fetched by ``_id`` (cheap on every engine).
-
-        Returns the page and the vid to continue below (None when done).
+        """Versions of the resource whose current version is ``current``, newest first, each fetched by
+        ``_id`` (cheap on every engine). Returns the page and the vid to continue below (None when done).
         """
-        current = await self.current(rtype, rid)
-        if current is None:
-            return [], None
+        rtype, rid = current.rtype, current.rid
         top = current.vid if before_vid is None else min(current.vid, before_vid - 1)
         out: list[Version] = []
         vid = top
@@ -248,16 +242,23 @@ class ResourceStore:
             except DuplicateKeyError:
                 raise VersionConflict(f"{new.key} was created concurrently") from None
             return new
-        claim = base.version_key
-        if claim in self._in_flight:
-            raise VersionConflict(f"{base.key} is being written by another request")
-        self._in_flight.add(claim)  # before the insert: a rival in this process must never see it as dead
+        await self._hold(base, until=new.ts)
         try:
-            await self._claim(base, until=new.ts)
             await self.resources.replace_one({"_id": new.key}, {**new._fields(), "ix": new.index})
         finally:
-            self._in_flight.discard(claim)
+            self._in_flight.discard(base.version_key)
         return new
+
+    async def _hold(self, base: Version, *, until: int) -> None:
+        """Claim ``base`` and mark the claim in flight here; on failure nothing is held."""
+        if base.version_key in self._in_flight:
+            raise VersionConflict(f"{base.key} is being written by another request")
+        self._in_flight.add(base.version_key)  # before the insert: a rival here must never see it as dead
+        try:
+            await self._claim(base, until=until)
+        except BaseException:
+            self._in_flight.discard(base.version_key)
+            raise
 
     async def write_all(self, changes: list[tuple[Version, Version | None]]) -> None:
         """Store several new versions all or nothing (each ``(new, base)``, as for ``write``).
@@ -291,14 +292,7 @@ class ResourceStore:
         try:
             for new, base in sorted(((n, b) for n, b in changes if b is not None), key=lambda c: c[0].key):
                 assert base is not None
-                if base.version_key in self._in_flight:
-                    raise VersionConflict(f"{base.key} is being written by another request")
-                self._in_flight.add(base.version_key)
-                try:
-                    await self._claim(base, until=new.ts)
-                except BaseException:
-                    self._in_flight.discard(base.version_key)
-                    raise
+                await self._hold(base, until=new.ts)
                 claimed.append((new, base))
             journal = f"txn:{uuid.uuid4().hex}"
             await self.journal.insert_one({
@@ -367,15 +361,6 @@ class ResourceStore:
         for _, base in claimed:
             await self.history.delete_one({"_id": base.version_key})
             self._in_flight.discard(base.version_key)
-
-    async def current_with_index(self, rtype: str, rid: str) -> Version | None:
-        """The current version with its index entries (what a rollback restores)."""
-        doc = await self.resources.find_one({"_id": f"{rtype}/{rid}"})
-        if doc is None:
-            return None
-        version = _from_doc(doc)
-        return Version(rtype=version.rtype, rid=version.rid, vid=version.vid, ts=version.ts, method=version.method,
-                       body=version.body, index=dict(doc.get("ix") or {}))
 
     async def _claim(self, base: Version, *, until: int) -> None:
         """Insert the copy of ``base``: the right to write the version after it (``until``: its timestamp)."""
