@@ -18,6 +18,7 @@ from fhir_server.api.formats import Rendering, fhir_response, read_resource, ren
 from fhir_server.errors import BadRequest, Issue, MethodNotAllowed, operation_outcome
 from fhir_server.model.types import require_supported_type
 from fhir_server.service import HistoryResult, ResourceService, WriteResult, instant
+from fhir_server.service.etag import etag, version_of_etag
 from fhir_server.settings import Settings
 from fhir_server.storage import Version
 
@@ -28,16 +29,12 @@ _STARTED = datetime.now(UTC).isoformat(timespec="seconds")
 
 # ---- header helpers ---------------------------------------------------------------------------------------
 
-def _etag(vid: int) -> str:
-    return f'W/"{vid}"'
-
-
 def _http_date(ts: int) -> str:
     return format_datetime(datetime.fromtimestamp(ts / 1_000_000, UTC), usegmt=True)
 
 
 def _version_headers(version: Version, settings: Settings, *, location: bool = False) -> dict[str, str]:
-    headers = {"ETag": _etag(version.vid), "Last-Modified": _http_date(version.ts)}
+    headers = {"ETag": etag(version.vid), "Last-Modified": _http_date(version.ts)}
     if location:
         headers["Location"] = f"{settings.fhir_base}/{version.key}/_history/{version.vid}"
     return headers
@@ -48,17 +45,17 @@ def _if_match(request: Request) -> int | None:
     value = request.headers.get("if-match")
     if value is None:
         return None
-    tag = value.strip().removeprefix("W/").strip('"')
-    if not tag.isdigit():
+    vid = version_of_etag(value)
+    if vid is None:
         raise BadRequest(f"If-Match must be a version ETag like W/\"3\", not {value!r}")
-    return int(tag)
+    return vid
 
 
 def _not_modified(request: Request, version: Version) -> bool:
     inm = request.headers.get("if-none-match")
     if inm is not None:
-        tags = {t.strip().removeprefix("W/").strip('"') for t in inm.split(",")}
-        return "*" in tags or str(version.vid) in tags
+        tags = [t.strip() for t in inm.split(",")]
+        return "*" in tags or version.vid in {version_of_etag(t) for t in tags}
     ims = request.headers.get("if-modified-since")
     if ims is not None:
         try:
@@ -80,13 +77,6 @@ def _prefer_return(request: Request) -> str:
 
 def _criteria(request: Request) -> str:
     return request.url.query
-
-
-def _if_none_exist(request: Request) -> str | None:
-    value = request.headers.get("if-none-exist")
-    if value is None:
-        return None
-    return value.split("?", 1)[1] if "?" in value else value
 
 
 def _write_response(request: Request, result: WriteResult, settings: Settings, rendering: Rendering) -> Response:
@@ -174,7 +164,7 @@ def _history_bundle(result: HistoryResult, settings: Settings, url: str, q: Any,
             entry["resource"] = orjson.loads(v.body)
         method = "PUT" if v.method == "PATCH" else v.method  # Bundle.entry.request.method has no PATCH in R4
         entry["request"] = {"method": method, "url": v.rtype if method == "POST" else v.key}
-        entry["response"] = {"status": status, "etag": _etag(v.vid), "lastModified": instant(v.ts, settings)}
+        entry["response"] = {"status": status, "etag": etag(v.vid), "lastModified": instant(v.ts, settings)}
         entries.append(entry)
     return {"resourceType": "Bundle", "type": "history", "link": links, "entry": entries}
 
@@ -271,7 +261,7 @@ async def create(request: Request) -> Response:
     rtype = require_supported_type(request.path_params["rtype"])
     resource, _ = await read_resource(request, settings.max_body_bytes)
     result = await service.create(principal=user, rtype=rtype, resource=resource,
-                                  if_none_exist=_if_none_exist(request))
+                                  if_none_exist=request.headers.get("if-none-exist"))
     return _write_response(request, result, settings, rendering)
 
 
@@ -332,7 +322,7 @@ async def conditional_delete(request: Request) -> Response:
 
 
 def _deleted_response(request: Request, result: WriteResult | None) -> Response:
-    headers = {} if result is None else {"ETag": _etag(result.version.vid)}
+    headers = {} if result is None else {"ETag": etag(result.version.vid)}
     if _prefer_return(request) == "OperationOutcome":
         text = "nothing to delete" if result is None else f"{result.version.key} deleted"
         return fhir_response(operation_outcome([Issue(code="informational", severity="information",

@@ -44,6 +44,7 @@ def parse_criteria(rtype: str, query: str, *, allow_empty: bool = False) -> Crit
     ``allow_empty``: no criteria selects every resource of the type (a search); conditional operations
     must name criteria.
     """
+    query = query.split("?", 1)[1] if "?" in query else query  # If-None-Exist may carry "Type?criteria"
     pairs = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k not in _RESULT_PARAMETERS]
     if not pairs and allow_empty:
         return Criteria(text=f"{rtype}?", ids=None, filters=())

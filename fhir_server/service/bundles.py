@@ -30,6 +30,7 @@ from fhir_server.errors import (
 from fhir_server.model.types import ID_RE, require_supported_type
 from fhir_server.model.validation import validate_resource
 from fhir_server.search import parse_criteria
+from fhir_server.service.etag import etag, version_of_etag
 from fhir_server.service.resources import ResourceService, WriteResult, instant
 from fhir_server.settings import Settings
 from fhir_server.storage import Version, VersionConflict, now_micros
@@ -127,14 +128,13 @@ class BundleService:
             raise BadRequest(f"{where}.request.url '{url}' is not a resource or version URL")
         if_match = None
         if request.get("ifMatch"):
-            tag = str(request["ifMatch"]).removeprefix("W/").strip('"')
-            if not tag.isdigit():
+            if_match = version_of_etag(str(request["ifMatch"]))
+            if if_match is None:
                 raise BadRequest(f"{where}.request.ifMatch must be a version ETag like W/\"3\"")
-            if_match = int(tag)
         ine = request.get("ifNoneExist")
         return _Entry(index=index, method=method, rtype=rtype, rid=rid, vid=vid, query=query or None,
                       resource=raw.get("resource"), full_url=raw.get("fullUrl"),
-                      if_none_exist=(ine.split("?", 1)[-1] if isinstance(ine, str) and ine else None),
+                      if_none_exist=ine if isinstance(ine, str) and ine else None,
                       if_match=if_match)
 
     # ---- batch ------------------------------------------------------------------------------------------
@@ -191,7 +191,7 @@ class BundleService:
             entry["fullUrl"] = f"{self.settings.fhir_base}/{version.key}"
             entry["resource"] = orjson.loads(version.body)
         entry["response"] = {"status": status, "location": f"{version.key}/_history/{version.vid}",
-                             "etag": f'W/"{version.vid}"', "lastModified": instant(version.ts, self.settings)}
+                             "etag": etag(version.vid), "lastModified": instant(version.ts, self.settings)}
         return entry
 
     # ---- transaction ------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from fhir_server.model.types import ID_RE, require_supported_type
 from fhir_server.model.validation import validate_resource
 from fhir_server.search import Criteria, index_entries, parse_criteria
 from fhir_server.search.compartment import in_patient_compartment
+from fhir_server.service.etag import etag
 from fhir_server.settings import Settings
 from fhir_server.storage import LockBusy, ResourceStore, Version, VersionConflict, now_micros
 
@@ -73,7 +74,7 @@ class ResourceService:
             raise NotFound(f"{rtype}/{rid} is not known")
         _keep_to_compartment(patient, version)
         if version.deleted:
-            raise Gone(f"{rtype}/{rid} was deleted", headers={"ETag": f'W/"{version.vid}"'})
+            raise Gone(f"{rtype}/{rid} was deleted", headers={"ETag": etag(version.vid)})
         return version
 
     async def vread(self, *, principal: Principal, rtype: str, rid: str, vid: str) -> Version:
@@ -220,7 +221,7 @@ class ResourceService:
             current = await self.read(principal=principal, rtype=rtype, rid=rid)
             if if_match is not None and current.vid != if_match:
                 raise PreconditionFailed(f"{rtype}/{rid} is at version {current.vid}, not {if_match}",
-                                         headers={"ETag": f'W/"{current.vid}"'})
+                                         headers={"ETag": etag(current.vid)})
             assert current.body is not None
             try:
                 patched = jsonpatch.apply_patch(orjson.loads(current.body), operations)
