@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 from fhir_server import __version__
@@ -21,12 +22,10 @@ _SEARCH_PARAMS = [
 ]
 
 
-def rtype_has_identifier(rtype: str) -> bool:
-    return "identifier" in parameters_for(rtype)
-
-
-def capability_statement(settings: Settings, *, software_date: str) -> dict[str, Any]:
-    resources = [
+@cache
+def _resources() -> list[dict[str, Any]]:
+    """The per-type part of the statement: the same for the life of the process, so built once."""
+    return [
         {
             "type": rtype,
             "interaction": [{"code": code} for code in _TYPE_INTERACTIONS],
@@ -38,11 +37,15 @@ def capability_statement(settings: Settings, *, software_date: str) -> dict[str,
             "conditionalUpdate": True,
             "conditionalDelete": "single",
             "referencePolicy": ["literal", "logical"],
-            "searchParam": _SEARCH_PARAMS if rtype_has_identifier(rtype) else _SEARCH_PARAMS[:1],
+            "searchParam": _SEARCH_PARAMS if "identifier" in parameters_for(rtype) else _SEARCH_PARAMS[:1],
             "operation": [{"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}],
         }
         for rtype in sorted(SUPPORTED_TYPES)
     ]
+
+
+def capability_statement(settings: Settings, *, software_date: str) -> dict[str, Any]:
+    resources = _resources()
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
