@@ -2,25 +2,55 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from fhir_server.auth.tokens import mint_token
 from fhir_server.embedded_store import EmbeddedStore, free_port
+from fhir_server.errors import HubError
+from fhir_server.model.types import SUPPORTED_TYPES
+from fhir_server.model.validation import validate_resource
 from fhir_server.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / ".cache" / "fhir-r4-examples" / "package"
 ADMIN = "system/*.cruds"
 BODY_CAP = 15_000_000  # under the 16 MiB BSON document limit; the official examples reach 35 MB
+
+
+def example_files() -> list[Path]:
+    """Every resource file of the official R4 examples package."""
+    return sorted(p for p in EXAMPLES.glob("*.json") if p.name not in ("package.json", ".index.json"))
+
+
+@cache
+def valid_examples() -> tuple[dict[str, Any], ...]:
+    """The official examples the hub would store (supported type, valid): what it can ever index.
+
+    Validating all of them takes ~20 s, so the session does it once for every test that needs them.
+    """
+    out = []
+    for path in example_files():
+        resource = json.loads(path.read_text(encoding="utf-8"))
+        if resource.get("resourceType") not in SUPPORTED_TYPES:
+            continue
+        try:
+            validate_resource(resource)
+        except HubError:
+            continue
+        out.append(resource)
+    return tuple(out)
 
 
 @dataclass

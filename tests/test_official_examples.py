@@ -11,17 +11,12 @@ from typing import Any
 import httpx
 
 from fhir_server.model.types import R4_ONLY_TYPES, SUPPORTED_TYPES
-from tests.conftest import BODY_CAP, EXAMPLES, Hub
+from tests.conftest import BODY_CAP, EXAMPLES, Hub, example_files
 
 # Refusals that are right or that we inherit, each with a reason the hub reports in its OperationOutcome:
 # 63 examples carry `_valueString` inside an extension, which fhir.resources' R4B models reject, and one
 # example (a SearchParameter) has a 67-character id, over R4's 64. The test fails if the number grows.
 KNOWN_MODEL_GAPS = 64
-
-
-def _examples() -> list[Path]:
-    skip = {"package.json", ".index.json"}
-    return sorted(p for p in EXAMPLES.glob("*.json") if p.name not in skip)
 
 
 def _without_meta(resource: dict[str, Any]) -> dict[str, Any]:
@@ -51,7 +46,7 @@ def _round_trip(client: httpx.Client, path: Path) -> tuple[str, str, str | None]
 
 
 def test_official_examples_round_trip(hub: Hub) -> None:
-    files = _examples()
+    files = example_files()
     assert len(files) > 5000, f"official examples missing under {EXAMPLES}: run scripts/fetch-fhir-examples.sh"
     with hub.client() as client, ThreadPoolExecutor(max_workers=6) as pool:
         results = list(pool.map(lambda p: _round_trip(client, p), files))

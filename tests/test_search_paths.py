@@ -7,12 +7,10 @@ from collections import Counter
 from decimal import Decimal
 from typing import Any
 
-from fhir_server.errors import HubError
 from fhir_server.model.types import SUPPORTED_TYPES
-from fhir_server.model.validation import validate_resource
 from fhir_server.search.paths import compile_path, is_fast
 from fhir_server.search.registry import parameters_for
-from tests.conftest import EXAMPLES
+from tests.conftest import valid_examples
 
 
 def _normal(values: list[Any]) -> list[str]:
@@ -30,26 +28,10 @@ def _normal(values: list[Any]) -> list[str]:
     return sorted(json.dumps(plain(v), sort_keys=True, default=str, ensure_ascii=False) for v in values)
 
 
-def _resources() -> list[dict[str, Any]]:
-    out = []
-    for path in sorted(EXAMPLES.glob("*.json")):
-        if path.name in ("package.json", ".index.json"):
-            continue
-        resource = json.loads(path.read_text(encoding="utf-8"))
-        if resource.get("resourceType") not in SUPPORTED_TYPES:
-            continue
-        try:
-            validate_resource(resource)  # only what the hub would store is ever indexed
-        except HubError:
-            continue
-        out.append(resource)
-    return out
-
-
 def test_fast_extractors_agree_with_fhirpathpy_on_all_examples() -> None:
     stats: Counter[str] = Counter()
     disagreements: list[str] = []
-    for resource in _resources():
+    for resource in valid_examples():  # only what the hub would store is ever indexed
         rtype = resource["resourceType"]
         for code, definition in parameters_for(rtype).items():
             for part in definition.paths:
