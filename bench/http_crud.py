@@ -70,29 +70,27 @@ class Workload:
         await self.raw.replace_one({"_id": rng.choice(self.raw_ids)}, patient(rng.randrange(10**6)))
         return True
 
-    async def hub_mix(self, rng: random.Random) -> bool:
-        x = rng.random()  # 20 % create, 55 % read, 20 % update, 5 % delete
-        if x < 0.20:
-            return await self.hub_create(rng)
-        if x < 0.75:
-            return await self.hub_read(rng)
-        if x < 0.95:
-            return await self.hub_update(rng)
+    async def hub_delete(self, rng: random.Random) -> bool:
         rid = self.ids.pop(rng.randrange(len(self.ids)))
         async with self.http.delete(f"{self.base}/Patient/{rid}") as r:
             await r.read()
             return r.status == 204
 
-    async def raw_mix(self, rng: random.Random) -> bool:
-        x = rng.random()
-        if x < 0.20:
-            return await self.raw_create(rng)
-        if x < 0.75:
-            return await self.raw_read(rng)
-        if x < 0.95:
-            return await self.raw_update(rng)
+    async def raw_delete(self, rng: random.Random) -> bool:
         await self.raw.delete_one({"_id": self.raw_ids.pop(rng.randrange(len(self.raw_ids)))})
         return True
+
+    async def hub_mix(self, rng: random.Random) -> bool:
+        return await getattr(self, f"hub_{mix_operation(rng)}")(rng)  # type: ignore[no-any-return]
+
+    async def raw_mix(self, rng: random.Random) -> bool:
+        return await getattr(self, f"raw_{mix_operation(rng)}")(rng)  # type: ignore[no-any-return]
+
+
+def mix_operation(rng: random.Random) -> str:
+    """The CRUD mix: 20 % create, 55 % read, 20 % update, 5 % delete."""
+    x = rng.random()
+    return "create" if x < 0.20 else "read" if x < 0.75 else "update" if x < 0.95 else "delete"
 
 
 async def main(seconds: float, levels: list[int], workers: int) -> None:
