@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -17,6 +17,7 @@ from fhir_server.api.deps import bundles_of, current_user, service_of, settings_
 from fhir_server.api.formats import Rendering, fhir_response, read_resource, rendering_of, shape_resource
 from fhir_server.errors import BadRequest, Issue, MethodNotAllowed, operation_outcome
 from fhir_server.model.types import require_supported_type
+from fhir_server.search.entries import date_range
 from fhir_server.service import HistoryResult, ResourceService, WriteResult, instant
 from fhir_server.service.etag import etag, version_of_etag
 from fhir_server.settings import Settings
@@ -110,27 +111,18 @@ async def smart_config(request: Request) -> Response:
 # ---- history ------------------------------------------------------------------------------------------------
 
 def _parse_instant(name: str, value: str | None, settings: Settings, *, end: bool = False) -> int | None:
-    """A FHIR date/dateTime/instant parameter as store microseconds; no zone means the hub's zone."""
+    """A FHIR date/dateTime/instant parameter as store microseconds; no zone means the hub's zone.
+
+    ``end``: a date without a time stands for its whole period, so take the period's last microsecond.
+    """
     if value is None:
         return None
     text = value.strip()
-    try:
-        if len(text) == 4:
-            parsed = datetime(int(text), 1, 1, tzinfo=settings.zone)
-            upper = parsed.replace(year=parsed.year + 1)
-        elif len(text) == 7:
-            parsed = datetime(int(text[:4]), int(text[5:7]), 1, tzinfo=settings.zone)
-            upper = (parsed + timedelta(days=32)).replace(day=1)
-        else:
-            parsed = datetime.fromisoformat(text)
-            if parsed.tzinfo is None:
-                parsed = parsed.replace(tzinfo=settings.zone)
-            upper = parsed + (timedelta(days=1) if len(text) == 10 else timedelta(microseconds=1))
-    except ValueError as exc:
+    bounds = date_range(text, settings.zone)
+    if bounds is None:
         raise BadRequest(f"{name} must be a FHIR instant like 2026-01-31T08:00:00+08:00", issues=[
-            Issue(code="value", diagnostics=f"{name} must be a FHIR instant like 2026-01-31T08:00:00+08:00")]) from exc
-    chosen = upper - timedelta(microseconds=1) if end else parsed
-    return int(chosen.timestamp() * 1_000_000)
+            Issue(code="value", diagnostics=f"{name} must be a FHIR instant like 2026-01-31T08:00:00+08:00")])
+    return bounds[1] if end and len(text) <= 10 else bounds[0]
 
 
 async def _history(request: Request, service: ResourceService, settings: Settings, user: Any,
@@ -186,10 +178,7 @@ async def read(request: Request) -> Response:
     settings = settings_of(request)
     version = await service_of(request).read(principal=user, rtype=request.path_params["rtype"],
                                              rid=request.path_params["rid"])
-    headers = _version_headers(version, settings)
-    if _not_modified(request, version):
-        return Response(status_code=304, headers=headers)
-    return fhir_response(version.body, rendering, headers=headers)
+    return _version_response(request, version, rendering, settings)
 
 
 async def history_instance(request: Request) -> Response:
@@ -206,6 +195,11 @@ async def vread(request: Request) -> Response:
     params = request.path_params
     version = await service_of(request).vread(principal=user, rtype=params["rtype"], rid=params["rid"],
                                               vid=params["vid"])
+    return _version_response(request, version, rendering, settings)
+
+
+def _version_response(request: Request, version: Version, rendering: Rendering, settings: Settings) -> Response:
+    """A read or vread answer: 304 when the client's copy is current (If-None-Match, If-Modified-Since)."""
     headers = _version_headers(version, settings)
     if _not_modified(request, version):
         return Response(status_code=304, headers=headers)
