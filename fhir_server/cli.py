@@ -29,13 +29,17 @@ def _settings() -> Settings:
         raise SystemExit(2) from exc
 
 
+def _configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
 def _run(args: argparse.Namespace) -> int:
     from fhir_server.auth.tokens import ensure_dev_keys, mint_token
     from fhir_server.embedded_store import EmbeddedStore, EmbeddedStoreError
 
     settings = _settings()
     settings.home.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    _configure_logging()
     store = None
     uri = settings.mongodb_uri
     if uri is None:
@@ -138,7 +142,7 @@ def _supervise(settings: Settings, uri: str) -> int:
 
 def _worker(args: argparse.Namespace) -> int:
     settings = _settings()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    _configure_logging()
     from fhir_server.embedded_store import die_with_parent
 
     die_with_parent()

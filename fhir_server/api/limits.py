@@ -10,15 +10,16 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from fhir_server.errors import Issue, operation_outcome
+
 __all__ = ["RequestLimits"]
 
 log = logging.getLogger("medunion.access")
 
-_TIMEOUT_BODY = orjson.dumps({"resourceType": "OperationOutcome", "issue": [{
-    "severity": "error", "code": "timeout", "diagnostics": "The request took longer than the hub's limit"}]})
-_BUSY_BODY = orjson.dumps({"resourceType": "OperationOutcome", "issue": [{
-    "severity": "error", "code": "transient", "diagnostics": "The hub is at its limit of concurrent requests; "
-    "retry after a moment"}]})
+_TIMEOUT_BODY = orjson.dumps(operation_outcome([
+    Issue(code="timeout", diagnostics="The request took longer than the hub's limit")]))
+_BUSY_BODY = orjson.dumps(operation_outcome([
+    Issue(code="transient", diagnostics="The hub is at its limit of concurrent requests; retry after a moment")]))
 
 
 class RequestLimits:

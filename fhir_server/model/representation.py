@@ -39,7 +39,8 @@ def _element_sets(resource_type: str) -> tuple[frozenset[str], frozenset[str]]:
     return frozenset(summary), frozenset(mandatory)
 
 
-def _choice_base(key: str, names: frozenset[str]) -> bool:
+def _named_in(key: str, names: frozenset[str]) -> bool:
+    """``key`` is one of ``names``, or the ``_name`` element that carries a primitive's id and extensions."""
     return key in names or key.lstrip("_") in names
 
 
@@ -67,7 +68,7 @@ def summarize(resource: dict[str, Any], mode: SummaryMode) -> dict[str, Any]:
     if mode == "data":
         out = {k: v for k, v in resource.items() if k != "text"}
     else:
-        out = {k: v for k, v in resource.items() if _choice_base(k, frozenset(keep))}
+        out = {k: v for k, v in resource.items() if _named_in(k, frozenset(keep))}
     return _tag_subsetted(out)
 
 
@@ -78,7 +79,7 @@ def select_elements(resource: dict[str, Any], elements: list[str]) -> dict[str, 
     wanted = {e.split(".", 1)[-1] if e.startswith(rtype + ".") else e for e in elements}
     keep = frozenset({"resourceType", "id", "meta"} | mandatory | wanted)
     # choice elements: _elements=value selects valueQuantity, valueString, ...
-    out = {k: v for k, v in resource.items() if _choice_base(k, keep) or any(k.startswith(w) and
+    out = {k: v for k, v in resource.items() if _named_in(k, keep) or any(k.startswith(w) and
            k[len(w):][:1].isupper() for w in wanted)}
     return _tag_subsetted(out)
 
