@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     history_max_count: int = 1000
     bundle_max_entries: int = 1000
     history_default_count: int = 50
+    search_include_max: int = Field(default=1000, ge=1, description="resources _include/_revinclude add to a page")
+    search_sort_max: int = Field(default=10_000, ge=1, description="matches a _sort search may order")
+    search_chain_max: int = Field(default=1000, ge=1, description="matches of a chained or _has sub-search")
+    search_total_max: int = Field(default=100_000, ge=1, description="matches _total=accurate may count")
     write_retry_seconds: float = 10.0
     instance_id: str = Field(default="hub", description="unique per hub process sharing one store")
     write_lease_seconds: float = 120.0  # longer than any request may run

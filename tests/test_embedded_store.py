@@ -1,4 +1,4 @@
-"""The embedded FerretDB as the project builds it: lookups and ranges on _id go through the _id index."""
+"""The embedded FerretDB as the project builds it: lookups, ranges and $in on _id go through the _id index."""
 
 from __future__ import annotations
 
@@ -25,6 +25,18 @@ async def test_id_lookups_and_ranges_use_the_index(store_uri: str) -> None:
         assert len([d async for d in coll.find({"_id": {"$gte": chinese, "$lt": chinese + "~"}})]) == 100
         exact = f"Patient|family|{b'li'.hex()}|"
         assert len([d async for d in coll.find({"_id": {"$gt": exact, "$lt": exact + "~"}})]) == 50
+        wanted = [f"Patient|family|{b'li'.hex()}|{i:04d}" for i in (2, 8, 14)]
+        plan = await coll.database.command("explain", {"find": "entries", "filter": {"_id": {"$in": wanted}}})
+        assert "USING INDEX" in plan["queryPlanner"]["Plan"][-1] and plan["filterPushdown"] is True
+        assert sorted([d["_id"] async for d in coll.find({"_id": {"$in": [*wanted, "absent"]}})]) == wanted
+        # ordered and limited by SQLite when sorted by _id: the first keys of the range, in order, either way
+        every = sorted([d["_id"] async for d in coll.find(ranged)])
+        first = [d["_id"] async for d in coll.find(ranged).sort("_id", 1).limit(7)]
+        last = [d["_id"] async for d in coll.find(ranged).sort("_id", -1).limit(7)]
+        assert first == every[:7] and last == every[::-1][:7]
+        after = [d["_id"] async for d in coll.find({"_id": {"$gt": every[40], "$lt": low + "~"}}).sort("_id", 1)
+                 .limit(5)]
+        assert after == every[41:46]
     finally:
         await client.drop_database(coll.database.name)
         await client.close()

@@ -184,8 +184,8 @@ def test_conditional_create(api: httpx.Client) -> None:
     assert both.status_code == 412  # two now match
     by_id = api.post("/Patient", json=body, headers={"If-None-Exist": f"_id={first.json()['id']}"})
     assert by_id.status_code == 200
-    unsupported = api.post("/Patient", json=body, headers={"If-None-Exist": "name=%E7%8E%8B"})
-    assert unsupported.status_code == 400 and "name" in unsupported.json()["issue"][0]["diagnostics"]
+    unknown = api.post("/Patient", json=body, headers={"If-None-Exist": "no-such-parameter=1"})
+    assert unknown.status_code == 400 and "no-such-parameter" in unknown.json()["issue"][0]["diagnostics"]
 
 
 def test_conditional_update_and_delete(api: httpx.Client) -> None:
@@ -251,8 +251,17 @@ def test_metadata_lists_what_is_implemented(hub: Hub) -> None:
     codes = {i["code"] for i in patient_caps["interaction"]}
     assert codes == {"read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create",
                      "search-type"}
-    assert [p["name"] for p in patient_caps["searchParam"]] == ["_id", "identifier"]
-    assert rest["interaction"] == [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}]
+    listed = {p["name"]: p for p in patient_caps["searchParam"]}
+    from fhir_server.search.registry import parameters_for
+
+    assert set(listed) == {c for c, p in parameters_for("Patient").items() if p.type not in ("composite", "special")
+                           } | {"_has"}  # every parameter of the registry, generated from it
+    assert ":exact" in listed["family"]["documentation"] and "sa eb ap" in listed["birthdate"]["documentation"]
+    assert "Observation:subject" in patient_caps["searchRevInclude"]
+    assert "Patient:general-practitioner" in patient_caps["searchInclude"]
+    assert {"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"} in \
+        patient_caps["operation"]
+    assert [i["code"] for i in rest["interaction"]] == ["transaction", "batch", "history-system", "search-system"]
 
 
 def test_errors_are_operation_outcomes(api: httpx.Client) -> None:
@@ -317,7 +326,12 @@ def test_search_by_identifier_and_id_with_paging(api: httpx.Client, hub: Hub) ->
     assert api.get("/Patient", params={"identifier": f"urn:mrn|{mrn}"}).json()["total"] == 2  # deleted: gone
     summary = api.get("/Patient", params={"_id": ids[0], "_elements": "gender"}).json()
     assert set(summary["entry"][0]["resource"]) == {"resourceType", "id", "meta", "gender"}
-    unsupported = api.get("/Patient", params={"name": "王"})
-    assert unsupported.status_code == 400 and "name" in unsupported.json()["issue"][0]["diagnostics"]
+    lenient = api.get("/Patient", params={"_id": ids[0], "no-such-parameter": "1"}).json()
+    assert [e["resource"]["id"] for e in lenient["entry"] if e["search"]["mode"] == "match"] == [ids[0]]
+    outcome = [e["resource"] for e in lenient["entry"] if e["search"]["mode"] == "outcome"]
+    assert "no-such-parameter" in outcome[0]["issue"][0]["diagnostics"]  # ignored, and said so
+    strict = api.get("/Patient", params={"_id": ids[0], "no-such-parameter": "1"},
+                     headers={"Prefer": "handling=strict"})
+    assert strict.status_code == 400 and "no-such-parameter" in strict.json()["issue"][0]["diagnostics"]
     with hub.client("system/Patient.r") as reader:  # search needs s
         assert reader.get("/Patient", params={"_id": ids[0]}).status_code == 403

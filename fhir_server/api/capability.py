@@ -7,6 +7,7 @@ from typing import Any
 
 from fhir_server import __version__
 from fhir_server.model.types import SUPPORTED_TYPES
+from fhir_server.search.query import MODIFIERS
 from fhir_server.search.registry import parameters_for
 from fhir_server.settings import Settings
 
@@ -14,12 +15,28 @@ __all__ = ["capability_statement", "smart_configuration"]
 
 _TYPE_INTERACTIONS = ["read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create",
                       "search-type"]
-# the parameters the hub searches by so far (search/criteria.py); the search issue adds the rest
-_SEARCH_PARAMS = [
-    {"name": "_id", "definition": "http://hl7.org/fhir/SearchParameter/Resource-id", "type": "token"},
-    {"name": "identifier", "type": "token",
-     "documentation": "system|value, |value or value; exact match"},
-]
+_PREFIXED = ("date", "number", "quantity")
+
+
+def _search_params(rtype: str) -> list[dict[str, Any]]:
+    """Every parameter of the registry the hub searches by, with its modifiers (composite and special: not)."""
+    out = []
+    for code, parameter in sorted(parameters_for(rtype).items()):
+        if parameter.type not in MODIFIERS:
+            continue
+        notes = [f"modifiers: {', '.join(':' + m for m in MODIFIERS[parameter.type])}"]
+        if parameter.type in _PREFIXED:
+            notes.append("prefixes: eq ne gt lt ge le sa eb ap")
+        if parameter.type == "reference":
+            notes.append("chaining (param.child=value, param:Type.child=value)")
+        out.append({"name": code, "definition": parameter.url, "type": parameter.type,
+                    "documentation": "; ".join(notes)})
+    return out
+
+
+def _reverse_includes(rtype: str) -> list[str]:
+    return sorted(f"{source}:{code}" for source in SUPPORTED_TYPES for code, p in parameters_for(source).items()
+                  if p.type == "reference" and rtype in p.targets)
 
 
 @cache
@@ -37,8 +54,15 @@ def _resources() -> list[dict[str, Any]]:
             "conditionalUpdate": True,
             "conditionalDelete": "single",
             "referencePolicy": ["literal", "logical"],
-            "searchParam": _SEARCH_PARAMS if "identifier" in parameters_for(rtype) else _SEARCH_PARAMS[:1],
-            "operation": [{"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}],
+            "searchInclude": ["*", *sorted(f"{rtype}:{code}" for code, p in parameters_for(rtype).items()
+                                           if p.type == "reference")],
+            "searchRevInclude": _reverse_includes(rtype),
+            "searchParam": [*_search_params(rtype),
+                            {"name": "_has", "type": "special", "documentation": "reverse chaining, nested"}],
+            "operation": [{"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"},
+                          *([{"name": "everything",
+                              "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}]
+                            if rtype == "Patient" else [])],
         }
         for rtype in sorted(SUPPORTED_TYPES)
     ]
@@ -59,8 +83,10 @@ def capability_statement(settings: Settings, *, software_date: str) -> dict[str,
         "patchFormat": ["application/json-patch+json"],
         "rest": [{
             "mode": "server",
-            "documentation": "Search and conditional create/update/delete accept the parameters _id and "
-                             "identifier (where the type has one); results are paged with a _cursor link.",
+            "documentation": "Search (GET, POST _search, system level with _type, Patient compartments) and "
+                             "conditional create/update/delete accept every parameter listed per type; results "
+                             "are paged with a stable _cursor link. Unknown parameters are ignored and reported "
+                             "in an OperationOutcome entry; Prefer: handling=strict makes them a 400.",
             "security": {
                 "cors": False,
                 "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
@@ -69,7 +95,9 @@ def capability_statement(settings: Settings, *, software_date: str) -> dict[str,
                                "except /metadata and /.well-known/smart-configuration",
             },
             "resource": resources,
-            "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}],
+            "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"},
+                            {"code": "search-system"}],
+            "searchParam": [{"name": "_type", "type": "token", "documentation": "types to search"}],
         }],
     }
 

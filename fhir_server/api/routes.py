@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 import orjson
 from starlette.requests import Request
@@ -15,8 +15,9 @@ from starlette.routing import BaseRoute, Route
 from fhir_server.api.capability import capability_statement, smart_configuration
 from fhir_server.api.deps import bundles_of, current_user, service_of, settings_of
 from fhir_server.api.formats import Rendering, fhir_response, read_resource, rendering_of, shape_resource
-from fhir_server.errors import BadRequest, Issue, MethodNotAllowed, operation_outcome
-from fhir_server.model.types import require_supported_type
+from fhir_server.errors import BadRequest, Issue, MethodNotAllowed, NotFound, UnsupportedMediaType, operation_outcome
+from fhir_server.model.types import SUPPORTED_TYPES, require_supported_type
+from fhir_server.search import SearchPage
 from fhir_server.search.entries import date_range
 from fhir_server.service import HistoryResult, ResourceService, WriteResult, instant
 from fhir_server.service.etag import etag, version_of_etag
@@ -259,28 +260,122 @@ async def create(request: Request) -> Response:
     return _write_response(request, result, settings, rendering)
 
 
-async def search_type(request: Request) -> Response:
-    """``GET [type]?identifier=…&_id=…``: a searchset Bundle, paged by a stable cursor (FHIR R4 search.html)."""
+def _strict(request: Request) -> bool:
+    """``Prefer: handling=strict``: unknown search parameters are an error (FHIR R4 search.html#errors)."""
+    prefer = request.headers.get("prefer", "")
+    return any(p.strip().replace(" ", "") == "handling=strict" for p in prefer.split(";") + prefer.split(","))
+
+
+def _searchset(request: Request, path: str, params: list[tuple[str, str]], page: SearchPage,
+               ignored: list[str], *, summary_count: bool = False) -> Response:
+    """The searchset Bundle of one page (FHIR R4 search.html#return): matches, included resources, an
+    OperationOutcome entry for what was ignored, and self/next links (the next one by a stable cursor)."""
+    settings = settings_of(request)
     rendering = rendering_of(request)
+    url = f"{settings.fhir_base}/{path}".rstrip("/")
+    keep = [(k, v) for k, v in params if k != "_cursor"]
+    links = [{"relation": "self", "url": f"{url}?{urlencode(params)}"}]
+    if page.next_cursor is not None:
+        links.append({"relation": "next", "url": f"{url}?{urlencode([*keep, ('_cursor', page.next_cursor)])}"})
+    entries: list[dict[str, Any]] = []
+    if not summary_count:
+        for mode, versions in (("match", page.matches), ("include", page.included)):
+            entries += [{"fullUrl": f"{settings.fhir_base}/{v.key}",
+                         "resource": shape_resource(orjson.loads(v.body or b"{}"), rendering),
+                         "search": {"mode": mode}} for v in versions]
+    notes = [*ignored, *page.warnings]
+    if notes:
+        outcome = operation_outcome([Issue(severity="warning", code="not-supported" if n in ignored else
+                                           "incomplete", diagnostics=n) for n in notes])
+        entries.append({"resource": outcome, "search": {"mode": "outcome"}})
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
+    if page.total is not None:
+        bundle["total"] = page.total
+    bundle["link"] = links
+    bundle["entry"] = entries
+    return fhir_response(bundle, rendering, shape=False)
+
+
+async def _search_pairs(request: Request) -> list[tuple[str, str]]:
+    """The search parameters of a GET (query) or a ``POST _search`` (form body and query, FHIR R4 search.html)."""
+    pairs = list(request.query_params.multi_items())
+    if request.method == "POST":
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind != "application/x-www-form-urlencoded":
+            raise UnsupportedMediaType("POST _search takes application/x-www-form-urlencoded parameters")
+        body = await request.body()
+        if len(body) > settings_of(request).max_body_bytes:
+            raise BadRequest("The search form is too large")
+        pairs += parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True)
+    return pairs
+
+
+async def search_type(request: Request) -> Response:
+    """``GET [type]?…`` and ``POST [type]/_search``: a searchset Bundle, paged by a stable cursor."""
     user = await current_user(request)
     settings = settings_of(request)
     rtype = require_supported_type(request.path_params["rtype"])
+    pairs = await _search_pairs(request)
+    q = dict(pairs)
+    query, page = await service_of(request).search(
+        principal=user, rtype=rtype, pairs=pairs, count=_count_param(q, settings), cursor=q.get("_cursor"),
+        strict=_strict(request))
+    return _searchset(request, rtype, pairs, page, query.ignored, summary_count=query.summary_count)
+
+
+async def search_compartment(request: Request) -> Response:
+    """``GET Patient/[id]/[type]?…``: a search within one patient's compartment."""
+    user = await current_user(request)
+    settings = settings_of(request)
+    ctype = require_supported_type(request.path_params["ctype"])
+    cid = request.path_params["cid"]
+    rtype = require_supported_type(request.path_params["rtype"])
+    pairs = await _search_pairs(request)
+    q = dict(pairs)
+    query, page = await service_of(request).search(
+        principal=user, rtype=rtype, pairs=pairs, count=_count_param(q, settings), cursor=q.get("_cursor"),
+        strict=_strict(request), compartment=(ctype, cid))
+    return _searchset(request, f"{ctype}/{cid}/{rtype}", pairs, page, query.ignored,
+                      summary_count=query.summary_count)
+
+
+async def search_system(request: Request) -> Response:
+    """``GET [base]?_type=A,B&…``: the same search over several types (all types without ``_type``)."""
+    user = await current_user(request)
+    settings = settings_of(request)
+    service = service_of(request)
+    pairs = await _search_pairs(request)
+    q = dict(pairs)
+    types = [t for v in (v for k, v in pairs if k == "_type") for t in v.split(",") if t]
+    for t in types:
+        require_supported_type(t)
+    queries, ignored = [], []
+    for rtype in types or sorted(SUPPORTED_TYPES):
+        query = service.parse(rtype, pairs, strict=_strict(request))
+        queries.append(query)
+        ignored += [m for m in query.ignored if m not in ignored]
+    if not types:  # a parameter some types lack is not "ignored" in a search over all types
+        ignored = []
+    page = await service.search_types(principal=user, queries=queries, count=_count_param(q, settings),
+                                      cursor=q.get("_cursor"))
+    return _searchset(request, "", pairs, page, ignored)
+
+
+async def everything(request: Request) -> Response:
+    """``GET Patient/[id]/$everything``: the patient and its compartment, paged (``_since``, ``_type``)."""
+    user = await current_user(request)
+    settings = settings_of(request)
+    pid = request.path_params["rid"]
+    if request.path_params["rtype"] != "Patient":
+        raise NotFound("$everything is defined on Patient only here")
     q = request.query_params
-    count = _count_param(q, settings)
-    versions, next_cursor = await service_of(request).search(principal=user, rtype=rtype, query=request.url.query,
-                                                             count=count, cursor=q.get("_cursor"))
-    url = f"{settings.fhir_base}/{rtype}"
-    keep = [(k, v) for k, v in q.multi_items() if k != "_cursor"]
-    links = [{"relation": "self", "url": f"{url}?{urlencode(list(q.multi_items()))}"}]
-    if next_cursor is not None:
-        links.append({"relation": "next", "url": f"{url}?{urlencode([*keep, ('_cursor', next_cursor)])}"})
-    entries = [{"fullUrl": f"{settings.fhir_base}/{v.key}",
-                "resource": shape_resource(orjson.loads(v.body or b"{}"), rendering), "search": {"mode": "match"}}
-               for v in versions]
-    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "link": links, "entry": entries}
-    if next_cursor is None and not q.get("_cursor"):
-        bundle["total"] = len(versions)  # the whole result is on this page
-    return fhir_response(bundle, rendering, shape=False)
+    since = q.get("_since")
+    if since is not None and _parse_instant("_since", since, settings) is None:
+        raise BadRequest("_since must be a FHIR instant")
+    types = [t for t in q.get("_type", "").split(",") if t] or None
+    page = await service_of(request).everything(principal=user, pid=pid, since=since, types=types,
+                                                count=_count_param(q, settings), cursor=q.get("_cursor"))
+    return _searchset(request, f"Patient/{pid}/$everything", list(q.multi_items()), page, [])
 
 
 def _count_param(q: Any, settings: Settings) -> int:
@@ -365,6 +460,7 @@ def fhir_routes() -> list[BaseRoute]:
     frequent request."""
     return [
         Route("/", batch_or_transaction, methods=["POST"]),
+        Route("/", search_system, methods=["GET"]),
         Route("/metadata", metadata, methods=["GET"]),
         Route("/.well-known/smart-configuration", smart_config, methods=["GET"]),
         Route("/_history", history_system, methods=["GET"]),
@@ -377,6 +473,9 @@ def fhir_routes() -> list[BaseRoute]:
         Route("/{rtype}/{rid}/_history", history_instance, methods=["GET"]),
         Route("/{rtype}/{rid}/_history/{vid}", vread, methods=["GET"]),
         Route("/{rtype}/{rid}/$validate", validate_instance, methods=["POST"]),
+        Route("/{rtype}/{rid}/$everything", everything, methods=["GET"]),
+        Route("/{rtype}/_search", search_type, methods=["POST"]),
+        Route("/{ctype}/{cid}/{rtype}", search_compartment, methods=["GET"]),
         Route("/{rtype}", create, methods=["POST"]),
         Route("/{rtype}", search_type, methods=["GET"]),
         Route("/{rtype}", conditional_update, methods=["PUT"]),
@@ -388,4 +487,5 @@ def root_routes() -> list[BaseRoute]:
     """Routes outside the /fhir mount: the base URL itself (FHIR clients POST Bundles to it, no slash) and
     the SMART configuration at the server root."""
     return [Route("/fhir", batch_or_transaction, methods=["POST"]),
+            Route("/fhir", search_system, methods=["GET"]),
             Route("/.well-known/smart-configuration", smart_config, methods=["GET"])]

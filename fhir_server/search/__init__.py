@@ -1,12 +1,15 @@
-"""Search: index entries computed at write time and the queries built from search parameters.
+"""Search: index entries computed at write time, parsed searches, and the engine that runs them.
 
-For now the parameters that conditional interactions need (``_id``, ``identifier``); the search issue
-widens this package to the full R4 SearchParameter registry.
+``registry`` (parameters as data) -> ``entries``/``keys`` (what a resource is indexed under) -> ``query``
+(what a search asks) -> ``engine`` (index scans, re-checks, paging, includes).
 """
 
 from __future__ import annotations
 
-from fhir_server.search.criteria import Criteria, parse_criteria
-from fhir_server.search.index import index_entries
+from fhir_server.search.compartment import patient_compartment_params
+from fhir_server.search.engine import SearchEngine, SearchPage, compartment_clause
+from fhir_server.search.keys import entry_keys
+from fhir_server.search.query import Clause, SearchQuery, parse_search, query_pairs
 
-__all__ = ["Criteria", "index_entries", "parse_criteria"]
+__all__ = ["Clause", "SearchEngine", "SearchPage", "SearchQuery", "compartment_clause", "entry_keys",
+           "parse_search", "patient_compartment_params", "query_pairs"]

@@ -25,7 +25,9 @@ from zoneinfo import ZoneInfo
 from fhir_server.search.paths import compile_path
 from fhir_server.search.registry import SearchParameter, parameters_for
 
-__all__ = ["ANY_SYSTEM", "date_range", "entries_for", "entries_of", "normalize_string", "tokens_of"]
+__all__ = ["ANY_SYSTEM", "date_range", "entries_for", "entries_of", "entries_of_parameter", "entries_of_values",
+           "normalize_string",
+           "strings_of", "tokens_of", "values_of"]
 
 ANY_SYSTEM = "\u0000"
 _UTC = ZoneInfo("UTC")
@@ -37,7 +39,7 @@ def normalize_string(text: str) -> str:
     return "".join(ch for ch in decomposed if not unicodedata.combining(ch)).strip()
 
 
-def _strings(value: Any) -> list[str]:
+def strings_of(value: Any) -> list[str]:
     if isinstance(value, str):
         return [value]
     if not isinstance(value, dict):
@@ -162,7 +164,7 @@ def _quantity(value: Any) -> list[dict[str, Any]]:
     return [entry]
 
 
-def _values(parameter: SearchParameter, resource: dict[str, Any]) -> list[Any]:
+def values_of(parameter: SearchParameter, resource: dict[str, Any]) -> list[Any]:
     out: list[Any] = []
     for part in parameter.paths:
         found = compile_path(part.expression)(resource)
@@ -173,12 +175,16 @@ def _values(parameter: SearchParameter, resource: dict[str, Any]) -> list[Any]:
     return out
 
 
-def _entries_of(parameter: SearchParameter, resource: dict[str, Any], zone: ZoneInfo) -> list[Any]:
-    values = _values(parameter, resource)
+def entries_of_parameter(parameter: SearchParameter, resource: dict[str, Any], zone: ZoneInfo) -> list[Any]:
+    return entries_of_values(parameter, values_of(parameter, resource), zone)
+
+
+def entries_of_values(parameter: SearchParameter, values: list[Any], zone: ZoneInfo) -> list[Any]:
+    """The typed entries of values the parameter's expression selected."""
     if not values:
         return []
     if parameter.type == "string":
-        return sorted({normalize_string(s) for v in values for s in _strings(v) if s.strip()})
+        return sorted({normalize_string(s) for v in values for s in strings_of(v) if s.strip()})
     if parameter.type == "token":
         return sorted({t for v in values for t in tokens_of(v)})
     if parameter.type == "reference":
@@ -197,7 +203,7 @@ def entries_of(resource: dict[str, Any], code: str, *, zone: ZoneInfo) -> list[A
     parameter = parameters_for(resource.get("resourceType", "")).get(code)
     if parameter is None or parameter.type in ("composite", "special"):
         return []
-    return _entries_of(parameter, resource, zone)
+    return entries_of_parameter(parameter, resource, zone)
 
 
 def entries_for(resource: dict[str, Any], *, zone: ZoneInfo) -> dict[str, list[Any]]:
@@ -206,7 +212,7 @@ def entries_for(resource: dict[str, Any], *, zone: ZoneInfo) -> dict[str, list[A
     for code, parameter in parameters_for(resource.get("resourceType", "")).items():
         if parameter.type in ("composite", "special"):
             continue
-        found = _entries_of(parameter, resource, zone)
+        found = entries_of_parameter(parameter, resource, zone)
         if found:
             entries[code] = found
     return entries

@@ -29,7 +29,6 @@ from fhir_server.errors import (
 )
 from fhir_server.model.types import ID_RE, require_supported_type
 from fhir_server.model.validation import validate_resource
-from fhir_server.search import parse_criteria
 from fhir_server.service.etag import etag, version_of_etag
 from fhir_server.service.resources import ResourceService, WriteResult, instant
 from fhir_server.settings import Settings
@@ -228,7 +227,7 @@ class BundleService:
             for query in (e.query, e.if_none_exist):
                 if query and e.method not in ("GET", "HEAD"):
                     try:
-                        names.add(parse_criteria(e.rtype, query).text)
+                        names.add(self.resources.criteria(e.rtype, query).text)
                     except HubError as exc:
                         raise _fail(e, exc) from None
         locks = sorted(names)
@@ -298,7 +297,7 @@ class BundleService:
         return ids
 
     async def _matches(self, rtype: str, query: str) -> list[Version]:
-        criteria = parse_criteria(rtype, query)
+        criteria = self.resources.criteria(rtype, query)
         return await self.resources.match(criteria, rtype)
 
     async def _rewrite(self, e: _Entry, value: Any, ids: dict[str, str], cache: dict[str, str]) -> Any:

@@ -28,9 +28,18 @@ from fhir_server.errors import (
     PreconditionFailed,
     UnprocessableEntity,
 )
-from fhir_server.model.types import ID_RE, require_supported_type
+from fhir_server.model.types import ID_RE, SUPPORTED_TYPES, require_supported_type
 from fhir_server.model.validation import validate_resource
-from fhir_server.search import Criteria, index_entries, parse_criteria
+from fhir_server.search import (
+    SearchEngine,
+    SearchPage,
+    SearchQuery,
+    compartment_clause,
+    entry_keys,
+    parse_search,
+    patient_compartment_params,
+    query_pairs,
+)
 from fhir_server.search.compartment import in_patient_compartment
 from fhir_server.service.etag import etag
 from fhir_server.settings import Settings
@@ -63,13 +72,14 @@ class ResourceService:
     def __init__(self, *, store: ResourceStore, settings: Settings) -> None:
         self.store = store
         self.settings = settings
+        self.engine = SearchEngine(store=store, settings=settings)
 
     # ---- reads ----------------------------------------------------------------------------------------
 
-    async def read(self, *, principal: Principal, rtype: str, rid: str) -> Version:
+    async def read(self, *, principal: Principal, rtype: str, rid: str, with_index: bool = False) -> Version:
         require_supported_type(rtype)
         patient = principal.require("r", rtype, rid=rid)
-        version = await self.store.current(rtype, rid) if ID_RE.match(rid) else None
+        version = await self.store.current(rtype, rid, with_index=with_index) if ID_RE.match(rid) else None
         if version is None:
             raise NotFound(f"{rtype}/{rid} is not known")
         _keep_to_compartment(patient, version)
@@ -106,7 +116,7 @@ class ResourceService:
             return HistoryResult([], None)
         if rtype is not None and rid is not None:
             before = int(cursor) if cursor and cursor.isdigit() else None
-            current = await self.store.current(rtype, rid) if ID_RE.match(rid) else None
+            current = await self.store.current(rtype, rid, with_index=False) if ID_RE.match(rid) else None
             if current is None:
                 raise NotFound(f"{rtype}/{rid} is not known")
             _keep_to_compartment(patient, current)  # only a resource in the compartment now shows its history
@@ -126,21 +136,70 @@ class ResourceService:
         nxt = None if page.next_cursor is None else f"{page.next_cursor[0]}:{page.next_cursor[1]}"
         return HistoryResult(page.versions, nxt)
 
-    async def search(self, *, principal: Principal, rtype: str, query: str, count: int,
-                     cursor: str | None) -> tuple[list[Version], str | None]:
-        """Type-level search by ``_id`` and ``identifier`` (the search issue widens the parameters).
+    def parse(self, rtype: str, pairs: list[tuple[str, str]], *, strict: bool = False) -> SearchQuery:
+        return parse_search(rtype, pairs, zone=self.settings.zone, base_url=self.settings.fhir_base, strict=strict)
 
-        Returns a page and the cursor of the next one (the last resource key of this page), if any.
-        """
+    def criteria(self, rtype: str, text: str) -> SearchQuery:
+        """The search criteria of a conditional operation (any search; unknown parameters are refused)."""
+        query = self.parse(rtype, query_pairs(text), strict=True)
+        if not query.clauses:
+            raise BadRequest("A conditional operation needs search criteria", issues=[
+                Issue(code="required", diagnostics="A conditional operation needs search criteria, e.g. "
+                      "identifier=system|value")])
+        return query
+
+    async def search(self, *, principal: Principal, rtype: str, pairs: list[tuple[str, str]], count: int,
+                     cursor: str | None, strict: bool = False,
+                     compartment: tuple[str, str] | None = None) -> tuple[SearchQuery, SearchPage]:
+        """A page of a type-level (or compartment) search; with patient/ scopes, within the patient's compartment."""
         require_supported_type(rtype)
-        _no_search_for_patient_scopes(principal.require("s", rtype), "Search")
-        criteria = parse_criteria(rtype, query, allow_empty=True)
+        patient = principal.require("s", rtype)
+        query = self.parse(rtype, pairs, strict=strict)
+        if compartment is not None:
+            query.clauses.append(self._compartment(rtype, *compartment))
+        if patient is not None:
+            query.clauses.append(self._compartment(rtype, "Patient", patient, forbidden=True))
         count = max(0, min(count, self.settings.history_max_count))
-        if count == 0:
-            return [], None
-        after = f"{rtype}/{cursor}" if cursor and ID_RE.match(cursor) else None
-        versions, more = await self.store.search_current(rtype, criteria.store_query(), count=count, after=after)
-        return versions, (versions[-1].rid if more and versions else None)
+        page = await self.engine.page(query, count=count, cursor=cursor)
+        page.included = [v for v in page.included if _readable(principal, v)]
+        return query, page
+
+    async def search_types(self, *, principal: Principal, queries: list[SearchQuery], count: int,
+                           cursor: str | None) -> SearchPage:
+        """One page over several searches in turn (system search with _type, $everything)."""
+        for query in queries:
+            patient = principal.require("s", query.rtype)
+            if patient is not None:
+                query.clauses.append(self._compartment(query.rtype, "Patient", patient, forbidden=True))
+        count = max(0, min(count, self.settings.history_max_count))
+        return await self.engine.page_of_many(queries, count=count, cursor=cursor)
+
+    def _compartment(self, rtype: str, ctype: str, cid: str, *, forbidden: bool = False) -> Any:
+        if ctype != "Patient":
+            raise BadRequest(f"Compartment search is available for Patient compartments, not {ctype}")
+        params = patient_compartment_params(rtype)
+        if rtype != ctype and not params:
+            msg = f"{rtype} resources are not in the Patient compartment (FHIR R4 CompartmentDefinition)"
+            raise Forbidden(msg) if forbidden else BadRequest(msg)
+        return compartment_clause(rtype, ctype, cid, params)
+
+    async def everything(self, *, principal: Principal, pid: str, since: str | None, types: list[str] | None,
+                         count: int, cursor: str | None) -> SearchPage:
+        """``Patient/[id]/$everything``: the patient and every resource in its compartment, paged."""
+        await self.read(principal=principal, rtype="Patient", rid=pid)
+        members = ["Patient", *sorted(t for t in SUPPORTED_TYPES
+                                      if t != "Patient" and patient_compartment_params(t))]
+        if types:
+            unknown = [t for t in types if t not in members]
+            if unknown:
+                raise BadRequest(f"_type: {unknown[0]} is not in the Patient compartment")
+            members = [t for t in members if t in types]
+        queries = []
+        for rtype in members:
+            query = self.parse(rtype, [("_lastUpdated", f"ge{since}")] if since else [])
+            query.clauses.append(self._compartment(rtype, "Patient", pid))
+            queries.append(query)
+        return await self.search_types(principal=principal, queries=queries, count=count, cursor=cursor)
 
     # ---- writes ---------------------------------------------------------------------------------------
 
@@ -161,7 +220,7 @@ class ResourceService:
             return await self._write(rtype=rtype, rid=str(uuid.uuid4()), resource=resource, method="POST",
                                      expected=None, must_be_new=True)
         _no_search_for_patient_scopes(principal.require("s", rtype), "Conditional create")
-        criteria = parse_criteria(rtype, if_none_exist)
+        criteria = self.criteria(rtype, if_none_exist)
         async with self._guard(criteria):
             matches = await self.match(criteria, rtype)
             if len(matches) > 1:
@@ -192,7 +251,7 @@ class ResourceService:
         require_supported_type(rtype)
         principal.require("u", rtype)
         _no_search_for_patient_scopes(principal.require("s", rtype), "Conditional update")
-        criteria = parse_criteria(rtype, criteria_text)
+        criteria = self.criteria(rtype, criteria_text)
         validate_resource(resource, expected_type=rtype)
         body_id = resource.get("id")
         async with self._guard(criteria):
@@ -218,7 +277,7 @@ class ResourceService:
         if not isinstance(operations, list):
             raise BadRequest("A JSON Patch body is an array of operations")
         async for _ in self.attempts():
-            current = await self.read(principal=principal, rtype=rtype, rid=rid)
+            current = await self.read(principal=principal, rtype=rtype, rid=rid, with_index=True)
             if if_match is not None and current.vid != if_match:
                 raise PreconditionFailed(f"{rtype}/{rid} is at version {current.vid}, not {if_match}",
                                          headers={"ETag": etag(current.vid)})
@@ -267,7 +326,7 @@ class ResourceService:
         require_supported_type(rtype)
         principal.require("d", rtype)
         _no_search_for_patient_scopes(principal.require("s", rtype), "Conditional delete")
-        criteria = parse_criteria(rtype, criteria_text)
+        criteria = self.criteria(rtype, criteria_text)
         async with self._guard(criteria):
             matches = await self.match(criteria, rtype)
             if len(matches) > 1:  # FHIR R4 http.html#cdelete: we delete one at a time
@@ -278,17 +337,13 @@ class ResourceService:
 
     # ---- internals ------------------------------------------------------------------------------------
 
-    def _guard(self, criteria: Criteria) -> Any:
+    def _guard(self, criteria: SearchQuery) -> Any:
         """Serialize match-then-write of one conditional criteria (HAPI #3141: racing creates duplicated)."""
         return _LockGuard(self.store, criteria.text)
 
-    async def match(self, criteria: Criteria, rtype: str) -> list[Version]:
+    async def match(self, criteria: SearchQuery, rtype: str) -> list[Version]:
         """Current resources matching conditional criteria (at most two: enough to tell one from several)."""
-        if criteria.ids is not None and len(criteria.ids) == 1 and not criteria.filters:
-            current = await self.store.current(rtype, next(iter(criteria.ids)))
-            return [] if current is None or current.deleted else [current]
-        matches, _ = await self.store.search_current(rtype, criteria.store_query(), count=2, after=None)
-        return matches
+        return await self.engine.matches(criteria, limit=2)
 
     async def _write(self, *, rtype: str, rid: str, resource: dict[str, Any], method: str, expected: int | None,
                      must_be_new: bool = False, principal: Principal | None = None) -> WriteResult:
@@ -316,8 +371,10 @@ class ResourceService:
         if resource is None:
             return Version(rtype=rtype, rid=rid, vid=vid, ts=ts, method=method, body=None)
         stamped = _stamp(resource, rid=rid, vid=vid, last_updated=instant(ts, self.settings))
-        return Version(rtype=rtype, rid=rid, vid=vid, ts=ts, method=method, body=orjson.dumps(stamped),
-                       index=index_entries(stamped))
+        entries = entry_keys(stamped, zone=self.settings.zone, base_url=self.settings.fhir_base)
+        introduced = {item[:item.rindex("|") + 1]: item[item.rindex("|") + 1:] for item in base.index} if base else {}
+        index = tuple(e + introduced.get(e, str(vid)) for e in entries)
+        return Version(rtype=rtype, rid=rid, vid=vid, ts=ts, method=method, body=orjson.dumps(stamped), index=index)
 
     async def _write_once(self, *, rtype: str, rid: str, resource: dict[str, Any] | None, method: str,
                           base: Version | None) -> WriteResult:
@@ -362,6 +419,17 @@ def _keep_to_compartment(patient: str | None, version: Version) -> None:
         return
     if version.body is None or not in_patient_compartment(orjson.loads(version.body), patient):
         raise Forbidden(f"{version.key} is not in the compartment of the token's patient")
+
+
+def _readable(principal: Principal, version: Version) -> bool:
+    """May ``principal`` see ``version`` (an included resource)? Its type must be readable, and with patient/
+    scopes it must be in the patient's compartment."""
+    try:
+        patient = principal.require("r", version.rtype, rid=version.rid)
+        _keep_to_compartment(patient, version)
+    except Forbidden:
+        return False
+    return True
 
 
 def _keep_body_to_compartment(patient: str | None, resource: dict[str, Any]) -> None:

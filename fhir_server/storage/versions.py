@@ -14,7 +14,16 @@ visible version is still a committed one. The copy is a *claim* that blocks the 
 resource until it is released: by the same hub instance at once (it knows the claim is not one of its
 own writes in flight: after a restart, or after a failed write), by any instance after the lease.
 
-Only filters on ``_id`` alone are used on hot paths: FerretDB's SQLite backend pushes down nothing else.
+Search index: ``search_index`` holds one document per index entry of a current version, ``_id`` =
+``Type|param|enc|rid|vid`` (see ``fhir_server.search.keys``), where ``vid`` is the version that introduced the
+entry; the version document lists its entries (``ix``, each ``param|enc|vid``). A write inserts the entries
+its new version introduces *before* the version becomes visible, and deletes the entries its new version
+dropped *after*: an entry of a current version is never missing. Because the key carries the introducing
+vid, no writer ever deletes an entry another version relies on; what a crash or a lost race leaves behind
+is an orphan that matches no current ``ix`` and is skipped by every search.
+
+Only filters on ``_id`` alone are used on hot paths: FerretDB's SQLite backend pushes down nothing else
+(with the hub's patch: ``_id`` equality, ranges and ``$in``, ordered and limited by ``_id``).
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from bson import Binary
@@ -33,7 +42,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-__all__ = ["HistoryPage", "LockBusy", "ResourceStore", "Version", "VersionConflict", "now_micros"]
+__all__ = ["HistoryPage", "LockBusy", "ResourceStore", "Version", "VersionConflict", "index_key", "now_micros"]
 
 _last_ts = 0
 
@@ -66,7 +75,7 @@ class Version:
     ts: int
     method: str  # POST | PUT | PATCH | DELETE, for history entries (FHIR R4 Bundle.entry.request)
     body: bytes | None
-    index: dict[str, Any] = field(default_factory=dict)
+    index: tuple[str, ...] = ()  # search index entries, each ``param|enc|vid`` (vid: the version that added it)
 
     @property
     def deleted(self) -> bool:
@@ -87,9 +96,28 @@ class Version:
 
 def _from_doc(doc: dict[str, Any], *, with_index: bool = False) -> Version:
     body = doc.get("j")
+    ix = doc.get("ix") if with_index else None
     return Version(rtype=doc["t"], rid=doc["i"], vid=int(doc["v"]), ts=int(doc["ts"]), method=doc.get("m", "PUT"),
                    body=None if body is None else bytes(body),
-                   index=dict(doc.get("ix") or {}) if with_index else {})
+                   index=tuple(ix) if isinstance(ix, list) else ())
+
+
+def index_key(rtype: str, rid: str, item: str) -> str:
+    """The ``search_index`` key of one ``ix`` item (``param|enc|vid``) of resource ``rtype/rid``."""
+    cut = item.rindex("|") + 1
+    return f"{rtype}|{item[:cut]}{rid}|{item[cut:]}"
+
+
+def _index_docs(version: Version, base: Version | None) -> list[dict[str, Any]]:
+    known = set(base.index) if base is not None else set()
+    return [{"_id": index_key(version.rtype, version.rid, item)} for item in version.index if item not in known]
+
+
+def _dropped_keys(version: Version, base: Version | None) -> list[str]:
+    if base is None:
+        return []
+    kept = set(version.index)
+    return [index_key(base.rtype, base.rid, item) for item in base.index if item not in kept]
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,12 +137,12 @@ class ResourceStore:
         self.history: AsyncCollection[dict[str, Any]] = db["history"]
         self.locks: AsyncCollection[dict[str, Any]] = db["locks"]
         self.journal: AsyncCollection[dict[str, Any]] = db["journal"]
+        self.search_index: AsyncCollection[dict[str, Any]] = db["search_index"]
         self.lease_micros = int(lease_seconds * 1_000_000)
         self._in_flight: set[str] = set()  # claims this process holds right now
 
     async def ensure_indexes(self) -> None:
         """Create the indexes the hub needs; idempotent (same name and keys each start)."""
-        await self.resources.create_index([("t", ASCENDING), ("ix.identifier", ASCENDING)], name="t_identifier")
         await self.resources.create_index([("t", ASCENDING), ("ts", DESCENDING)], name="t_ts")
         await self.resources.create_index([("ts", DESCENDING)], name="ts")
         await self.history.create_index([("t", ASCENDING), ("ts", DESCENDING)], name="t_ts")
@@ -124,8 +152,9 @@ class ResourceStore:
 
     # ---- reads -------------------------------------------------------------------------------------------
 
-    async def current(self, rtype: str, rid: str, *, with_index: bool = False) -> Version | None:
-        """The current version; ``with_index``: with its index entries too (what a rollback restores)."""
+    async def current(self, rtype: str, rid: str, *, with_index: bool = True) -> Version | None:
+        """The current version with its index entries (a write's base needs them: its claim copy is what a
+        rollback restores, and they say which entries the next version drops); reads pass ``with_index=False``."""
         doc = await self.resources.find_one({"_id": f"{rtype}/{rid}"}, None if with_index else {"ix": 0})
         return None if doc is None else _from_doc(doc, with_index=with_index)
 
@@ -133,19 +162,34 @@ class ResourceStore:
         doc = await self.history.find_one({"_id": f"{rtype}/{rid}/{vid}"})
         if doc is not None:
             return _from_doc(doc)  # every copy in history is a committed version
-        current = await self.current(rtype, rid)
+        current = await self.current(rtype, rid, with_index=False)
         return current if current is not None and current.vid == vid else None
 
-    async def search_current(self, rtype: str, query: dict[str, Any], *, count: int,
-                             after: str | None) -> tuple[list[Version], bool]:
-        """A page of current (not deleted) versions matching ``query``, in ``_id`` order after ``after``
-        (a stable cursor: writes elsewhere do not shift it); returns the page and whether more follow."""
-        page_query: dict[str, Any] = {"t": rtype, "j": {"$ne": None}, **query}
-        if after is not None:
-            page_query["_id"] = {"$gt": after}
-        docs = self.resources.find(page_query, {"ix": 0}).sort("_id", ASCENDING).limit(count + 1)
-        found = [_from_doc(d) async for d in docs]
-        return found[:count], len(found) > count
+    async def current_many(self, rtype: str, rids: list[str]) -> dict[str, Version]:
+        """Current versions (with their index entries) of the given ids of one type, by id; one round trip."""
+        found: dict[str, Version] = {}
+        for start in range(0, len(rids), 500):
+            keys = [f"{rtype}/{rid}" for rid in rids[start:start + 500]]
+            async for doc in self.resources.find({"_id": {"$in": keys}}):
+                version = _from_doc(doc, with_index=True)
+                found[version.rid] = version
+        return found
+
+    async def scan_type(self, rtype: str, *, after: str | None, limit: int) -> list[Version]:
+        """Versions of one type (deleted ones too) in id order after id ``after``: an ``_id`` range scan."""
+        low = {"$gt": f"{rtype}/{after}"} if after is not None else {"$gte": f"{rtype}/"}
+        docs = self.resources.find({"_id": {**low, "$lt": f"{rtype}0"}}).sort("_id", ASCENDING).limit(limit)
+        return [_from_doc(d, with_index=True) async for d in docs]
+
+    async def scan_index(self, rtype: str, low: str, high: str, *, after: str | None, limit: int) -> list[str]:
+        """Keys of ``search_index`` from ``rtype|low`` (inclusive) to ``rtype|high`` (exclusive), in key order,
+        after the key ``after``."""
+        bounds: dict[str, str] = {"$gte": f"{rtype}|{low}", "$lt": f"{rtype}|{high}"}
+        if after is not None and after >= bounds["$gte"]:
+            del bounds["$gte"]
+            bounds["$gt"] = after
+        docs = self.search_index.find({"_id": bounds}, {"_id": 1}).sort("_id", ASCENDING).limit(limit)
+        return [d["_id"] async for d in docs]
 
     async def instance_history(
         self, *, current: Version, since: int | None, at: int | None, count: int, before_vid: int | None,
@@ -237,17 +281,35 @@ class ResourceStore:
         Raises VersionConflict if another writer got there first.
         """
         if base is None:
+            await self._add_entries(_index_docs(new, None))
             try:
-                await self.resources.insert_one({"_id": new.key, **new._fields(), "ix": new.index})
+                await self.resources.insert_one({"_id": new.key, **new._fields(), "ix": list(new.index)})
             except DuplicateKeyError:
                 raise VersionConflict(f"{new.key} was created concurrently") from None
             return new
         await self._hold(base, until=new.ts)
         try:
-            await self.resources.replace_one({"_id": new.key}, {**new._fields(), "ix": new.index})
+            await self._add_entries(_index_docs(new, base))
+            await self.resources.replace_one({"_id": new.key}, {**new._fields(), "ix": list(new.index)})
         finally:
             self._in_flight.discard(base.version_key)
+        await self._drop_entries(_dropped_keys(new, base))
         return new
+
+    async def _add_entries(self, docs: list[dict[str, Any]]) -> None:
+        """Insert index documents; one that exists already (an orphan of a lost race, same meaning) is fine."""
+        if not docs:
+            return
+        try:
+            await self.search_index.insert_many(docs, ordered=False)
+        except BulkWriteError as exc:
+            if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
+                raise
+
+    async def _drop_entries(self, keys: list[str]) -> None:
+        """Delete index documents of entries a committed version dropped (best effort: orphans are harmless)."""
+        for start in range(0, len(keys), 500):
+            await asyncio.shield(self.search_index.delete_many({"_id": {"$in": keys[start:start + 500]}}))
 
     async def _hold(self, base: Version, *, until: int) -> None:
         """Claim ``base`` and mark the claim in flight here; on failure nothing is held."""
@@ -273,6 +335,7 @@ class ResourceStore:
         journal = await self._prepare_all(changes)
         applied: list[tuple[Version, Version | None]] = []
         try:
+            await self._add_entries([d for new, base in changes for d in _index_docs(new, base)])
             i = 0
             while i < len(changes):
                 i += await self._apply_from(changes, i, applied)
@@ -285,6 +348,7 @@ class ResourceStore:
         for _, base in changes:
             if base is not None:
                 self._in_flight.discard(base.version_key)
+        await self._drop_entries([k for new, base in changes for k in _dropped_keys(new, base)])
 
     async def _prepare_all(self, changes: list[tuple[Version, Version | None]]) -> str:
         """Claim every base and journal what is about to change; returns the journal's id."""
@@ -309,14 +373,14 @@ class ResourceStore:
         """Apply ``changes[i]`` (or the run of creates starting there); returns how many were applied."""
         change, prior = changes[i]
         if prior is not None:
-            await self.resources.replace_one({"_id": change.key}, {**change._fields(), "ix": change.index})
+            await self.resources.replace_one({"_id": change.key}, {**change._fields(), "ix": list(change.index)})
             applied.append((change, prior))
             return 1
         run = [change]  # consecutive creates go in one insert_many: one round trip, one SQLite transaction
         while i + len(run) < len(changes) and changes[i + len(run)][1] is None:
             run.append(changes[i + len(run)][0])
         try:
-            await self.resources.insert_many([{"_id": v.key, **v._fields(), "ix": v.index} for v in run],
+            await self.resources.insert_many([{"_id": v.key, **v._fields(), "ix": list(v.index)} for v in run],
                                              ordered=True)
         except BulkWriteError as exc:
             inserted = int(exc.details.get("nInserted", 0))
@@ -354,7 +418,7 @@ class ResourceStore:
             if base is None:
                 await self.resources.delete_one({"_id": new.key})
             else:
-                await self.resources.replace_one({"_id": new.key}, {**base._fields(), "ix": base.index})
+                await self.resources.replace_one({"_id": new.key}, {**base._fields(), "ix": list(base.index)})
 
     async def _release(self, claimed: list[tuple[Version, Version]]) -> None:
         """Give back claims of a write that did not happen: ``resources`` still holds each base version."""
@@ -364,7 +428,7 @@ class ResourceStore:
 
     async def _claim(self, base: Version, *, until: int) -> None:
         """Insert the copy of ``base``: the right to write the version after it (``until``: its timestamp)."""
-        copy = {"_id": base.version_key, **base._fields(), "ix": base.index, "u": until, "o": self.owner,
+        copy = {"_id": base.version_key, **base._fields(), "ix": list(base.index), "u": until, "o": self.owner,
                 "c": now_micros()}
         try:
             await self.history.insert_one(copy)

@@ -1,0 +1,205 @@
+"""Search at scale: a generated union data set (default 100,000 Patients, each with a ServiceRequest, two
+Observations and a DiagnosticReport: 500,000 resources) loaded by transaction Bundles of 100 entries from 4
+clients, then each search from 16 clients, with p50/p95/p99 and requests/s. Next to each, the store's own
+time for the equivalent indexed query (the same ``search_index`` range scan and ``_id`` lookups through
+PyMongo, without HTTP, parsing, re-checks or JSON), measured in the same run.
+
+    .venv/bin/python -m bench.search --patients 100000 --seconds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+from pymongo import AsyncMongoClient
+
+from bench.harness import Result, drive, hub_rss, machine_line, running_hub
+from bench.synthetic import mrn_system, organizations, patient_group, patient_id, transaction
+from fhir_server.search.entries import date_range
+from fhir_server.search.keys import hexs, sortable_int, token_enc
+from fhir_server.search.query import MICROS_PER_DAY
+from fhir_server.settings import Settings
+from fhir_server.storage import ResourceStore
+
+Op = Callable[[random.Random], Awaitable[bool]]
+
+
+async def load(http: aiohttp.ClientSession, base: str, patients: int, clients: int) -> float:
+    """Load the data set by transactions of 100 entries (20 patient groups); returns resources/s."""
+    groups_per_bundle = 20
+    bundles = iter(range(0, patients, groups_per_bundle))
+    loaded = 0
+
+    async def worker() -> None:
+        nonlocal loaded
+        for start in bundles:
+            resources = [r for i in range(start, min(start + groups_per_bundle, patients)) for r in patient_group(i)]
+            async with http.post(base, json=transaction(resources)) as answer:
+                body = await answer.read()
+                if answer.status != 200:
+                    raise RuntimeError(f"load failed: {answer.status} {body[:300]!r}")
+            loaded += len(resources)
+
+    async with http.post(base, json=transaction(organizations())) as answer:
+        await answer.read()
+    started = time.perf_counter()
+    last = started
+    task = asyncio.gather(*(worker() for _ in range(clients)))
+    while not task.done():
+        await asyncio.sleep(1)
+        if time.perf_counter() - last > 30:
+            last = time.perf_counter()
+            print(f"    loaded {loaded:,} resources, {loaded / (last - started):,.0f}/s", flush=True)
+    await task
+    return loaded / (time.perf_counter() - started)
+
+
+def birth(i: int) -> tuple[str, str]:
+    patient = patient_group(i, observations=0)[0]
+    return patient["name"][0]["family"], patient["birthDate"]
+
+
+async def main(patients: int, seconds: float, clients: int, skip_load: bool) -> None:
+    async with running_hub() as hub:
+        print(f"{machine_line()}; {patients:,} patients ({patients * 5:,} resources), {clients} clients, "
+              f"{seconds:.0f} s per row")
+        connector = aiohttp.TCPConnector(limit=clients * 2)
+        async with aiohttp.ClientSession(headers=hub.headers, connector=connector) as http:
+            rate = await load(http, hub.base, patients, 4) if not skip_load else float("nan")
+            print(f"transaction ingest (100-entry Bundles, 4 clients): {rate:,.0f} resources/s", flush=True)
+            client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(hub.store_uri)
+            store = ResourceStore(client["medunion"])
+            zone = Settings().zone
+
+            async def get(url: str) -> bool:
+                async with http.get(hub.base + url) as answer:
+                    await answer.read()
+                    return answer.status == 200
+
+            async def raw(rtype: str, low: str, high: str, limit: int = 51) -> list[Any]:
+                keys = await store.scan_index(rtype, low, high, after=None, limit=limit)
+                rids = sorted({k.rsplit("|", 2)[1] for k in keys})
+                return list((await store.current_many(rtype, rids)).values())
+
+            def exact(param: str, enc: str) -> tuple[str, str]:
+                return f"{param}|{enc}|", f"{param}|{enc}|~"
+
+            def pick(rng: random.Random) -> int:
+                return rng.randrange(patients)
+
+            async def by_identifier(rng: random.Random) -> bool:
+                i = pick(rng)
+                return await get(f"/Patient?identifier={quote(mrn_system(i % 15))}|MRN{i:08d}")
+
+            async def by_identifier_raw(rng: random.Random) -> bool:
+                i = pick(rng)
+                return bool(await raw("Patient", *exact("identifier", token_enc(mrn_system(i % 15), f"MRN{i:08d}"))))
+
+            async def by_family_birthdate(rng: random.Random) -> bool:
+                family, born = birth(pick(rng))
+                return await get(f"/Patient?family={quote(family)}&birthdate={born}")
+
+            async def by_family_birthdate_raw(rng: random.Random) -> bool:
+                _, born = birth(pick(rng))
+                found = date_range(born, zone)
+                assert found is not None
+                low = found[0]
+                return bool(await raw("Patient", f"birthdate|L{sortable_int(low)}",
+                                      f"birthdate|L{sortable_int(low + MICROS_PER_DAY)}"))
+
+            async def sr_by_subject_status(rng: random.Random) -> bool:
+                i = pick(rng)
+                status = patient_group(i, observations=0)[1]["status"]
+                return await get(f"/ServiceRequest?subject=Patient/{patient_id(i)}&status={status}")
+
+            async def sr_raw(rng: random.Random) -> bool:
+                i = pick(rng)
+                return bool(await raw("ServiceRequest", *exact("subject", hexs(f"Patient/{patient_id(i)}"))))
+
+            async def dr_include(rng: random.Random) -> bool:
+                i = pick(rng)
+                return await get(f"/DiagnosticReport?subject=Patient/{patient_id(i)}&_include=DiagnosticReport:result")
+
+            async def dr_include_raw(rng: random.Random) -> bool:
+                i = pick(rng)
+                reports = await raw("DiagnosticReport", *exact("subject", hexs(f"Patient/{patient_id(i)}")))
+                await store.current_many("Observation", [f"ob{i:07d}0", f"ob{i:07d}1"])
+                return bool(reports)
+
+            async def chained(rng: random.Random) -> bool:
+                i = pick(rng)
+                return await get(f"/DiagnosticReport?subject:Patient.identifier={quote(mrn_system(i % 15))}"
+                                 f"|MRN{i:08d}")
+
+            async def chained_raw(rng: random.Random) -> bool:
+                i = pick(rng)
+                found = await raw("Patient", *exact("identifier", token_enc(mrn_system(i % 15), f"MRN{i:08d}")))
+                return bool(await raw("DiagnosticReport", *exact("subject", hexs(f"Patient/{found[0].rid}"))))
+
+            async def has(rng: random.Random) -> bool:
+                i = pick(rng)
+                authored = patient_group(i, observations=0)[1]["authoredOn"]
+                return await get(f"/Patient?_has:ServiceRequest:subject:authored={quote(authored)}")
+
+            async def has_raw(rng: random.Random) -> bool:
+                i = pick(rng)
+                requests = await raw("ServiceRequest", *exact("subject", hexs(f"Patient/{patient_id(i)}")))
+                return bool(await store.current_many("Patient", [patient_id(i)])) and bool(requests)
+
+            page_urls: dict[int, str] = {}
+            url: str | None = "/ServiceRequest?status=active&_count=20"
+            for number in range(1, 51):
+                assert url is not None
+                page_urls[number] = url
+                async with http.get(hub.base + url) as answer:
+                    page = await answer.json(content_type=None)
+                url = next((link["url"][len(hub.base):] for link in page["link"] if link["relation"] == "next"), None)
+
+            async def page_1(rng: random.Random) -> bool:
+                return await get(page_urls[1])
+
+            async def page_50(rng: random.Random) -> bool:
+                return await get(page_urls[50])
+
+            async def page_raw(rng: random.Random) -> bool:
+                return bool(await raw("ServiceRequest", *exact("status", token_enc(None, "active")), limit=21))
+
+            rows: list[tuple[str, Op, Op]] = [
+                ("Patient by identifier", by_identifier, by_identifier_raw),
+                ("Patient by family+birthdate", by_family_birthdate, by_family_birthdate_raw),
+                ("ServiceRequest by subject+status", sr_by_subject_status, sr_raw),
+                ("DiagnosticReport by subject, _include=result", dr_include, dr_include_raw),
+                ("chained: DiagnosticReport?subject:Patient.identifier", chained, chained_raw),
+                ("_has: Patient?_has:ServiceRequest:subject:authored", has, has_raw),
+                ("ServiceRequest?status=active page 1 (_count=20)", page_1, page_raw),
+                ("ServiceRequest?status=active page 50 (_count=20)", page_50, page_raw),
+            ]
+            print(f"{'search':55} {'p50':>7} {'p95':>7} {'p99':>7} {'req/s':>7}   store: {'p50':>6} {'p95':>6}")
+            results: dict[str, Result] = {}
+            for name, hub_op, raw_op in rows:
+                got = await drive(clients, seconds, hub_op)
+                store_time = await drive(clients, seconds / 2, raw_op)
+                results[name] = got
+                print(f"{name:55} {got.pct(50):6.1f}ms {got.pct(95):6.1f}ms {got.pct(99):6.1f}ms {got.rate:7.0f}"
+                      f"   store: {store_time.pct(50):5.1f}ms {store_time.pct(95):5.1f}ms", flush=True)
+            first, fiftieth = results[rows[-2][0]], results[rows[-1][0]]
+            print(f"page 50 / page 1 at p50: {fiftieth.pct(50) / first.pct(50):.2f}x; "
+                  f"hub RSS {hub_rss(hub.pid):.0f} MB")
+            await client.close()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--patients", type=int, default=100_000)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--skip-load", action="store_true")
+    args = parser.parse_args()
+    asyncio.run(main(args.patients, args.seconds, args.clients, args.skip_load))

@@ -1,0 +1,439 @@
+"""Runs parsed searches against the store: index scans, re-checks, paging, sorting, totals and includes.
+
+A page is read by one *driver* (the most selective clause that can be scanned, or the type's resources in
+id order) from its position in the ``search_index``; each candidate is re-checked against the current
+version's entries, so orphans and stale entries never match. A resource with several entries in the driver's
+ranges is emitted at its smallest one only. The cursor of the next page is the last key read: pages cost the
+same at any depth and do not shift while writes happen. ``_sort`` collects the matches (up to
+``search_sort_max``) and pages through them with a keyset cursor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import functools
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import orjson
+
+from fhir_server.errors import BadRequest, Issue
+from fhir_server.search.keys import decode_hex, decode_number, hexs, split_date
+from fhir_server.search.query import Clause, KeyRange, KeySet, SearchQuery
+from fhir_server.search.registry import parameters_for
+from fhir_server.settings import Settings
+from fhir_server.storage import ResourceStore, Version
+from fhir_server.storage.versions import index_key
+
+__all__ = ["SearchEngine", "SearchPage", "TooManyMatches", "compartment_clause", "entries_of_version"]
+
+_TOP = "~"
+
+
+class TooManyMatches(BadRequest):
+    pass
+
+
+def entries_of_version(version: Version) -> list[str]:
+    """The index entries (``param|enc|``) of a version, without the vids of the ``ix`` items."""
+    return [item[:item.rindex("|") + 1] for item in version.index]
+
+
+@dataclass(slots=True)
+class SearchPage:
+    matches: list[Version]
+    next_cursor: str | None
+    total: int | None = None
+    included: list[Version] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def compartment_clause(rtype: str, compartment: str, cid: str, params: list[str]) -> Clause:
+    """Resources of ``rtype`` in the compartment ``compartment/cid`` (FHIR R4 compartmentdefinition.html)."""
+    if rtype == compartment:
+        return Clause(f"{compartment}/{cid}", ids=frozenset({cid}))
+    target = hexs(f"{compartment}/{cid}")
+    return Clause(f"{compartment}/{cid}", keys=KeySet(tuple(
+        KeyRange(f"{p}|{target}|", f"{p}|{target}|{_TOP}") for p in params)))
+
+
+def _matches_clause(clause: Clause, version: Version, entries: list[str], body: dict[str, Any] | None) -> bool:
+    ok = True
+    if clause.ids is not None:
+        ok = version.rid in clause.ids
+    if ok and clause.keys is not None:
+        ok = any(clause.keys.holds(e) for e in entries)
+    if ok and clause.check is not None:
+        ok = body is not None and clause.check(body)
+    return ok != clause.negate
+
+
+def _passes(clauses: list[Clause], version: Version) -> bool:
+    if version.body is None:
+        return False
+    entries = entries_of_version(version)
+    body: dict[str, Any] | None = None
+    if any(c.check is not None for c in clauses):
+        body = orjson.loads(version.body)
+    return all(_matches_clause(c, version, entries, body) for c in clauses)
+
+
+def _encode_cursor(value: Any) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps(value)).decode().rstrip("=")
+
+
+def _decode_cursor(text: str) -> Any:
+    try:
+        return orjson.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+    except (ValueError, orjson.JSONDecodeError):
+        raise BadRequest("The page cursor is not valid; start again from the first page", issues=[
+            Issue(code="value", diagnostics="The page cursor is not valid; start again from the first page",
+                  expression=("_cursor",))]) from None
+
+
+class SearchEngine:
+    def __init__(self, *, store: ResourceStore, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+
+    # ---- entry points -------------------------------------------------------------------------------------
+
+    async def page(self, query: SearchQuery, *, count: int, cursor: str | None) -> SearchPage:
+        clauses = await self._resolve(query)
+        warnings: list[str] = []
+        if query.sort:
+            page = await self._sorted_page(query, clauses, count=count, cursor=cursor)
+        else:
+            state = _decode_cursor(cursor) if cursor else None
+            matches, nxt = await self._scan(query.rtype, clauses, want=count, state=state)
+            page = SearchPage(matches, None if nxt is None else _encode_cursor(nxt))
+            if cursor is None and nxt is None:
+                page.total = len(matches)
+        if query.summary_count or query.total == "accurate":
+            page.total = await self.count(query, clauses)
+        if (query.includes or query.revincludes) and page.matches:
+            page.included, warnings = await self._include(query, page.matches)
+        page.warnings += warnings
+        return page
+
+    async def page_of_many(self, queries: list[SearchQuery], *, count: int, cursor: str | None) -> SearchPage:
+        """One page over several searches in turn (system search over ``_type``, ``$everything``)."""
+        state = _decode_cursor(cursor) if cursor else [0, None]
+        if not (isinstance(state, list) and len(state) == 2 and isinstance(state[0], int)
+                and 0 <= state[0] <= len(queries) and (state[1] is None or isinstance(state[1], str))):
+            raise BadRequest("The page cursor does not belong to this search; start again from the first page")
+        index, inner = state
+        out = SearchPage([], None)
+        if count <= 0:
+            return out
+        while index < len(queries) and len(out.matches) < count:
+            page = await self.page(queries[index], count=count - len(out.matches), cursor=inner)
+            out.matches += page.matches
+            out.included += page.included
+            out.warnings += page.warnings
+            if page.next_cursor is not None:
+                out.next_cursor = _encode_cursor([index, page.next_cursor])
+                return out
+            index, inner = index + 1, None
+        if index < len(queries):
+            out.next_cursor = _encode_cursor([index, None])
+        elif cursor is None:
+            out.total = len(out.matches)
+        return out
+
+    async def matches(self, query: SearchQuery, *, limit: int) -> list[Version]:
+        """Up to ``limit`` matches in driver order (conditional operations ask for 2: one or several)."""
+        clauses = await self._resolve(query)
+        found, _ = await self._scan(query.rtype, clauses, want=limit, state=None)
+        return found
+
+    async def all_matches(self, query: SearchQuery, *, cap: int, clauses: list[Clause] | None = None) -> list[Version]:
+        """Every match; more than ``cap`` is a 400 that says to narrow the search."""
+        if clauses is None:
+            clauses = await self._resolve(query)
+        found, more = await self._scan(query.rtype, clauses, want=cap, state=None)
+        if more is not None:
+            msg = (f"The search {query.text} matches more than {cap} resources, more than this operation "
+                   "handles; narrow it")
+            raise TooManyMatches(msg, issues=[Issue(code="too-costly", diagnostics=msg)])
+        return found
+
+    async def count(self, query: SearchQuery, clauses: list[Clause]) -> int:
+        found = await self.all_matches(query, cap=self.settings.search_total_max, clauses=clauses)
+        return len(found)
+
+    # ---- chains and _has ----------------------------------------------------------------------------------
+
+    async def _resolve(self, query: SearchQuery) -> list[Clause]:
+        out = []
+        for clause in query.clauses:
+            if clause.chain is not None:
+                refs: list[str] = []
+                for sub in clause.chain.queries:
+                    found = await self.all_matches(sub, cap=self.settings.search_chain_max)
+                    refs += [f"{sub.rtype}/{v.rid}" for v in found]
+                p = clause.chain.param
+                clause = replace(clause, chain=None, keys=KeySet(tuple(
+                    KeyRange(f"{p}|{hexs(r)}|", f"{p}|{hexs(r)}|{_TOP}") for r in refs)))
+            elif clause.has is not None:
+                found = await self.all_matches(clause.has.query, cap=self.settings.search_chain_max)
+                prefix = f"{clause.has.param}|"
+                ids = set()
+                for v in found:
+                    for entry in entries_of_version(v):
+                        if entry.startswith(prefix):
+                            ref = decode_hex(entry[len(prefix):-1])
+                            if ref.startswith(f"{query.rtype}/"):
+                                ids.add(ref.split("/", 1)[1])
+                clause = replace(clause, has=None, ids=frozenset(ids))
+            out.append(clause)
+        return out
+
+    # ---- scans --------------------------------------------------------------------------------------------
+
+    async def _choose_driver(self, rtype: str, clauses: list[Clause]) -> int:
+        """The index of the clause to scan (-1: the type's resources): the one with fewest entries (probed)."""
+        candidates = [i for i, c in enumerate(clauses) if c.drives]
+        if len(candidates) <= 1:
+            return candidates[0] if candidates else -1
+        probe = 200
+
+        async def size(i: int) -> int:
+            clause = clauses[i]
+            if clause.ids is not None:
+                return len(clause.ids)
+            assert clause.keys is not None
+            total = 0
+            for low, high in clause.keys.spans:
+                total += len(await self.store.scan_index(rtype, low, high, after=None, limit=probe - total))
+                if total >= probe:
+                    break
+            return total
+
+        sizes = await asyncio.gather(*(size(i) for i in candidates))
+        return candidates[min(range(len(candidates)), key=lambda k: sizes[k])]
+
+    async def _scan(self, rtype: str, clauses: list[Clause], *, want: int,
+                    state: Any) -> tuple[list[Version], Any]:
+        """Up to ``want`` matches from the position ``state``; returns them and the state after (None: done)."""
+        if want <= 0:
+            return [], None
+        if state is None:
+            driver = await self._choose_driver(rtype, clauses)
+            position: str | None = None
+        else:
+            if not (isinstance(state, list) and len(state) == 2 and isinstance(state[0], int)
+                    and isinstance(state[1], str) and -1 <= state[0] < len(clauses)):
+                raise BadRequest("The page cursor does not belong to this search; start again from the first page")
+            driver, position = state
+        if driver == -1:
+            return await self._scan_type(rtype, clauses, want=want, after=position)
+        clause = clauses[driver]
+        if clause.ids is not None:
+            return await self._scan_ids(rtype, clauses, driver, want=want, after=position)
+        return await self._scan_keys(rtype, clauses, driver, want=want, after=position)
+
+    async def _scan_type(self, rtype: str, clauses: list[Clause], *, want: int,
+                         after: str | None) -> tuple[list[Version], Any]:
+        out: list[Version] = []
+        batch = min(max(want + 1, 50), 1000)
+        while True:
+            versions = await self.store.scan_type(rtype, after=after, limit=batch)
+            for version in versions:
+                if _passes(clauses, version):
+                    if len(out) == want:
+                        return out, [-1, out[-1].rid]
+                    out.append(version)
+            if len(versions) < batch:
+                return out, None
+            after = versions[-1].rid
+            batch = min(batch * 2, 1000)
+
+    async def _scan_ids(self, rtype: str, clauses: list[Clause], driver: int, *, want: int,
+                        after: str | None) -> tuple[list[Version], Any]:
+        ids = sorted(i for i in clauses[driver].ids or () if after is None or i > after)
+        out: list[Version] = []
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            found = await self.store.current_many(rtype, chunk)
+            for rid in chunk:
+                version = found.get(rid)
+                if version is not None and _passes(clauses, version):
+                    if len(out) == want:
+                        return out, [driver, out[-1].rid]
+                    out.append(version)
+        return out, None
+
+    async def _scan_keys(self, rtype: str, clauses: list[Clause], driver: int, *, want: int,
+                         after: str | None) -> tuple[list[Version], Any]:
+        keys = clauses[driver].keys
+        assert keys is not None
+        out: list[Version] = []
+        last_key: str | None = None
+        batch = min(max(want + 1, 20), 1000)
+        for low, high in keys.spans:
+            if after is not None and after >= f"{rtype}|{high}":
+                continue
+            position = after
+            while True:
+                found = await self.store.scan_index(rtype, low, high, after=position, limit=batch)
+                if not found:
+                    break
+                position = found[-1]
+                candidates = []
+                for key in found:
+                    _, rest = key.split("|", 1)
+                    body, rid, _vid = rest.rsplit("|", 2)
+                    if keys.holds(body + "|"):
+                        candidates.append((key, rid))
+                versions = await self.store.current_many(rtype, sorted({rid for _, rid in candidates}))
+                for key, rid in candidates:
+                    version = versions.get(rid)
+                    if version is None or version.body is None:
+                        continue
+                    own = [index_key(rtype, rid, item) for item in version.index
+                           if keys.holds(item[:item.rindex("|") + 1])]
+                    if not own or min(own) != key:  # an orphan, or not this resource's first entry here
+                        continue
+                    if _passes(clauses, version):
+                        if len(out) == want:
+                            return out, [driver, last_key]
+                        out.append(version)
+                        last_key = key
+                if len(found) < batch:
+                    break
+                batch = min(batch * 2, 1000)
+        return out, None
+
+    # ---- sorting ------------------------------------------------------------------------------------------
+
+    async def _sorted_page(self, query: SearchQuery, clauses: list[Clause], *, count: int,
+                           cursor: str | None) -> SearchPage:
+        found = await self.all_matches(query, cap=self.settings.search_sort_max, clauses=clauses)
+        keyed: list[tuple[list[Any], Version]] = [(_sort_values(query, v), v) for v in found]
+
+        def order(a: tuple[list[Any], Version], b: tuple[list[Any], Version]) -> int:
+            return _compare(query, a[0], b[0])
+
+        keyed.sort(key=functools.cmp_to_key(order))
+        start = 0
+        if cursor:
+            mark = _decode_cursor(cursor)
+            if not isinstance(mark, list) or len(mark) != len(query.sort) + 1:
+                raise BadRequest("The page cursor does not belong to this search; start again from the first page")
+            while start < len(keyed) and _compare(query, keyed[start][0], mark) <= 0:
+                start += 1
+        chunk = keyed[start:start + count]
+        nxt = _encode_cursor(chunk[-1][0]) if start + count < len(keyed) and chunk else None
+        return SearchPage([v for _, v in chunk], nxt, total=len(keyed))
+
+    # ---- _include and _revinclude -------------------------------------------------------------------------
+
+    async def _include(self, query: SearchQuery, matches: list[Version]) -> tuple[list[Version], list[str]]:
+        cap = self.settings.search_include_max
+        seen = {v.key for v in matches}
+        included: list[Version] = []
+        frontier = matches
+        first = True
+        while frontier:
+            wanted: dict[str, set[str]] = {}
+            for inc in query.includes:
+                if not (first or inc.iterate):
+                    continue
+                for v in frontier:
+                    if v.rtype != inc.source and inc.param != "*":
+                        continue
+                    for ref in _references(v, inc.param):
+                        rtype, _, rid = ref.partition("/")
+                        if rid and "/" not in rid and (inc.target is None or inc.target == rtype) \
+                                and ref not in seen:
+                            wanted.setdefault(rtype, set()).add(rid)
+            fetched: list[Version] = []
+            for rtype, rids in wanted.items():
+                found = await self.store.current_many(rtype, sorted(rids))
+                fetched += [v for v in found.values() if v.body is not None]
+            for inc in query.revincludes:
+                if not (first or inc.iterate):
+                    continue
+                fetched += await self._revinclude(inc, [v for v in frontier if inc.target in (None, v.rtype)], cap)
+            fresh = []
+            for v in fetched:
+                if v.key not in seen:
+                    seen.add(v.key)
+                    fresh.append(v)
+            if len(included) + len(fresh) > cap:
+                included += fresh[:cap - len(included)]
+                return included, [f"_include/_revinclude stopped at {cap} resources (MEDUNION_SEARCH_INCLUDE_MAX); "
+                                  "some included resources are missing from this page"]
+            included += fresh
+            frontier = fresh
+            first = False
+            if not any(i.iterate for i in [*query.includes, *query.revincludes]):
+                break
+        return included, []
+
+    async def _revinclude(self, inc: Any, targets: list[Version], cap: int) -> list[Version]:
+        async def referring(target: Version) -> list[str]:
+            entry = f"{inc.param}|{hexs(target.key)}|"
+            keys = await self.store.scan_index(inc.source, entry, entry + _TOP, after=None, limit=cap + 1)
+            return [k.rsplit("|", 2)[1] for k in keys]
+
+        rids = {rid for found in await asyncio.gather(*(referring(t) for t in targets)) for rid in found}
+        found = await self.store.current_many(inc.source, sorted(rids))
+        wanted = {f"{inc.param}|{hexs(t.key)}|" for t in targets}
+        return [v for v in found.values()
+                if v.body is not None and any(e in wanted for e in entries_of_version(v))]
+
+
+def _references(version: Version, param: str) -> list[str]:
+    params = parameters_for(version.rtype)
+    out = []
+    for entry in entries_of_version(version):
+        code, _, enc = entry.partition("|")
+        if (param == "*" and code in params and params[code].type == "reference") or code == param:
+            out.append(decode_hex(enc[:-1]))
+    return out
+
+
+def _sort_value(kind: str, enc: str, descending: bool) -> Any:
+    if kind == "date":
+        low, high = split_date(enc)
+        return high if descending else low
+    if kind == "number":
+        return decode_number(enc)
+    if kind == "quantity":
+        return decode_number(enc[1:]) if enc.startswith("N") else None
+    if kind == "token":
+        return decode_hex(enc.split(".", 1)[0])
+    return decode_hex(enc)
+
+
+def _sort_values(query: SearchQuery, version: Version) -> list[Any]:
+    params = parameters_for(version.rtype)
+    entries = entries_of_version(version)
+    out: list[Any] = []
+    for code, descending in query.sort:
+        if code == "_id":
+            out.append(version.rid)
+            continue
+        kind = params[code].type
+        values = [_sort_value(kind, e[len(code) + 1:-1], descending) for e in entries if e.startswith(f"{code}|")]
+        values = [v for v in values if v is not None]
+        out.append((max(values) if descending else min(values)) if values else None)
+    out.append(version.rid)
+    return out
+
+
+def _compare(query: SearchQuery, a: list[Any], b: list[Any]) -> int:
+    for i, (_, descending) in enumerate(query.sort):
+        x, y = a[i], b[i]
+        if x == y:
+            continue
+        if x is None or y is None:  # resources without a value come last, in either direction
+            return 1 if x is None else -1
+        if type(x) is not type(y):
+            x, y = str(x), str(y)
+        result = -1 if x < y else 1
+        return -result if descending else result
+    return int(a[-1] > b[-1]) - int(a[-1] < b[-1])

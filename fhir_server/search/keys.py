@@ -1,0 +1,163 @@
+"""Search index entries as strings that sort and prefix-match like the values they stand for.
+
+An entry is ``param|enc|`` (the trailing ``|`` ends the value). The store keeps one index document per
+entry and resource version, ``_id`` = ``Type|param|enc|rid|vid``, so every search is a few ``_id`` range
+scans: a prefix of ``enc`` is a string prefix, a range of ``enc`` is a range of dates or numbers. Only
+characters above ``"`` and without JSON escapes appear (hex digits, ``.``, ``|``, ``~``, letters): on
+FerretDB's SQLite backend, ``_id`` ranges of such strings use the ``_id`` index (scripts/install-ferretdb.sh).
+
+Encodings (``hex`` is the hex of the UTF-8 bytes, ``n`` a sortable 16-hex-digit number):
+
+- string: ``hex(normalized text)`` (case and accents folded, at most ``MAX_TEXT`` characters)
+- token: ``hex(code).hex(system)`` (``hex(code).`` when the code has no system)
+- reference: ``hex(Type/id)`` for resources on this server, ``hex(url)`` otherwise; the reference's
+  identifier as a token of the parameter ``<code>:identifier``
+- date: ``L n(low).n(high)`` and ``H n(high).n(low)`` (microseconds; both bounds in each, one per bound order)
+- number: ``n(value)``; quantity: ``N n(value)`` and ``C hex(code or unit).n(value).hex(system)``
+- uri: ``hex(uri)``
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from fhir_server.search.entries import ANY_SYSTEM, entries_of_values, tokens_of, values_of
+from fhir_server.search.registry import SearchParameter, parameters_for
+
+__all__ = [
+    "MAX_TEXT",
+    "PRESENT",
+    "decode_hex",
+    "decode_number",
+    "entry_keys",
+    "hexs",
+    "local_reference",
+    "num",
+    "sortable_int",
+    "split_date",
+    "token_enc",
+]
+
+PRESENT = "~"  # the entry of a parameter that is present without a searchable value
+MAX_TEXT = 100  # characters of a string value that are indexed (longer values match on these)
+_INT_OFFSET = 2**63
+
+
+def hexs(text: str) -> str:
+    return text.encode("utf-8").hex()
+
+
+def decode_hex(enc: str) -> str:
+    return bytes.fromhex(enc).decode("utf-8", errors="replace")
+
+
+def sortable_int(value: int) -> str:
+    """16 hex digits that sort like the signed 64-bit integer ``value`` (clamped)."""
+    return f"{max(0, min(value + _INT_OFFSET, 2**64 - 1)):016x}"
+
+
+def num(value: float) -> str:
+    """16 hex digits that sort like the double ``value`` (IEEE 754 bits, sign-adjusted)."""
+    bits: int = struct.unpack(">Q", struct.pack(">d", float(value) + 0.0))[0]
+    bits = bits ^ 0xFFFFFFFFFFFFFFFF if bits >> 63 else bits | 1 << 63
+    return f"{bits:016x}"
+
+
+def decode_number(enc: str) -> float:
+    bits = int(enc[:16], 16)
+    bits = bits ^ (1 << 63) if bits >> 63 else bits ^ 0xFFFFFFFFFFFFFFFF
+    value: float = struct.unpack(">d", struct.pack(">Q", bits))[0]
+    return value
+
+
+def split_date(enc: str) -> tuple[int, int]:
+    """``(low, high)`` of a date encoding (either form)."""
+    first, second = int(enc[1:17], 16) - _INT_OFFSET, int(enc[18:34], 16) - _INT_OFFSET
+    return (first, second) if enc[0] == "L" else (second, first)
+
+
+def token_enc(system: str | None, code: str) -> str:
+    return f"{hexs(code)}.{hexs(system or '')}"
+
+
+def local_reference(reference: str, base_url: str) -> str:
+    """``Type/id`` for a reference to this server (relative or absolute with our base); others as written."""
+    ref = reference.split("/_history/", 1)[0]
+    base = base_url.rstrip("/") + "/"
+    if ref.startswith(base):
+        ref = ref[len(base):]
+    return ref
+
+
+def _tokens(entries: Iterable[str]) -> list[str]:
+    out = []
+    for entry in entries:  # "system|code" or "|code"; the "any system" duplicates are not needed here
+        if entry.startswith(ANY_SYSTEM):
+            continue
+        system, _, code = entry.partition("|")
+        out.append(token_enc(system, code))
+    return out
+
+
+def _encode(parameter: SearchParameter, values: list[Any], base_url: str) -> list[str]:
+    kind = parameter.type
+    if kind == "string":
+        return [hexs(v[:MAX_TEXT]) for v in values]
+    if kind == "token":
+        return _tokens(values)
+    if kind == "reference":
+        return [hexs(local_reference(v, base_url)) for v in values]
+    if kind == "date":
+        out = []
+        for low, high in values:
+            lo, hi = sortable_int(low), sortable_int(high)
+            out += [f"L{lo}.{hi}", f"H{hi}.{lo}"]
+        return out
+    if kind == "number":
+        return [num(v) for v in values]
+    if kind == "quantity":
+        out = []
+        for q in values:
+            out.append(f"N{num(q['v'])}")
+            unit = q.get("c") or q.get("u")
+            if unit:
+                out.append(f"C{hexs(unit)}.{num(q['v'])}.{hexs(q.get('s') or '')}")
+        return out
+    return [hexs(v) for v in values]  # uri
+
+
+def _reference_identifiers(values: list[Any]) -> list[str]:
+    out = []
+    for value in values:
+        if isinstance(value, dict) and isinstance(value.get("identifier"), dict):
+            out += _tokens(tokens_of(value["identifier"]))
+    return out
+
+
+def entry_keys(resource: dict[str, Any], *, zone: ZoneInfo, base_url: str,
+               parameters: dict[str, SearchParameter] | None = None) -> list[str]:
+    """Every index entry (``param|enc|``) of ``resource``, sorted and unique.
+
+    ``_id`` is not indexed (the resource's own key serves it); composite and special parameters have no
+    entries of their own. A parameter whose elements are present but give no searchable value (a
+    CodeableConcept with text only, a Reference with display only) gets the entry ``param|~|``, so that
+    ``:missing`` tells present from absent (FHIR R4 search.html#missing).
+    """
+    params = parameters if parameters is not None else parameters_for(resource.get("resourceType", ""))
+    found: set[str] = set()
+    for code, parameter in params.items():
+        if code == "_id" or parameter.type in ("composite", "special"):
+            continue
+        values = values_of(parameter, resource)
+        if not values:
+            continue
+        encoded = _encode(parameter, entries_of_values(parameter, values, zone), base_url)
+        for enc in encoded or [PRESENT]:
+            found.add(f"{code}|{enc}|")
+        if parameter.type == "reference":
+            for enc in _reference_identifiers(values):
+                found.add(f"{code}:identifier|{enc}|")
+    return sorted(found)

@@ -1,0 +1,577 @@
+"""Parsing of FHIR search parameters (FHIR R4 search.html) into clauses over index entries.
+
+A search is an AND of clauses; a clause is an OR of its values. Each clause says which index entries
+(``param|enc|``, see ``keys.py``) satisfy it as a ``KeySet`` of ranges, so that the same object drives an
+index scan and re-checks a candidate's entries. Modifiers the entries cannot decide alone add a check on the
+resource body. Chains and ``_has`` are sub-searches resolved by the engine.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any
+from urllib.parse import parse_qsl
+from zoneinfo import ZoneInfo
+
+from fhir_server.errors import BadRequest, Issue
+from fhir_server.model.types import ID_RE, SUPPORTED_TYPES
+from fhir_server.search.entries import date_range, normalize_string, strings_of, values_of
+from fhir_server.search.keys import (
+    MAX_TEXT,
+    PRESENT,
+    decode_hex,
+    hexs,
+    local_reference,
+    num,
+    sortable_int,
+    split_date,
+    token_enc,
+)
+from fhir_server.search.registry import SearchParameter, parameters_for
+
+__all__ = ["MODIFIERS", "Chain", "Clause", "Include", "KeyRange", "KeySet", "SearchQuery", "parse_search",
+           "query_pairs"]
+
+# parameters that shape the result and select nothing (FHIR R4 search.html#other)
+RESULT_PARAMETERS = frozenset({"_format", "_pretty", "_summary", "_elements", "_count", "_cursor", "_sort", "_total",
+                               "_include", "_revinclude", "_contained", "_containedType"})
+_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
+# the modifiers each parameter type supports here (the CapabilityStatement lists these; ":[type]" on references)
+MODIFIERS = {"string": ("exact", "contains", "missing"), "token": ("not", "text", "of-type", "missing"),
+             "reference": ("[type]", "identifier", "missing"), "uri": ("below", "above", "missing"),
+             "date": ("missing",), "number": ("missing",), "quantity": ("missing",)}
+_TOP = "~"  # above every character an entry uses
+MICROS_PER_DAY = 86_400_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRange:
+    """Entries ``lo <= e < hi`` (strings in ``param|enc|`` space) that pass ``accept`` (if given)."""
+
+    lo: str
+    hi: str
+    accept: Callable[[str], bool] | None = None
+
+    def holds(self, entry: str) -> bool:
+        return self.lo <= entry < self.hi and (self.accept is None or self.accept(entry))
+
+
+@dataclass(frozen=True, slots=True)
+class KeySet:
+    """A union of key ranges; ``spans`` are its disjoint covering intervals, in order (what a scan reads)."""
+
+    ranges: tuple[KeyRange, ...]
+
+    def holds(self, entry: str) -> bool:
+        return any(r.holds(entry) for r in self.ranges)
+
+    @property
+    def spans(self) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        for r in sorted(self.ranges, key=lambda r: r.lo):
+            if out and r.lo <= out[-1][1]:
+                out[-1] = (out[-1][0], max(out[-1][1], r.hi))
+            else:
+                out.append((r.lo, r.hi))
+        return out
+
+
+@dataclass(slots=True)
+class Chain:
+    """``param[:Type].rest=value``: resources whose reference ``param`` points at a match of ``queries``."""
+
+    param: str
+    queries: list[SearchQuery]
+
+
+@dataclass(slots=True)
+class Has:
+    """``_has:Type:param:rest=value``: resources referred to by ``param`` of a ``query`` match."""
+
+    param: str
+    query: SearchQuery
+
+
+@dataclass(slots=True)
+class Clause:
+    """One search parameter with its values (OR). ``test`` re-checks a candidate; ``keys`` can drive a scan."""
+
+    name: str
+    keys: KeySet | None = None
+    ids: frozenset[str] | None = None
+    check: Callable[[dict[str, Any]], bool] | None = None
+    negate: bool = False
+    chain: Chain | None = None
+    has: Has | None = None
+
+    @property
+    def drives(self) -> bool:
+        return not self.negate and (self.keys is not None or self.ids is not None)
+
+
+@dataclass(frozen=True, slots=True)
+class Include:
+    source: str
+    param: str
+    target: str | None
+    iterate: bool
+
+
+@dataclass(slots=True)
+class SearchQuery:
+    rtype: str
+    clauses: list[Clause] = field(default_factory=list)
+    sort: list[tuple[str, bool]] = field(default_factory=list)  # (param, descending)
+    includes: list[Include] = field(default_factory=list)
+    revincludes: list[Include] = field(default_factory=list)
+    total: str | None = None
+    summary_count: bool = False
+    ignored: list[str] = field(default_factory=list)
+    text: str = ""
+
+
+def query_pairs(query: str) -> list[tuple[str, str]]:
+    return parse_qsl(query.split("?", 1)[1] if "?" in query else query, keep_blank_values=True)
+
+
+def _bad(msg: str, *, code: str = "value", where: str | None = None) -> BadRequest:
+    return BadRequest(msg, issues=[Issue(code=code, diagnostics=msg, expression=(where,) if where else ())])
+
+
+def _split_values(value: str) -> list[str]:
+    """Comma-separated OR values; ``\\,`` is a literal comma (FHIR R4 search.html#escaping)."""
+    out, cur, i = [], "", 0
+    while i < len(value):
+        ch = value[i]
+        if ch == "\\" and i + 1 < len(value) and value[i + 1] in ",$|\\":
+            cur += value[i + 1]
+            i += 2
+            continue
+        if ch == ",":
+            out.append(cur)
+            cur = ""
+        else:
+            cur += ch
+        i += 1
+    out.append(cur)
+    return [v for v in out if v != ""]
+
+
+def _prefixed(value: str) -> tuple[str, str]:
+    if len(value) > 2 and value[:2] in _PREFIXES and (value[2].isdigit() or value[2] in "-+."):
+        return value[:2], value[2:]
+    return "eq", value
+
+
+def _exact(prefix: str) -> KeyRange:
+    return KeyRange(prefix + "|", prefix + "|" + _TOP)
+
+
+def _starting(prefix: str, accept: Callable[[str], bool] | None = None) -> KeyRange:
+    return KeyRange(prefix, prefix + _TOP, accept)
+
+
+# ---- value types ------------------------------------------------------------------------------------------
+
+def _decimal_bounds(text: str, where: str) -> tuple[float, float, float]:
+    """The value and the half-open interval its significant digits stand for (FHIR R4 search.html#number)."""
+    try:
+        d = Decimal(text)
+    except InvalidOperation:
+        raise _bad(f"'{text}' is not a number", where=where) from None
+    if not d.is_finite():
+        raise _bad(f"'{text}' is not a number", where=where)
+    exp = d.as_tuple().exponent
+    assert isinstance(exp, int)
+    half = Decimal(5) * Decimal(10) ** (exp - 1)
+    return float(d), float(d - half), float(d + half)
+
+
+def _number_ranges(family: str, prefix: str, text: str, where: str,
+                   accept: Callable[[str], bool] | None = None) -> list[KeyRange]:
+    """Ranges of ``family + num(x) ...`` entries for ``[prefix]number`` (FHIR R4 search.html#prefix)."""
+    value, low, high = _decimal_bounds(text, where)
+    if prefix == "eq":
+        return [KeyRange(family + num(low), family + num(high), accept)]
+    if prefix == "ne":  # some value outside the interval (a resource without a value does not match)
+        return [KeyRange(family, family + num(low), accept), KeyRange(family + num(high), family + _TOP, accept)]
+    if prefix in ("gt", "sa"):
+        return [KeyRange(family + num(value) + _TOP, family + _TOP, accept)]
+    if prefix in ("lt", "eb"):
+        return [KeyRange(family, family + num(value), accept)]
+    if prefix == "ge":
+        return [KeyRange(family + num(value), family + _TOP, accept)]
+    if prefix == "le":
+        return [KeyRange(family, family + num(value) + _TOP, accept)]
+    spread = abs(value) * 0.1  # ap: within 10 % (FHIR R4 search.html#prefix)
+    return [KeyRange(family + num(value - spread), family + num(value + spread) + _TOP, accept)]
+
+
+def _date_clause(p: str, values: list[str], zone: ZoneInfo, where: str) -> list[KeyRange]:
+    ranges: list[KeyRange] = []
+    for raw in values:
+        prefix, text = _prefixed(raw)
+        found = date_range(text, zone)
+        if found is None:
+            raise _bad(f"'{text}' is not a FHIR date, dateTime or instant", where=where)
+        a, b = found
+        low_family, high_family = f"{p}|L", f"{p}|H"
+
+        def hi_at_most(e: str, b: int = b) -> bool:
+            return split_date(e[e.index("|") + 1:])[1] <= b
+
+        if prefix == "eq":
+            ranges.append(KeyRange(low_family + sortable_int(a), low_family + sortable_int(b) + _TOP, hi_at_most))
+        elif prefix == "ne":  # some value not within the search range; a resource without one does not match
+            def outside(e: str, a: int = a, b: int = b) -> bool:
+                lo, hi = split_date(e[e.index("|") + 1:])
+                return not (lo >= a and hi <= b)
+
+            ranges.append(KeyRange(low_family, low_family + _TOP, outside))
+        elif prefix == "gt":
+            ranges.append(KeyRange(high_family + sortable_int(b + 1), high_family + _TOP))
+        elif prefix == "lt":
+            ranges.append(KeyRange(low_family, low_family + sortable_int(a)))
+        elif prefix == "ge":
+            ranges += [KeyRange(high_family + sortable_int(b + 1), high_family + _TOP),
+                       KeyRange(low_family + sortable_int(a), low_family + sortable_int(b) + _TOP, hi_at_most)]
+        elif prefix == "le":
+            def before_or_within(e: str, a: int = a, b: int = b) -> bool:
+                lo, hi = split_date(e[e.index("|") + 1:])
+                return lo < a or hi <= b
+
+            ranges.append(KeyRange(low_family, low_family + sortable_int(b) + _TOP, before_or_within))
+        elif prefix == "sa":
+            ranges.append(KeyRange(low_family + sortable_int(b + 1), low_family + _TOP))
+        elif prefix == "eb":
+            ranges.append(KeyRange(high_family, high_family + sortable_int(a)))
+        else:  # ap: overlaps the value widened by 10 % of its distance from now, at least a day
+            now = int(time.time() * 1_000_000)
+            spread = max(abs(now - a) // 10, MICROS_PER_DAY)
+            lowest = a - spread
+
+            def reaches(e: str, lowest: int = lowest) -> bool:
+                return split_date(e[e.index("|") + 1:])[1] >= lowest
+
+            ranges.append(KeyRange(low_family, low_family + sortable_int(b + spread) + _TOP, reaches))
+    return ranges
+
+
+def _token_ranges(p: str, value: str) -> list[KeyRange]:
+    if "|" not in value:
+        return [_starting(f"{p}|{hexs(value)}.")]
+    system, _, code = value.partition("|")
+    if code == "":  # "system|": any code in that system
+        want = hexs(system)
+        return [_starting(f"{p}|", lambda e: e.rstrip("|").rsplit(".", 1)[-1] == want)]
+    return [_exact(f"{p}|{token_enc(system, code)}")]
+
+
+def _reference_ranges(p: str, parameter: SearchParameter, value: str, type_modifier: str | None,
+                      base_url: str) -> list[KeyRange]:
+    ref = local_reference(value, base_url)
+    if type_modifier is not None:
+        if "/" in ref:
+            raise _bad(f"With the modifier :{type_modifier} the value is an id, not '{value}'", where=p)
+        return [_exact(f"{p}|{hexs(f'{type_modifier}/{ref}')}")]
+    if "/" in ref or ":" in ref:
+        return [_exact(f"{p}|{hexs(ref)}")]
+    targets = parameter.targets or tuple(SUPPORTED_TYPES)
+    return [_exact(f"{p}|{hexs(ref)}"), *(_exact(f"{p}|{hexs(f'{t}/{ref}')}") for t in targets)]
+
+
+def _quantity_ranges(p: str, raw: str, where: str) -> list[KeyRange]:
+    prefix, text = _prefixed(raw)
+    number, _, rest = text.partition("|")
+    system, _, code = rest.partition("|")
+    if code:
+        want = hexs(system)
+        accept = None if not system else (lambda e: e.rstrip("|").rsplit(".", 1)[-1] == want)
+        return _number_ranges(f"{p}|C{hexs(code)}.", prefix, number, where, accept)
+    if system:
+        raise _bad(f"'{raw}': a quantity with a system needs a code (number|system|code)", where=where)
+    return _number_ranges(f"{p}|N", prefix, number, where)
+
+
+def _string_check(parameter: SearchParameter, wanted: list[str]) -> Callable[[dict[str, Any]], bool]:
+    def check(resource: dict[str, Any]) -> bool:
+        return any(s in wanted for v in values_of(parameter, resource) for s in strings_of(v))
+    return check
+
+
+def _text_check(parameter: SearchParameter, wanted: list[str]) -> Callable[[dict[str, Any]], bool]:
+    """``:text`` on tokens: the text of a CodeableConcept, a Coding's display or an Identifier's type text."""
+    def texts(value: Any) -> list[str]:
+        if not isinstance(value, dict):
+            return []
+        out = [value[k] for k in ("text", "display") if isinstance(value.get(k), str)]
+        for coding in value.get("coding") or []:
+            if isinstance(coding, dict) and isinstance(coding.get("display"), str):
+                out.append(coding["display"])
+        if isinstance(value.get("type"), dict):
+            out += texts(value["type"])
+        return out
+
+    def check(resource: dict[str, Any]) -> bool:
+        found = [normalize_string(t) for v in values_of(parameter, resource) for t in texts(v)]
+        return any(t.startswith(w) or f" {w}" in t for t in found for w in wanted)
+    return check
+
+
+def _of_type_check(parameter: SearchParameter, wanted: list[tuple[str, str, str]]) -> Callable[[dict[str, Any]], bool]:
+    def check(resource: dict[str, Any]) -> bool:
+        for ident in values_of(parameter, resource):
+            if not isinstance(ident, dict):
+                continue
+            codings = (ident.get("type") or {}).get("coding") or []
+            for system, code, value in wanted:
+                if ident.get("value") == value and any(
+                        isinstance(c, dict) and c.get("system") == system and c.get("code") == code for c in codings):
+                    return True
+        return False
+    return check
+
+
+def _uri_above(p: str, value: str) -> list[KeyRange]:
+    out = [_exact(f"{p}|{hexs(value)}")]
+    cut = value
+    while "/" in cut.rstrip("/"):
+        cut = cut.rstrip("/").rsplit("/", 1)[0]
+        if cut.endswith(":/") or cut.endswith(":"):
+            break
+        out.append(_exact(f"{p}|{hexs(cut)}"))
+    return out
+
+
+# ---- parameters -------------------------------------------------------------------------------------------
+
+class _Parser:
+    def __init__(self, *, zone: ZoneInfo, base_url: str, depth: int = 0) -> None:
+        self.zone = zone
+        self.base_url = base_url
+        self.depth = depth
+
+    def clause(self, rtype: str, name: str, value: str, ignored: list[str]) -> Clause | None:
+        if name.startswith("_has:"):
+            return self._has(rtype, name, value, ignored)
+        code, _, modifier = name.partition(":")
+        chained = ""
+        if "." in name:
+            head, _, chained = name.partition(".")
+            code, _, modifier = head.partition(":")
+        params = parameters_for(rtype)
+        parameter = params.get(code)
+        if parameter is None:
+            ignored.append(f"Search parameter '{code}' is not defined for {rtype}")
+            return None
+        if value == "":
+            raise _bad(f"Search parameter '{name}' has no value", where=name)
+        if chained:
+            return self._chain(rtype, parameter, code, modifier or None, chained, value, ignored)
+        if modifier == "missing":
+            if value not in ("true", "false"):
+                raise _bad(f"{name} takes true or false, not '{value}'", where=name)
+            present = (_starting(f"{code}|"), _exact(f"{code}|{PRESENT}"))
+            return Clause(name, keys=KeySet(present), negate=value == "true")
+        if code == "_id":
+            if modifier:
+                raise _bad(f"The modifier :{modifier} is not supported on _id", code="not-supported", where=name)
+            values = _split_values(value)
+            bad = [v for v in values if not ID_RE.match(v)]
+            if bad:
+                raise _bad(f"_id values must be FHIR ids (A-Z a-z 0-9 - ., 1-64), not '{bad[0]}'", where=name)
+            return Clause(name, ids=frozenset(values))
+        return self._typed(rtype, parameter, code, modifier, value, name)
+
+    def _typed(self, rtype: str, parameter: SearchParameter, code: str, modifier: str, value: str,
+               name: str) -> Clause | None:
+        kind = parameter.type
+        values = _split_values(value)
+        if kind in ("composite", "special"):
+            raise _Unsupported(f"Search parameter '{code}' ({kind}) is not supported by this hub")
+        if kind == "string":
+            if modifier not in ("", "exact", "contains"):
+                raise _bad_modifier(modifier, kind, name)
+            normalized = [normalize_string(v)[:MAX_TEXT] for v in values]
+            if modifier == "contains":
+                def contains(e: str, parts: list[str] = normalized) -> bool:
+                    text = decode_hex(e.split("|", 2)[1])
+                    return any(part in text for part in parts)
+                return Clause(name, keys=KeySet((_starting(f"{code}|", contains),)))
+            if modifier == "exact":
+                return Clause(name, keys=KeySet(tuple(_exact(f"{code}|{hexs(n)}") for n in normalized)),
+                              check=_string_check(parameter, values))
+            return Clause(name, keys=KeySet(tuple(_starting(f"{code}|{hexs(n)}") for n in normalized)))
+        if kind == "token":
+            if modifier in ("in", "not-in", "above", "below"):
+                raise _bad(f"The modifier :{modifier} needs a terminology server; none is loaded in this hub",
+                           code="not-supported", where=name)
+            if modifier == "text":
+                return Clause(name, check=_text_check(parameter, [normalize_string(v) for v in values]))
+            if modifier == "of-type":
+                wanted = []
+                for v in values:
+                    parts = v.split("|")
+                    if len(parts) != 3 or not all(parts):
+                        raise _bad(f"{name} takes system|code|value, not '{v}'", where=name)
+                    wanted.append((parts[0], parts[1], parts[2]))
+                keys = KeySet(tuple(_starting(f"{code}|{hexs(w[2])}.") for w in wanted))
+                return Clause(name, keys=keys, check=_of_type_check(parameter, wanted))
+            if modifier not in ("", "not"):
+                raise _bad_modifier(modifier, kind, name)
+            keys = KeySet(tuple(r for v in values for r in _token_ranges(code, v)))
+            return Clause(name, keys=keys, negate=modifier == "not")
+        if kind == "reference":
+            if modifier == "identifier":
+                return Clause(name, keys=KeySet(tuple(r for v in values for r in _token_ranges(f"{code}:identifier",
+                                                                                                v))))
+            type_modifier = None
+            if modifier:
+                if modifier not in SUPPORTED_TYPES:
+                    raise _bad_modifier(modifier, kind, name)
+                type_modifier = modifier
+            ranges = [r for v in values for r in _reference_ranges(code, parameter, v, type_modifier, self.base_url)]
+            return Clause(name, keys=KeySet(tuple(ranges)))
+        if kind == "uri":
+            if modifier == "below":
+                return Clause(name, keys=KeySet(tuple(_starting(f"{code}|{hexs(v)}") for v in values)))
+            if modifier == "above":
+                return Clause(name, keys=KeySet(tuple(r for v in values for r in _uri_above(code, v))))
+            if modifier:
+                raise _bad_modifier(modifier, kind, name)
+            return Clause(name, keys=KeySet(tuple(_exact(f"{code}|{hexs(v)}") for v in values)))
+        if modifier:
+            raise _bad_modifier(modifier, kind, name)
+        if kind == "date":
+            return Clause(name, keys=KeySet(tuple(_date_clause(code, values, self.zone, name))))
+        all_ranges: list[KeyRange] = []
+        for v in values:
+            if kind == "number":
+                all_ranges += _number_ranges(f"{code}|", *_prefixed(v), name)
+            else:
+                all_ranges += _quantity_ranges(code, v, name)
+        return Clause(name, keys=KeySet(tuple(all_ranges)))
+
+    def _chain(self, rtype: str, parameter: SearchParameter, code: str, type_modifier: str | None, rest: str,
+               value: str, ignored: list[str]) -> Clause:
+        if parameter.type != "reference":
+            raise _bad(f"'{code}' is not a reference parameter and cannot be chained", where=f"{code}.{rest}")
+        if self.depth >= 4:
+            raise _bad("Chains and _has may nest 4 levels at most", code="too-costly", where=f"{code}.{rest}")
+        targets = [type_modifier] if type_modifier else list(parameter.targets)
+        inner_code = rest.split(":", 1)[0].split(".", 1)[0]
+        targets = [t for t in targets if t in SUPPORTED_TYPES and (inner_code in parameters_for(t) or
+                                                                   rest.startswith("_has:"))]
+        if not targets:
+            raise _bad(f"No target type of '{code}' has a search parameter '{inner_code}'", where=f"{code}.{rest}")
+        inner = _Parser(zone=self.zone, base_url=self.base_url, depth=self.depth + 1)
+        queries = []
+        for target in targets:
+            sub_ignored: list[str] = []
+            query = SearchQuery(rtype=target)
+            found = inner.clause(target, rest, value, sub_ignored)
+            if found is None:
+                continue
+            query.clauses.append(found)
+            queries.append(query)
+        return Clause(f"{code}.{rest}", chain=Chain(code, queries))
+
+    def _has(self, rtype: str, name: str, value: str, ignored: list[str]) -> Clause:
+        parts = name.split(":", 3)
+        if len(parts) < 4 or not parts[1] or not parts[2] or not parts[3]:
+            raise _bad(f"'{name}': _has takes the form _has:Type:reference-parameter:parameter=value", where=name)
+        _, source, param, rest = parts
+        if source not in SUPPORTED_TYPES:
+            raise _bad(f"'{source}' in {name} is not a resource type this hub serves", where=name)
+        ref = parameters_for(source).get(param)
+        if ref is None or ref.type != "reference":
+            raise _bad(f"'{param}' is not a reference search parameter of {source}", where=name)
+        if self.depth >= 4:
+            raise _bad("Chains and _has may nest 4 levels at most", code="too-costly", where=name)
+        inner = _Parser(zone=self.zone, base_url=self.base_url, depth=self.depth + 1)
+        query = SearchQuery(rtype=source)
+        found = inner.clause(source, rest, value, ignored)
+        if found is not None:
+            query.clauses.append(found)
+        return Clause(name, has=Has(param, query))
+
+
+class _Unsupported(Exception):
+    pass
+
+
+def _bad_modifier(modifier: str, kind: str, name: str) -> BadRequest:
+    return _bad(f"The modifier :{modifier} is not supported on {kind} parameters", code="not-supported", where=name)
+
+
+def _includes(rtype: str, values: list[str], name: str, *, reverse: bool) -> list[Include]:
+    out = []
+    iterate = name.endswith(":iterate") or name.endswith(":recurse")
+    for value in values:
+        parts = value.split(":")
+        if value == "*":
+            out.append(Include(rtype, "*", None, iterate))
+            continue
+        if len(parts) not in (2, 3) or parts[0] not in SUPPORTED_TYPES:
+            raise _bad(f"{name}={value}: expected SourceType:parameter[:TargetType]", where=name)
+        source, param = parts[0], parts[1]
+        target = parts[2] if len(parts) == 3 else None
+        definition = parameters_for(source).get(param)
+        if param != "*" and (definition is None or definition.type != "reference"):
+            raise _bad(f"{name}={value}: '{param}' is not a reference search parameter of {source}", where=name)
+        if not reverse and not iterate and source != rtype:
+            raise _bad(f"{name}={value}: the source type must be {rtype} (or use {name}:iterate)", where=name)
+        out.append(Include(source, param, target, iterate))
+    return out
+
+
+def parse_search(rtype: str, pairs: list[tuple[str, str]], *, zone: ZoneInfo, base_url: str,
+                 strict: bool = False) -> SearchQuery:
+    """The search ``pairs`` (from a query string or form) of type ``rtype``.
+
+    Unknown parameters are listed in ``ignored`` (``strict``: a 400 instead, FHIR R4 search.html#errors).
+    """
+    parser = _Parser(zone=zone, base_url=base_url)
+    query = SearchQuery(rtype=rtype)
+    canonical = []
+    for name, value in pairs:
+        base_name = name.split(":", 1)[0]
+        if base_name in ("_include", "_revinclude"):
+            found = _includes(rtype, _split_values(value), name, reverse=base_name == "_revinclude")
+            (query.revincludes if base_name == "_revinclude" else query.includes).extend(found)
+            continue
+        if name == "_sort":
+            for key in _split_values(value):
+                desc = key.startswith("-")
+                code = key.lstrip("-")
+                if code not in parameters_for(rtype) or parameters_for(rtype)[code].type in ("composite", "special"):
+                    raise _bad(f"_sort: '{code}' is not a search parameter of {rtype}", where="_sort")
+                query.sort.append((code, desc))
+            continue
+        if name == "_total":
+            if value not in ("none", "estimate", "accurate"):
+                raise _bad(f"_total takes none, estimate or accurate, not '{value}'", where="_total")
+            query.total = value
+            continue
+        if name == "_summary" and value == "count":
+            query.summary_count = True
+            continue
+        if name in RESULT_PARAMETERS or name == "_type":
+            continue
+        try:
+            clause = parser.clause(rtype, name, value, query.ignored)
+        except _Unsupported as exc:
+            query.ignored.append(str(exc))
+            clause = None
+        if clause is None:
+            continue
+        query.clauses.append(clause)
+        canonical.append(f"{name}={value}")
+    if strict and query.ignored:
+        raise BadRequest(query.ignored[0], issues=[Issue(code="not-supported", diagnostics=m) for m in query.ignored])
+    query.text = f"{rtype}?{'&'.join(sorted(canonical))}"
+    return query
+

@@ -1,0 +1,496 @@
+"""Search results against an independent brute-force evaluator (FHIR R4 search.html, section by section).
+
+The hub answers from its index; the evaluator here reads each stored resource with fhirpathpy and applies
+the search rules written out plainly, without any of the hub's search code. Data: the official R4
+examples of the types below and a generated union data set (Chinese names, MRNs, orders, results).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import unicodedata
+from collections.abc import Callable, Iterator
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from functools import cache
+from importlib import resources as pkg_resources
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import httpx
+import pytest
+from fhirpathpy import evaluate
+from fhirpathpy.models import models
+
+from bench.synthetic import organizations, patient_group
+from tests.conftest import Hub, start_hub, stop_hub, valid_examples
+
+ZONE = ZoneInfo("Asia/Shanghai")
+TYPES = ["Patient", "Observation", "Encounter", "Condition", "Procedure", "MedicationRequest", "DiagnosticReport",
+         "ServiceRequest", "Practitioner", "Organization", "AllergyIntolerance", "Immunization", "CarePlan",
+         "Location", "Appointment", "DocumentReference", "Questionnaire", "Specimen", "ImagingStudy", "Coverage",
+         "RiskAssessment", "Group"]
+GENERATED = 120
+INF = float("inf")
+
+
+@cache
+def _definitions() -> dict[str, Any]:
+    text = pkg_resources.files("fhir_server.search").joinpath("data/search_parameters.json").read_text("utf-8")
+    return dict(json.loads(text)["types"])
+
+
+# ---- the brute-force evaluator ------------------------------------------------------------------------------
+
+_AS = re.compile(r"^\((?P<path>[A-Za-z.]+) as (?P<type>[A-Za-z]+)\)$")
+
+
+_VALUES: dict[tuple[str, str, str], list[Any]] = {}
+
+
+def values(resource: dict[str, Any], code: str) -> list[Any]:
+    """What the parameter's FHIRPath selects in ``resource`` (cached: each case reads its whole universe)."""
+    key = (resource["resourceType"], resource["id"], code)
+    if key not in _VALUES:
+        _VALUES[key] = _values(resource, code)
+    return _VALUES[key]
+
+
+def _values(resource: dict[str, Any], code: str) -> list[Any]:
+    definition = _definitions()[resource["resourceType"]][code]
+    out: list[Any] = []
+    for part in definition["paths"]:
+        # "(X.y as T)" means every X.y of type T (fhirpathpy wants a singleton left of "as")
+        expression = _AS.sub(r"\g<path>.ofType(\g<type>)", part["expression"])
+        found = evaluate(resource, expression, model=models["r4"])
+        if part.get("is"):
+            found = [v for v in found if isinstance(v, dict)
+                     and str(v.get("reference", "")).split("/")[-2:-1] == [part["is"]]]
+        out += [v for v in found if v is not None]
+    return out
+
+
+def norm(text: str) -> str:
+    return "".join(c for c in unicodedata.normalize("NFKD", text.casefold()) if not unicodedata.combining(c)).strip()
+
+
+def texts(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, dict):
+        return []
+    out = [value[k] for k in ("family", "text", "city", "district", "state", "postalCode", "country")
+           if isinstance(value.get(k), str)]
+    for k in ("given", "prefix", "suffix", "line"):
+        out += [v for v in value.get(k) or [] if isinstance(v, str)]
+    return out
+
+
+def codes(value: Any) -> list[tuple[str | None, str]]:
+    if isinstance(value, bool):
+        return [(None, str(value).lower())]
+    if isinstance(value, str):
+        return [(None, value)]
+    if not isinstance(value, dict):
+        return []
+    if "coding" in value:
+        return [(c.get("system"), c["code"]) for c in value["coding"] if isinstance(c, dict) and c.get("code")]
+    if "code" in value and isinstance(value["code"], str):
+        return [(value.get("system"), value["code"])]
+    if isinstance(value.get("value"), str):
+        return [(value.get("system"), value["value"])]
+    return []
+
+
+def span(text: str) -> tuple[float, float]:
+    """Seconds since the epoch covered by a FHIR date/dateTime/instant (inclusive)."""
+    if len(text) == 4:
+        lo = datetime(int(text), 1, 1, tzinfo=ZONE)
+        hi = datetime(int(text) + 1, 1, 1, tzinfo=ZONE)
+    elif len(text) == 7:
+        y, m = int(text[:4]), int(text[5:7])
+        lo = datetime(y, m, 1, tzinfo=ZONE)
+        hi = datetime(y + (m == 12), m % 12 + 1, 1, tzinfo=ZONE)
+    elif len(text) == 10:
+        lo = datetime.combine(date.fromisoformat(text), datetime.min.time(), tzinfo=ZONE)
+        hi = lo + timedelta(days=1)
+    else:
+        lo = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        if lo.tzinfo is None:
+            lo = lo.replace(tzinfo=ZONE)
+        step = timedelta(microseconds=1) if "." in text else timedelta(seconds=1) if text.count(":") >= 2 else \
+            timedelta(minutes=1)
+        hi = lo + step
+    return lo.timestamp(), hi.timestamp() - 1e-6
+
+
+def spans(value: Any) -> list[tuple[float, float]]:
+    if isinstance(value, str):
+        try:
+            return [span(value)]
+        except ValueError:
+            return []
+    if isinstance(value, dict) and ("start" in value or "end" in value):
+        lo = span(value["start"])[0] if isinstance(value.get("start"), str) else -INF
+        hi = span(value["end"])[1] if isinstance(value.get("end"), str) else INF
+        return [(lo, hi)]
+    if isinstance(value, dict) and "event" in value:
+        return [s for e in value["event"] for s in spans(e)]
+    return []
+
+
+def date_matches(target: tuple[float, float], prefix: str, search: tuple[float, float]) -> bool:
+    (lo, hi), (a, b) = target, search
+    eq = lo >= a and hi <= b
+    return {"eq": eq, "ne": not eq, "gt": hi > b, "lt": lo < a, "ge": hi > b or eq, "le": lo < a or eq,
+            "sa": lo > b, "eb": hi < a}[prefix]
+
+
+def number_matches(x: float, prefix: str, text: str) -> bool:
+    d = Decimal(text)
+    exp = d.as_tuple().exponent
+    assert isinstance(exp, int)
+    half = Decimal(5) * Decimal(10) ** (exp - 1)
+    lo, hi, v = float(d - half), float(d + half), float(d)
+    return {"eq": lo <= x < hi, "ne": not lo <= x < hi, "gt": x > v, "lt": x < v, "ge": x >= v, "le": x <= v,
+            "sa": x > v, "eb": x < v}[prefix]
+
+
+def local(ref: str, base: str) -> str:
+    ref = ref.split("/_history/")[0]
+    return ref[len(base) + 1:] if ref.startswith(base + "/") else ref
+
+
+Matcher = Callable[[dict[str, Any]], bool]
+
+
+def matcher(code: str, modifier: str, raw: str, kind: str, base: str, rtype: str = "Patient") -> Matcher:
+    """The rule for one parameter and one value (no OR), by the text of FHIR R4 search.html."""
+    if modifier == "missing":
+        return lambda r: (not values(r, code)) == (raw == "true")
+    if kind == "string":
+        q = norm(raw)
+        if modifier == "exact":
+            return lambda r: any(t == raw for v in values(r, code) for t in texts(v))
+        if modifier == "contains":
+            return lambda r: any(q in norm(t) for v in values(r, code) for t in texts(v))
+        return lambda r: any(norm(t).startswith(q) for v in values(r, code) for t in texts(v))
+    if kind == "token":
+        if "|" in raw:
+            system, _, code_ = raw.partition("|")
+
+            def one(s: str | None, c: str) -> bool:
+                if code_ == "":
+                    return s == system
+                return c == code_ and (s in (None, "") if system == "" else s == system)
+        else:
+            def one(s: str | None, c: str) -> bool:
+                return c == raw
+        hit: Matcher = lambda r: any(one(s, c) for v in values(r, code) for s, c in codes(v))  # noqa: E731
+        return (lambda r: not hit(r)) if modifier == "not" else hit
+    if kind == "reference":
+        def refs(r: dict[str, Any]) -> list[str]:
+            return [local(v["reference"], base) for v in values(r, code)
+                    if isinstance(v, dict) and isinstance(v.get("reference"), str)] + \
+                [local(v, base) for v in values(r, code) if isinstance(v, str)]
+        if "/" in raw:
+            return lambda r: raw in refs(r)
+        # a bare id stands for that id on any of the parameter's target types (FHIR R4 search.html#reference)
+        targets = _definitions()[rtype][code].get("target") or []
+        return lambda r: any(x == raw or x in [f"{t}/{raw}" for t in targets] for x in refs(r))
+    if kind == "uri":
+        if modifier == "below":
+            return lambda r: any(isinstance(v, str) and v.startswith(raw) for v in values(r, code))
+        return lambda r: any(v == raw for v in values(r, code))
+    prefix, text = (raw[:2], raw[2:]) if raw[:2].isalpha() else ("eq", raw)
+    if kind == "date":
+        search = span(text)
+        return lambda r: any(date_matches(s, prefix, search) for v in values(r, code) for s in spans(v))
+    if kind == "number":
+        return lambda r: any(number_matches(float(v), prefix, text) for v in values(r, code)
+                             if isinstance(v, int | float | Decimal) and not isinstance(v, bool))
+    number, _, unit = text.partition("|")
+    system, _, unit_code = unit.partition("|")
+
+    def quantity_hit(v: Any) -> bool:
+        if not isinstance(v, dict) or not isinstance(v.get("value"), int | float | Decimal):
+            return False
+        if unit_code and (v.get("code") or v.get("unit")) != unit_code:
+            return False
+        if system and v.get("system") != system:
+            return False
+        return number_matches(float(v["value"]), prefix, number)
+    return lambda r: any(quantity_hit(v) for v in values(r, code))
+
+
+# ---- cases --------------------------------------------------------------------------------------------------
+
+def _fmt(x: float) -> str:
+    return format(Decimal(str(x)).normalize(), "f")
+
+
+def cases_for(resource: dict[str, Any], code: str, kind: str, rng: random.Random, base: str) -> list[tuple[str, str]]:
+    """(parameter name, value) pairs built from what ``resource`` holds for ``code``."""
+    found = values(resource, code)
+    if not found:
+        return [(f"{code}:missing", "true"), (f"{code}:missing", "false")] if rng.random() < 0.2 else []
+    v = rng.choice(found)
+    out: list[tuple[str, str]] = []
+    if kind == "string":
+        parts = [t for t in texts(v) if t.strip()]
+        if parts:
+            t = rng.choice(parts)
+            out += [(code, t[: max(1, len(t) // 2)]), (f"{code}:exact", t), (f"{code}:contains", t[1:3] or t)]
+    elif kind == "token":
+        pairs = codes(v)
+        if pairs:
+            s, c = rng.choice(pairs)
+            out += [(code, c), (f"{code}:not", c)]
+            out.append((code, f"{s}|{c}" if s else f"|{c}"))
+            if s:
+                out.append((code, f"{s}|"))
+    elif kind == "reference":
+        ref = v.get("reference") if isinstance(v, dict) else v if isinstance(v, str) else None
+        if isinstance(ref, str) and not ref.startswith("#"):
+            ref = local(ref, base)
+            out.append((code, ref))
+            if ref.count("/") == 1 and not ref.startswith(("http", "urn")):
+                out.append((code, ref.split("/")[1]))
+    elif kind == "uri" and isinstance(v, str):
+        out += [(code, v), (f"{code}:below", v[: max(1, len(v) * 2 // 3)])]
+    elif kind == "date":
+        s = rng.choice(spans(v)) if spans(v) else None
+        if s is not None and abs(s[0]) != INF:
+            moment = datetime.fromtimestamp(s[0], ZONE)
+            for text in (moment.strftime("%Y"), moment.strftime("%Y-%m"), moment.strftime("%Y-%m-%d"),
+                         moment.isoformat(timespec="seconds")):
+                out.append((code, f"{rng.choice(['eq', 'ne', 'gt', 'lt', 'ge', 'le', 'sa', 'eb'])}{text}"))
+    elif kind == "number" and isinstance(v, int | float | Decimal) and not isinstance(v, bool):
+        for prefix in ("", "gt", "lt", "ge", "le", "ne"):
+            out.append((code, f"{prefix}{_fmt(float(v))}"))
+    elif kind == "quantity" and isinstance(v, dict) and isinstance(v.get("value"), int | float | Decimal):
+        number = _fmt(float(v["value"]))
+        out += [(code, number), (code, f"gt{number}"), (code, f"le{number}")]
+        unit = v.get("code") or v.get("unit")
+        if unit:
+            out.append((code, f"{number}||{unit}"))
+            if v.get("system"):
+                out.append((code, f"ge{number}|{v['system']}|{unit}"))
+    return out
+
+
+# ---- fixtures -----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def search_hub(store_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
+    running = start_hub(store_uri, tmp_path_factory.mktemp("search-hub"), database="search_semantics")
+    yield running
+    stop_hub(running)
+
+
+@pytest.fixture(scope="module")
+def stored(search_hub: Hub) -> dict[str, list[dict[str, Any]]]:
+    """Load the data set; returns what the hub stored, read back by type (the evaluator's universe)."""
+    candidates = [r for r in valid_examples() if r["resourceType"] in TYPES]
+    candidates += organizations()
+    for i in range(GENERATED):
+        candidates += patient_group(i)
+    by_key = {f"{r['resourceType']}/{r['id']}": r for r in candidates if r.get("id")}
+    accepted: dict[str, list[dict[str, Any]]] = {}
+    items = list(by_key.values())
+    with search_hub.client() as api:
+        for start in range(0, len(items), 200):
+            chunk = items[start:start + 200]
+            bundle = {"resourceType": "Bundle", "type": "batch", "entry": [
+                {"resource": r, "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}}
+                for r in chunk]}
+            answer = api.post("", json=bundle)
+            assert answer.status_code == 200, answer.text
+            assert any(e["response"]["status"].startswith(("200", "201")) for e in answer.json()["entry"])
+        for rtype in {r["resourceType"] for r in items}:
+            accepted[rtype] = []
+            answer = api.get(f"/{rtype}", params={"_count": "1000"})
+            while True:
+                page = answer.json()
+                accepted[rtype] += [e["resource"] for e in page["entry"]]
+                nxt = next((link["url"] for link in page["link"] if link["relation"] == "next"), None)
+                if nxt is None:
+                    break
+                answer = api.get(nxt.replace(search_hub.base, ""))
+    return accepted
+
+
+def search_all(api: httpx.Client, base: str, rtype: str, params: list[tuple[str, str]]) -> list[str]:
+    """Ids of every match, following next links to the end."""
+    ids: list[str] = []
+    answer = api.get(f"/{rtype}", params=[*params, ("_count", "100")])
+    while True:
+        assert answer.status_code == 200, (params, answer.text)
+        page = answer.json()
+        ids += [e["resource"]["id"] for e in page.get("entry", []) if e["search"]["mode"] == "match"]
+        nxt = next((link["url"] for link in page["link"] if link["relation"] == "next"), None)
+        if nxt is None:
+            return ids
+        answer = api.get(nxt.replace(base, ""))
+
+
+# ---- tests --------------------------------------------------------------------------------------------------
+
+def test_every_parameter_type_modifier_and_prefix_against_brute_force(
+        search_hub: Hub, stored: dict[str, list[dict[str, Any]]]) -> None:
+    rng = random.Random(20261125)
+    base = search_hub.base
+    checked = 0
+    kinds: set[str] = set()
+    failures: list[str] = []
+    with search_hub.client() as api:
+        for rtype in TYPES:
+            universe = stored.get(rtype, [])
+            if not universe:
+                continue
+            for code, definition in sorted(_definitions()[rtype].items()):
+                kind = definition["type"]
+                if kind in ("composite", "special") or code == "_id":
+                    continue
+                having = [r for r in universe if values(r, code)]
+                picked = rng.sample(having, min(2, len(having))) + rng.sample(universe, 1)
+                for resource in picked:
+                    for name, value in cases_for(resource, code, kind, rng, base):
+                        modifier = name.partition(":")[2]
+                        test = matcher(code, modifier, value, kind, base, rtype)
+                        expected = sorted(r["id"] for r in universe if test(r))
+                        escaped = value.replace("\\", "\\\\").replace(",", "\\,")  # search.html#escaping
+                        got = search_all(api, base, rtype, [(name, escaped)])
+                        checked += 1
+                        kinds.add(f"{kind}:{modifier}" if modifier else kind)
+                        if len(got) != len(set(got)):
+                            failures.append(f"{rtype}?{name}={value}: duplicates in the pages")
+                        if sorted(got) != expected:
+                            missing, extra = set(expected) - set(got), set(got) - set(expected)
+                            failures.append(f"{rtype}?{name}={value}: missing {sorted(missing)[:3]} "
+                                            f"extra {sorted(extra)[:3]}")
+    assert not failures, f"{len(failures)} of {checked} cases differ:\n" + "\n".join(failures[:40])
+    assert checked > 500, checked
+    assert {"string", "string:exact", "string:contains", "token", "token:not", "reference", "date", "number",
+            "quantity", "uri", "uri:below"} <= kinds, kinds
+
+
+def test_or_and_chinese_names_and_paging(search_hub: Hub, stored: dict[str, list[dict[str, Any]]]) -> None:
+    patients = stored["Patient"]
+    base = search_hub.base
+    with search_hub.client() as api:
+        for name, value in [("name", "王"), ("family", "王"), ("given", "小东"), ("name", "王,李"),
+                            ("name", "wang"), ("address-city", "上海")]:
+            tests = [matcher(name, "", v, "string", base) for v in value.split(",")]
+            expected = sorted(r["id"] for r in patients if any(t(r) for t in tests))
+            assert expected, (name, value)
+            assert sorted(search_all(api, base, "Patient", [(name, value)])) == expected
+        both = [("family", "王"), ("gender", "female")]
+        expected = sorted(r["id"] for r in patients if matcher("family", "", "王", "string", base)(r)
+                          and matcher("gender", "", "female", "token", base)(r))
+        assert sorted(search_all(api, base, "Patient", both)) == expected
+
+
+def test_chains_has_and_includes(search_hub: Hub, stored: dict[str, list[dict[str, Any]]]) -> None:
+    base = search_hub.base
+    patients = {r["id"]: r for r in stored["Patient"]}
+    wang = {pid for pid, r in patients.items() if matcher("family", "", "王", "string", base)(r)}
+    reports = stored["DiagnosticReport"]
+    with search_hub.client() as api:
+        chained = search_all(api, base, "DiagnosticReport", [("subject:Patient.family", "王")])
+        assert sorted(chained) == sorted(r["id"] for r in reports
+                                         if r.get("subject", {}).get("reference", "")[8:] in wang)
+        two_levels = search_all(api, base, "Observation", [("subject:Patient.organization.identifier", "H03")])
+        in_h03 = {pid for pid, r in patients.items()
+                  if r.get("managingOrganization", {}).get("reference") == "Organization/h03"}
+        assert sorted(two_levels) == sorted(r["id"] for r in stored["Observation"]
+                                            if r.get("subject", {}).get("reference", "")[8:] in in_h03)
+        assert two_levels
+        urgent = {r["subject"]["reference"][8:] for r in stored["ServiceRequest"] if r.get("priority") == "urgent"}
+        has = search_all(api, base, "Patient", [("_has:ServiceRequest:subject:priority", "urgent")])
+        assert sorted(has) == sorted(urgent)
+        nested = search_all(api, base, "Organization",
+                            [("_has:Patient:organization:_has:ServiceRequest:subject:priority", "urgent")])
+        assert sorted(nested) == sorted({patients[p]["managingOrganization"]["reference"][13:] for p in urgent
+                                         if "managingOrganization" in patients[p]})
+        page = api.get("/DiagnosticReport", params={"_id": "dr0000001", "_include": "DiagnosticReport:result",
+                                                    "_revinclude": "Observation:based-on"}).json()
+        matched = [e["resource"]["id"] for e in page["entry"] if e["search"]["mode"] == "match"]
+        included = sorted(e["resource"]["id"] for e in page["entry"] if e["search"]["mode"] == "include")
+        assert matched == ["dr0000001"] and included == ["ob00000010", "ob00000011"]
+        page = api.get("/ServiceRequest", params={"_id": "sr0000002", "_revinclude": "DiagnosticReport:based-on",
+                                                  "_include:iterate": "DiagnosticReport:result"}).json()
+        included = sorted(e["resource"]["id"] for e in page["entry"] if e["search"]["mode"] == "include")
+        assert included == ["dr0000002", "ob00000020", "ob00000021"]
+        page = api.get("/Observation", params={"subject": "p0000004", "_include": "Observation:subject"}).json()
+        assert [e["resource"]["id"] for e in page["entry"] if e["search"]["mode"] == "include"] == ["p0000004"]
+
+
+def test_sort_total_count_and_system_search(search_hub: Hub, stored: dict[str, list[dict[str, Any]]]) -> None:
+    base = search_hub.base
+    generated = [r for r in stored["Patient"] if re.fullmatch(r"p\d{7}", r["id"])]
+    with search_hub.client() as api:
+        params = [("identifier", "urn:oid:2.16.156.10011.1.1|"), ("_sort", "-birthdate,_id"), ("_count", "7")]
+        ids: list[str] = []
+        url: str | None = "/Patient?" + "&".join(f"{k}={v}" for k, v in params)
+        while url:
+            page = api.get(url.replace(base, "")).json()
+            assert page["total"] == len(generated)
+            ids += [e["resource"]["id"] for e in page["entry"]]
+            url = next((link["url"] for link in page["link"] if link["relation"] == "next"), None)
+        expected = sorted(generated, key=lambda r: r["id"])
+        expected.sort(key=lambda r: r["birthDate"], reverse=True)
+        assert ids == [r["id"] for r in expected]
+        by_two = api.get("/Patient", params={"identifier": "urn:oid:2.16.156.10011.1.1|", "_count": "500",
+                                             "_sort": "gender,-_id"}).json()
+        got = [(e["resource"]["gender"], e["resource"]["id"]) for e in by_two["entry"]]
+        assert got == sorted(got, key=lambda g: (g[0], [-ord(c) for c in g[1]]))
+        count = api.get("/Observation", params={"code": "718-7", "_summary": "count"}).json()
+        assert count["total"] == sum(1 for r in stored["Observation"] if matcher("code", "", "718-7", "token", base)(r))
+        assert "entry" not in count or not [e for e in count["entry"] if e["search"]["mode"] == "match"]
+        accurate = api.get("/ServiceRequest", params={"status": "active", "_total": "accurate", "_count": "3"}).json()
+        assert accurate["total"] == sum(1 for r in stored["ServiceRequest"] if r.get("status") == "active")
+        system = api.get("", params={"_type": "Patient,Organization", "identifier": "H05,MRN00000005"}).json()
+        assert sorted(e["resource"]["id"] for e in system["entry"]) == ["h05", "p0000005"]
+        posted = api.post("/Patient/_search", content="family=王&gender=male",
+                          headers={"Content-Type": "application/x-www-form-urlencoded"})
+        assert posted.status_code == 200
+        assert sorted(e["resource"]["id"] for e in posted.json()["entry"]) == sorted(
+            search_all(api, base, "Patient", [("family", "王"), ("gender", "male")]))
+
+
+def test_compartment_search_and_everything(search_hub: Hub, stored: dict[str, list[dict[str, Any]]]) -> None:
+    base = search_hub.base
+    with search_hub.client() as api:
+        requests = api.get("/Patient/p0000007/ServiceRequest").json()
+        assert [e["resource"]["id"] for e in requests["entry"]] == ["sr0000007"]
+        everything: list[str] = []
+        url: str | None = "/Patient/p0000007/$everything?_count=2"
+        while url:
+            page = api.get(url.replace(base, "")).json()
+            everything += [f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in page["entry"]]
+            url = next((link["url"] for link in page["link"] if link["relation"] == "next"), None)
+        assert sorted(everything) == sorted(["Patient/p0000007", "ServiceRequest/sr0000007",
+                                             "Observation/ob00000070", "Observation/ob00000071",
+                                             "DiagnosticReport/dr0000007"])
+        only = api.get("/Patient/p0000007/$everything", params={"_type": "Observation"}).json()
+        assert sorted(e["resource"]["id"] for e in only["entry"]) == ["ob00000070", "ob00000071"]
+    with httpx.Client(base_url=base, headers={"Authorization": "Bearer " + search_hub.token(
+            "patient/*.rs", patient="p0000007")}) as own:
+        mine = own.get("/Observation").json()
+        assert sorted(e["resource"]["id"] for e in mine["entry"]) == ["ob00000070", "ob00000071"]
+        assert [e["resource"]["id"] for e in own.get("/Patient").json()["entry"]] == ["p0000007"]
+
+
+def test_bad_search_input_is_a_clear_error(search_hub: Hub) -> None:
+    with search_hub.client() as api:
+        for params, where in [({"birthdate": "19x0"}, "birthdate"), ({"code:in": "http://vs"}, "code:in"),
+                              ({"_sort": "nosuch"}, "_sort"), ({"_has:Nope:x:y": "1"}, "_has:Nope:x:y"),
+                              ({"value-quantity": "abc"}, "value-quantity"), ({"_cursor": "!!"}, "_cursor")]:
+            rtype = "Observation" if "value-quantity" in params or "code:in" in params else "Patient"
+            answer = api.get(f"/{rtype}", params=params)
+            assert answer.status_code == 400, (params, answer.text)
+            issue = answer.json()["issue"][0]
+            assert issue["diagnostics"] and issue.get("expression", [where])[0] == where, issue
