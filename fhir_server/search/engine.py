@@ -21,7 +21,7 @@ import orjson
 from fhir_server.errors import BadRequest, Issue
 from fhir_server.search.keys import decode_hex, decode_number, hexs, split_date
 from fhir_server.search.query import Clause, KeyRange, KeySet, SearchQuery
-from fhir_server.search.registry import parameters_for
+from fhir_server.search.registry import indexed_as, parameters_for
 from fhir_server.settings import Settings
 from fhir_server.storage import ResourceStore, Version
 from fhir_server.storage.versions import index_key
@@ -54,8 +54,9 @@ def compartment_clause(rtype: str, compartment: str, cid: str, params: list[str]
     if rtype == compartment:
         return Clause(f"{compartment}/{cid}", ids=frozenset({cid}))
     target = hexs(f"{compartment}/{cid}")
+    indexed = sorted({indexed_as(rtype, p)[0] for p in params})
     return Clause(f"{compartment}/{cid}", keys=KeySet(tuple(
-        KeyRange(f"{p}|{target}|", f"{p}|{target}|{_TOP}") for p in params)))
+        KeyRange(f"{p}|{target}|", f"{p}|{target}|{_TOP}") for p in indexed)))
 
 
 def _matches_clause(clause: Clause, version: Version, entries: list[str], body: dict[str, Any] | None) -> bool:

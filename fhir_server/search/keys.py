@@ -12,7 +12,7 @@ Encodings (``hex`` is the hex of the UTF-8 bytes, ``n`` a sortable 16-hex-digit 
 - token: ``hex(code).hex(system)`` (``hex(code).`` when the code has no system)
 - reference: ``hex(Type/id)`` for resources on this server, ``hex(url)`` otherwise; the reference's
   identifier as a token of the parameter ``<code>:identifier``
-- date: ``L n(low).n(high)`` and ``H n(high).n(low)`` (microseconds; both bounds in each, one per bound order)
+- date: ``L n(low).n(high)``, and ``H n(high).n(low)`` when the value spans a day or more (microseconds)
 - number: ``n(value)``; quantity: ``N n(value)`` and ``C hex(code or unit).n(value).hex(system)``
 - uri: ``hex(uri)``
 """
@@ -25,9 +25,10 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from fhir_server.search.entries import ANY_SYSTEM, entries_of_values, tokens_of, values_of
-from fhir_server.search.registry import SearchParameter, parameters_for
+from fhir_server.search.registry import SearchParameter, indexed_as, parameters_for
 
 __all__ = [
+    "LONG_SPAN",
     "MAX_TEXT",
     "PRESENT",
     "decode_hex",
@@ -41,6 +42,7 @@ __all__ = [
     "token_enc",
 ]
 
+LONG_SPAN = 86_400_000_000  # µs: dates spanning a day or more also get an entry ordered by their high bound
 PRESENT = "~"  # the entry of a parameter that is present without a searchable value
 MAX_TEXT = 100  # characters of a string value that are indexed (longer values match on these)
 _INT_OFFSET = 2**63
@@ -114,7 +116,9 @@ def _encode(parameter: SearchParameter, values: list[Any], base_url: str) -> lis
         out = []
         for low, high in values:
             lo, hi = sortable_int(low), sortable_int(high)
-            out += [f"L{lo}.{hi}", f"H{hi}.{lo}"]
+            out.append(f"L{lo}.{hi}")
+            if high - low >= LONG_SPAN:  # short values are found by their low bound (query.py widens by a day)
+                out.append(f"H{hi}.{lo}")
         return out
     if kind == "number":
         return [num(v) for v in values]
@@ -142,14 +146,16 @@ def entry_keys(resource: dict[str, Any], *, zone: ZoneInfo, base_url: str,
     """Every index entry (``param|enc|``) of ``resource``, sorted and unique.
 
     ``_id`` is not indexed (the resource's own key serves it); composite and special parameters have no
-    entries of their own. A parameter whose elements are present but give no searchable value (a
+    entries of their own, and a reference parameter that is another restricted to one type (``indexed_as``)
+    has that one's entries. A parameter whose elements are present but give no searchable value (a
     CodeableConcept with text only, a Reference with display only) gets the entry ``param|~|``, so that
     ``:missing`` tells present from absent (FHIR R4 search.html#missing).
     """
     params = parameters if parameters is not None else parameters_for(resource.get("resourceType", ""))
     found: set[str] = set()
+    rtype = resource.get("resourceType", "")
     for code, parameter in params.items():
-        if code == "_id" or parameter.type in ("composite", "special"):
+        if code == "_id" or parameter.type in ("composite", "special") or indexed_as(rtype, code)[0] != code:
             continue
         values = values_of(parameter, resource)
         if not values:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import parse_qsl
@@ -20,6 +20,7 @@ from fhir_server.errors import BadRequest, Issue
 from fhir_server.model.types import ID_RE, SUPPORTED_TYPES
 from fhir_server.search.entries import date_range, normalize_string, strings_of, values_of
 from fhir_server.search.keys import (
+    LONG_SPAN,
     MAX_TEXT,
     PRESENT,
     decode_hex,
@@ -30,7 +31,7 @@ from fhir_server.search.keys import (
     split_date,
     token_enc,
 )
-from fhir_server.search.registry import SearchParameter, parameters_for
+from fhir_server.search.registry import SearchParameter, indexed_as, parameters_for
 
 __all__ = ["MODIFIERS", "Chain", "Clause", "Include", "KeyRange", "KeySet", "SearchQuery", "parse_search",
            "query_pairs"]
@@ -210,6 +211,23 @@ def _number_ranges(family: str, prefix: str, text: str, where: str,
     return [KeyRange(family + num(value - spread), family + num(value + spread) + _TOP, accept)]
 
 
+def _high(e: str) -> int:
+    return split_date(e[e.index("|") + 1:])[1]
+
+
+def _ends_after(p: str, b: int) -> list[KeyRange]:
+    """Dates whose high bound is after ``b``: long ones by their H entry, short ones (under a day, no H
+    entry, keys.py) by their low bound, which is then less than a day before ``b``."""
+    return [KeyRange(f"{p}|H{sortable_int(b + 1)}", f"{p}|H{_TOP}"),
+            KeyRange(f"{p}|L{sortable_int(b + 1 - LONG_SPAN)}", f"{p}|L{_TOP}", lambda e: _high(e) > b)]
+
+
+def _ends_before(p: str, a: int) -> list[KeyRange]:
+    """Dates whose high bound is before ``a``."""
+    return [KeyRange(f"{p}|H", f"{p}|H{sortable_int(a)}"),
+            KeyRange(f"{p}|L", f"{p}|L{sortable_int(a)}", lambda e: _high(e) < a)]
+
+
 def _date_clause(p: str, values: list[str], zone: ZoneInfo, where: str) -> list[KeyRange]:
     ranges: list[KeyRange] = []
     for raw in values:
@@ -218,7 +236,7 @@ def _date_clause(p: str, values: list[str], zone: ZoneInfo, where: str) -> list[
         if found is None:
             raise _bad(f"'{text}' is not a FHIR date, dateTime or instant", where=where)
         a, b = found
-        low_family, high_family = f"{p}|L", f"{p}|H"
+        low_family = f"{p}|L"
 
         def hi_at_most(e: str, b: int = b) -> bool:
             return split_date(e[e.index("|") + 1:])[1] <= b
@@ -232,11 +250,11 @@ def _date_clause(p: str, values: list[str], zone: ZoneInfo, where: str) -> list[
 
             ranges.append(KeyRange(low_family, low_family + _TOP, outside))
         elif prefix == "gt":
-            ranges.append(KeyRange(high_family + sortable_int(b + 1), high_family + _TOP))
+            ranges += _ends_after(p, b)
         elif prefix == "lt":
             ranges.append(KeyRange(low_family, low_family + sortable_int(a)))
         elif prefix == "ge":
-            ranges += [KeyRange(high_family + sortable_int(b + 1), high_family + _TOP),
+            ranges += [*_ends_after(p, b),
                        KeyRange(low_family + sortable_int(a), low_family + sortable_int(b) + _TOP, hi_at_most)]
         elif prefix == "le":
             def before_or_within(e: str, a: int = a, b: int = b) -> bool:
@@ -247,7 +265,7 @@ def _date_clause(p: str, values: list[str], zone: ZoneInfo, where: str) -> list[
         elif prefix == "sa":
             ranges.append(KeyRange(low_family + sortable_int(b + 1), low_family + _TOP))
         elif prefix == "eb":
-            ranges.append(KeyRange(high_family, high_family + sortable_int(a)))
+            ranges += _ends_before(p, a)
         else:  # ap: overlaps the value widened by 10 % of its distance from now, at least a day
             now = int(time.time() * 1_000_000)
             spread = max(abs(now - a) // 10, MICROS_PER_DAY)
@@ -369,12 +387,16 @@ class _Parser:
             return None
         if value == "":
             raise _bad(f"Search parameter '{name}' has no value", where=name)
+        code, only = indexed_as(rtype, code)  # e.g. Observation "patient" is "subject" restricted to Patient
+        if only is not None:
+            parameter = replace(params[code], targets=(only,))
         if chained:
             return self._chain(rtype, parameter, code, modifier or None, chained, value, ignored)
         if modifier == "missing":
             if value not in ("true", "false"):
                 raise _bad(f"{name} takes true or false, not '{value}'", where=name)
-            present = (_starting(f"{code}|"), _exact(f"{code}|{PRESENT}"))
+            present = (_starting(f"{code}|{hexs(only + '/')}"),) if only else (
+                _starting(f"{code}|"), _exact(f"{code}|{PRESENT}"))
             return Clause(name, keys=KeySet(present), negate=value == "true")
         if code == "_id":
             if modifier:
@@ -384,10 +406,10 @@ class _Parser:
             if bad:
                 raise _bad(f"_id values must be FHIR ids (A-Z a-z 0-9 - ., 1-64), not '{bad[0]}'", where=name)
             return Clause(name, ids=frozenset(values))
-        return self._typed(rtype, parameter, code, modifier, value, name)
+        return self._typed(rtype, parameter, code, modifier, value, name, only)
 
     def _typed(self, rtype: str, parameter: SearchParameter, code: str, modifier: str, value: str,
-               name: str) -> Clause | None:
+               name: str, only: str | None = None) -> Clause | None:
         kind = parameter.type
         values = _split_values(value)
         if kind in ("composite", "special"):
@@ -433,7 +455,8 @@ class _Parser:
                 if modifier not in SUPPORTED_TYPES:
                     raise _bad_modifier(modifier, kind, name)
                 type_modifier = modifier
-            ranges = [r for v in values for r in _reference_ranges(code, parameter, v, type_modifier, self.base_url)]
+            ranges = [r for v in values for r in _reference_ranges(code, parameter, v, type_modifier, self.base_url)
+                      if only is None or r.lo.startswith(f"{code}|{hexs(only + '/')}") or "/" not in v]
             return Clause(name, keys=KeySet(tuple(ranges)))
         if kind == "uri":
             if modifier == "below":
@@ -484,11 +507,15 @@ class _Parser:
         if len(parts) < 4 or not parts[1] or not parts[2] or not parts[3]:
             raise _bad(f"'{name}': _has takes the form _has:Type:reference-parameter:parameter=value", where=name)
         _, source, param, rest = parts
+        param_code = param
         if source not in SUPPORTED_TYPES:
             raise _bad(f"'{source}' in {name} is not a resource type this hub serves", where=name)
-        ref = parameters_for(source).get(param)
+        ref = parameters_for(source).get(param_code)
         if ref is None or ref.type != "reference":
             raise _bad(f"'{param}' is not a reference search parameter of {source}", where=name)
+        param, only = indexed_as(source, param_code)
+        if only is not None and only != rtype:
+            return Clause(name, ids=frozenset())  # e.g. Group?_has:Observation:patient:…: never a Patient
         if self.depth >= 4:
             raise _bad("Chains and _has may nest 4 levels at most", code="too-costly", where=name)
         inner = _Parser(zone=self.zone, base_url=self.base_url, depth=self.depth + 1)
@@ -522,6 +549,8 @@ def _includes(rtype: str, values: list[str], name: str, *, reverse: bool) -> lis
         definition = parameters_for(source).get(param)
         if param != "*" and (definition is None or definition.type != "reference"):
             raise _bad(f"{name}={value}: '{param}' is not a reference search parameter of {source}", where=name)
+        param, only = indexed_as(source, param)
+        target = target or only
         if not reverse and not iterate and source != rtype:
             raise _bad(f"{name}={value}: the source type must be {rtype} (or use {name}:iterate)", where=name)
         out.append(Include(source, param, target, iterate))
@@ -549,7 +578,7 @@ def parse_search(rtype: str, pairs: list[tuple[str, str]], *, zone: ZoneInfo, ba
                 code = key.lstrip("-")
                 if code not in parameters_for(rtype) or parameters_for(rtype)[code].type in ("composite", "special"):
                     raise _bad(f"_sort: '{code}' is not a search parameter of {rtype}", where="_sort")
-                query.sort.append((code, desc))
+                query.sort.append((indexed_as(rtype, code)[0], desc))
             continue
         if name == "_total":
             if value not in ("none", "estimate", "accurate"):

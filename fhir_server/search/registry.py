@@ -12,7 +12,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-__all__ = ["Component", "PathPart", "SearchParameter", "parameters_for"]
+__all__ = ["Component", "PathPart", "SearchParameter", "indexed_as", "parameters_for"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,3 +61,31 @@ def parameters_for(rtype: str) -> dict[str, SearchParameter]:
             components=tuple(Component(c["definition"], c["expression"]) for c in d.get("component", ())),
         )
     return out
+
+
+@cache
+def _derived(rtype: str) -> dict[str, tuple[str, str]]:
+    """Reference parameters that are another one restricted to a target type, e.g. Observation ``patient``
+    (``Observation.subject.where(resolve() is Patient)``) is ``subject`` for ``Patient/...`` values: code ->
+    (base code, type). Their entries are the base's (one index document instead of two)."""
+    params = parameters_for(rtype)
+    out: dict[str, tuple[str, str]] = {}
+    for code, p in params.items():
+        targets = {part.resolve_is for part in p.paths}
+        if p.type != "reference" or not p.paths or len(targets) != 1 or None in targets:
+            continue
+        expressions = [part.expression for part in p.paths]
+        for base_code, base in sorted(params.items()):
+            if (base_code != code and base.type == "reference" and [b.expression for b in base.paths] == expressions
+                    and not any(b.resolve_is for b in base.paths)):
+                target = targets.pop()
+                assert target is not None
+                out[code] = (base_code, target)
+                break
+    return out
+
+
+def indexed_as(rtype: str, code: str) -> tuple[str, str | None]:
+    """The parameter whose index entries serve ``code``, and the reference type they are restricted to."""
+    found = _derived(rtype).get(code)
+    return found if found is not None else (code, None)

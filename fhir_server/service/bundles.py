@@ -330,13 +330,22 @@ class BundleService:
     async def _prepare(self, entries: list[_Entry]) -> list[tuple[Version, Version | None]]:
         """Validate and build every new version; read the versions they supersede."""
         changes: list[tuple[Version, Version | None]] = []
-        for e in sorted(entries, key=lambda x: _ORDER[x.method]):
-            if e.method in ("GET", "HEAD") or e.target is None or e.result is not None:
-                continue
+        writes = [e for e in sorted(entries, key=lambda x: _ORDER[x.method])
+                  if e.method not in ("GET", "HEAD") and e.target is not None and e.result is None]
+        wanted: dict[str, list[str]] = {}
+        for e in writes:
+            if e.method != "POST":  # a POST's id is new: nothing to read
+                assert e.target is not None
+                wanted.setdefault(e.rtype, []).append(e.target)
+        bases: dict[tuple[str, str], Version] = {}
+        for rtype, rids in wanted.items():  # one round trip per type, not one per entry
+            bases.update({(rtype, rid): v for rid, v in (await self.store.current_many(rtype, rids)).items()})
+        for e in writes:
+            assert e.target is not None
             try:
                 if e.method == "PATCH":
                     raise BadRequest("PATCH in a transaction is not supported yet; use PUT")
-                base = await self.store.current(e.rtype, e.target, with_index=True)
+                base = bases.get((e.rtype, e.target))
                 if e.if_match is not None and (base is None or base.vid != e.if_match):
                     raise PreconditionFailed(f"{e.rtype}/{e.target} is not at version {e.if_match}")
                 if e.method == "DELETE":
