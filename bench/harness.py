@@ -95,9 +95,10 @@ class RunningHub:
 
 
 @asynccontextmanager
-async def running_hub(*, workers: int = 1) -> AsyncIterator[RunningHub]:
-    """A throwaway FerretDB and `medunion run` against it, both on free loopback ports."""
-    tmp = Path(tempfile.mkdtemp(prefix="medunion-bench-"))
+async def running_hub(*, workers: int = 1, data_dir: Path | None = None) -> AsyncIterator[RunningHub]:
+    """A FerretDB and `medunion run` against it, both on free loopback ports; the store is throwaway unless
+    ``data_dir`` names a folder to keep it in (a large data set loaded once, measured many times)."""
+    tmp = data_dir or Path(tempfile.mkdtemp(prefix="medunion-bench-"))
     store = EmbeddedStore(data_dir=tmp / "store", port=free_port())
     store.start()
     port = free_port()

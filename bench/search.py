@@ -4,7 +4,7 @@ clients, then each search from 16 clients, with p50/p95/p99 and requests/s. Next
 time for the equivalent indexed query (the same ``search_index`` range scan and ``_id`` lookups through
 PyMongo, without HTTP, parsing, re-checks or JSON), measured in the same run.
 
-    .venv/bin/python -m bench.search --patients 100000 --seconds 10
+    .venv/bin/python -m bench.search --patients 100000 --seconds 10 [--store-dir /tmp/search-store]
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -66,14 +67,20 @@ def birth(i: int) -> tuple[str, str]:
     return patient["name"][0]["family"], patient["birthDate"]
 
 
-async def main(patients: int, seconds: float, clients: int, skip_load: bool) -> None:
-    async with running_hub() as hub:
+async def main(patients: int, seconds: float, clients: int, store_dir: Path | None) -> None:
+    marker = store_dir / f"loaded-{patients}" if store_dir else None
+    async with running_hub(data_dir=store_dir) as hub:
         print(f"{machine_line()}; {patients:,} patients ({patients * 5:,} resources), {clients} clients, "
               f"{seconds:.0f} s per row")
         connector = aiohttp.TCPConnector(limit=clients * 2)
         async with aiohttp.ClientSession(headers=hub.headers, connector=connector) as http:
-            rate = await load(http, hub.base, patients, 4) if not skip_load else float("nan")
-            print(f"transaction ingest (100-entry Bundles, 4 clients): {rate:,.0f} resources/s", flush=True)
+            if marker is not None and marker.exists():
+                print("data set already loaded in --store-dir", flush=True)
+            else:
+                rate = await load(http, hub.base, patients, 4)
+                print(f"transaction ingest (100-entry Bundles, 4 clients): {rate:,.0f} resources/s", flush=True)
+                if marker is not None:
+                    marker.write_text("loaded\n")
             client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(hub.store_uri)
             store = ResourceStore(client["medunion"])
             zone = Settings().zone
@@ -149,9 +156,14 @@ async def main(patients: int, seconds: float, clients: int, skip_load: bool) -> 
                 return await get(f"/Patient?_has:ServiceRequest:subject:authored={quote(authored)}")
 
             async def has_raw(rng: random.Random) -> bool:
-                i = pick(rng)
-                requests = await raw("ServiceRequest", *exact("subject", hexs(f"Patient/{patient_id(i)}")))
-                return bool(await store.current_many("Patient", [patient_id(i)])) and bool(requests)
+                authored = patient_group(pick(rng), observations=0)[1]["authoredOn"]
+                found = date_range(authored, zone)
+                assert found is not None
+                requests = await raw("ServiceRequest", f"authored|L{sortable_int(found[0])}",
+                                     f"authored|L{sortable_int(found[1])}~", limit=1000)
+                subjects = [v.index for v in requests]  # the subjects' ids are in the entries; fetch them
+                rids = sorted({patient_id(int(r.rid[2:])) for r in requests})
+                return bool(await store.current_many("Patient", rids)) and bool(subjects)
 
             page_urls: dict[int, str] = {}
             url: str | None = "/ServiceRequest?status=active&_count=20"
@@ -202,6 +214,7 @@ if __name__ == "__main__":
     parser.add_argument("--patients", type=int, default=100_000)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--skip-load", action="store_true")
+    parser.add_argument("--store-dir", type=Path, default=None,
+                        help="keep the store here; a later run with the same --patients skips loading")
     args = parser.parse_args()
-    asyncio.run(main(args.patients, args.seconds, args.clients, args.skip_load))
+    asyncio.run(main(args.patients, args.seconds, args.clients, args.store_dir))

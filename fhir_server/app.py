@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator
@@ -19,12 +20,23 @@ from fhir_server.api.routes import fhir_routes, root_routes
 from fhir_server.auth.tokens import TokenVerifier
 from fhir_server.errors import StoreUnavailable
 from fhir_server.service import BundleService, ResourceService
+from fhir_server.service.reindex import Reindexer
 from fhir_server.settings import Settings
 from fhir_server.storage import ResourceStore, connect
 
 __all__ = ["create_app"]
 
 log = logging.getLogger("medunion.app")
+
+
+async def _refresh_search_parameters(service: ResourceService, every: float = 10.0) -> None:
+    """Pick up SearchParameters written by other processes sharing the store (this one refreshes at once)."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await service.refresh_search_parameters()
+        except Exception as exc:  # the store may be down for a while; the next round tries again
+            log.warning("could not refresh custom search parameters: %s", type(exc).__name__)
 
 
 def create_app(settings: Settings, *, mongodb_uri: str | None = None) -> Any:
@@ -47,6 +59,9 @@ def create_app(settings: Settings, *, mongodb_uri: str | None = None) -> Any:
         app.state.store = store
         app.state.service = ResourceService(store=store, settings=settings)
         app.state.bundles = BundleService(resources=app.state.service, settings=settings)
+        app.state.reindexer = Reindexer(resources=app.state.service, settings=settings)
+        await app.state.service.refresh_search_parameters()
+        refresher = asyncio.create_task(_refresh_search_parameters(app.state.service))
         app.state.tokens = TokenCache(TokenVerifier(settings))
         # Everything loaded so far (models, routes, settings) lives as long as the process: keep it out of
         # the cyclic collector's scans, which otherwise stall busy event loops for tens of milliseconds.
@@ -55,6 +70,7 @@ def create_app(settings: Settings, *, mongodb_uri: str | None = None) -> Any:
         try:
             yield
         finally:
+            refresher.cancel()
             await client.close()
 
     # Starlette directly, not FastAPI: its per-request dependency and middleware machinery cost 30 % of read

@@ -70,6 +70,15 @@ def test_kill_mid_load_loses_no_acknowledged_write(store_uri: str, tmp_path: Pat
                 versions = [int(e["resource"]["meta"]["versionId"]) for e in history["entry"]]
                 assert versions == list(range(top, 0, -1)), rid  # contiguous, nothing beyond current
                 assert client.get(f"/Patient/{rid}/_history/{top + 1}").status_code == 404
+                # search sees the current version's values, and none of the superseded ones
+                family = current.json()["name"][0]["family"]
+                found = client.get("/Patient", params={"family:exact": family}).json()
+                assert rid in [e["resource"]["id"] for e in found.get("entry", [])], (rid, "current not indexed")
+                stale = sorted({str(b["name"][0]["family"]) for r, v, b in acked  # type: ignore[index]
+                                if r == rid and v < top and b["name"][0]["family"] != family})  # type: ignore[index]
+                for old in stale[:5]:
+                    hit = client.get("/Patient", params={"family:exact": old, "_id": rid}).json()
+                    assert not hit.get("entry"), (rid, "a superseded version still matches")
                 # and the resource is writable at once: no orphan claim blocks the next version
                 nxt = client.put(f"/Patient/{rid}", json={"resourceType": "Patient", "id": rid})
                 assert nxt.status_code == 200 and nxt.json()["meta"]["versionId"] == str(top + 1)

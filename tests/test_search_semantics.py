@@ -494,3 +494,42 @@ def test_bad_search_input_is_a_clear_error(search_hub: Hub) -> None:
             assert answer.status_code == 400, (params, answer.text)
             issue = answer.json()["issue"][0]
             assert issue["diagnostics"] and issue.get("expression", [where])[0] == where, issue
+
+
+def test_paging_to_the_end_while_writes_continue(api: httpx.Client, hub: Hub) -> None:
+    """Every resource that matched throughout is seen exactly once; deleted ones vanish, nothing repeats."""
+    system = f"urn:paging:{random.randrange(10**9)}"
+
+    def make(n: int) -> str:
+        body = {"resourceType": "Patient", "identifier": [{"system": system, "value": f"v{n}"}],
+                "name": [{"family": "王", "given": [f"{n}"]}]}
+        answer = api.post("/Patient", json=body)
+        assert answer.status_code == 201
+        return str(answer.json()["id"])
+
+    ids = [make(n) for n in range(60)]
+    seen: list[str] = []
+    deleted: set[str] = set()
+    updated: set[str] = set()
+    url: str | None = f"/Patient?identifier={system}|&_count=7"
+    rng = random.Random(7)
+    while url:
+        page = api.get(url.replace(hub.base, "")).json()
+        seen += [e["resource"]["id"] for e in page["entry"]]
+        for _ in range(3):  # writes between pages: new matches, updates, deletions of not-yet-seen ones
+            ids.append(make(len(ids)))
+            victim = rng.choice([i for i in ids if i not in seen and i not in deleted])
+            assert api.delete(f"/Patient/{victim}").status_code == 204
+            deleted.add(victim)
+            changed = rng.choice(ids)
+            if changed not in deleted:
+                current = api.get(f"/Patient/{changed}").json()
+                current["gender"] = "female"
+                assert api.put(f"/Patient/{changed}", json=current).status_code == 200
+                updated.add(changed)
+        url = next((link["url"] for link in page["link"] if link["relation"] == "next"), None)
+    assert len(seen) == len(set(seen)), "a resource appeared on two pages"
+    assert not set(seen) & deleted, "a resource was returned after its deletion"  # victims were not yet seen
+    stable = set(ids[:60]) - deleted
+    assert stable <= set(seen), f"missed {sorted(stable - set(seen))[:5]}"
+    assert updated & stable, "the test updated nothing it pages over"

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from functools import cache
+from functools import lru_cache
 from typing import Any
 
 from fhir_server import __version__
 from fhir_server.model.types import SUPPORTED_TYPES
 from fhir_server.search.query import MODIFIERS
-from fhir_server.search.registry import parameters_for
+from fhir_server.search.registry import generation, parameters_for
 from fhir_server.settings import Settings
 
 __all__ = ["capability_statement", "smart_configuration"]
@@ -39,9 +39,9 @@ def _reverse_includes(rtype: str) -> list[str]:
                   if p.type == "reference" and rtype in p.targets)
 
 
-@cache
-def _resources() -> list[dict[str, Any]]:
-    """The per-type part of the statement: the same for the life of the process, so built once."""
+@lru_cache(maxsize=2)
+def _resources(registry_generation: int) -> list[dict[str, Any]]:
+    """The per-type part of the statement: built once per state of the search registry (custom parameters)."""
     return [
         {
             "type": rtype,
@@ -69,7 +69,7 @@ def _resources() -> list[dict[str, Any]]:
 
 
 def capability_statement(settings: Settings, *, software_date: str) -> dict[str, Any]:
-    resources = _resources()
+    resources = _resources(generation())
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",

@@ -15,9 +15,10 @@ from fhir_server.auth.scopes import Principal
 from fhir_server.auth.tokens import TokenVerifier
 from fhir_server.errors import Unauthorized
 from fhir_server.service import BundleService, ResourceService
+from fhir_server.service.reindex import Reindexer
 from fhir_server.settings import Settings
 
-__all__ = ["TokenCache", "bundles_of", "current_user", "service_of", "settings_of"]
+__all__ = ["TokenCache", "bundles_of", "current_user", "reindexer_of", "service_of", "settings_of"]
 
 
 class TokenCache:
@@ -50,6 +51,11 @@ def settings_of(request: Request) -> Settings:
 def service_of(request: Request) -> ResourceService:
     service: ResourceService = request.app.state.service
     return service
+
+
+def reindexer_of(request: Request) -> Reindexer:
+    reindexer: Reindexer = request.app.state.reindexer
+    return reindexer
 
 
 def bundles_of(request: Request) -> BundleService:

@@ -13,7 +13,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from fhir_server.api.capability import capability_statement, smart_configuration
-from fhir_server.api.deps import bundles_of, current_user, service_of, settings_of
+from fhir_server.api.deps import bundles_of, current_user, reindexer_of, service_of, settings_of
 from fhir_server.api.formats import Rendering, fhir_response, read_resource, rendering_of, shape_resource
 from fhir_server.errors import BadRequest, Issue, MethodNotAllowed, NotFound, UnsupportedMediaType, operation_outcome
 from fhir_server.model.types import SUPPORTED_TYPES, require_supported_type
@@ -454,6 +454,29 @@ async def delete(request: Request) -> Response:
     return _deleted_response(request, result)
 
 
+async def reindex(request: Request) -> Response:
+    """``POST [base]/$reindex`` (``_type=A,B``) or ``POST [base]/[type]/$reindex``: start a background job that
+    brings stored resources up to the current search parameters; 202 with the job's status URL."""
+    user = await current_user(request)
+    settings = settings_of(request)
+    rtype = request.path_params.get("rtype")
+    types = [rtype] if rtype else [t for t in request.query_params.get("_type", "").split(",") if t] or None
+    job = await reindexer_of(request).start(principal=user, types=types)
+    status_url = f"{settings.fhir_base}/$reindex/{job}"
+    outcome = operation_outcome([Issue(severity="information", code="informational",
+                                       diagnostics=f"Re-indexing started; its progress: GET {status_url}")])
+    response = fhir_response(outcome, rendering_of(request), shape=False)
+    response.status_code = 202
+    response.headers["Content-Location"] = status_url
+    return response
+
+
+async def reindex_status(request: Request) -> Response:
+    user = await current_user(request)
+    status = await reindexer_of(request).status(principal=user, job=request.path_params["job"])
+    return fhir_response(status, rendering_of(request), shape=False)
+
+
 def fhir_routes() -> list[BaseRoute]:
     """The FHIR REST routes, relative to the base (``/fhir``). Order matters: literal segments (``_history``,
     ``$validate``, ``metadata``) before the ids they would otherwise match; read early, it is the most
@@ -464,6 +487,9 @@ def fhir_routes() -> list[BaseRoute]:
         Route("/metadata", metadata, methods=["GET"]),
         Route("/.well-known/smart-configuration", smart_config, methods=["GET"]),
         Route("/_history", history_system, methods=["GET"]),
+        Route("/$reindex", reindex, methods=["POST"]),
+        Route("/$reindex/{job}", reindex_status, methods=["GET"]),
+        Route("/{rtype}/$reindex", reindex, methods=["POST"]),
         Route("/{rtype}/_history", history_type, methods=["GET"]),
         Route("/{rtype}/$validate", validate_type, methods=["POST"]),
         Route("/{rtype}/{rid}", read, methods=["GET"]),

@@ -193,35 +193,46 @@ class SearchEngine:
 
     # ---- scans --------------------------------------------------------------------------------------------
 
-    async def _choose_driver(self, rtype: str, clauses: list[Clause]) -> int:
-        """The index of the clause to scan (-1: the type's resources): the one with fewest entries (probed)."""
+    async def _choose_driver(self, rtype: str, clauses: list[Clause]) -> tuple[int, list[str] | None]:
+        """The index of the clause to scan (-1: the type's resources), and, when the probe read all its keys,
+        those keys. The clause with the fewest keys wins; probes grow (8, 64, 256 keys) only while every
+        candidate still has more, so a selective clause beside an unselective one costs a few keys to find."""
         candidates = [i for i, c in enumerate(clauses) if c.drives]
-        if len(candidates) <= 1:
-            return candidates[0] if candidates else -1
-        probe = 200
+        if not candidates:
+            return -1, None
+        if len(candidates) == 1:
+            return candidates[0], None
 
-        async def size(i: int) -> int:
+        async def probe(i: int, limit: int) -> list[str]:
             clause = clauses[i]
             if clause.ids is not None:
-                return len(clause.ids)
+                return [""] * min(len(clause.ids), limit + 1)  # sized, not read: ids are looked up directly
             assert clause.keys is not None
-            total = 0
+            found: list[str] = []
             for low, high in clause.keys.spans:
-                total += len(await self.store.scan_index(rtype, low, high, after=None, limit=probe - total))
-                if total >= probe:
+                found += await self.store.scan_index(rtype, low, high, after=None, limit=limit + 1 - len(found))
+                if len(found) > limit:
                     break
-            return total
+            return found
 
-        sizes = await asyncio.gather(*(size(i) for i in candidates))
-        return candidates[min(range(len(candidates)), key=lambda k: sizes[k])]
+        for limit in (8, 64, 256):
+            probes = await asyncio.gather(*(probe(i, limit) for i in candidates))
+            complete = [k for k, keys in enumerate(probes) if len(keys) <= limit]
+            if complete or limit == 256:
+                best = min(complete or range(len(candidates)), key=lambda k: len(probes[k]))
+                chosen = candidates[best]
+                keys = probes[best] if best in complete and clauses[chosen].ids is None else None
+                return chosen, keys
+        raise AssertionError("unreachable")
 
     async def _scan(self, rtype: str, clauses: list[Clause], *, want: int,
                     state: Any) -> tuple[list[Version], Any]:
         """Up to ``want`` matches from the position ``state``; returns them and the state after (None: done)."""
         if want <= 0:
             return [], None
+        known: list[str] | None = None
         if state is None:
-            driver = await self._choose_driver(rtype, clauses)
+            driver, known = await self._choose_driver(rtype, clauses)
             position: str | None = None
         else:
             if not (isinstance(state, list) and len(state) == 2 and isinstance(state[0], int)
@@ -233,7 +244,7 @@ class SearchEngine:
         clause = clauses[driver]
         if clause.ids is not None:
             return await self._scan_ids(rtype, clauses, driver, want=want, after=position)
-        return await self._scan_keys(rtype, clauses, driver, want=want, after=position)
+        return await self._scan_keys(rtype, clauses, driver, want=want, after=position, known=known)
 
     async def _scan_type(self, rtype: str, clauses: list[Clause], *, want: int,
                          after: str | None) -> tuple[list[Version], Any]:
@@ -267,18 +278,25 @@ class SearchEngine:
         return out, None
 
     async def _scan_keys(self, rtype: str, clauses: list[Clause], driver: int, *, want: int,
-                         after: str | None) -> tuple[list[Version], Any]:
+                         after: str | None, known: list[str] | None = None) -> tuple[list[Version], Any]:
+        """``known``: every key of the driver (its probe read them all), so no scan is needed."""
         keys = clauses[driver].keys
         assert keys is not None
         out: list[Version] = []
         last_key: str | None = None
         batch = min(max(want + 1, 20), 1000)
-        for low, high in keys.spans:
+        spans = [("", _TOP)] if known is not None else keys.spans
+        for low, high in spans:
             if after is not None and after >= f"{rtype}|{high}":
                 continue
             position = after
             while True:
-                found = await self.store.scan_index(rtype, low, high, after=position, limit=batch)
+                if known is not None:  # one pass over what the probe read, then done
+                    found = sorted(known)
+                    batch = len(found) + 1
+                    known = None
+                else:
+                    found = await self.store.scan_index(rtype, low, high, after=position, limit=batch)
                 if not found:
                     break
                 position = found[-1]

@@ -19,6 +19,7 @@ Encodings (``hex`` is the hex of the UTF-8 bytes, ``n`` a sortable 16-hex-digit 
 
 from __future__ import annotations
 
+import logging
 import struct
 from collections.abc import Iterable
 from typing import Any
@@ -44,6 +45,7 @@ __all__ = [
 
 LONG_SPAN = 86_400_000_000  # µs: dates spanning a day or more also get an entry ordered by their high bound
 PRESENT = "~"  # the entry of a parameter that is present without a searchable value
+log = logging.getLogger("medunion.search")
 MAX_TEXT = 100  # characters of a string value that are indexed (longer values match on these)
 _INT_OFFSET = 2**63
 
@@ -157,7 +159,11 @@ def entry_keys(resource: dict[str, Any], *, zone: ZoneInfo, base_url: str,
     for code, parameter in params.items():
         if code == "_id" or parameter.type in ("composite", "special") or indexed_as(rtype, code)[0] != code:
             continue
-        values = values_of(parameter, resource)
+        try:
+            values = values_of(parameter, resource)
+        except Exception as exc:  # a FHIRPath engine error on odd data: the resource is stored, not indexed here
+            log.warning("search parameter %s.%s could not be evaluated: %s", rtype, code, type(exc).__name__)
+            continue
         if not values:
             continue
         encoded = _encode(parameter, entries_of_values(parameter, values, zone), base_url)

@@ -12,10 +12,14 @@ from collections.abc import Callable
 from functools import cache
 from typing import Any
 
+from antlr4 import CommonTokenStream, InputStream, Token
+from antlr4.error.ErrorListener import ErrorListener
 from fhirpathpy import compile as fhirpath_compile
 from fhirpathpy.models import models
+from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
+from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
 
-__all__ = ["Extractor", "compile_path", "is_fast"]
+__all__ = ["Extractor", "check_syntax", "compile_path", "is_fast"]
 
 Extractor = Callable[[dict[str, Any]], list[Any]]
 
@@ -107,3 +111,21 @@ def compile_path(expression: str, *, general: bool = False) -> Extractor:
         if fast is not None:
             return fast
     return _general(expression)
+
+
+class _RaiseOnError(ErrorListener):  # type: ignore[misc]
+    def syntaxError(self, recognizer: Any, offending: Any, line: int, column: int, msg: str, e: Any) -> None:
+        raise ValueError(f"FHIRPath syntax error at column {column}: {msg}")
+
+
+def check_syntax(expression: str) -> None:
+    """Raise ValueError if ``expression`` is not valid FHIRPath (fhirpathpy's own parser recovers silently)."""
+    lexer = FHIRPathLexer(InputStream(expression))
+    lexer.removeErrorListeners()
+    lexer.addErrorListener(_RaiseOnError())
+    parser = FHIRPathParser(CommonTokenStream(lexer))
+    parser.removeErrorListeners()
+    parser.addErrorListener(_RaiseOnError())
+    parser.expression()
+    if parser.getCurrentToken().type != Token.EOF:
+        raise ValueError(f"FHIRPath syntax error: unexpected text at column {parser.getCurrentToken().column}")

@@ -7,12 +7,20 @@ SearchParameter bundle of hl7.fhir.r4.examples@4.0.1; nothing here is hand-maint
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import Any
 
-__all__ = ["Component", "PathPart", "SearchParameter", "indexed_as", "parameters_for"]
+from fhir_server.model.types import SUPPORTED_TYPES
+
+__all__ = ["Component", "PathPart", "SearchParameter", "custom_codes", "definitions_of", "generation", "indexed_as",
+           "parameters_for", "set_custom"]
+
+_RESOLVE_IS = re.compile(r"^(?P<path>.+)\.where\(resolve\(\) is (?P<type>[A-Z][A-Za-z]+)\)$")
+_custom: dict[str, dict[str, dict[str, Any]]] = {}  # type -> code -> definition, from SearchParameter resources
+_generation = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,11 +56,103 @@ def _data() -> dict[str, Any]:
     return loaded
 
 
+def split_union(expression: str) -> list[str]:
+    """Split a FHIRPath expression on its top-level ``|`` operators."""
+    parts: list[str] = []
+    depth = 0
+    start = 0
+    quoted = False
+    for i, ch in enumerate(expression):
+        if ch == "'":
+            quoted = not quoted
+        elif not quoted and ch in "([":
+            depth += 1
+        elif not quoted and ch in ")]":
+            depth -= 1
+        elif not quoted and ch == "|" and depth == 0:
+            parts.append(expression[start:i].strip())
+            start = i + 1
+    parts.append(expression[start:].strip())
+    return [p for p in parts if p]
+
+
+def _applies_to(part: str, rtype: str) -> bool:
+    head = part.lstrip("(")
+    return head.startswith((f"{rtype}.", "Resource.", "DomainResource.")) or head == rtype
+
+
+def _path_entry(part: str) -> dict[str, str]:
+    m = _RESOLVE_IS.match(part)
+    if m:
+        return {"expression": m.group("path"), "is": m.group("type")}
+    return {"expression": part}
+
+
+def definitions_of(sp: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The per-type definitions of one SearchParameter resource (type -> definition; empty without a
+    FHIRPath expression). ``X.where(resolve() is T)`` becomes the part ``X`` with the reference filter ``T``
+    (no FHIRPath engine can resolve references offline)."""
+    expression = sp.get("expression")
+    if not expression or not sp.get("base"):
+        return {}
+    bases = sp["base"]
+    types = sorted(SUPPORTED_TYPES) if bases[0] in ("Resource", "DomainResource") else bases
+    out: dict[str, dict[str, Any]] = {}
+    for rtype in types:
+        if rtype not in SUPPORTED_TYPES:
+            continue
+        # FHIRPath's Resource.x means x of whatever type the resource is: name the type (fhirpathpy does not
+        # resolve the type hierarchy, and the fast extractor needs the concrete type)
+        parts = [re.sub(r"^(\(?)(?:Resource|DomainResource)\.", rf"\g<1>{rtype}.", p)
+                 for p in split_union(expression) if _applies_to(p, rtype)]
+        if not parts:
+            continue
+        definition: dict[str, Any] = {"url": sp.get("url", ""), "type": sp["type"],
+                                      "paths": [_path_entry(p) for p in parts]}
+        for key in ("target", "modifier", "comparator"):
+            if sp.get(key):
+                definition[key] = sp[key]
+        if sp.get("component"):
+            definition["component"] = [{"definition": c["definition"], "expression": c["expression"]}
+                                       for c in sp["component"]]
+        out[rtype] = definition
+    return out
+
+
+def set_custom(resources_: list[dict[str, Any]]) -> None:
+    """Make these SearchParameter resources (the active ones of the store) the custom parameters.
+
+    A custom parameter adds to the official ones; it never replaces an official code of a type."""
+    custom: dict[str, dict[str, dict[str, Any]]] = {}
+    for sp in resources_:
+        if sp.get("status") == "retired" or not isinstance(sp.get("code"), str):
+            continue
+        for rtype, definition in definitions_of(sp).items():
+            if sp["code"] not in _data()["types"].get(rtype, {}):
+                custom.setdefault(rtype, {})[sp["code"]] = definition
+    global _generation
+    if custom != _custom:
+        _custom.clear()
+        _custom.update(custom)
+        parameters_for.cache_clear()
+        _derived.cache_clear()
+        _generation += 1
+
+
+def generation() -> int:
+    """Changes whenever the custom parameters do (for caches built from the registry)."""
+    return _generation
+
+
+def custom_codes(rtype: str) -> list[str]:
+    return sorted(_custom.get(rtype, {}))
+
+
 @cache
 def parameters_for(rtype: str) -> dict[str, SearchParameter]:
-    """Every search parameter of ``rtype`` by code (empty for an unknown type)."""
+    """Every search parameter of ``rtype`` by code, official and custom (empty for an unknown type)."""
     out: dict[str, SearchParameter] = {}
-    for code, d in _data()["types"].get(rtype, {}).items():
+    for code, d in {**_data()["types"].get(rtype, {}), **_custom.get(rtype, {})}.items():
         out[code] = SearchParameter(
             code=code, url=d["url"], type=d["type"],
             paths=tuple(PathPart(p["expression"], p.get("is")) for p in d["paths"]),

@@ -23,6 +23,7 @@ from fhir_server.errors import (
     Conflict,
     Forbidden,
     Gone,
+    HubError,
     Issue,
     NotFound,
     PreconditionFailed,
@@ -41,6 +42,9 @@ from fhir_server.search import (
     query_pairs,
 )
 from fhir_server.search.compartment import in_patient_compartment
+from fhir_server.search.paths import check_syntax
+from fhir_server.search.query import MODIFIERS
+from fhir_server.search.registry import set_custom
 from fhir_server.service.etag import etag
 from fhir_server.settings import Settings
 from fhir_server.storage import LockBusy, ResourceStore, Version, VersionConflict, now_micros
@@ -371,15 +375,40 @@ class ResourceService:
         if resource is None:
             return Version(rtype=rtype, rid=rid, vid=vid, ts=ts, method=method, body=None)
         stamped = _stamp(resource, rid=rid, vid=vid, last_updated=instant(ts, self.settings))
-        entries = entry_keys(stamped, zone=self.settings.zone, base_url=self.settings.fhir_base)
+        if rtype == "SearchParameter":
+            _check_search_parameter(stamped)
+        return Version(rtype=rtype, rid=rid, vid=vid, ts=ts, method=method, body=orjson.dumps(stamped),
+                       index=self.index_for(stamped, vid=vid, base=base))
+
+    def index_for(self, resource: dict[str, Any], *, vid: int, base: Version | None) -> tuple[str, ...]:
+        """The ``ix`` items of version ``vid`` of ``resource``: each entry with the version that introduced it
+        (the base's vid for entries the base has, ``vid`` for new ones)."""
+        entries = entry_keys(resource, zone=self.settings.zone, base_url=self.settings.fhir_base)
         introduced = {item[:item.rindex("|") + 1]: item[item.rindex("|") + 1:] for item in base.index} if base else {}
-        index = tuple(e + introduced.get(e, str(vid)) for e in entries)
-        return Version(rtype=rtype, rid=rid, vid=vid, ts=ts, method=method, body=orjson.dumps(stamped), index=index)
+        return tuple(e + introduced.get(e, str(vid)) for e in entries)
+
+    async def refresh_search_parameters(self) -> int:
+        """Load the SearchParameter resources of the store as custom parameters; returns how many there are.
+
+        Called at start-up, after a write of a SearchParameter here, and periodically (other processes)."""
+        found: list[dict[str, Any]] = []
+        after = None
+        while True:
+            batch = await self.store.scan_type("SearchParameter", after=after, limit=500)
+            found += [orjson.loads(v.body) for v in batch if v.body is not None]
+            if len(batch) < 500:
+                break
+            after = batch[-1].rid
+        usable = [sp for sp in found if usable_search_parameter(sp)]
+        set_custom(usable)
+        return len(usable)
 
     async def _write_once(self, *, rtype: str, rid: str, resource: dict[str, Any] | None, method: str,
                           base: Version | None) -> WriteResult:
         version = self.new_version(rtype=rtype, rid=rid, resource=resource, method=method, base=base)
         await self.store.write(version, base=base)
+        if rtype == "SearchParameter":  # new writes index by it from now on (other processes: within seconds)
+            await self.refresh_search_parameters()
         return WriteResult(version, created=base is None or base.deleted)
 
     async def attempts(self) -> AsyncIterator[int]:
@@ -419,6 +448,30 @@ def _keep_to_compartment(patient: str | None, version: Version) -> None:
         return
     if version.body is None or not in_patient_compartment(orjson.loads(version.body), patient):
         raise Forbidden(f"{version.key} is not in the compartment of the token's patient")
+
+
+def _check_search_parameter(sp: dict[str, Any]) -> None:
+    """Refuse a SearchParameter whose expression is not FHIRPath. One the hub cannot index (composite, special,
+    no expression) is stored but not used for search (``usable_search_parameter``)."""
+    expression = sp.get("expression")
+    if not isinstance(expression, str):
+        return
+    try:
+        check_syntax(expression)
+    except ValueError as exc:
+        raise UnprocessableEntity(str(exc), issues=[Issue(code="invalid", diagnostics=str(exc),
+                                                          expression=("SearchParameter.expression",))]) from None
+
+
+def usable_search_parameter(sp: dict[str, Any]) -> bool:
+    """Can the hub index by this SearchParameter (active or draft, a type it indexes, valid FHIRPath)?"""
+    if sp.get("type") not in MODIFIERS or not isinstance(sp.get("expression"), str):
+        return False
+    try:
+        _check_search_parameter(sp)
+    except HubError:
+        return False
+    return True
 
 
 def _readable(principal: Principal, version: Version) -> bool:

@@ -16,11 +16,11 @@ own writes in flight: after a restart, or after a failed write), by any instance
 
 Search index: ``search_index`` holds one document per index entry of a current version, ``_id`` =
 ``Type|param|enc|rid|vid`` (see ``fhir_server.search.keys``), where ``vid`` is the version that introduced the
-entry; the version document lists its entries (``ix``, each ``param|enc|vid``). A write inserts the entries
-its new version introduces *before* the version becomes visible, and deletes the entries its new version
-dropped *after*: an entry of a current version is never missing. Because the key carries the introducing
-vid, no writer ever deletes an entry another version relies on; what a crash or a lost race leaves behind
-is an orphan that matches no current ``ix`` and is skipped by every search.
+entry; the version document lists its entries (``ix``, one string of ``param|enc|vid`` items). A write inserts
+the entries its new version introduces *before* the version becomes visible, and deletes the entries its new
+version dropped *after*: an entry of a current version is never missing. Because the key carries the
+introducing vid, no writer ever deletes an entry another version relies on; what a crash or a lost race leaves
+behind is an orphan that matches no current ``ix`` and is skipped by every search.
 
 Only filters on ``_id`` alone are used on hot paths: FerretDB's SQLite backend pushes down nothing else
 (with the hub's patch: ``_id`` equality, ranges and ``$in``, ordered and limited by ``_id``).
@@ -29,6 +29,7 @@ Only filters on ``_id`` alone are used on hot paths: FerretDB's SQLite backend p
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -97,9 +98,16 @@ class Version:
 def _from_doc(doc: dict[str, Any], *, with_index: bool = False) -> Version:
     body = doc.get("j")
     ix = doc.get("ix") if with_index else None
+    index = tuple(ix.split(" ")) if isinstance(ix, str) and ix else tuple(ix) if isinstance(ix, list) else ()
     return Version(rtype=doc["t"], rid=doc["i"], vid=int(doc["v"]), ts=int(doc["ts"]), method=doc.get("m", "PUT"),
-                   body=None if body is None else bytes(body),
-                   index=tuple(ix) if isinstance(ix, list) else ())
+                   body=None if body is None else bytes(body), index=index)
+
+
+def _ix(index: tuple[str, ...]) -> str:
+    """``ix`` as stored: one space-separated string (entries have no spaces). FerretDB reads a string field
+    in a fraction of the time an array of strings takes: fetching 28 Patients by ``$in`` took 3.5 ms instead
+    of 7.8 ms."""
+    return " ".join(index)
 
 
 def index_key(rtype: str, rid: str, item: str) -> str:
@@ -283,18 +291,38 @@ class ResourceStore:
         if base is None:
             await self._add_entries(_index_docs(new, None))
             try:
-                await self.resources.insert_one({"_id": new.key, **new._fields(), "ix": list(new.index)})
+                await self.resources.insert_one({"_id": new.key, **new._fields(), "ix": _ix(new.index)})
             except DuplicateKeyError:
                 raise VersionConflict(f"{new.key} was created concurrently") from None
             return new
         await self._hold(base, until=new.ts)
         try:
             await self._add_entries(_index_docs(new, base))
-            await self.resources.replace_one({"_id": new.key}, {**new._fields(), "ix": list(new.index)})
+            await self.resources.replace_one({"_id": new.key}, {**new._fields(), "ix": _ix(new.index)})
         finally:
             self._in_flight.discard(base.version_key)
         await self._drop_entries(_dropped_keys(new, base))
         return new
+
+    async def reindex(self, current: Version, index: tuple[str, ...]) -> bool:
+        """Give the current version ``current`` the index entries ``index`` without a new version ($reindex).
+
+        Under the same claim as a write (no writer can commit meanwhile); every entry's document is inserted
+        (missing ones repaired), the version document replaced with the same version and new ``ix``, the claim
+        released, dropped entries deleted. False if a writer holds the resource (its write indexes anew).
+        """
+        new = dataclasses.replace(current, index=index)
+        try:
+            await self._hold(current, until=current.ts)
+        except VersionConflict:
+            return False
+        try:
+            await self._add_entries([{"_id": index_key(new.rtype, new.rid, item)} for item in index])
+            await self.resources.replace_one({"_id": new.key}, {**new._fields(), "ix": _ix(index)})
+        finally:
+            await asyncio.shield(self._release([(new, current)]))
+        await self._drop_entries(_dropped_keys(new, current))
+        return True
 
     async def _add_entries(self, docs: list[dict[str, Any]]) -> None:
         """Insert index documents; one that exists already (an orphan of a lost race, same meaning) is fine."""
@@ -373,14 +401,14 @@ class ResourceStore:
         """Apply ``changes[i]`` (or the run of creates starting there); returns how many were applied."""
         change, prior = changes[i]
         if prior is not None:
-            await self.resources.replace_one({"_id": change.key}, {**change._fields(), "ix": list(change.index)})
+            await self.resources.replace_one({"_id": change.key}, {**change._fields(), "ix": _ix(change.index)})
             applied.append((change, prior))
             return 1
         run = [change]  # consecutive creates go in one insert_many: one round trip, one SQLite transaction
         while i + len(run) < len(changes) and changes[i + len(run)][1] is None:
             run.append(changes[i + len(run)][0])
         try:
-            await self.resources.insert_many([{"_id": v.key, **v._fields(), "ix": list(v.index)} for v in run],
+            await self.resources.insert_many([{"_id": v.key, **v._fields(), "ix": _ix(v.index)} for v in run],
                                              ordered=True)
         except BulkWriteError as exc:
             inserted = int(exc.details.get("nInserted", 0))
@@ -418,7 +446,7 @@ class ResourceStore:
             if base is None:
                 await self.resources.delete_one({"_id": new.key})
             else:
-                await self.resources.replace_one({"_id": new.key}, {**base._fields(), "ix": list(base.index)})
+                await self.resources.replace_one({"_id": new.key}, {**base._fields(), "ix": _ix(base.index)})
 
     async def _release(self, claimed: list[tuple[Version, Version]]) -> None:
         """Give back claims of a write that did not happen: ``resources`` still holds each base version."""
@@ -428,7 +456,7 @@ class ResourceStore:
 
     async def _claim(self, base: Version, *, until: int) -> None:
         """Insert the copy of ``base``: the right to write the version after it (``until``: its timestamp)."""
-        copy = {"_id": base.version_key, **base._fields(), "ix": list(base.index), "u": until, "o": self.owner,
+        copy = {"_id": base.version_key, **base._fields(), "ix": _ix(base.index), "u": until, "o": self.owner,
                 "c": now_micros()}
         try:
             await self.history.insert_one(copy)

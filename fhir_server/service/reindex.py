@@ -1,0 +1,100 @@
+"""``$reindex``: bring the search index of stored resources up to the current search parameters.
+
+After a custom SearchParameter is added (or the hub's definitions change), new writes index by it at once;
+resources stored before are re-indexed by a background job that walks each type in id order. A job is a
+document in ``jobs`` (status, counts, the type it is at), so its progress is visible from any process:
+``GET [base]/$reindex/<job>``. A resource being written while the job passes is skipped: its write indexes
+it anew. A job whose process died stays ``running`` with a stale ``updated`` time; start another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import Any
+
+import orjson
+
+from fhir_server.auth.scopes import Principal
+from fhir_server.errors import NotFound
+from fhir_server.model.types import SUPPORTED_TYPES, require_supported_type
+from fhir_server.service.resources import ResourceService, instant
+from fhir_server.settings import Settings
+from fhir_server.storage import ResourceStore, now_micros
+
+__all__ = ["Reindexer"]
+
+log = logging.getLogger("medunion.reindex")
+_BATCH = 200
+
+
+class Reindexer:
+    def __init__(self, *, resources: ResourceService, settings: Settings) -> None:
+        self.resources = resources
+        self.store: ResourceStore = resources.store
+        self.settings = settings
+        self.jobs = self.store.db["jobs"]
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self, *, principal: Principal, types: list[str] | None) -> str:
+        """Start a job over ``types`` (all served types when None); returns its id."""
+        chosen = sorted(SUPPORTED_TYPES) if not types else [require_supported_type(t) for t in types]
+        for rtype in chosen:
+            principal.require("u", rtype)  # re-indexing rewrites the index of every resource of the type
+        job = uuid.uuid4().hex
+        await self.jobs.insert_one({"_id": job, "kind": "reindex", "o": self.store.owner, "status": "running",
+                                    "types": chosen, "type": None, "done": 0, "changed": 0, "skipped": 0,
+                                    "started": now_micros(), "updated": now_micros(), "finished": None})
+        await self.resources.refresh_search_parameters()
+        task = asyncio.create_task(self._run(job, chosen))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return job
+
+    async def status(self, *, principal: Principal, job: str) -> dict[str, Any]:
+        doc = await self.jobs.find_one({"_id": job})
+        if doc is None or doc.get("kind") != "reindex":
+            raise NotFound(f"There is no $reindex job {job}")
+        for rtype in doc["types"]:
+            principal.require("u", rtype)
+        moments = {k: instant(doc[k], self.settings) for k in ("started", "updated", "finished") if doc.get(k)}
+        parameters = [{"name": "job", "valueString": job}, {"name": "status", "valueCode": doc["status"]},
+                      {"name": "resourcesDone", "valueInteger": doc["done"]},
+                      {"name": "resourcesChanged", "valueInteger": doc["changed"]},
+                      {"name": "resourcesSkipped", "valueInteger": doc["skipped"]},
+                      *({"name": "type", "valueCode": t} for t in doc["types"]),
+                      *({"name": k, "valueInstant": v} for k, v in moments.items())]
+        if doc.get("type"):
+            parameters.append({"name": "currentType", "valueCode": doc["type"]})
+        return {"resourceType": "Parameters", "parameter": parameters}
+
+    async def _run(self, job: str, types: list[str]) -> None:
+        done = changed = skipped = 0
+        try:
+            for rtype in types:
+                after = None
+                while True:
+                    batch = await self.store.scan_type(rtype, after=after, limit=_BATCH)
+                    for version in batch:
+                        if version.body is None:
+                            continue
+                        index = self.resources.index_for(orjson.loads(version.body), vid=version.vid,
+                                                         base=version)
+                        if await self.store.reindex(version, index):
+                            changed += set(index) != set(version.index)
+                        else:
+                            skipped += 1
+                        done += 1
+                    await self.jobs.update_one({"_id": job}, {"$set": {
+                        "type": rtype, "done": done, "changed": changed, "skipped": skipped,
+                        "updated": now_micros()}})
+                    if len(batch) < _BATCH:
+                        break
+                    after = batch[-1].rid
+            await self.jobs.update_one({"_id": job}, {"$set": {"status": "completed", "type": None,
+                                                               "finished": now_micros(), "updated": now_micros()}})
+            log.info("reindex job %s completed: %d resources, %d changed, %d skipped", job, done, changed, skipped)
+        except Exception as exc:  # the job's status says failed; the log names the error type, never data
+            log.error("reindex job %s failed: %s", job, type(exc).__name__)
+            await self.jobs.update_one({"_id": job}, {"$set": {"status": "failed", "finished": now_micros()}})
