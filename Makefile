@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test bench lint store examples clean
+.PHONY: bench-search run test bench lint store examples clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ bench: $(STAMP)
 	@scripts/install-ferretdb.sh
 	$(BIN)/python -m bench.http_crud
 	$(BIN)/python -m bench.bundle_ingest
+
+# search at 100,000 patients: loads 500,000 resources once into .cache/search-store (~9 min), then measures
+bench-search: $(STAMP)
+	@scripts/install-ferretdb.sh
+	$(BIN)/python -m bench.search --patients 100000 --seconds 15 --store-dir .cache/search-store
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

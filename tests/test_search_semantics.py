@@ -533,3 +533,26 @@ def test_paging_to_the_end_while_writes_continue(api: httpx.Client, hub: Hub) ->
     stable = set(ids[:60]) - deleted
     assert stable <= set(seen), f"missed {sorted(stable - set(seen))[:5]}"
     assert updated & stable, "the test updated nothing it pages over"
+
+
+def test_composite_parameters_hold_within_one_element(search_hub: Hub,
+                                                      stored: dict[str, list[dict[str, Any]]]) -> None:
+    base = search_hub.base
+    with search_hub.client() as api:
+        def ids(params: dict[str, str]) -> set[str]:
+            return set(search_all(api, base, "Observation", list(params.items())))
+
+        systolic = "http://loinc.org|8480-6"  # blood-pressure: systolic 107 mm[Hg], diastolic 60 mm[Hg]
+        assert "blood-pressure" in ids({"component-code-value-quantity": f"{systolic}$gt100"})
+        assert "blood-pressure" not in ids({"component-code-value-quantity": f"{systolic}$lt100"})
+        # 60 is the diastolic component's value: the systolic code and 60 are in different components
+        assert "blood-pressure" not in ids({"component-code-value-quantity": f"{systolic}$60"})
+        assert "blood-pressure" in ids({"component-code-value-quantity": "http://loinc.org|8462-4$60"})
+        expected = {r["id"] for r in stored["Observation"]
+                    if any(c.get("code") == "718-7" for c in r.get("code", {}).get("coding", []))
+                    and r.get("valueQuantity", {}).get("value", 0) > 17}
+        assert expected and ids({"code-value-quantity": "http://loinc.org|718-7$gt17"}) == expected
+        either = ids({"code-value-quantity": "http://loinc.org|718-7$gt17,http://loinc.org|2345-7$lt3.5"})
+        assert expected < either
+        bad = api.get("/Observation", params={"code-value-quantity": "http://loinc.org|718-7"})
+        assert bad.status_code == 400 and bad.json()["issue"][0]["expression"] == ["code-value-quantity"]

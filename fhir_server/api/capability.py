@@ -24,7 +24,8 @@ def _search_params(rtype: str) -> list[dict[str, Any]]:
     for code, parameter in sorted(parameters_for(rtype).items()):
         if parameter.type not in MODIFIERS:
             continue
-        notes = [f"modifiers: {', '.join(':' + m for m in MODIFIERS[parameter.type])}"]
+        notes = [f"modifiers: {', '.join(':' + m for m in MODIFIERS[parameter.type])}"] if MODIFIERS[parameter.type] \
+            else ["components joined by $, all holding in one element"]
         if parameter.type in _PREFIXED:
             notes.append("prefixes: eq ne gt lt ge le sa eb ap")
         if parameter.type == "reference":

@@ -143,7 +143,7 @@ def _dates(value: Any, zone: ZoneInfo) -> list[list[int]]:
 def _number(value: Any) -> list[float]:
     if isinstance(value, bool):
         return []
-    if isinstance(value, int | float):
+    if isinstance(value, int | float | Decimal):  # fhirpathpy gives decimals as Decimal
         return [float(value)]
     if isinstance(value, str):
         try:
@@ -154,7 +154,7 @@ def _number(value: Any) -> list[float]:
 
 
 def _quantity(value: Any) -> list[dict[str, Any]]:
-    if not isinstance(value, dict) or not isinstance(value.get("value"), int | float) or isinstance(
+    if not isinstance(value, dict) or not isinstance(value.get("value"), int | float | Decimal) or isinstance(
             value.get("value"), bool):
         return []
     entry: dict[str, Any] = {"v": float(value["value"])}

@@ -34,6 +34,7 @@ __all__ = [
     "PRESENT",
     "decode_hex",
     "decode_number",
+    "encode",
     "entry_keys",
     "hexs",
     "local_reference",
@@ -106,7 +107,7 @@ def _tokens(entries: Iterable[str]) -> list[str]:
     return out
 
 
-def _encode(parameter: SearchParameter, values: list[Any], base_url: str) -> list[str]:
+def encode(parameter: SearchParameter, values: list[Any], base_url: str) -> list[str]:
     kind = parameter.type
     if kind == "string":
         return [hexs(v[:MAX_TEXT]) for v in values]
@@ -166,7 +167,7 @@ def entry_keys(resource: dict[str, Any], *, zone: ZoneInfo, base_url: str,
             continue
         if not values:
             continue
-        encoded = _encode(parameter, entries_of_values(parameter, values, zone), base_url)
+        encoded = encode(parameter, entries_of_values(parameter, values, zone), base_url)
         for enc in encoded or [PRESENT]:
             found.add(f"{code}|{enc}|")
         if parameter.type == "reference":

@@ -19,7 +19,7 @@ from fhirpathpy.models import models
 from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
 from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
 
-__all__ = ["Extractor", "check_syntax", "compile_path", "is_fast"]
+__all__ = ["Extractor", "check_syntax", "children", "compile_path", "is_fast"]
 
 Extractor = Callable[[dict[str, Any]], list[Any]]
 
@@ -44,7 +44,7 @@ ContactDetail Contributor DataRequirement Expression ParameterDefinition Related
 UsageContext Dosage Meta""".split())
 
 
-def _children(items: list[Any], name: str, choice_type: str | None) -> list[Any]:
+def children(items: list[Any], name: str, choice_type: str | None) -> list[Any]:
     out: list[Any] = []
     for item in items:
         if not isinstance(item, dict):
@@ -70,7 +70,7 @@ def _walker(rtype: str, steps: list[str], cast: str | None) -> Extractor:
             return []
         items: list[Any] = [resource]
         for i, step in enumerate(steps):
-            items = _children(items, step, cast if i == len(steps) - 1 else None)
+            items = children(items, step, cast if i == len(steps) - 1 else None)
             if not items:
                 break
         return items

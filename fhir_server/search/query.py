@@ -8,6 +8,7 @@ resource body. Chains and ``_has`` are sub-searches resolved by the engine.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -18,12 +19,13 @@ from zoneinfo import ZoneInfo
 
 from fhir_server.errors import BadRequest, Issue
 from fhir_server.model.types import ID_RE, SUPPORTED_TYPES
-from fhir_server.search.entries import date_range, normalize_string, strings_of, values_of
+from fhir_server.search.entries import date_range, entries_of_values, normalize_string, strings_of, values_of
 from fhir_server.search.keys import (
     LONG_SPAN,
     MAX_TEXT,
     PRESENT,
     decode_hex,
+    encode,
     hexs,
     local_reference,
     num,
@@ -31,7 +33,8 @@ from fhir_server.search.keys import (
     split_date,
     token_enc,
 )
-from fhir_server.search.registry import SearchParameter, indexed_as, parameters_for
+from fhir_server.search.paths import children
+from fhir_server.search.registry import SearchParameter, indexed_as, parameters_for, split_union
 
 __all__ = ["MODIFIERS", "Chain", "Clause", "Include", "KeyRange", "KeySet", "SearchQuery", "parse_search",
            "query_pairs"]
@@ -43,7 +46,7 @@ _PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 # the modifiers each parameter type supports here (the CapabilityStatement lists these; ":[type]" on references)
 MODIFIERS = {"string": ("exact", "contains", "missing"), "token": ("not", "text", "of-type", "missing"),
              "reference": ("[type]", "identifier", "missing"), "uri": ("below", "above", "missing"),
-             "date": ("missing",), "number": ("missing",), "quantity": ("missing",)}
+             "date": ("missing",), "number": ("missing",), "quantity": ("missing",), "composite": ()}
 _TOP = "~"  # above every character an entry uses
 MICROS_PER_DAY = 86_400_000_000
 
@@ -412,8 +415,12 @@ class _Parser:
                name: str, only: str | None = None) -> Clause | None:
         kind = parameter.type
         values = _split_values(value)
-        if kind in ("composite", "special"):
+        if kind == "special":
             raise _Unsupported(f"Search parameter '{code}' ({kind}) is not supported by this hub")
+        if kind == "composite":
+            if modifier:
+                raise _bad_modifier(modifier, kind, name)
+            return self._composite(rtype, parameter, value, name)
         if kind == "string":
             if modifier not in ("", "exact", "contains"):
                 raise _bad_modifier(modifier, kind, name)
@@ -478,6 +485,44 @@ class _Parser:
                 all_ranges += _quantity_ranges(code, v, name)
         return Clause(name, keys=KeySet(tuple(all_ranges)))
 
+    def _composite(self, rtype: str, parameter: SearchParameter, value: str, name: str) -> Clause:
+        """``code-value-quantity=http://loinc.org|8480-6$gt100``: the components must hold in one element
+        (FHIR R4 search.html#composite). Driven by the first component's entries, checked on the body."""
+        params = parameters_for(rtype)
+        parts_of: list[tuple[SearchParameter, str]] = []
+        for component in parameter.components:
+            found = next(((c, p) for c, p in params.items() if p.url == component.definition), None)
+            if found is None:
+                raise _Unsupported(f"Search parameter '{name}': a component is not defined for {rtype}")
+            parts_of.append((found[1], found[0]))
+        alternatives: list[list[Clause]] = []
+        for one in _split_values(value):
+            pieces = _split_composite(one)
+            if len(pieces) != len(parts_of):
+                raise _bad(f"{name} takes {len(parts_of)} values joined by $, not '{one}'", where=name)
+            clauses = []
+            for (component_parameter, component_code), piece in zip(parts_of, pieces, strict=True):
+                clause = self._typed(rtype, component_parameter, component_code, "", piece.replace(",", "\\,"),
+                                     name)
+                assert clause is not None and clause.keys is not None
+                clauses.append(clause)
+            alternatives.append(clauses)
+        expressions = [c.expression for c in parameter.components]
+        zone, base_url = self.zone, self.base_url
+
+        def check(resource: dict[str, Any]) -> bool:
+            for element in values_of(parameter, resource):
+                for clauses in alternatives:
+                    if all(_component_holds(resource, element, expression, component_parameter, component_code,
+                                            clause, zone, base_url)
+                           for expression, (component_parameter, component_code), clause in zip(
+                               expressions, parts_of, clauses, strict=True)):
+                        return True
+            return False
+
+        first = KeySet(tuple(r for clauses in alternatives for r in clauses[0].keys.ranges))  # type: ignore[union-attr]
+        return Clause(name, keys=first, check=check)
+
     def _chain(self, rtype: str, parameter: SearchParameter, code: str, type_modifier: str | None, rest: str,
                value: str, ignored: list[str]) -> Clause:
         if parameter.type != "reference":
@@ -528,6 +573,54 @@ class _Parser:
 
 class _Unsupported(Exception):
     pass
+
+
+def _split_composite(value: str) -> list[str]:
+    """The ``$``-separated parts of one composite value (``\\$`` is a literal dollar)."""
+    parts, cur, i = [], "", 0
+    while i < len(value):
+        if value[i] == "\\" and i + 1 < len(value):
+            cur += value[i:i + 2]
+            i += 2
+            continue
+        if value[i] == "$":
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += value[i]
+        i += 1
+    parts.append(cur)
+    return parts
+
+
+_STEP = re.compile(r"^(?P<path>[a-z][A-Za-z]*(?:\.[a-z][A-Za-z]*)*)(?:\.as\((?P<cast>[A-Za-z]+)\))?$")
+
+
+def _component_values(resource: dict[str, Any], element: Any, expression: str) -> list[Any]:
+    """A component's values in one element: ``code``, ``value.as(Quantity) | value.as(Range)``,
+    ``%resource.referenceSeq.chromosome`` (the component expressions R4 uses)."""
+    out: list[Any] = []
+    for part in split_union(expression):
+        start: Any = element
+        if part.startswith("%resource."):
+            start, part = resource, part[len("%resource."):]
+        m = _STEP.match(part)
+        if m is None:
+            continue
+        items = [start]
+        steps = m.group("path").split(".")
+        for i, step in enumerate(steps):
+            items = children(items, step, m.group("cast") if i == len(steps) - 1 else None)
+        out += items
+    return out
+
+
+def _component_holds(resource: dict[str, Any], element: Any, expression: str, parameter: SearchParameter,
+                     code: str, clause: Clause, zone: ZoneInfo, base_url: str) -> bool:
+    """Does the component (``code``, its ``clause``) hold for the values ``expression`` selects in ``element``?"""
+    assert clause.keys is not None
+    values = entries_of_values(parameter, _component_values(resource, element, expression), zone)
+    return any(clause.keys.holds(f"{code}|{enc}|") for enc in encode(parameter, values, base_url))
 
 
 def _bad_modifier(modifier: str, kind: str, name: str) -> BadRequest:

@@ -241,8 +241,9 @@ class BundleService:
                     e.resource = await self._rewrite(e, e.resource, ids, references)
             changes = await self._prepare(entries)
             await self.store.write_all(changes)
-            if any(new.rtype == "SearchParameter" for new, _ in changes):
-                await self.resources.refresh_search_parameters()
+            for new, _ in changes:
+                if new.rtype == "SearchParameter":
+                    self.resources.search_parameter_written(new)
         for e in sorted(entries, key=lambda x: _ORDER[x.method]):
             if e.method in ("GET", "HEAD"):
                 # reads run after the commit (FHIR R4 http.html#trules); one that fails is answered in its

@@ -77,6 +77,7 @@ class ResourceService:
         self.store = store
         self.settings = settings
         self.engine = SearchEngine(store=store, settings=settings)
+        self._search_parameters: dict[str, tuple[int, dict[str, Any] | None]] = {}  # id -> (vid, usable SP)
 
     # ---- reads ----------------------------------------------------------------------------------------
 
@@ -388,18 +389,39 @@ class ResourceService:
         return tuple(e + introduced.get(e, str(vid)) for e in entries)
 
     async def refresh_search_parameters(self) -> int:
-        """Load the SearchParameter resources of the store as custom parameters; returns how many there are.
+        """Load the SearchParameter resources of the store as custom parameters; returns how many are usable.
 
-        Called at start-up, after a write of a SearchParameter here, and periodically (other processes)."""
-        found: list[dict[str, Any]] = []
+        Called at start-up and every few seconds (for SearchParameters written by other processes); a
+        write here updates its own entry at once (``search_parameter_written``). Each version is checked once."""
+        seen: dict[str, tuple[int, dict[str, Any] | None]] = {}
         after = None
         while True:
             batch = await self.store.scan_type("SearchParameter", after=after, limit=500)
-            found += [orjson.loads(v.body) for v in batch if v.body is not None]
+            for version in batch:
+                if version.body is None:
+                    continue
+                known = self._search_parameters.get(version.rid)
+                if known is not None and known[0] == version.vid:
+                    seen[version.rid] = known
+                else:
+                    sp = orjson.loads(version.body)
+                    seen[version.rid] = (version.vid, sp if usable_search_parameter(sp) else None)
             if len(batch) < 500:
                 break
             after = batch[-1].rid
-        usable = [sp for sp in found if usable_search_parameter(sp)]
+        self._search_parameters = seen
+        return self._apply_search_parameters()
+
+    def search_parameter_written(self, version: Version) -> None:
+        if version.body is None:
+            self._search_parameters.pop(version.rid, None)
+        else:
+            sp = orjson.loads(version.body)
+            self._search_parameters[version.rid] = (version.vid, sp if usable_search_parameter(sp) else None)
+        self._apply_search_parameters()
+
+    def _apply_search_parameters(self) -> int:
+        usable = [sp for _, sp in self._search_parameters.values() if sp is not None]
         set_custom(usable)
         return len(usable)
 
@@ -408,7 +430,7 @@ class ResourceService:
         version = self.new_version(rtype=rtype, rid=rid, resource=resource, method=method, base=base)
         await self.store.write(version, base=base)
         if rtype == "SearchParameter":  # new writes index by it from now on (other processes: within seconds)
-            await self.refresh_search_parameters()
+            self.search_parameter_written(version)
         return WriteResult(version, created=base is None or base.deleted)
 
     async def attempts(self) -> AsyncIterator[int]:

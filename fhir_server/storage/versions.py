@@ -43,6 +43,8 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
+from fhir_server.storage.batching import DeleteBatcher, InsertBatcher
+
 __all__ = ["HistoryPage", "LockBusy", "ResourceStore", "Version", "VersionConflict", "index_key", "now_micros"]
 
 _last_ts = 0
@@ -146,6 +148,9 @@ class ResourceStore:
         self.locks: AsyncCollection[dict[str, Any]] = db["locks"]
         self.journal: AsyncCollection[dict[str, Any]] = db["journal"]
         self.search_index: AsyncCollection[dict[str, Any]] = db["search_index"]
+        self._index_inserts = InsertBatcher(self.search_index)
+        self._index_deletes = DeleteBatcher(self.search_index)
+        self._creates = InsertBatcher(self.resources)
         self.lease_micros = int(lease_seconds * 1_000_000)
         self._in_flight: set[str] = set()  # claims this process holds right now
 
@@ -290,10 +295,9 @@ class ResourceStore:
         """
         if base is None:
             await self._add_entries(_index_docs(new, None))
-            try:
-                await self.resources.insert_one({"_id": new.key, **new._fields(), "ix": _ix(new.index)})
-            except DuplicateKeyError:
-                raise VersionConflict(f"{new.key} was created concurrently") from None
+            refused = await self._creates.insert([{"_id": new.key, **new._fields(), "ix": _ix(new.index)}])
+            if refused:  # the unique _id: someone else created it first
+                raise VersionConflict(f"{new.key} was created concurrently")
             return new
         await self._hold(base, until=new.ts)
         try:
@@ -326,18 +330,11 @@ class ResourceStore:
 
     async def _add_entries(self, docs: list[dict[str, Any]]) -> None:
         """Insert index documents; one that exists already (an orphan of a lost race, same meaning) is fine."""
-        if not docs:
-            return
-        try:
-            await self.search_index.insert_many(docs, ordered=False)
-        except BulkWriteError as exc:
-            if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
-                raise
+        await self._index_inserts.insert(docs)  # with the entries of concurrent writes: one store command
 
     async def _drop_entries(self, keys: list[str]) -> None:
         """Delete index documents of entries a committed version dropped (best effort: orphans are harmless)."""
-        for start in range(0, len(keys), 500):
-            await asyncio.shield(self.search_index.delete_many({"_id": {"$in": keys[start:start + 500]}}))
+        await self._index_deletes.delete(keys)
 
     async def _hold(self, base: Version, *, until: int) -> None:
         """Claim ``base`` and mark the claim in flight here; on failure nothing is held."""
