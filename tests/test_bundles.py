@@ -172,3 +172,25 @@ def test_reads_in_a_transaction_answer_in_their_entry(api: httpx.Client) -> None
     bad = api.post("/", json=_transaction(_entry("POST", "Basic", {"resourceType": "Basic", "code": {"text": "x"}},
                                                  ifNoneExist="name=x")))
     assert bad.status_code == 400 and "Bundle.entry[0]" in bad.json()["issue"][0]["diagnostics"]
+
+
+def test_search_entries_answer_searchsets(api: httpx.Client) -> None:
+    mrn = f"S{uuid.uuid4().hex[:10]}"
+    patient = {"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": mrn}],
+               "name": [{"family": "钱"}]}
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:1", "resource": patient, "request": {"method": "POST", "url": "Patient"}},
+        {"request": {"method": "GET", "url": f"Patient?identifier=urn:mrn|{mrn}"}},  # runs after the writes
+    ]}
+    answer = api.post("", json=bundle)
+    assert answer.status_code == 200, answer.text
+    found = answer.json()["entry"][1]
+    assert found["response"]["status"] == "200 OK" and found["resource"]["type"] == "searchset"
+    assert [e["resource"]["identifier"][0]["value"] for e in found["resource"]["entry"]] == [mrn]
+    batch = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": f"Patient?identifier=urn:mrn|{mrn}&_summary=count"}},
+        {"request": {"method": "GET", "url": "Patient?birthdate=notadate"}},
+    ]}
+    entries = api.post("", json=batch).json()["entry"]
+    assert entries[0]["resource"]["total"] == 1
+    assert entries[1]["response"]["status"].startswith("400")

@@ -21,6 +21,7 @@ from fhir_server.search import SearchPage
 from fhir_server.search.entries import date_range
 from fhir_server.service import HistoryResult, ResourceService, WriteResult, instant
 from fhir_server.service.etag import etag, version_of_etag
+from fhir_server.service.searchset import searchset
 from fhir_server.settings import Settings
 from fhir_server.storage import Version
 
@@ -268,31 +269,11 @@ def _strict(request: Request) -> bool:
 
 def _searchset(request: Request, path: str, params: list[tuple[str, str]], page: SearchPage,
                ignored: list[str], *, summary_count: bool = False) -> Response:
-    """The searchset Bundle of one page (FHIR R4 search.html#return): matches, included resources, an
-    OperationOutcome entry for what was ignored, and self/next links (the next one by a stable cursor)."""
     settings = settings_of(request)
     rendering = rendering_of(request)
-    url = f"{settings.fhir_base}/{path}".rstrip("/")
-    keep = [(k, v) for k, v in params if k != "_cursor"]
-    links = [{"relation": "self", "url": f"{url}?{urlencode(params)}"}]
-    if page.next_cursor is not None:
-        links.append({"relation": "next", "url": f"{url}?{urlencode([*keep, ('_cursor', page.next_cursor)])}"})
-    entries: list[dict[str, Any]] = []
-    if not summary_count:
-        for mode, versions in (("match", page.matches), ("include", page.included)):
-            entries += [{"fullUrl": f"{settings.fhir_base}/{v.key}",
-                         "resource": shape_resource(orjson.loads(v.body or b"{}"), rendering),
-                         "search": {"mode": mode}} for v in versions]
-    notes = [*ignored, *page.warnings]
-    if notes:
-        outcome = operation_outcome([Issue(severity="warning", code="not-supported" if n in ignored else
-                                           "incomplete", diagnostics=n) for n in notes])
-        entries.append({"resource": outcome, "search": {"mode": "outcome"}})
-    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
-    if page.total is not None:
-        bundle["total"] = page.total
-    bundle["link"] = links
-    bundle["entry"] = entries
+    bundle = searchset(page, url=f"{settings.fhir_base}/{path}".rstrip("/"), base=settings.fhir_base, params=params,
+                       ignored=ignored, summary_count=summary_count,
+                       resource_of=lambda v: shape_resource(orjson.loads(v.body or b"{}"), rendering))
     return fhir_response(bundle, rendering, shape=False)
 
 

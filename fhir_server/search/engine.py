@@ -109,10 +109,12 @@ class SearchEngine:
             state = _decode_cursor(cursor) if cursor else None
             matches, nxt = await self._scan(query.rtype, clauses, want=count, state=state)
             page = SearchPage(matches, None if nxt is None else _encode_cursor(nxt))
-            if cursor is None and nxt is None:
+            if cursor is None and nxt is None and query.total != "none":
                 page.total = len(matches)
         if query.summary_count or query.total == "accurate":
             page.total = await self.count(query, clauses)
+        elif query.total == "estimate" and page.total is None:
+            page.total = await self._estimate(query, clauses)
         if (query.includes or query.revincludes) and page.matches:
             page.included, warnings = await self._include(query, page.matches)
         page.warnings += warnings
@@ -163,6 +165,25 @@ class SearchEngine:
     async def count(self, query: SearchQuery, clauses: list[Clause]) -> int:
         found = await self.all_matches(query, cap=self.settings.search_total_max, clauses=clauses)
         return len(found)
+
+    async def _estimate(self, query: SearchQuery, clauses: list[Clause]) -> int | None:
+        """``_total=estimate``: with one indexed clause, the resources its entries name (orphans included, up to
+        10,000); otherwise the exact count when it is under 1,000; None beyond."""
+        if len(clauses) == 1 and clauses[0].keys is not None and not clauses[0].negate and not clauses[0].check:
+            rids: set[str] = set()
+            for low, high in clauses[0].keys.spans:
+                after = None
+                while len(rids) <= 10_000:
+                    keys = await self.store.scan_index(query.rtype, low, high, after=after, limit=1000)
+                    rids.update(k.rsplit("|", 2)[1] for k in keys)
+                    if len(keys) < 1000:
+                        break
+                    after = keys[-1]
+            return len(rids) if len(rids) <= 10_000 else None
+        try:
+            return len(await self.all_matches(query, cap=1000, clauses=clauses))
+        except TooManyMatches:
+            return None
 
     # ---- chains and _has ----------------------------------------------------------------------------------
 

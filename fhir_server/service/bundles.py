@@ -29,8 +29,10 @@ from fhir_server.errors import (
 )
 from fhir_server.model.types import ID_RE, require_supported_type
 from fhir_server.model.validation import validate_resource
+from fhir_server.search import query_pairs
 from fhir_server.service.etag import etag, version_of_etag
 from fhir_server.service.resources import ResourceService, WriteResult, instant
+from fhir_server.service.searchset import searchset
 from fhir_server.settings import Settings
 from fhir_server.storage import Version, VersionConflict, now_micros
 
@@ -153,7 +155,7 @@ class BundleService:
         result: WriteResult | Version | None
         if e.method in ("GET", "HEAD"):
             if e.rid is None:
-                raise BadRequest("Search in a Bundle entry is not supported yet")
+                return {"resource": await self._search(principal, e), "response": {"status": "200 OK"}}
             if e.vid is not None:
                 result = await service.vread(principal=principal, rtype=e.rtype, rid=e.rid, vid=e.vid)
             else:
@@ -372,6 +374,17 @@ class BundleService:
             e.base, e.new = base, new
             changes.append((new, base))
         return changes
+
+    async def _search(self, principal: Principal, e: _Entry) -> dict[str, Any]:
+        """A search entry (``GET Patient?family=王``): its first page as a searchset Bundle."""
+        pairs = query_pairs(e.query or "")
+        count_text = dict(pairs).get("_count", str(self.settings.history_default_count))
+        count = int(count_text) if count_text.isdigit() else self.settings.history_default_count
+        query, page = await self.resources.search(principal=principal, rtype=e.rtype, pairs=pairs, count=count,
+                                                  cursor=dict(pairs).get("_cursor"))
+        base = self.settings.fhir_base
+        return searchset(page, url=f"{base}/{e.rtype}", base=base, params=pairs, ignored=query.ignored,
+                         summary_count=query.summary_count, resource_of=lambda v: orjson.loads(v.body or b"{}"))
 
     def _write_entry(self, e: _Entry) -> dict[str, Any]:
         if e.result is not None:  # ifNoneExist matched: nothing written
