@@ -560,3 +560,30 @@ def test_composite_parameters_hold_within_one_element(search_hub: Hub,
         assert expected < either
         bad = api.get("/Observation", params={"code-value-quantity": "http://loinc.org|718-7"})
         assert bad.status_code == 400 and bad.json()["issue"][0]["expression"] == ["code-value-quantity"]
+
+
+def test_previous_links_walk_back_over_the_same_pages(search_hub: Hub, stored: dict[str, list[dict[str, Any]]]) -> None:
+    base = search_hub.base
+
+    def link(page: dict[str, Any], relation: str) -> str | None:
+        return next((x["url"].replace(base, "") for x in page["link"] if x["relation"] == relation), None)
+
+    with search_hub.client() as api:
+        for start in ("/Patient?gender=female&_count=7", "/Patient?_count=9",  # index, type scan
+                      "/Patient?identifier=urn:oid:2.16.156.10011.1.1|&_sort=-birthdate,_id&_count=6"):  # sorted
+            pages: list[list[str]] = []
+            url: str | None = start
+            page: dict[str, Any] = {}
+            while url:
+                page = api.get(url).json()
+                pages.append([e["resource"]["id"] for e in page["entry"]])
+                url = link(page, "next")
+            assert len(pages) >= 3, start
+            assert link(api.get(start).json(), "previous") is None  # nothing before the first page
+            back: list[list[str]] = [pages[-1]]
+            url = link(page, "previous")
+            while url:
+                page = api.get(url).json()
+                back.append([e["resource"]["id"] for e in page["entry"]])
+                url = link(page, "previous")
+            assert back[::-1] == pages, start

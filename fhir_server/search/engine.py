@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -41,10 +43,18 @@ def entries_of_version(version: Version) -> list[str]:
 
 
 @dataclass(slots=True)
+class _Scan:
+    matches: list[Version]
+    next_state: Any
+    prev_state: Any
+
+
+@dataclass(slots=True)
 class SearchPage:
     matches: list[Version]
     next_cursor: str | None
     total: int | None = None
+    previous_cursor: str | None = None
     included: list[Version] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -107,8 +117,10 @@ class SearchEngine:
             page = await self._sorted_page(query, clauses, count=count, cursor=cursor)
         else:
             state = _decode_cursor(cursor) if cursor else None
-            matches, nxt = await self._scan(query.rtype, clauses, want=count, state=state)
-            page = SearchPage(matches, None if nxt is None else _encode_cursor(nxt))
+            found = await self._scan_page(query.rtype, clauses, want=count, state=state)
+            matches, nxt = found.matches, found.next_state
+            page = SearchPage(matches, None if nxt is None else _encode_cursor(nxt),
+                              previous_cursor=None if found.prev_state is None else _encode_cursor(found.prev_state))
             if cursor is None and nxt is None and query.total != "none":
                 page.total = len(matches)
         if query.summary_count or query.total == "accurate":
@@ -249,102 +261,123 @@ class SearchEngine:
     async def _scan(self, rtype: str, clauses: list[Clause], *, want: int,
                     state: Any) -> tuple[list[Version], Any]:
         """Up to ``want`` matches from the position ``state``; returns them and the state after (None: done)."""
+        found = await self._scan_page(rtype, clauses, want=want, state=state)
+        return found.matches, found.next_state
+
+    async def _scan_page(self, rtype: str, clauses: list[Clause], *, want: int, state: Any) -> _Scan:
+        """A page from ``state``: None (the start), ``[driver, position]`` (after it) or ``[driver, position,
+        "prev"]`` (the page before it). Positions are index keys, or ids when the driver is not the index."""
         if want <= 0:
-            return [], None
+            return _Scan([], None, None)
         known: list[str] | None = None
+        backward = False
         if state is None:
             driver, known = await self._choose_driver(rtype, clauses)
             position: str | None = None
         else:
-            if not (isinstance(state, list) and len(state) == 2 and isinstance(state[0], int)
-                    and isinstance(state[1], str) and -1 <= state[0] < len(clauses)):
+            if not (isinstance(state, list) and len(state) in (2, 3) and isinstance(state[0], int)
+                    and isinstance(state[1], str) and -1 <= state[0] < len(clauses)
+                    and (len(state) == 2 or state[2] == "prev")):
                 raise BadRequest("The page cursor does not belong to this search; start again from the first page")
-            driver, position = state
-        if driver == -1:
-            return await self._scan_type(rtype, clauses, want=want, after=position)
-        clause = clauses[driver]
-        if clause.ids is not None:
-            return await self._scan_ids(rtype, clauses, driver, want=want, after=position)
-        return await self._scan_keys(rtype, clauses, driver, want=want, after=position, known=known)
+            driver, position, backward = state[0], state[1], len(state) == 3
+        items: list[tuple[str, Version]] = []
+        async with aclosing(self._walk(rtype, clauses, driver, start=position, backward=backward,
+                                       known=known)) as walk:
+            async for item in walk:
+                items.append(item)
+                if len(items) > want:
+                    break
+        more = len(items) > want
+        items = items[:want]
+        if backward:
+            items.reverse()
+            return _Scan([v for _, v in items], [driver, items[-1][0]] if items else None,
+                         [driver, items[0][0], "prev"] if more and items else None)
+        return _Scan([v for _, v in items], [driver, items[-1][0]] if more and items else None,
+                     [driver, items[0][0], "prev"] if state is not None and items else None)
 
-    async def _scan_type(self, rtype: str, clauses: list[Clause], *, want: int,
-                         after: str | None) -> tuple[list[Version], Any]:
-        out: list[Version] = []
-        batch = min(max(want + 1, 50), 1000)
+    def _walk(self, rtype: str, clauses: list[Clause], driver: int, *, start: str | None, backward: bool,
+              known: list[str] | None) -> AsyncGenerator[tuple[str, Version], None]:
+        """Matches with their positions, in the driver's order (reversed: ``backward``), from ``start`` on."""
+        if driver == -1:
+            return self._walk_type(rtype, clauses, start=start, backward=backward)
+        if clauses[driver].ids is not None:
+            return self._walk_ids(rtype, clauses, driver, start=start, backward=backward)
+        return self._walk_keys(rtype, clauses, driver, start=start, backward=backward, known=known)
+
+    async def _walk_type(self, rtype: str, clauses: list[Clause], *, start: str | None,
+                         backward: bool) -> AsyncGenerator[tuple[str, Version], None]:
+        batch = 50
         while True:
-            versions = await self.store.scan_type(rtype, after=after, limit=batch)
+            versions = await self.store.scan_type(rtype, after=start, limit=batch, backward=backward)
             for version in versions:
                 if _passes(clauses, version):
-                    if len(out) == want:
-                        return out, [-1, out[-1].rid]
-                    out.append(version)
+                    yield version.rid, version
             if len(versions) < batch:
-                return out, None
-            after = versions[-1].rid
+                return
+            start = versions[-1].rid
             batch = min(batch * 2, 1000)
 
-    async def _scan_ids(self, rtype: str, clauses: list[Clause], driver: int, *, want: int,
-                        after: str | None) -> tuple[list[Version], Any]:
-        ids = sorted(i for i in clauses[driver].ids or () if after is None or i > after)
-        out: list[Version] = []
-        for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
+    async def _walk_ids(self, rtype: str, clauses: list[Clause], driver: int, *, start: str | None,
+                        backward: bool) -> AsyncGenerator[tuple[str, Version], None]:
+        ids = sorted((i for i in clauses[driver].ids or ()
+                      if start is None or (i < start if backward else i > start)), reverse=backward)
+        for first in range(0, len(ids), 500):
+            chunk = ids[first:first + 500]
             found = await self.store.current_many(rtype, chunk)
             for rid in chunk:
                 version = found.get(rid)
                 if version is not None and _passes(clauses, version):
-                    if len(out) == want:
-                        return out, [driver, out[-1].rid]
-                    out.append(version)
-        return out, None
+                    yield rid, version
 
-    async def _scan_keys(self, rtype: str, clauses: list[Clause], driver: int, *, want: int,
-                         after: str | None, known: list[str] | None = None) -> tuple[list[Version], Any]:
+    async def _walk_keys(self, rtype: str, clauses: list[Clause], driver: int, *, start: str | None,
+                         backward: bool, known: list[str] | None) -> AsyncGenerator[tuple[str, Version], None]:
         """``known``: every key of the driver (its probe read them all), so no scan is needed."""
         keys = clauses[driver].keys
         assert keys is not None
-        out: list[Version] = []
-        last_key: str | None = None
-        batch = min(max(want + 1, 20), 1000)
+        batch = 20
         spans = [("", _TOP)] if known is not None else keys.spans
-        for low, high in spans:
-            if after is not None and after >= f"{rtype}|{high}":
+        for low, high in reversed(spans) if backward else spans:
+            if start is not None and (start <= f"{rtype}|{low}" if backward else start >= f"{rtype}|{high}"):
                 continue
-            position = after
+            position = start
             while True:
                 if known is not None:  # one pass over what the probe read, then done
                     found = sorted(known)
                     batch = len(found) + 1
                     known = None
                 else:
-                    found = await self.store.scan_index(rtype, low, high, after=position, limit=batch)
+                    found = await self.store.scan_index(rtype, low, high, after=position, limit=batch,
+                                                        backward=backward)
                 if not found:
                     break
                 position = found[-1]
-                candidates = []
-                for key in found:
-                    _, rest = key.split("|", 1)
-                    body, rid, _vid = rest.rsplit("|", 2)
-                    if keys.holds(body + "|"):
-                        candidates.append((key, rid))
-                versions = await self.store.current_many(rtype, sorted({rid for _, rid in candidates}))
-                for key, rid in candidates:
-                    version = versions.get(rid)
-                    if version is None or version.body is None:
-                        continue
-                    own = [index_key(rtype, rid, item) for item in version.index
-                           if keys.holds(item[:item.rindex("|") + 1])]
-                    if not own or min(own) != key:  # an orphan, or not this resource's first entry here
-                        continue
-                    if _passes(clauses, version):
-                        if len(out) == want:
-                            return out, [driver, last_key]
-                        out.append(version)
-                        last_key = key
+                for item in await self._candidates(rtype, clauses, keys, found):
+                    yield item
                 if len(found) < batch:
                     break
                 batch = min(batch * 2, 1000)
-        return out, None
+
+    async def _candidates(self, rtype: str, clauses: list[Clause], keys: KeySet,
+                          found: list[str]) -> list[tuple[str, Version]]:
+        """The matches among index keys ``found`` (in their order): each key must be its resource's smallest in
+        the driver's ranges (a resource is emitted once) and the resource must pass every clause."""
+        candidates = []
+        for key in found:
+            _, rest = key.split("|", 1)
+            body, rid, _vid = rest.rsplit("|", 2)
+            if keys.holds(body + "|"):
+                candidates.append((key, rid))
+        versions = await self.store.current_many(rtype, sorted({rid for _, rid in candidates}))
+        out = []
+        for key, rid in candidates:
+            version = versions.get(rid)
+            if version is None or version.body is None:
+                continue
+            own = [index_key(rtype, rid, item) for item in version.index if keys.holds(item[:item.rindex("|") + 1])]
+            if own and min(own) == key and _passes(clauses, version):  # else an orphan, or not its first entry
+                out.append((key, version))
+        return out
 
     # ---- sorting ------------------------------------------------------------------------------------------
 
@@ -357,16 +390,21 @@ class SearchEngine:
             return _compare(query, a[0], b[0])
 
         keyed.sort(key=functools.cmp_to_key(order))
-        start = 0
+        start, end = 0, len(keyed)
         if cursor:
             mark = _decode_cursor(cursor)
+            backward = isinstance(mark, dict) and "b" in mark
+            mark = mark["b"] if backward else mark
             if not isinstance(mark, list) or len(mark) != len(query.sort) + 1:
                 raise BadRequest("The page cursor does not belong to this search; start again from the first page")
-            while start < len(keyed) and _compare(query, keyed[start][0], mark) <= 0:
+            while start < len(keyed) and _compare(query, keyed[start][0], mark) < (0 if backward else 1):
                 start += 1
-        chunk = keyed[start:start + count]
-        nxt = _encode_cursor(chunk[-1][0]) if start + count < len(keyed) and chunk else None
-        return SearchPage([v for _, v in chunk], nxt, total=len(keyed))
+            if backward:  # the page that ends just before the mark
+                start, end = max(0, start - count), start
+        chunk = keyed[start:min(start + count, end)]
+        nxt = _encode_cursor(chunk[-1][0]) if chunk and start + len(chunk) < len(keyed) else None
+        previous = _encode_cursor({"b": chunk[0][0]}) if chunk and start > 0 else None
+        return SearchPage([v for _, v in chunk], nxt, total=len(keyed), previous_cursor=previous)
 
     # ---- _include and _revinclude -------------------------------------------------------------------------
 

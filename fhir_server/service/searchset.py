@@ -17,11 +17,14 @@ __all__ = ["searchset"]
 def searchset(page: SearchPage, *, url: str, base: str, params: list[tuple[str, str]], ignored: list[str],
               resource_of: Callable[[Version], Any], summary_count: bool = False) -> dict[str, Any]:
     """Matches, included resources, an OperationOutcome entry for what was ignored or cut short, and self /
-    next links (the next one by the page's stable cursor). ``resource_of`` renders a stored version."""
+    next / previous links (by the page's stable cursors). ``resource_of`` renders a stored version."""
     keep = [(k, v) for k, v in params if k != "_cursor"]
     links = [{"relation": "self", "url": f"{url}?{urlencode(params)}"}]
     if page.next_cursor is not None:
         links.append({"relation": "next", "url": f"{url}?{urlencode([*keep, ('_cursor', page.next_cursor)])}"})
+    if page.previous_cursor is not None:
+        links.append({"relation": "previous",
+                      "url": f"{url}?{urlencode([*keep, ('_cursor', page.previous_cursor)])}"})
     entries: list[dict[str, Any]] = []
     if not summary_count:
         for mode, versions in (("match", page.matches), ("include", page.included)):

@@ -188,21 +188,29 @@ class ResourceStore:
                 found[version.rid] = version
         return found
 
-    async def scan_type(self, rtype: str, *, after: str | None, limit: int) -> list[Version]:
-        """Versions of one type (deleted ones too) in id order after id ``after``: an ``_id`` range scan."""
-        low = {"$gt": f"{rtype}/{after}"} if after is not None else {"$gte": f"{rtype}/"}
-        docs = self.resources.find({"_id": {**low, "$lt": f"{rtype}0"}}).sort("_id", ASCENDING).limit(limit)
+    async def scan_type(self, rtype: str, *, after: str | None, limit: int, backward: bool = False) -> list[Version]:
+        """Versions of one type (deleted ones too) in id order after id ``after`` (``backward``: in reverse order
+        before it): an ``_id`` range scan."""
+        if backward:
+            bounds = {"$gte": f"{rtype}/", "$lt": f"{rtype}/{after}" if after is not None else f"{rtype}0"}
+        else:
+            bounds = {"$gt": f"{rtype}/{after}"} if after is not None else {"$gte": f"{rtype}/"}
+            bounds["$lt"] = f"{rtype}0"
+        docs = self.resources.find({"_id": bounds}).sort("_id", DESCENDING if backward else ASCENDING).limit(limit)
         return [_from_doc(d, with_index=True) async for d in docs]
 
-    async def scan_index(self, rtype: str, low: str, high: str, *, after: str | None, limit: int) -> list[str]:
-        """Keys of ``search_index`` from ``rtype|low`` (inclusive) to ``rtype|high`` (exclusive), in key order,
-        after the key ``after``."""
+    async def scan_index(self, rtype: str, low: str, high: str, *, after: str | None, limit: int,
+                         backward: bool = False) -> list[str]:
+        """Keys of ``search_index`` from ``rtype|low`` (inclusive) to ``rtype|high`` (exclusive), in key order
+        after the key ``after`` (``backward``: in reverse order before it)."""
         bounds: dict[str, str] = {"$gte": f"{rtype}|{low}", "$lt": f"{rtype}|{high}"}
-        if after is not None and after >= bounds["$gte"]:
+        if after is not None and backward and after < bounds["$lt"]:
+            bounds["$lt"] = after
+        elif after is not None and not backward and after >= bounds["$gte"]:
             del bounds["$gte"]
             bounds["$gt"] = after
-        docs = self.search_index.find({"_id": bounds}, {"_id": 1}).sort("_id", ASCENDING).limit(limit)
-        return [d["_id"] async for d in docs]
+        docs = self.search_index.find({"_id": bounds}, {"_id": 1}).sort("_id", DESCENDING if backward else ASCENDING)
+        return [d["_id"] async for d in docs.limit(limit)]
 
     async def instance_history(
         self, *, current: Version, since: int | None, at: int | None, count: int, before_vid: int | None,
