@@ -194,3 +194,35 @@ def test_search_entries_answer_searchsets(api: httpx.Client) -> None:
     entries = api.post("", json=batch).json()["entry"]
     assert entries[0]["resource"]["total"] == 1
     assert entries[1]["response"]["status"].startswith("400")
+
+
+def test_patch_entries_apply_a_json_patch_in_a_binary(api: httpx.Client) -> None:
+    import base64
+    import json
+
+    created = api.post("/Patient", json={"resourceType": "Patient", "gender": "male", "name": [{"family": "孙"}]})
+    rid = created.json()["id"]
+
+    def binary(ops: list[dict[str, object]]) -> dict[str, object]:
+        return {"resourceType": "Binary", "contentType": "application/json-patch+json",
+                "data": base64.b64encode(json.dumps(ops).encode()).decode()}
+
+    transaction = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": binary([{"op": "replace", "path": "/gender", "value": "female"}]),
+         "request": {"method": "PATCH", "url": f"Patient/{rid}", "ifMatch": 'W/"1"'}}]}
+    answer = api.post("", json=transaction)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["entry"][0]["response"]["status"] == "200 OK"
+    current = api.get(f"/Patient/{rid}").json()
+    assert current["gender"] == "female" and current["meta"]["versionId"] == "2"
+    assert api.get("/Patient", params={"_id": rid, "gender": "female"}).json()["total"] == 1  # indexed anew
+    batch = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"resource": binary([{"op": "add", "path": "/birthDate", "value": "1980-02-03"}]),
+         "request": {"method": "PATCH", "url": f"Patient/{rid}"}},
+        {"resource": {"resourceType": "Parameters"}, "request": {"method": "PATCH", "url": f"Patient/{rid}"}}]}
+    entries = api.post("", json=batch).json()["entry"]
+    assert entries[0]["response"]["status"] == "200 OK" and entries[1]["response"]["status"].startswith("400")
+    bad = api.post("", json={**transaction, "entry": [{**transaction["entry"][0], "request": {  # type: ignore[dict-item]
+        "method": "PATCH", "url": f"Patient/{rid}"}, "resource": binary([{"op": "remove", "path": "/nothing"}])}]})
+    assert bad.status_code in (400, 422) and "Bundle.entry[0]" in bad.json()["issue"][0]["diagnostics"]
+    assert api.get(f"/Patient/{rid}").json()["meta"]["versionId"] == "3"  # the failed transaction left nothing

@@ -281,8 +281,8 @@ class SearchEngine:
                 raise BadRequest("The page cursor does not belong to this search; start again from the first page")
             driver, position, backward = state[0], state[1], len(state) == 3
         items: list[tuple[str, Version]] = []
-        async with aclosing(self._walk(rtype, clauses, driver, start=position, backward=backward,
-                                       known=known)) as walk:
+        async with aclosing(self._walk(rtype, clauses, driver, start=position, backward=backward, known=known,
+                                       batch=min(max(want + 1, 20), 1000))) as walk:
             async for item in walk:
                 items.append(item)
                 if len(items) > want:
@@ -297,17 +297,17 @@ class SearchEngine:
                      [driver, items[0][0], "prev"] if state is not None and items else None)
 
     def _walk(self, rtype: str, clauses: list[Clause], driver: int, *, start: str | None, backward: bool,
-              known: list[str] | None) -> AsyncGenerator[tuple[str, Version], None]:
-        """Matches with their positions, in the driver's order (reversed: ``backward``), from ``start`` on."""
+              known: list[str] | None, batch: int) -> AsyncGenerator[tuple[str, Version], None]:
+        """Matches with their positions, in the driver's order (reversed: ``backward``), from ``start`` on;
+        ``batch``: positions read by the first store call (a page's worth), doubling after."""
         if driver == -1:
-            return self._walk_type(rtype, clauses, start=start, backward=backward)
+            return self._walk_type(rtype, clauses, start=start, backward=backward, batch=batch)
         if clauses[driver].ids is not None:
             return self._walk_ids(rtype, clauses, driver, start=start, backward=backward)
-        return self._walk_keys(rtype, clauses, driver, start=start, backward=backward, known=known)
+        return self._walk_keys(rtype, clauses, driver, start=start, backward=backward, known=known, batch=batch)
 
-    async def _walk_type(self, rtype: str, clauses: list[Clause], *, start: str | None,
-                         backward: bool) -> AsyncGenerator[tuple[str, Version], None]:
-        batch = 50
+    async def _walk_type(self, rtype: str, clauses: list[Clause], *, start: str | None, backward: bool,
+                         batch: int) -> AsyncGenerator[tuple[str, Version], None]:
         while True:
             versions = await self.store.scan_type(rtype, after=start, limit=batch, backward=backward)
             for version in versions:
@@ -331,11 +331,11 @@ class SearchEngine:
                     yield rid, version
 
     async def _walk_keys(self, rtype: str, clauses: list[Clause], driver: int, *, start: str | None,
-                         backward: bool, known: list[str] | None) -> AsyncGenerator[tuple[str, Version], None]:
+                         backward: bool, known: list[str] | None,
+                         batch: int) -> AsyncGenerator[tuple[str, Version], None]:
         """``known``: every key of the driver (its probe read them all), so no scan is needed."""
         keys = clauses[driver].keys
         assert keys is not None
-        batch = 20
         spans = [("", _TOP)] if known is not None else keys.spans
         for low, high in reversed(spans) if backward else spans:
             if start is not None and (start <= f"{rtype}|{low}" if backward else start >= f"{rtype}|{high}"):

@@ -9,6 +9,7 @@ claims); readers may see its changes appear during the commit phase, which lasts
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import uuid
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from fhir_server.model.types import ID_RE, require_supported_type
 from fhir_server.model.validation import validate_resource
 from fhir_server.search import query_pairs
 from fhir_server.service.etag import etag, version_of_etag
-from fhir_server.service.resources import ResourceService, WriteResult, instant
+from fhir_server.service.resources import ResourceService, WriteResult, apply_json_patch, instant
 from fhir_server.service.searchset import searchset
 from fhir_server.settings import Settings
 from fhir_server.storage import Version, VersionConflict, now_micros
@@ -65,6 +66,24 @@ class _Entry:
     @property
     def where(self) -> str:
         return f"Bundle.entry[{self.index}]"
+
+
+def _json_patch(e: _Entry) -> Any:
+    """The JSON Patch of a PATCH entry: a Binary with contentType application/json-patch+json (FHIR R4
+    http.html#transaction); FHIRPath Patch (Parameters) is not supported."""
+    body = e.resource
+    if not (isinstance(body, dict) and body.get("resourceType") == "Binary"
+            and body.get("contentType") == "application/json-patch+json" and isinstance(body.get("data"), str)):
+        raise BadRequest("A PATCH entry needs a Binary resource with contentType application/json-patch+json "
+                         "(FHIRPath Patch in Parameters is not supported)", issues=[Issue(
+                             code="not-supported", diagnostics="PATCH entry: expected a JSON Patch in a Binary",
+                             expression=(f"{e.where}.resource",))])
+    try:
+        return orjson.loads(base64.b64decode(body["data"], validate=True))
+    except (ValueError, orjson.JSONDecodeError):
+        raise BadRequest("The Binary of a PATCH entry does not hold JSON", issues=[Issue(
+            code="invalid", diagnostics="Binary.data is not base64 JSON", expression=(f"{e.where}.resource.data",))]
+        ) from None
 
 
 def _fail(entry: _Entry | None, exc: HubError) -> HubError:
@@ -171,7 +190,8 @@ class BundleService:
             result = await service.conditional_update(principal=principal, rtype=e.rtype, criteria_text=e.query,
                                                       resource=e.resource, if_match=e.if_match)
         elif e.method == "PATCH" and e.rid is not None:
-            raise BadRequest("PATCH in a Bundle entry needs a Binary or Parameters body; use PATCH on the resource")
+            result = await service.patch(principal=principal, rtype=e.rtype, rid=e.rid, operations=_json_patch(e),
+                                         if_match=e.if_match)
         elif e.method == "DELETE" and e.rid is not None:
             result = await service.delete(principal=principal, rtype=e.rtype, rid=e.rid, if_match=e.if_match)
         elif e.method == "DELETE" and e.query:
@@ -348,9 +368,11 @@ class BundleService:
         for e in writes:
             assert e.target is not None
             try:
-                if e.method == "PATCH":
-                    raise BadRequest("PATCH in a transaction is not supported yet; use PUT")
                 base = bases.get((e.rtype, e.target))
+                if e.method == "PATCH":
+                    if base is None or base.body is None:
+                        raise NotFound(f"{e.rtype}/{e.target} is not there to patch")
+                    e.resource = apply_json_patch(base.body, _json_patch(e), rtype=e.rtype, rid=e.target)
                 if e.if_match is not None and (base is None or base.vid != e.if_match):
                     raise PreconditionFailed(f"{e.rtype}/{e.target} is not at version {e.if_match}")
                 if e.method == "DELETE":

@@ -49,7 +49,7 @@ from fhir_server.service.etag import etag
 from fhir_server.settings import Settings
 from fhir_server.storage import LockBusy, ResourceStore, Version, VersionConflict, now_micros
 
-__all__ = ["HistoryResult", "ResourceService", "WriteResult", "instant"]
+__all__ = ["HistoryResult", "ResourceService", "WriteResult", "apply_json_patch", "instant"]
 
 
 def instant(ts_micros: int, settings: Settings) -> str:
@@ -287,13 +287,7 @@ class ResourceService:
                 raise PreconditionFailed(f"{rtype}/{rid} is at version {current.vid}, not {if_match}",
                                          headers={"ETag": etag(current.vid)})
             assert current.body is not None
-            try:
-                patched = jsonpatch.apply_patch(orjson.loads(current.body), operations)
-            except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError, KeyError) as exc:
-                raise UnprocessableEntity(f"The JSON Patch cannot be applied: {exc}", issues=[
-                    Issue(code="processing", diagnostics=f"The JSON Patch cannot be applied: {exc}")]) from exc
-            if not isinstance(patched, dict) or patched.get("resourceType") != rtype or patched.get("id") != rid:
-                raise UnprocessableEntity("A patch must not change resourceType or id")
+            patched = apply_json_patch(current.body, operations, rtype=rtype, rid=rid)
             validate_resource(patched, expected_type=rtype, expected_id=rid)
             _keep_body_to_compartment(principal.require("u", rtype, rid=rid), patched)
             try:
@@ -470,6 +464,21 @@ def _keep_to_compartment(patient: str | None, version: Version) -> None:
         return
     if version.body is None or not in_patient_compartment(orjson.loads(version.body), patient):
         raise Forbidden(f"{version.key} is not in the compartment of the token's patient")
+
+
+def apply_json_patch(body: bytes, operations: Any, *, rtype: str, rid: str) -> dict[str, Any]:
+    """The resource ``body`` with a JSON Patch (RFC 6902) applied; it must stay ``rtype``/``rid`` (validated
+    afterwards by the caller, like any write)."""
+    if not isinstance(operations, list):
+        raise BadRequest("A JSON Patch body is an array of operations")
+    try:
+        patched = jsonpatch.apply_patch(orjson.loads(body), operations)
+    except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError, KeyError) as exc:
+        raise UnprocessableEntity(f"The JSON Patch cannot be applied: {exc}", issues=[
+            Issue(code="processing", diagnostics=f"The JSON Patch cannot be applied: {exc}")]) from exc
+    if not isinstance(patched, dict) or patched.get("resourceType") != rtype or patched.get("id") != rid:
+        raise UnprocessableEntity("A patch must not change resourceType or id")
+    return patched
 
 
 def _check_search_parameter(sp: dict[str, Any]) -> None:
