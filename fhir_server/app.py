@@ -29,14 +29,21 @@ __all__ = ["create_app"]
 log = logging.getLogger("medunion.app")
 
 
-async def _refresh_search_parameters(service: ResourceService, every: float = 10.0) -> None:
-    """Pick up SearchParameters written by other processes sharing the store (this one refreshes at once)."""
+async def _housekeeping(service: ResourceService, every: float = 10.0) -> None:
+    """Pick up SearchParameters written by other processes sharing the store (this one refreshes at once), and
+    undo the transactions of instances that died while committing (their journals outlive the lease)."""
+    rounds = 0
     while True:
         await asyncio.sleep(every)
+        rounds += 1
         try:
             await service.refresh_search_parameters()
+            if rounds % 6 == 0:
+                undone = await service.store.recover_abandoned()
+                if undone:
+                    log.warning("undid %d transactions abandoned by a stopped hub instance", undone)
         except Exception as exc:  # the store may be down for a while; the next round tries again
-            log.warning("could not refresh custom search parameters: %s", type(exc).__name__)
+            log.warning("housekeeping round failed: %s", type(exc).__name__)
 
 
 def create_app(settings: Settings, *, mongodb_uri: str | None = None) -> Any:
@@ -61,7 +68,7 @@ def create_app(settings: Settings, *, mongodb_uri: str | None = None) -> Any:
         app.state.bundles = BundleService(resources=app.state.service, settings=settings)
         app.state.reindexer = Reindexer(resources=app.state.service, settings=settings)
         await app.state.service.refresh_search_parameters()
-        refresher = asyncio.create_task(_refresh_search_parameters(app.state.service))
+        refresher = asyncio.create_task(_housekeeping(app.state.service))
         app.state.tokens = TokenCache(TokenVerifier(settings))
         # Everything loaded so far (models, routes, settings) lives as long as the process: keep it out of
         # the cyclic collector's scans, which otherwise stall busy event loops for tens of milliseconds.

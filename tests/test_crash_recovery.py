@@ -149,10 +149,14 @@ def test_store_outage_gives_503_and_recovers(tmp_path: Path) -> None:
         store.stop()
 
 
-def test_kill_during_transactions_leaves_each_all_or_nothing(store_uri: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("survivor", ["same instance", "another instance"])
+def test_kill_during_transactions_leaves_each_all_or_nothing(store_uri: str, tmp_path: Path, survivor: str) -> None:
+    """The dead hub's unfinished transactions are undone by itself at restart, or by another instance once
+    its journal is older than the lease."""
     home = tmp_path / "home"
-    database = f"txcrash{int(time.time())}"
-    hub = start_hub(store_uri, home, database=database)
+    database = f"txcrash{int(time.time())}{survivor[0]}"
+    lease = {"MEDUNION_WRITE_LEASE_SECONDS": "3"}
+    hub = start_hub(store_uri, home, database=database, extra={"MEDUNION_INSTANCE_ID": "a", **lease})
     shared = [f"shared-{k}" for k in range(5)]
     with hub.client() as client:
         for rid in shared:
@@ -189,7 +193,10 @@ def test_kill_during_transactions_leaves_each_all_or_nothing(store_uri: str, tmp
         t.join(timeout=30)
     assert len(acked) >= 5, "the load did not get going before the kill"
 
-    restarted = start_hub(store_uri, home, database=database)
+    if survivor == "another instance":
+        time.sleep(3.5)  # the dead instance's journal and claims are older than the lease now
+    restarted = start_hub(store_uri, home, database=database, extra={
+        "MEDUNION_INSTANCE_ID": "a" if survivor == "same instance" else "b", **lease})
     try:
         with restarted.client() as client:
             finals = {client.get(f"/Basic/{rid}").json()["code"]["text"] for rid in shared}

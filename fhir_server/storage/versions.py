@@ -423,10 +423,22 @@ class ResourceStore:
         return len(run)
 
     async def recover(self) -> tuple[int, int]:
-        """At start-up: undo the transactions this instance was committing when it died, and release the
-        conditional-operation locks it held. Returns (transactions undone, locks released)."""
+        """At start-up: undo the transactions this instance was committing when it died, and those of any
+        instance whose journal is older than the lease (it died: no transaction runs that long), and release
+        the conditional-operation locks this instance held. Returns (transactions undone, locks released)."""
+        undone = await self.recover_abandoned(include_own=True)
+        released = await self.locks.delete_many({"o": self.owner})
+        return undone, int(released.deleted_count)
+
+    async def recover_abandoned(self, *, include_own: bool = False) -> int:
+        """Undo journaled transactions older than the lease (another instance died while committing), and,
+        with ``include_own``, this instance's (only at start-up: later they may be running)."""
         undone = 0
-        async for entry in self.journal.find({"o": self.owner}):
+        now = now_micros()
+        async for entry in self.journal.find({}):
+            owner = entry.get("o")
+            if not ((include_own and owner == self.owner) or now - int(entry.get("ts", 0)) > self.lease_micros):
+                continue
             for change in reversed(entry["changes"]):
                 key, ts, base_vid = change["k"], change["ts"], change["b"]
                 current = await self.resources.find_one({"_id": key}, {"v": 1, "ts": 1})
@@ -439,12 +451,11 @@ class ResourceStore:
                 if applied and copy is not None:
                     restored: dict[str, Any] = {k: copy[k] for k in ("t", "i", "v", "ts", "m", "j", "ix") if k in copy}
                     await self.resources.replace_one({"_id": key}, restored)
-                if copy is not None and copy.get("o") == self.owner:
+                if copy is not None and copy.get("o") == owner:
                     await self.history.delete_one({"_id": f"{key}/{base_vid}"})
             await self.journal.delete_one({"_id": entry["_id"]})
             undone += 1
-        released = await self.locks.delete_many({"o": self.owner})
-        return undone, int(released.deleted_count)
+        return undone
 
     async def _undo(self, applied: list[tuple[Version, Version | None]]) -> None:
         for new, base in reversed(applied):
