@@ -482,8 +482,8 @@ def apply_json_patch(body: bytes, operations: Any, *, rtype: str, rid: str) -> d
 
 
 def _check_search_parameter(sp: dict[str, Any]) -> None:
-    """Refuse a SearchParameter whose expression is not FHIRPath. One the hub cannot index (composite, special,
-    no expression) is stored but not used for search (``usable_search_parameter``)."""
+    """Refuse a SearchParameter whose expression is not FHIRPath. One the hub cannot index (special, or without
+    an expression) is stored but not used for search (``usable_search_parameter``)."""
     expression = sp.get("expression")
     if not isinstance(expression, str):
         return
