@@ -28,6 +28,7 @@ from fhir_server.search.keys import hexs, sortable_int, token_enc
 from fhir_server.search.query import MICROS_PER_DAY
 from fhir_server.settings import Settings
 from fhir_server.storage import ResourceStore
+from fhir_server.storage.versions import split_index_key
 
 Op = Callable[[random.Random], Awaitable[bool]]
 
@@ -92,7 +93,7 @@ async def main(patients: int, seconds: float, clients: int, store_dir: Path | No
 
             async def raw(rtype: str, low: str, high: str, limit: int = 51) -> list[Any]:
                 keys = await store.scan_index(rtype, low, high, after=None, limit=limit)
-                rids = sorted({k.rsplit("|", 2)[1] for k in keys})
+                rids = sorted({split_index_key(k)[1] for k in keys})
                 return list((await store.current_many(rtype, rids)).values())
 
             def exact(param: str, enc: str) -> tuple[str, str]:

@@ -26,7 +26,7 @@ from fhir_server.search.query import Clause, KeyRange, KeySet, SearchQuery
 from fhir_server.search.registry import indexed_as, parameters_for
 from fhir_server.settings import Settings
 from fhir_server.storage import ResourceStore, Version
-from fhir_server.storage.versions import index_key
+from fhir_server.storage.versions import index_key, split_index_key, split_item
 
 __all__ = ["SearchEngine", "SearchPage", "TooManyMatches", "compartment_clause", "entries_of_version"]
 
@@ -39,7 +39,7 @@ class TooManyMatches(BadRequest):
 
 def entries_of_version(version: Version) -> list[str]:
     """The index entries (``param|enc|``) of a version, without the vids of the ``ix`` items."""
-    return [item[:item.rindex("|") + 1] for item in version.index]
+    return [split_item(item)[0] for item in version.index]
 
 
 @dataclass(slots=True)
@@ -187,7 +187,7 @@ class SearchEngine:
                 after = None
                 while len(rids) <= 10_000:
                     keys = await self.store.scan_index(query.rtype, low, high, after=after, limit=1000)
-                    rids.update(k.rsplit("|", 2)[1] for k in keys)
+                    rids.update(split_index_key(k)[1] for k in keys)
                     if len(keys) < 1000:
                         break
                     after = keys[-1]
@@ -364,9 +364,8 @@ class SearchEngine:
         the driver's ranges (a resource is emitted once) and the resource must pass every clause."""
         candidates = []
         for key in found:
-            _, rest = key.split("|", 1)
-            body, rid, _vid = rest.rsplit("|", 2)
-            if keys.holds(body + "|"):
+            entry, rid = split_index_key(key)
+            if keys.holds(entry):
                 candidates.append((key, rid))
         versions = await self.store.current_many(rtype, sorted({rid for _, rid in candidates}))
         out = []
@@ -374,7 +373,7 @@ class SearchEngine:
             version = versions.get(rid)
             if version is None or version.body is None:
                 continue
-            own = [index_key(rtype, rid, item) for item in version.index if keys.holds(item[:item.rindex("|") + 1])]
+            own = [index_key(rtype, rid, item) for item in version.index if keys.holds(split_item(item)[0])]
             if own and min(own) == key and _passes(clauses, version):  # else an orphan, or not its first entry
                 out.append((key, version))
         return out
@@ -455,7 +454,7 @@ class SearchEngine:
         async def referring(target: Version) -> list[str]:
             entry = f"{inc.param}|{hexs(target.key)}|"
             keys = await self.store.scan_index(inc.source, entry, entry + _TOP, after=None, limit=cap + 1)
-            return [k.rsplit("|", 2)[1] for k in keys]
+            return [split_index_key(k)[1] for k in keys]
 
         rids = {rid for found in await asyncio.gather(*(referring(t) for t in targets)) for rid in found}
         found = await self.store.current_many(inc.source, sorted(rids))

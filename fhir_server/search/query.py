@@ -292,8 +292,11 @@ def _token_ranges(p: str, value: str) -> list[KeyRange]:
 
 
 def _reference_ranges(p: str, parameter: SearchParameter, value: str, type_modifier: str | None,
-                      base_url: str) -> list[KeyRange]:
+                      base_url: str, only: str | None = None) -> list[KeyRange]:
+    """``only``: a derived parameter's type (Observation ``patient``): other references never match."""
     ref = local_reference(value, base_url)
+    if only is not None and "/" in value and not ref.startswith(f"{only}/"):
+        return []
     if type_modifier is not None:
         if "/" in ref:
             raise _bad(f"With the modifier :{type_modifier} the value is an id, not '{value}'", where=p)
@@ -462,8 +465,8 @@ class _Parser:
                 if modifier not in SUPPORTED_TYPES:
                     raise _bad_modifier(modifier, kind, name)
                 type_modifier = modifier
-            ranges = [r for v in values for r in _reference_ranges(code, parameter, v, type_modifier, self.base_url)
-                      if only is None or r.lo.startswith(f"{code}|{hexs(only + '/')}") or "/" not in v]
+            ranges = [r for v in values
+                      for r in _reference_ranges(code, parameter, v, type_modifier, self.base_url, only)]
             return Clause(name, keys=KeySet(tuple(ranges)))
         if kind == "uri":
             if modifier == "below":

@@ -48,6 +48,7 @@ from fhir_server.search.registry import set_custom
 from fhir_server.service.etag import etag
 from fhir_server.settings import Settings
 from fhir_server.storage import LockBusy, ResourceStore, Version, VersionConflict, now_micros
+from fhir_server.storage.versions import split_item
 
 __all__ = ["HistoryResult", "ResourceService", "WriteResult", "apply_json_patch", "instant"]
 
@@ -379,7 +380,7 @@ class ResourceService:
         """The ``ix`` items of version ``vid`` of ``resource``: each entry with the version that introduced it
         (the base's vid for entries the base has, ``vid`` for new ones)."""
         entries = entry_keys(resource, zone=self.settings.zone, base_url=self.settings.fhir_base)
-        introduced = {item[:item.rindex("|") + 1]: item[item.rindex("|") + 1:] for item in base.index} if base else {}
+        introduced = dict(split_item(item) for item in base.index) if base else {}
         return tuple(e + introduced.get(e, str(vid)) for e in entries)
 
     async def refresh_search_parameters(self) -> int:

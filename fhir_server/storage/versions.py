@@ -45,7 +45,8 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from fhir_server.storage.batching import DeleteBatcher, InsertBatcher
 
-__all__ = ["HistoryPage", "LockBusy", "ResourceStore", "Version", "VersionConflict", "index_key", "now_micros"]
+__all__ = ["HistoryPage", "LockBusy", "ResourceStore", "Version", "VersionConflict", "index_key", "now_micros",
+           "split_index_key", "split_item"]
 
 _last_ts = 0
 
@@ -112,10 +113,22 @@ def _ix(index: tuple[str, ...]) -> str:
     return " ".join(index)
 
 
+def split_item(item: str) -> tuple[str, str]:
+    """An ``ix`` item (``param|enc|vid``) as its entry (``param|enc|``) and the vid that introduced it."""
+    cut = item.rindex("|") + 1
+    return item[:cut], item[cut:]
+
+
 def index_key(rtype: str, rid: str, item: str) -> str:
     """The ``search_index`` key of one ``ix`` item (``param|enc|vid``) of resource ``rtype/rid``."""
-    cut = item.rindex("|") + 1
-    return f"{rtype}|{item[:cut]}{rid}|{item[cut:]}"
+    entry, vid = split_item(item)
+    return f"{rtype}|{entry}{rid}|{vid}"
+
+
+def split_index_key(key: str) -> tuple[str, str]:
+    """A ``search_index`` key (``Type|param|enc|rid|vid``) as its entry (``param|enc|``) and resource id."""
+    entry, rid, _vid = key.split("|", 1)[1].rsplit("|", 2)
+    return entry + "|", rid
 
 
 def _index_docs(version: Version, base: Version | None) -> list[dict[str, Any]]:
