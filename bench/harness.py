@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import platform
 import random
@@ -37,12 +38,15 @@ class Result:
     count: int
     seconds: float
     latencies: list[float]
+    percentiles: dict[int, float] | None = None  # ms, when the driver reported percentiles, not latencies
 
     @property
     def rate(self) -> float:
         return self.count / self.seconds
 
     def pct(self, p: float) -> float:
+        if self.percentiles is not None:
+            return self.percentiles[int(p)]
         if not self.latencies:
             return float("nan")
         qs = statistics.quantiles(self.latencies, n=100, method="inclusive")
@@ -70,6 +74,58 @@ async def drive(clients: int, seconds: float, op: Callable[[random.Random], Awai
     if errors:
         print(f"    ({errors} failed requests)")
     return Result(len(latencies), elapsed, latencies)
+
+
+# wrk's script: requests cycle through a file of paths; at the end, the figures as one JSON line
+_WRK_SCRIPT = """
+local paths = {}
+for line in io.lines(os.getenv("MEDUNION_WRK_PATHS")) do paths[#paths + 1] = line end
+local next_path = 0
+wrk.headers["Authorization"] = os.getenv("MEDUNION_WRK_AUTH")
+request = function()
+  next_path = next_path % #paths + 1
+  return wrk.format("GET", paths[next_path])
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('MEDUNION {"count": %d, "us": %d, "p50": %d, "p95": %d, "p99": %d, "failed": %d}\\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(95), latency:percentile(99),
+    e.status + e.connect + e.read + e.write + e.timeout))
+end
+"""
+
+
+async def drive_urls(http: aiohttp.ClientSession, hub: RunningHub, clients: int, seconds: float,
+                     url_of: Callable[[random.Random], str], *, wrk: bool) -> Result:
+    """GETs of ``hub.base + url_of(rng)`` from ``clients`` connections for ``seconds``. With ``wrk``: by wrk
+    (C, one thread; it takes a few % of a core where aiohttp took 15-18 %, CPU the hub shares on this
+    machine) over 5,000 paths made in advance; else by aiohttp."""
+    if not wrk:
+        async def get(rng: random.Random) -> bool:
+            async with http.get(hub.base + url_of(rng)) as answer:
+                await answer.read()
+                return answer.status == 200
+        return await drive(clients, seconds, get)
+    rng = random.Random(7)
+    prefix = hub.base[hub.base.index("/", len("http://")):]
+    with tempfile.TemporaryDirectory(prefix="medunion-wrk-") as tmp:
+        paths, script = Path(tmp) / "paths.txt", Path(tmp) / "drive.lua"
+        paths.write_text("".join(f"{prefix}{url_of(rng)}\n" for _ in range(5000)), encoding="utf-8")
+        script.write_text(_WRK_SCRIPT, encoding="utf-8")
+        env = {**os.environ, "MEDUNION_WRK_PATHS": str(paths), "MEDUNION_WRK_AUTH": hub.headers["Authorization"]}
+        origin = hub.base[:hub.base.index("/", len("http://"))]
+        process = await asyncio.create_subprocess_exec(
+            "wrk", "-t1", f"-c{clients}", f"-d{seconds:.0f}s", "-s", str(script), origin, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        out, _ = await process.communicate()
+    line = next((x for x in out.decode().splitlines() if x.startswith("MEDUNION ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk failed: {out.decode()[-500:]}")
+    got = json.loads(line[len("MEDUNION "):])
+    if got["failed"]:
+        print(f"    ({got['failed']} failed requests)")
+    return Result(got["count"], got["us"] / 1e6, [],
+                  {p: got[f"p{p}"] / 1000 for p in (50, 95, 99)})
 
 
 def hub_rss(pid: int) -> float:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import shutil
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -21,7 +22,7 @@ from urllib.parse import quote
 import aiohttp
 from pymongo import AsyncMongoClient
 
-from bench.harness import Result, drive, hub_rss, machine_line, running_hub
+from bench.harness import Result, drive, drive_urls, hub_rss, machine_line, running_hub
 from bench.synthetic import mrn_system, organizations, patient_group, patient_id, transaction
 from fhir_server.search.entries import date_range
 from fhir_server.search.keys import hexs, sortable_int, token_enc
@@ -31,6 +32,7 @@ from fhir_server.storage import ResourceStore
 from fhir_server.storage.versions import split_index_key
 
 Op = Callable[[random.Random], Awaitable[bool]]
+Url = Callable[[random.Random], str]
 
 
 async def load(http: aiohttp.ClientSession, base: str, patients: int, clients: int) -> float:
@@ -68,7 +70,7 @@ def birth(i: int) -> tuple[str, str]:
     return patient["name"][0]["family"], patient["birthDate"]
 
 
-async def main(patients: int, seconds: float, clients: int, store_dir: Path | None) -> None:
+async def main(patients: int, seconds: float, clients: int, store_dir: Path | None, wrk: bool) -> None:
     marker = store_dir / f"loaded-{patients}" if store_dir else None
     async with running_hub(data_dir=store_dir) as hub:
         print(f"{machine_line()}; {patients:,} patients ({patients * 5:,} resources), {clients} clients, "
@@ -86,11 +88,6 @@ async def main(patients: int, seconds: float, clients: int, store_dir: Path | No
             store = ResourceStore(client["medunion"])
             zone = Settings().zone
 
-            async def get(url: str) -> bool:
-                async with http.get(hub.base + url) as answer:
-                    await answer.read()
-                    return answer.status == 200
-
             async def raw(rtype: str, low: str, high: str, limit: int = 51) -> list[Any]:
                 keys = await store.scan_index(rtype, low, high, after=None, limit=limit)
                 rids = sorted({split_index_key(k)[1] for k in keys})
@@ -102,17 +99,17 @@ async def main(patients: int, seconds: float, clients: int, store_dir: Path | No
             def pick(rng: random.Random) -> int:
                 return rng.randrange(patients)
 
-            async def by_identifier(rng: random.Random) -> bool:
+            def by_identifier(rng: random.Random) -> str:
                 i = pick(rng)
-                return await get(f"/Patient?identifier={quote(mrn_system(i % 15))}|MRN{i:08d}")
+                return f"/Patient?identifier={quote(mrn_system(i % 15))}|MRN{i:08d}"
 
             async def by_identifier_raw(rng: random.Random) -> bool:
                 i = pick(rng)
                 return bool(await raw("Patient", *exact("identifier", token_enc(mrn_system(i % 15), f"MRN{i:08d}"))))
 
-            async def by_family_birthdate(rng: random.Random) -> bool:
+            def by_family_birthdate(rng: random.Random) -> str:
                 family, born = birth(pick(rng))
-                return await get(f"/Patient?family={quote(family)}&birthdate={born}")
+                return f"/Patient?family={quote(family)}&birthdate={born}"
 
             async def by_family_birthdate_raw(rng: random.Random) -> bool:
                 _, born = birth(pick(rng))
@@ -122,18 +119,18 @@ async def main(patients: int, seconds: float, clients: int, store_dir: Path | No
                 return bool(await raw("Patient", f"birthdate|L{sortable_int(low)}",
                                       f"birthdate|L{sortable_int(low + MICROS_PER_DAY)}"))
 
-            async def sr_by_subject_status(rng: random.Random) -> bool:
+            def sr_by_subject_status(rng: random.Random) -> str:
                 i = pick(rng)
                 status = patient_group(i, observations=0)[1]["status"]
-                return await get(f"/ServiceRequest?subject=Patient/{patient_id(i)}&status={status}")
+                return f"/ServiceRequest?subject=Patient/{patient_id(i)}&status={status}"
 
             async def sr_raw(rng: random.Random) -> bool:
                 i = pick(rng)
                 return bool(await raw("ServiceRequest", *exact("subject", hexs(f"Patient/{patient_id(i)}"))))
 
-            async def dr_include(rng: random.Random) -> bool:
+            def dr_include(rng: random.Random) -> str:
                 i = pick(rng)
-                return await get(f"/DiagnosticReport?subject=Patient/{patient_id(i)}&_include=DiagnosticReport:result")
+                return f"/DiagnosticReport?subject=Patient/{patient_id(i)}&_include=DiagnosticReport:result"
 
             async def dr_include_raw(rng: random.Random) -> bool:
                 i = pick(rng)
@@ -141,20 +138,19 @@ async def main(patients: int, seconds: float, clients: int, store_dir: Path | No
                 await store.current_many("Observation", [f"ob{i:07d}0", f"ob{i:07d}1"])
                 return bool(reports)
 
-            async def chained(rng: random.Random) -> bool:
+            def chained(rng: random.Random) -> str:
                 i = pick(rng)
-                return await get(f"/DiagnosticReport?subject:Patient.identifier={quote(mrn_system(i % 15))}"
-                                 f"|MRN{i:08d}")
+                return f"/DiagnosticReport?subject:Patient.identifier={quote(mrn_system(i % 15))}|MRN{i:08d}"
 
             async def chained_raw(rng: random.Random) -> bool:
                 i = pick(rng)
                 found = await raw("Patient", *exact("identifier", token_enc(mrn_system(i % 15), f"MRN{i:08d}")))
                 return bool(await raw("DiagnosticReport", *exact("subject", hexs(f"Patient/{found[0].rid}"))))
 
-            async def has(rng: random.Random) -> bool:
+            def has(rng: random.Random) -> str:
                 i = pick(rng)
                 authored = patient_group(i, observations=0)[1]["authoredOn"]
-                return await get(f"/Patient?_has:ServiceRequest:subject:authored={quote(authored)}")
+                return f"/Patient?_has:ServiceRequest:subject:authored={quote(authored)}"
 
             async def has_raw(rng: random.Random) -> bool:
                 authored = patient_group(pick(rng), observations=0)[1]["authoredOn"]
@@ -177,16 +173,16 @@ async def main(patients: int, seconds: float, clients: int, store_dir: Path | No
                     page = await answer.json(content_type=None)
                 url = next((link["url"][len(hub.base):] for link in page["link"] if link["relation"] == "next"), None)
 
-            async def page_1(rng: random.Random) -> bool:
-                return await get(page_urls[1])
+            def page_1(rng: random.Random) -> str:
+                return page_urls[1]
 
-            async def page_50(rng: random.Random) -> bool:
-                return await get(page_urls[50])
+            def page_50(rng: random.Random) -> str:
+                return page_urls[50]
 
             async def page_raw(rng: random.Random) -> bool:
                 return bool(await raw("ServiceRequest", *exact("status", token_enc(None, "active")), limit=21))
 
-            rows: list[tuple[str, Op, Op]] = [
+            rows: list[tuple[str, Url, Op]] = [
                 ("Patient by identifier", by_identifier, by_identifier_raw),
                 ("Patient by family+birthdate", by_family_birthdate, by_family_birthdate_raw),
                 ("ServiceRequest by subject+status", sr_by_subject_status, sr_raw),
@@ -198,8 +194,10 @@ async def main(patients: int, seconds: float, clients: int, store_dir: Path | No
             ]
             print(f"{'search':55} {'p50':>7} {'p95':>7} {'p99':>7} {'req/s':>7}   store: {'p50':>6} {'p95':>6}")
             results: dict[str, Result] = {}
-            for name, hub_op, raw_op in rows:
-                got = await drive(clients, seconds, hub_op)
+            driver = "wrk (C, one thread)" if wrk else "aiohttp (install wrk for a lighter client)"
+            print(f"hub rows driven by {driver}; store rows by PyMongo", flush=True)
+            for name, url_of, raw_op in rows:
+                got = await drive_urls(http, hub, clients, seconds, url_of, wrk=wrk)
                 store_time = await drive(clients, seconds / 2, raw_op)
                 results[name] = got
                 print(f"{name:55} {got.pct(50):6.1f}ms {got.pct(95):6.1f}ms {got.pct(99):6.1f}ms {got.rate:7.0f}"
@@ -215,7 +213,9 @@ if __name__ == "__main__":
     parser.add_argument("--patients", type=int, default=100_000)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--aiohttp", action="store_true", help="drive the hub with aiohttp even if wrk is installed")
     parser.add_argument("--store-dir", type=Path, default=None,
                         help="keep the store here; a later run with the same --patients skips loading")
     args = parser.parse_args()
-    asyncio.run(main(args.patients, args.seconds, args.clients, args.store_dir))
+    asyncio.run(main(args.patients, args.seconds, args.clients, args.store_dir,
+                     wrk=shutil.which("wrk") is not None and not args.aiohttp))

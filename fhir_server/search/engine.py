@@ -369,11 +369,13 @@ class SearchEngine:
                 candidates.append((key, rid))
         versions = await self.store.current_many(rtype, sorted({rid for _, rid in candidates}))
         out = []
+        prefixes = keys.prefixes()
         for key, rid in candidates:
             version = versions.get(rid)
             if version is None or version.body is None:
                 continue
-            own = [index_key(rtype, rid, item) for item in version.index if keys.holds(split_item(item)[0])]
+            own = [index_key(rtype, rid, item) for item in version.index
+                   if item.startswith(prefixes) and keys.holds(split_item(item)[0])]
             if own and min(own) == key and _passes(clauses, version):  # else an orphan, or not its first entry
                 out.append((key, version))
         return out

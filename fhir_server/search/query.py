@@ -72,6 +72,11 @@ class KeySet:
     def holds(self, entry: str) -> bool:
         return any(r.holds(entry) for r in self.ranges)
 
+    def prefixes(self) -> tuple[str, ...]:
+        """What every entry it holds starts with (each range's bounds' common prefix): a cheap first filter."""
+        return tuple({r.lo[:next((i for i, (a, b) in enumerate(zip(r.lo, r.hi, strict=False)) if a != b),
+                                  min(len(r.lo), len(r.hi)))] for r in self.ranges})
+
     @property
     def spans(self) -> list[tuple[str, str]]:
         out: list[tuple[str, str]] = []
