@@ -41,6 +41,7 @@ bench: $(STAMP)
 # search at 100,000 patients: loads 500,000 resources once into .cache/search-store (~9 min), then measures
 bench-search: $(STAMP)
 	@scripts/install-ferretdb.sh
+	@command -v wrk >/dev/null || echo "medunion: wrk not found (apt-get install wrk): aiohttp drives the hub, taking more of its CPU" >&2
 	$(BIN)/python -m bench.search --patients 100000 --seconds 15 --store-dir .cache/search-store
 
 clean:

@@ -226,3 +226,38 @@ def test_patch_entries_apply_a_json_patch_in_a_binary(api: httpx.Client) -> None
         "method": "PATCH", "url": f"Patient/{rid}"}, "resource": binary([{"op": "remove", "path": "/nothing"}])}]})
     assert bad.status_code in (400, 422) and "Bundle.entry[0]" in bad.json()["issue"][0]["diagnostics"]
     assert api.get(f"/Patient/{rid}").json()["meta"]["versionId"] == "3"  # the failed transaction left nothing
+
+
+def test_patch_entries_apply_a_fhirpath_patch(api: httpx.Client) -> None:
+    created = api.post("/Patient", json={"resourceType": "Patient", "gender": "male", "name": [{"family": "周"}]})
+    rid = created.json()["id"]
+
+    def replace(path: str, value: dict[str, object]) -> dict[str, object]:
+        return {"resourceType": "Parameters", "parameter": [{"name": "operation", "part": [
+            {"name": "type", "valueCode": "replace"}, {"name": "path", "valueString": path},
+            {"name": "value", **value}]}]}
+
+    transaction = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:3f0a4a56-6c1e-4d1e-9d43-2f1f1d6f7a01",
+         "resource": {"resourceType": "Organization", "name": "徐汇区中心医院"}, "request": {"method": "POST",
+                                                                                       "url": "Organization"}},
+        {"resource": {"resourceType": "Parameters", "parameter": [{"name": "operation", "part": [
+            {"name": "type", "valueCode": "add"}, {"name": "path", "valueString": "Patient"},
+            {"name": "name", "valueString": "managingOrganization"},
+            {"name": "value", "valueReference": {"reference": "urn:uuid:3f0a4a56-6c1e-4d1e-9d43-2f1f1d6f7a01"}}]}]},
+         "request": {"method": "PATCH", "url": f"Patient/{rid}"}}]}
+    answer = api.post("", json=transaction)
+    assert answer.status_code == 200, answer.text
+    org = answer.json()["entry"][0]["response"]["location"].split("/_history")[0]
+    assert api.get(f"/Patient/{rid}").json()["managingOrganization"]["reference"] == org  # urn:uuid rewritten
+    other = api.post("/Patient", json={"resourceType": "Patient", "name": [{"family": "吴"}]}).json()["id"]
+    failing = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": replace("Patient.gender", {"valueCode": "female"}),
+         "request": {"method": "PATCH", "url": f"Patient/{rid}"}},
+        {"resource": replace("Patient.name.given", {"valueString": "x"}),  # nothing there: fails
+         "request": {"method": "PATCH", "url": f"Patient/{other}"}}]}
+    bad = api.post("", json=failing)
+    assert bad.status_code == 422, bad.text
+    assert bad.json()["issue"][0]["expression"] == ["Bundle.entry[1].resource.parameter[0].part[1]"]
+    current = api.get(f"/Patient/{rid}").json()
+    assert current["gender"] == "male" and current["meta"]["versionId"] == "2"  # all or nothing

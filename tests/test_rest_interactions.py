@@ -168,6 +168,77 @@ def test_patch(api: httpx.Client) -> None:
     assert wrong_type.status_code == 400
 
 
+def _operation(kind: str, path: str, **parts: object) -> dict[str, object]:
+    """One FHIRPath Patch operation; ``parts``: name (string), index/source/destination (integers), value
+    (a dict holding value[x] or part)."""
+    out: list[dict[str, object]] = [{"name": "type", "valueCode": kind}, {"name": "path", "valueString": path}]
+    for name, given in parts.items():
+        if name == "value":
+            out.append({"name": "value", **given})  # type: ignore[dict-item]
+        elif name == "name":
+            out.append({"name": "name", "valueString": given})
+        else:
+            out.append({"name": name, "valueInteger": given})
+    return {"name": "operation", "part": out}
+
+
+def test_fhirpath_patch(api: httpx.Client) -> None:
+    pid = new_id()
+    api.put(f"/Patient/{pid}", json=patient(pid, identifier=[{"system": "urn:a", "value": "1"},
+                                                             {"system": "urn:b", "value": "2"}]))
+    patch = {"resourceType": "Parameters", "parameter": [
+        _operation("replace", "Patient.gender", value={"valueCode": "female"}),
+        _operation("add", "Patient", name="telecom", value={"valueContactPoint": {"system": "phone", "value": "1"}}),
+        _operation("add", "Patient.name[0]", name="given", value={"valueString": "晓"}),
+        _operation("delete", "Patient.identifier.where(system = 'urn:a')"),
+        _operation("insert", "Patient.identifier", index=0, value={"valueIdentifier": {"system": "urn:c",
+                                                                                       "value": "3"}}),
+        _operation("move", "Patient.identifier", source=0, destination=1),
+        _operation("add", "Patient", name="contact", value={"part": [
+            {"name": "name", "valueHumanName": {"family": "李"}},
+            {"name": "telecom", "valueContactPoint": {"system": "phone", "value": "2"}}]}),
+        _operation("delete", "Patient.deceased"),  # nothing there: not an error
+    ]}
+    r = api.patch(f"/Patient/{pid}", json=patch, headers={"If-Match": 'W/"1"'})
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert got["gender"] == "female" and got["meta"]["versionId"] == "2"
+    assert got["telecom"] == [{"system": "phone", "value": "1"}]  # a list: telecom repeats in R4
+    assert got["name"][0]["given"][-1] == "晓"
+    assert [i["system"] for i in got["identifier"]] == ["urn:b", "urn:c"]
+    assert got["contact"] == [{"name": {"family": "李"}, "telecom": [{"system": "phone", "value": "2"}]}]
+    assert api.get("/Patient", params={"identifier": "urn:c|3"}).json()["total"] == 1  # indexed anew
+    assert api.get("/Patient", params={"identifier": "urn:a|1"}).json()["total"] == 0
+    xml = api.patch(f"/Patient/{pid}", headers={"Content-Type": "application/fhir+xml",
+                                                "Accept": "application/fhir+json"}, content=(
+        b'<Parameters xmlns="http://hl7.org/fhir"><parameter><name value="operation"/>'
+        b'<part><name value="type"/><valueCode value="replace"/></part>'
+        b'<part><name value="path"/><valueString value="Patient.birthDate"/></part>'
+        b'<part><name value="value"/><valueDate value="1980-02-03"/></part></parameter></Parameters>'))
+    assert xml.status_code == 200, xml.text
+    assert xml.json()["birthDate"] == "1980-02-03"
+
+    def refused(*operations: dict[str, object]) -> dict[str, object]:
+        answer = api.patch(f"/Patient/{pid}", json={"resourceType": "Parameters", "parameter": list(operations)})
+        assert answer.status_code in (400, 422), answer.text
+        return answer.json()["issue"][0]  # type: ignore[no-any-return]
+
+    two = refused(_operation("replace", "Patient.gender", value={"valueCode": "male"}),
+                  _operation("replace", "Patient.identifier", value={"valueIdentifier": {"value": "x"}}))
+    assert two["expression"] == ["Parameters.parameter[1].part[1]"] and "2" in two["diagnostics"]
+    assert refused(_operation("add", "Patient", name="birthDate", value={"valueDate": "1990-01-01"})
+                   )["expression"] == ["Parameters.parameter[0].part[2]"]
+    assert refused(_operation("insert", "Patient.identifier", index=9, value={"valueIdentifier": {"value": "x"}})
+                   )["expression"] == ["Parameters.parameter[0].part[2]"]
+    assert "exists()" in refused(_operation("delete", "Patient.name.exists()"))["diagnostics"]
+    assert refused(_operation("explode", "Patient.gender"))["expression"] == ["Parameters.parameter[0].part[0]"]
+    invalid = refused(_operation("replace", "Patient.birthDate", value={"valueString": "not a date"}))
+    assert invalid["expression"] == ["Patient.birthDate"]  # the patched resource is validated like any write
+    assert refused(_operation("replace", "Patient.id", value={"valueId": "other"}))
+    current = api.get(f"/Patient/{pid}").json()
+    assert current["meta"]["versionId"] == "3" and current["gender"] == "female"  # nothing half-written
+
+
 def test_conditional_create(api: httpx.Client) -> None:
     mrn = new_id()
     headers = {"If-None-Exist": f"identifier=urn:mrn|{mrn}"}

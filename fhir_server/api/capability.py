@@ -81,7 +81,7 @@ def capability_statement(settings: Settings, *, software_date: str) -> dict[str,
         "implementation": {"description": "MedUnion Hub FHIR R4 server", "url": settings.fhir_base},
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json", "application/fhir+xml"],
-        "patchFormat": ["application/json-patch+json"],
+        "patchFormat": ["application/json-patch+json", "application/fhir+json", "application/fhir+xml"],
         "rest": [{
             "mode": "server",
             "documentation": "Search (GET, POST _search, system level with _type, Patient compartments) and "

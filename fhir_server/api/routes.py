@@ -419,11 +419,11 @@ async def patch(request: Request) -> Response:
     user = await current_user(request)
     service, settings = service_of(request), settings_of(request)
     rtype, rid = require_supported_type(request.path_params["rtype"]), request.path_params["rid"]
-    operations, kind = await read_resource(request, settings.max_body_bytes, allow_patch=True)
-    if kind != "json-patch":
-        raise BadRequest("PATCH takes a JSON Patch body (Content-Type: application/json-patch+json)")
-    result = await service.patch(principal=user, rtype=rtype, rid=rid, operations=operations,
-                                 if_match=_if_match(request))
+    patch, kind = await read_resource(request, settings.max_body_bytes, allow_patch=True)
+    if kind != "json-patch" and not (isinstance(patch, dict) and patch.get("resourceType") == "Parameters"):
+        raise BadRequest("PATCH takes a JSON Patch (Content-Type: application/json-patch+json) or a FHIRPath Patch "
+                         "(a Parameters resource, Content-Type: application/fhir+json or application/fhir+xml)")
+    result = await service.patch(principal=user, rtype=rtype, rid=rid, patch=patch, if_match=_if_match(request))
     return _write_response(request, result, settings, rendering)
 
 

@@ -32,7 +32,8 @@ from fhir_server.model.types import ID_RE, require_supported_type
 from fhir_server.model.validation import validate_resource
 from fhir_server.search import query_pairs
 from fhir_server.service.etag import etag, version_of_etag
-from fhir_server.service.resources import ResourceService, WriteResult, apply_json_patch, instant
+from fhir_server.service.patching import apply_patch
+from fhir_server.service.resources import ResourceService, WriteResult, instant
 from fhir_server.service.searchset import searchset
 from fhir_server.settings import Settings
 from fhir_server.storage import Version, VersionConflict, now_micros
@@ -62,21 +63,24 @@ class _Entry:
     outcome: dict[str, Any] | None = None
     result: Version | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    patch: Any = None  # a PATCH entry's patch, its references resolved
 
     @property
     def where(self) -> str:
         return f"Bundle.entry[{self.index}]"
 
 
-def _json_patch(e: _Entry) -> Any:
-    """The JSON Patch of a PATCH entry: a Binary with contentType application/json-patch+json (FHIR R4
-    http.html#transaction); FHIRPath Patch (Parameters) is not supported."""
+def _patch_of(e: _Entry) -> Any:
+    """The patch of a PATCH entry (FHIR R4 http.html#transaction): a FHIRPath Patch (a Parameters resource), or
+    a JSON Patch in a Binary with contentType application/json-patch+json."""
     body = e.resource
+    if isinstance(body, dict) and body.get("resourceType") == "Parameters":
+        return body
     if not (isinstance(body, dict) and body.get("resourceType") == "Binary"
             and body.get("contentType") == "application/json-patch+json" and isinstance(body.get("data"), str)):
-        raise BadRequest("A PATCH entry needs a Binary resource with contentType application/json-patch+json "
-                         "(FHIRPath Patch in Parameters is not supported)", issues=[Issue(
-                             code="not-supported", diagnostics="PATCH entry: expected a JSON Patch in a Binary",
+        raise BadRequest("A PATCH entry needs a FHIRPath Patch (Parameters) or a JSON Patch in a Binary with "
+                         "contentType application/json-patch+json", issues=[Issue(
+                             code="invalid", diagnostics="PATCH entry: expected Parameters or a Binary",
                              expression=(f"{e.where}.resource",))])
     try:
         return orjson.loads(base64.b64decode(body["data"], validate=True))
@@ -90,10 +94,17 @@ def _fail(entry: _Entry | None, exc: HubError) -> HubError:
     """The same error, located at its entry (FHIRPath from the Bundle)."""
     if entry is None:
         return exc
+    given = entry.resource.get("resourceType") if isinstance(entry.resource, dict) else None
+    roots = {entry.rtype} | ({given} if isinstance(given, str) else set())  # a PATCH entry's is Parameters
+
+    def located(expression: str) -> str:
+        for root in roots:
+            if expression == root or expression.startswith((f"{root}.", f"{root}[")):
+                return f"{entry.where}.resource{expression[len(root):]}"
+        return f"{entry.where}.{expression}"
+
     issues = [Issue(code=i.code, diagnostics=f"{entry.where}: {i.diagnostics}", severity=i.severity,
-                    expression=tuple(f"{entry.where}.resource{e[len(entry.rtype):]}" if e.startswith(entry.rtype)
-                                     else f"{entry.where}.{e}" for e in i.expression) or (entry.where,))
-              for i in exc.issues]
+                    expression=tuple(located(e) for e in i.expression) or (entry.where,)) for i in exc.issues]
     return type(exc)(f"{entry.where}: {exc.message}", issues=issues, headers=exc.headers)
 
 
@@ -190,7 +201,7 @@ class BundleService:
             result = await service.conditional_update(principal=principal, rtype=e.rtype, criteria_text=e.query,
                                                       resource=e.resource, if_match=e.if_match)
         elif e.method == "PATCH" and e.rid is not None:
-            result = await service.patch(principal=principal, rtype=e.rtype, rid=e.rid, operations=_json_patch(e),
+            result = await service.patch(principal=principal, rtype=e.rtype, rid=e.rid, patch=_patch_of(e),
                                          if_match=e.if_match)
         elif e.method == "DELETE" and e.rid is not None:
             result = await service.delete(principal=principal, rtype=e.rtype, rid=e.rid, if_match=e.if_match)
@@ -261,6 +272,12 @@ class BundleService:
             for e in entries:
                 if e.method in ("POST", "PUT") and e.resource is not None:
                     e.resource = await self._rewrite(e, e.resource, ids, references)
+                elif e.method == "PATCH":  # the values a patch writes may refer to other entries too
+                    try:
+                        patch = _patch_of(e)
+                    except HubError as exc:
+                        raise _fail(e, exc) from None
+                    e.patch = await self._rewrite(e, patch, ids, references)
             changes = await self._prepare(entries)
             await self.store.write_all(changes)
             for new, _ in changes:
@@ -372,7 +389,7 @@ class BundleService:
                 if e.method == "PATCH":
                     if base is None or base.body is None:
                         raise NotFound(f"{e.rtype}/{e.target} is not there to patch")
-                    e.resource = apply_json_patch(base.body, _json_patch(e), rtype=e.rtype, rid=e.target)
+                    e.resource = apply_patch(base.body, e.patch, rtype=e.rtype, rid=e.target)
                 if e.if_match is not None and (base is None or base.vid != e.if_match):
                     raise PreconditionFailed(f"{e.rtype}/{e.target} is not at version {e.if_match}")
                 if e.method == "DELETE":

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import jsonpatch
 import orjson
 
 from fhir_server.auth.scopes import Principal
@@ -46,11 +45,12 @@ from fhir_server.search.paths import check_syntax
 from fhir_server.search.query import MODIFIERS
 from fhir_server.search.registry import set_custom
 from fhir_server.service.etag import etag
+from fhir_server.service.patching import apply_patch
 from fhir_server.settings import Settings
 from fhir_server.storage import LockBusy, ResourceStore, Version, VersionConflict, now_micros
 from fhir_server.storage.versions import split_item
 
-__all__ = ["HistoryResult", "ResourceService", "WriteResult", "apply_json_patch", "instant"]
+__all__ = ["HistoryResult", "ResourceService", "WriteResult", "instant"]
 
 
 def instant(ts_micros: int, settings: Settings) -> str:
@@ -275,20 +275,19 @@ class ResourceService:
             return await self._write(rtype=rtype, rid=rid, resource=resource, method="PUT", expected=if_match,
                                      principal=principal)
 
-    async def patch(self, *, principal: Principal, rtype: str, rid: str, operations: Any,
+    async def patch(self, *, principal: Principal, rtype: str, rid: str, patch: Any,
                     if_match: int | None = None) -> WriteResult:
-        """JSON Patch (RFC 6902) applied to the current version, validated, stored as the next version."""
+        """A JSON Patch (a list of operations) or a FHIRPath Patch (a Parameters resource) applied to the current
+        version, validated, stored as the next version."""
         require_supported_type(rtype)
         principal.require("u", rtype, rid=rid)
-        if not isinstance(operations, list):
-            raise BadRequest("A JSON Patch body is an array of operations")
         async for _ in self.attempts():
             current = await self.read(principal=principal, rtype=rtype, rid=rid, with_index=True)
             if if_match is not None and current.vid != if_match:
                 raise PreconditionFailed(f"{rtype}/{rid} is at version {current.vid}, not {if_match}",
                                          headers={"ETag": etag(current.vid)})
             assert current.body is not None
-            patched = apply_json_patch(current.body, operations, rtype=rtype, rid=rid)
+            patched = apply_patch(current.body, patch, rtype=rtype, rid=rid)
             validate_resource(patched, expected_type=rtype, expected_id=rid)
             _keep_body_to_compartment(principal.require("u", rtype, rid=rid), patched)
             try:
@@ -465,21 +464,6 @@ def _keep_to_compartment(patient: str | None, version: Version) -> None:
         return
     if version.body is None or not in_patient_compartment(orjson.loads(version.body), patient):
         raise Forbidden(f"{version.key} is not in the compartment of the token's patient")
-
-
-def apply_json_patch(body: bytes, operations: Any, *, rtype: str, rid: str) -> dict[str, Any]:
-    """The resource ``body`` with a JSON Patch (RFC 6902) applied; it must stay ``rtype``/``rid`` (validated
-    afterwards by the caller, like any write)."""
-    if not isinstance(operations, list):
-        raise BadRequest("A JSON Patch body is an array of operations")
-    try:
-        patched = jsonpatch.apply_patch(orjson.loads(body), operations)
-    except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError, KeyError) as exc:
-        raise UnprocessableEntity(f"The JSON Patch cannot be applied: {exc}", issues=[
-            Issue(code="processing", diagnostics=f"The JSON Patch cannot be applied: {exc}")]) from exc
-    if not isinstance(patched, dict) or patched.get("resourceType") != rtype or patched.get("id") != rid:
-        raise UnprocessableEntity("A patch must not change resourceType or id")
-    return patched
 
 
 def _check_search_parameter(sp: dict[str, Any]) -> None:
