@@ -570,7 +570,10 @@ def test_previous_links_walk_back_over_the_same_pages(search_hub: Hub, stored: d
 
     with search_hub.client() as api:
         for start in ("/Patient?gender=female&_count=7", "/Patient?_count=9",  # index, type scan
-                      "/Patient?identifier=urn:oid:2.16.156.10011.1.1|&_sort=-birthdate,_id&_count=6"):  # sorted
+                      "/Patient?identifier=urn:oid:2.16.156.10011.1.1|&_sort=-birthdate,_id&_count=6",  # sorted
+                      "/Patient/p0000007/$everything?_count=2",  # several types in turn
+                      "?_type=Organization,Patient&identifier=H01,H02,H03,MRN00000001,MRN00000002&_count=2",
+                      "?_type=Organization,Patient&_count=25"):
             pages: list[list[str]] = []
             url: str | None = start
             page: dict[str, Any] = {}

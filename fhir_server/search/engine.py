@@ -103,6 +103,13 @@ def _decode_cursor(text: str) -> Any:
                   expression=("_cursor",))]) from None
 
 
+def _merge(out: SearchPage, page: SearchPage) -> None:
+    """Add a page of one search to a page over several (its matches after those already there)."""
+    out.matches += page.matches
+    out.included += page.included
+    out.warnings += page.warnings
+
+
 class SearchEngine:
     def __init__(self, *, store: ResourceStore, settings: Settings) -> None:
         self.store = store
@@ -110,18 +117,19 @@ class SearchEngine:
 
     # ---- entry points -------------------------------------------------------------------------------------
 
-    async def page(self, query: SearchQuery, *, count: int, cursor: str | None) -> SearchPage:
+    async def page(self, query: SearchQuery, *, count: int, cursor: str | None, from_end: bool = False) -> SearchPage:
+        """A page from ``cursor`` (None: the first page; ``from_end``: the last page)."""
         clauses = await self._resolve(query)
         warnings: list[str] = []
         if query.sort:
-            page = await self._sorted_page(query, clauses, count=count, cursor=cursor)
+            page = await self._sorted_page(query, clauses, count=count, cursor=cursor, from_end=from_end)
         else:
             state = _decode_cursor(cursor) if cursor else None
-            found = await self._scan_page(query.rtype, clauses, want=count, state=state)
+            found = await self._scan_page(query.rtype, clauses, want=count, state=state, from_end=from_end)
             matches, nxt = found.matches, found.next_state
             page = SearchPage(matches, None if nxt is None else _encode_cursor(nxt),
                               previous_cursor=None if found.prev_state is None else _encode_cursor(found.prev_state))
-            if cursor is None and nxt is None and query.total != "none":
+            if cursor is None and not from_end and nxt is None and query.total != "none":
                 page.total = len(matches)
         if query.summary_count or query.total == "accurate":
             page.total = await self.count(query, clauses)
@@ -133,20 +141,28 @@ class SearchEngine:
         return page
 
     async def page_of_many(self, queries: list[SearchQuery], *, count: int, cursor: str | None) -> SearchPage:
-        """One page over several searches in turn (system search over ``_type``, ``$everything``)."""
+        """One page over several searches in turn (system search over ``_type``, ``$everything``). Cursors are
+        ``[i, inner]`` (from the position ``inner`` of search ``i``, None: its start) and ``[i, inner, "prev"]``
+        (the page that ends before the position of the previous-cursor ``inner`` of search ``i``, None: before
+        its end)."""
         state = _decode_cursor(cursor) if cursor else [0, None]
-        if not (isinstance(state, list) and len(state) == 2 and isinstance(state[0], int)
-                and 0 <= state[0] <= len(queries) and (state[1] is None or isinstance(state[1], str))):
+        if not (isinstance(state, list) and len(state) in (2, 3) and isinstance(state[0], int)
+                and 0 <= state[0] <= len(queries) and (state[1] is None or isinstance(state[1], str))
+                and (len(state) == 2 or (state[2] == "prev" and state[0] < len(queries)))):
             raise BadRequest("The page cursor does not belong to this search; start again from the first page")
+        if count <= 0:
+            return SearchPage([], None)
+        if len(state) == 3:
+            return await self._page_of_many_before(queries, count=count, index=state[0], inner=state[1])
         index, inner = state
         out = SearchPage([], None)
-        if count <= 0:
-            return out
         while index < len(queries) and len(out.matches) < count:
             page = await self.page(queries[index], count=count - len(out.matches), cursor=inner)
-            out.matches += page.matches
-            out.included += page.included
-            out.warnings += page.warnings
+            if not out.matches and page.matches and cursor is not None:  # the page before ends before this match
+                before = [index, page.previous_cursor, "prev"] if page.previous_cursor is not None else \
+                    [index - 1, None, "prev"] if index > 0 else None
+                out.previous_cursor = None if before is None else _encode_cursor(before)
+            _merge(out, page)
             if page.next_cursor is not None:
                 out.next_cursor = _encode_cursor([index, page.next_cursor])
                 return out
@@ -155,6 +171,36 @@ class SearchEngine:
             out.next_cursor = _encode_cursor([index, None])
         elif cursor is None:
             out.total = len(out.matches)
+        if not out.matches and state[1] is None and 0 < state[0] <= len(queries):  # empty, at a search's start
+            out.previous_cursor = _encode_cursor([state[0] - 1, None, "prev"])
+        return out
+
+    async def _page_of_many_before(self, queries: list[SearchQuery], *, count: int, index: int,
+                                   inner: str | None) -> SearchPage:
+        """The page of ``page_of_many`` that ends before a position: read backward, search by search."""
+        pages: list[tuple[int, SearchPage]] = []
+        need = count
+        before: list[Any] | None = None
+        while index >= 0 and need > 0:
+            page = await self.page(queries[index], count=need, cursor=inner, from_end=inner is None)
+            pages.insert(0, (index, page))
+            need -= len(page.matches)
+            if page.previous_cursor is not None:
+                before = [index, page.previous_cursor, "prev"]
+                break
+            index, inner = index - 1, None
+        else:
+            if index >= 0:  # full at the start of search index + 1: the searches before it remain
+                before = [index, None, "prev"]
+        out = SearchPage([], None, previous_cursor=None if before is None else _encode_cursor(before))
+        for _, page in pages:
+            _merge(out, page)
+        last = next(((i, page) for i, page in reversed(pages) if page.matches), None)
+        if last is not None:  # the next page starts after this page's last match, in that match's search
+            i, page = last
+            after = [i, page.next_cursor] if page.next_cursor is not None else \
+                [i + 1, None] if i + 1 < len(queries) else None
+            out.next_cursor = None if after is None else _encode_cursor(after)
         return out
 
     async def matches(self, query: SearchQuery, *, limit: int) -> list[Version]:
@@ -264,9 +310,11 @@ class SearchEngine:
         found = await self._scan_page(rtype, clauses, want=want, state=state)
         return found.matches, found.next_state
 
-    async def _scan_page(self, rtype: str, clauses: list[Clause], *, want: int, state: Any) -> _Scan:
-        """A page from ``state``: None (the start), ``[driver, position]`` (after it) or ``[driver, position,
-        "prev"]`` (the page before it). Positions are index keys, or ids when the driver is not the index."""
+    async def _scan_page(self, rtype: str, clauses: list[Clause], *, want: int, state: Any,
+                         from_end: bool = False) -> _Scan:
+        """A page from ``state``: None (the start; ``from_end``: the end), ``[driver, position]`` (after it) or
+        ``[driver, position, "prev"]`` (the page before it). Positions are index keys, or ids when the driver is
+        not the index."""
         if want <= 0:
             return _Scan([], None, None)
         known: list[str] | None = None
@@ -274,6 +322,7 @@ class SearchEngine:
         if state is None:
             driver, known = await self._choose_driver(rtype, clauses)
             position: str | None = None
+            backward = from_end
         else:
             if not (isinstance(state, list) and len(state) in (2, 3) and isinstance(state[0], int)
                     and isinstance(state[1], str) and -1 <= state[0] < len(clauses)
@@ -343,7 +392,7 @@ class SearchEngine:
             position = start
             while True:
                 if known is not None:  # one pass over what the probe read, then done
-                    found = sorted(known)
+                    found = sorted(known, reverse=backward)
                     batch = len(found) + 1
                     known = None
                 else:
@@ -383,7 +432,7 @@ class SearchEngine:
     # ---- sorting ------------------------------------------------------------------------------------------
 
     async def _sorted_page(self, query: SearchQuery, clauses: list[Clause], *, count: int,
-                           cursor: str | None) -> SearchPage:
+                           cursor: str | None, from_end: bool = False) -> SearchPage:
         found = await self.all_matches(query, cap=self.settings.search_sort_max, clauses=clauses)
         keyed: list[tuple[list[Any], Version]] = [(_sort_values(query, v), v) for v in found]
 
@@ -391,7 +440,7 @@ class SearchEngine:
             return _compare(query, a[0], b[0])
 
         keyed.sort(key=functools.cmp_to_key(order))
-        start, end = 0, len(keyed)
+        start, end = (max(0, len(keyed) - count), len(keyed)) if from_end and not cursor else (0, len(keyed))
         if cursor:
             mark = _decode_cursor(cursor)
             backward = isinstance(mark, dict) and "b" in mark
