@@ -488,6 +488,45 @@ def test_compartment_search_and_everything(search_hub: Hub, stored: dict[str, li
         assert [e["resource"]["id"] for e in own.get("/Patient").json()["entry"]] == ["p0000007"]
 
 
+def test_text_and_content_match_words_of_the_narrative_and_of_the_whole_resource(
+        search_hub: Hub, stored: dict[str, list[dict[str, Any]]]) -> None:
+    import re
+    import unicodedata
+
+    def folded(text: str) -> str:  # written out again here: case and accents folded, CJK kept
+        return "".join(c for c in unicodedata.normalize("NFKD", text.casefold()) if not unicodedata.combining(c))
+
+    def narrative(r: dict[str, Any]) -> str:
+        return folded(re.sub(r"<[^>]*>", " ", (r.get("text") or {}).get("div", "")))
+
+    def everything(r: Any) -> str:
+        if isinstance(r, str):
+            return folded(r)
+        if isinstance(r, list):
+            return "\n".join(everything(v) for v in r)
+        if isinstance(r, dict):
+            return "\n".join(everything(v) for k, v in r.items() if k != "resourceType")
+        return ""
+
+    base = search_hub.base
+    cases = [("Patient", "_content", "王"), ("Patient", "_content", "CHEN,李"), ("Patient", "_text", "Peter"),
+             ("Observation", "_text", "hemoglobin"), ("Observation", "_content", "2345-7 MMOL"),
+             ("Patient", "_content", "no-such-word-anywhere")]
+    with search_hub.client() as api:
+        sizes = []
+        for rtype, code, value in cases:
+            text_of = narrative if code == "_text" else everything
+            expected = sorted(r["id"] for r in stored[rtype] if any(
+                all(folded(w) in text_of(r) for w in alternative.split()) for alternative in value.split(",")))
+            assert sorted(search_all(api, base, rtype, [(code, value)])) == expected, (rtype, code, value)
+            sizes.append(len(expected))
+        assert all(sizes[:-1]) and sizes[-1] == 0, sizes  # each case matches something, but the last
+        combined = search_all(api, base, "Patient", [("gender", "female"), ("_content", "王")])  # gender drives
+        assert sorted(combined) == sorted(r["id"] for r in stored["Patient"] if r.get("gender") == "female"
+                                          and "王" in everything(r))
+        assert api.get("/Patient", params={"_text:exact": "x"}).status_code == 400
+
+
 def test_bad_search_input_is_a_clear_error(search_hub: Hub) -> None:
     with search_hub.client() as api:
         for params, where in [({"birthdate": "19x0"}, "birthdate"), ({"code:in": "http://vs"}, "code:in"),

@@ -375,6 +375,33 @@ def _uri_above(p: str, value: str) -> list[KeyRange]:
     return out
 
 
+_TAG = re.compile(r"<[^>]*>")
+
+
+def _full_text_check(code: str, wanted: list[list[str]]) -> Callable[[dict[str, Any]], bool]:
+    """``_text`` (the narrative) and ``_content`` (every string of the resource): one of the values (OR, by
+    commas) whose every word (AND, by spaces) occurs in the text, case- and accent-insensitively; words are
+    substrings, so Chinese, written without spaces, matches too. Not indexed: a check on each candidate."""
+    def strings(value: Any) -> list[str]:
+        if isinstance(value, str):
+            return [value]
+        if isinstance(value, list):
+            return [s for v in value for s in strings(v)]
+        if isinstance(value, dict):
+            return [s for k, v in value.items() if k != "resourceType" for s in strings(v)]
+        return []
+
+    def check(resource: dict[str, Any]) -> bool:
+        if code == "_text":
+            div = resource.get("text", {}).get("div") if isinstance(resource.get("text"), dict) else None
+            found = [_TAG.sub(" ", div)] if isinstance(div, str) else []
+        else:
+            found = strings(resource)
+        text = normalize_string("\n".join(found))
+        return any(all(word in text for word in words) for words in wanted)
+    return check
+
+
 # ---- parameters -------------------------------------------------------------------------------------------
 
 class _Parser:
@@ -391,6 +418,13 @@ class _Parser:
         if "." in name:
             head, _, chained = name.partition(".")
             code, _, modifier = head.partition(":")
+        if code in ("_text", "_content") and not chained:
+            if modifier:
+                raise _bad(f"{code} takes no modifier", code="not-supported", where=name)
+            words = [[normalize_string(w) for w in v.split()] for v in _split_values(value)]
+            if not any(words):
+                raise _bad(f"Search parameter '{name}' has no value", where=name)
+            return Clause(name, check=_full_text_check(code, [w for w in words if w]))
         params = parameters_for(rtype)
         parameter = params.get(code)
         if parameter is None:
