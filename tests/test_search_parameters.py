@@ -57,3 +57,30 @@ def test_custom_search_parameter_and_reindex(api: httpx.Client, hub: Hub) -> Non
     assert api.get("/$reindex/nosuchjob").status_code == 404
     with hub.client("system/Patient.rs") as reader:
         assert reader.post("/Patient/$reindex").status_code == 403
+
+
+def test_near_finds_locations_within_the_distance(api: httpx.Client) -> None:
+    sites = {"center": (31.1935, 121.4420), "xuhui": (31.1880, 121.4370), "suzhou": (31.2990, 120.5853),
+             "hangzhou": (30.2741, 120.1551)}
+    ids = {}
+    for name, (lat, lon) in sites.items():
+        created = api.post("/Location", json={"resourceType": "Location", "name": name,
+                                              "position": {"latitude": lat, "longitude": lon}})
+        assert created.status_code == 201, created.text
+        ids[created.json()["id"]] = name
+    api.post("/Location", json={"resourceType": "Location", "name": "no position"})
+
+    def near(value: str) -> set[str]:
+        answer = api.get("/Location", params={"near": value, "_id": ",".join(ids), "_count": "50"})
+        assert answer.status_code == 200, answer.text
+        return {ids[e["resource"]["id"]] for e in answer.json().get("entry", []) if e["search"]["mode"] == "match"}
+
+    assert near("31.1935|121.4420|1|km") == {"center", "xuhui"}  # about 0.75 km apart
+    assert near("31.1935|121.4420|500|m") == {"center"}
+    assert near("31.1935|121.4420|90|km") == {"center", "xuhui", "suzhou"}  # Suzhou ~83 km, Hangzhou ~165 km
+    assert near("31.1935|121.4420|60|[mi_i]") == {"center", "xuhui", "suzhou"}  # 96.6 km
+    assert near("31.1935|121.4420") == {"center", "xuhui"}  # 10 km by default
+    assert near("30.27|120.15|5|km,31.30|120.59|5|km") == {"suzhou", "hangzhou"}
+    for bad in ("31.19", "x|121|1|km", "31|121|1|parsec", "95|121|1|km"):
+        answer = api.get("/Location", params={"near": bad})
+        assert answer.status_code == 400 and answer.json()["issue"][0]["expression"] == ["near"], bad

@@ -22,6 +22,10 @@ def _search_params(rtype: str) -> list[dict[str, Any]]:
     """Every parameter of the registry the hub searches by, with its modifiers (composite and special: not)."""
     out = []
     for code, parameter in sorted(parameters_for(rtype).items()):
+        if parameter.type == "special" and code == "near":
+            out.append({"name": code, "definition": parameter.url, "type": "special", "documentation":
+                        "latitude|longitude|distance|units (km, m, [mi_i]; 10 km when no distance); not indexed"})
+            continue
         if parameter.type not in MODIFIERS:
             continue
         notes = [f"modifiers: {', '.join(':' + m for m in MODIFIERS[parameter.type])}"] if MODIFIERS[parameter.type] \

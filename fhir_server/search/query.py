@@ -8,6 +8,7 @@ resource body. Chains and ``_has`` are sub-searches resolved by the engine.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Callable
@@ -376,6 +377,45 @@ def _uri_above(p: str, value: str) -> list[KeyRange]:
 
 
 _TAG = re.compile(r"<[^>]*>")
+_KM = {"km": 1.0, "m": 0.001, "[mi_i]": 1.609344, "mi": 1.609344}
+NEAR_DEFAULT_KM = 10.0
+
+
+def _near_value(value: str, name: str) -> tuple[float, float, float]:
+    """``latitude|longitude|distance|units`` (FHIR R4 location.html#positional; units km when omitted, the
+    distance NEAR_DEFAULT_KM when omitted) as (latitude, longitude, km)."""
+    parts = value.split("|")
+    try:
+        lat, lon = float(parts[0]), float(parts[1])
+        distance = float(parts[2]) if len(parts) > 2 and parts[2] else NEAR_DEFAULT_KM
+    except (ValueError, IndexError):
+        raise _bad(f"{name} takes latitude|longitude|distance|units, e.g. 31.19|121.43|5|km", where=name) from None
+    units = parts[3] if len(parts) > 3 and parts[3] else "km"
+    if units not in _KM:
+        raise _bad(f"{name}: units must be km, m or [mi_i], not '{units}'", where=name)
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180 and distance >= 0):
+        raise _bad(f"{name}: latitude -90..90, longitude -180..180, distance not negative", where=name)
+    return lat, lon, distance * _KM[units] if len(parts) > 2 and parts[2] else distance
+
+
+def _near_check(parameter: SearchParameter, points: list[tuple[float, float, float]]
+                ) -> Callable[[dict[str, Any]], bool]:
+    """Locations whose position is within the distance of one of ``points`` (great-circle, WGS84 mean
+    radius); a check on each candidate, positions are not indexed."""
+    def check(resource: dict[str, Any]) -> bool:
+        for position in values_of(parameter, resource):
+            if not isinstance(position, dict):
+                continue
+            lat, lon = position.get("latitude"), position.get("longitude")
+            if not isinstance(lat, int | float) or not isinstance(lon, int | float):
+                continue
+            for plat, plon, km in points:
+                a = (math.sin(math.radians(lat - plat) / 2) ** 2 + math.cos(math.radians(plat))
+                     * math.cos(math.radians(lat)) * math.sin(math.radians(lon - plon) / 2) ** 2)
+                if 2 * 6371.0088 * math.asin(min(1.0, math.sqrt(a))) <= km:
+                    return True
+        return False
+    return check
 
 
 def _full_text_check(code: str, wanted: list[list[str]]) -> Callable[[dict[str, Any]], bool]:
@@ -458,7 +498,11 @@ class _Parser:
         kind = parameter.type
         values = _split_values(value)
         if kind == "special":
-            raise _Unsupported(f"Search parameter '{code}' ({kind}) is not supported by this hub")
+            if code != "near":
+                raise _Unsupported(f"Search parameter '{code}' ({kind}) is not supported by this hub")
+            if modifier:
+                raise _bad_modifier(modifier, kind, name)
+            return Clause(name, check=_near_check(parameter, [_near_value(v, name) for v in values]))
         if kind == "composite":
             if modifier:
                 raise _bad_modifier(modifier, kind, name)
