@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -107,13 +108,13 @@ async def drive_urls(http: aiohttp.ClientSession, hub: RunningHub, clients: int,
                 return answer.status == 200
         return await drive(clients, seconds, get)
     rng = random.Random(7)
-    prefix = hub.base[hub.base.index("/", len("http://")):]
+    base = urlsplit(hub.base)
+    prefix, origin = base.path, f"{base.scheme}://{base.netloc}"
     with tempfile.TemporaryDirectory(prefix="medunion-wrk-") as tmp:
         paths, script = Path(tmp) / "paths.txt", Path(tmp) / "drive.lua"
         paths.write_text("".join(f"{prefix}{url_of(rng)}\n" for _ in range(5000)), encoding="utf-8")
         script.write_text(_WRK_SCRIPT, encoding="utf-8")
         env = {**os.environ, "MEDUNION_WRK_PATHS": str(paths), "MEDUNION_WRK_AUTH": hub.headers["Authorization"]}
-        origin = hub.base[:hub.base.index("/", len("http://"))]
         process = await asyncio.create_subprocess_exec(
             "wrk", "-t1", f"-c{clients}", f"-d{seconds:.0f}s", "-s", str(script), origin, env=env,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)

@@ -7,7 +7,7 @@ from typing import Any
 
 from fhir_server import __version__
 from fhir_server.model.types import SUPPORTED_TYPES
-from fhir_server.search.query import MODIFIERS
+from fhir_server.search.query import MODIFIERS, NEAR_DEFAULT_KM
 from fhir_server.search.registry import generation, parameters_for
 from fhir_server.settings import Settings
 
@@ -24,7 +24,8 @@ def _search_params(rtype: str) -> list[dict[str, Any]]:
     for code, parameter in sorted(parameters_for(rtype).items()):
         if parameter.type == "special" and code == "near":
             out.append({"name": code, "definition": parameter.url, "type": "special", "documentation":
-                        "latitude|longitude|distance|units (km, m, [mi_i]; 10 km when no distance); not indexed"})
+                        f"latitude|longitude|distance|units (km, m, [mi_i]; {NEAR_DEFAULT_KM:g} km when no distance); "
+                        "not indexed"})
             continue
         if parameter.type not in MODIFIERS:
             continue

@@ -292,32 +292,26 @@ async def _search_pairs(request: Request) -> list[tuple[str, str]]:
 
 
 async def search_type(request: Request) -> Response:
-    """``GET [type]?…`` and ``POST [type]/_search``: a searchset Bundle, paged by a stable cursor."""
+    """``GET [type]?…`` and ``POST [type]/_search``: a searchset Bundle, paged by a stable cursor; and
+    ``GET Patient/[id]/[type]?…``, the same within one patient's compartment."""
     user = await current_user(request)
     settings = settings_of(request)
     rtype = require_supported_type(request.path_params["rtype"])
+    compartment, path = None, rtype
+    if "ctype" in request.path_params:
+        compartment = (require_supported_type(request.path_params["ctype"]), request.path_params["cid"])
+        path = f"{compartment[0]}/{compartment[1]}/{rtype}"
     pairs = await _search_pairs(request)
     q = dict(pairs)
     query, page = await service_of(request).search(
         principal=user, rtype=rtype, pairs=pairs, count=_count_param(q, settings), cursor=q.get("_cursor"),
-        strict=_strict(request))
-    return _searchset(request, rtype, pairs, page, query.ignored, summary_count=query.summary_count)
+        strict=_strict(request), compartment=compartment)
+    return _searchset(request, path, pairs, page, query.ignored, summary_count=query.summary_count)
 
 
-async def search_compartment(request: Request) -> Response:
-    """``GET Patient/[id]/[type]?…``: a search within one patient's compartment."""
-    user = await current_user(request)
-    settings = settings_of(request)
-    ctype = require_supported_type(request.path_params["ctype"])
-    cid = request.path_params["cid"]
-    rtype = require_supported_type(request.path_params["rtype"])
-    pairs = await _search_pairs(request)
-    q = dict(pairs)
-    query, page = await service_of(request).search(
-        principal=user, rtype=rtype, pairs=pairs, count=_count_param(q, settings), cursor=q.get("_cursor"),
-        strict=_strict(request), compartment=(ctype, cid))
-    return _searchset(request, f"{ctype}/{cid}/{rtype}", pairs, page, query.ignored,
-                      summary_count=query.summary_count)
+def _types(pairs: list[tuple[str, str]]) -> list[str]:
+    """The types named by ``_type`` (comma-separated, may repeat), in order."""
+    return [t for k, v in pairs if k == "_type" for t in v.split(",") if t]
 
 
 async def search_system(request: Request) -> Response:
@@ -327,7 +321,7 @@ async def search_system(request: Request) -> Response:
     service = service_of(request)
     pairs = await _search_pairs(request)
     q = dict(pairs)
-    types = [t for v in (v for k, v in pairs if k == "_type") for t in v.split(",") if t]
+    types = _types(pairs)
     for t in types:
         require_supported_type(t)
     queries, ignored = [], []
@@ -353,7 +347,7 @@ async def everything(request: Request) -> Response:
     since = q.get("_since")
     if since is not None and _parse_instant("_since", since, settings) is None:
         raise BadRequest("_since must be a FHIR instant")
-    types = [t for t in q.get("_type", "").split(",") if t] or None
+    types = _types(list(q.multi_items())) or None
     page = await service_of(request).everything(principal=user, pid=pid, since=since, types=types,
                                                 count=_count_param(q, settings), cursor=q.get("_cursor"))
     return _searchset(request, f"Patient/{pid}/$everything", list(q.multi_items()), page, [])
@@ -441,7 +435,7 @@ async def reindex(request: Request) -> Response:
     user = await current_user(request)
     settings = settings_of(request)
     rtype = request.path_params.get("rtype")
-    types = [rtype] if rtype else [t for t in request.query_params.get("_type", "").split(",") if t] or None
+    types = [rtype] if rtype else _types(list(request.query_params.multi_items())) or None
     job = await reindexer_of(request).start(principal=user, types=types)
     status_url = f"{settings.fhir_base}/$reindex/{job}"
     outcome = operation_outcome([Issue(severity="information", code="informational",
@@ -482,7 +476,7 @@ def fhir_routes() -> list[BaseRoute]:
         Route("/{rtype}/{rid}/$validate", validate_instance, methods=["POST"]),
         Route("/{rtype}/{rid}/$everything", everything, methods=["GET"]),
         Route("/{rtype}/_search", search_type, methods=["POST"]),
-        Route("/{ctype}/{cid}/{rtype}", search_compartment, methods=["GET"]),
+        Route("/{ctype}/{cid}/{rtype}", search_type, methods=["GET"]),
         Route("/{rtype}", create, methods=["POST"]),
         Route("/{rtype}", search_type, methods=["GET"]),
         Route("/{rtype}", conditional_update, methods=["PUT"]),

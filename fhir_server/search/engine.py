@@ -22,15 +22,13 @@ import orjson
 
 from fhir_server.errors import BadRequest, Issue
 from fhir_server.search.keys import decode_hex, decode_number, hexs, split_date
-from fhir_server.search.query import Clause, KeyRange, KeySet, SearchQuery
+from fhir_server.search.query import TOP, Clause, KeySet, SearchQuery, exact_entry
 from fhir_server.search.registry import indexed_as, parameters_for
 from fhir_server.settings import Settings
 from fhir_server.storage import ResourceStore, Version
 from fhir_server.storage.versions import index_key, split_index_key, split_item
 
 __all__ = ["SearchEngine", "SearchPage", "TooManyMatches", "compartment_clause", "entries_of_version"]
-
-_TOP = "~"
 
 
 class TooManyMatches(BadRequest):
@@ -65,8 +63,7 @@ def compartment_clause(rtype: str, compartment: str, cid: str, params: list[str]
         return Clause(f"{compartment}/{cid}", ids=frozenset({cid}))
     target = hexs(f"{compartment}/{cid}")
     indexed = sorted({indexed_as(rtype, p)[0] for p in params})
-    return Clause(f"{compartment}/{cid}", keys=KeySet(tuple(
-        KeyRange(f"{p}|{target}|", f"{p}|{target}|{_TOP}") for p in indexed)))
+    return Clause(f"{compartment}/{cid}", keys=KeySet(tuple(exact_entry(f"{p}|{target}") for p in indexed)))
 
 
 def _matches_clause(clause: Clause, version: Version, entries: list[str], body: dict[str, Any] | None) -> bool:
@@ -254,18 +251,11 @@ class SearchEngine:
                     found = await self.all_matches(sub, cap=self.settings.search_chain_max)
                     refs += [f"{sub.rtype}/{v.rid}" for v in found]
                 p = clause.chain.param
-                clause = replace(clause, chain=None, keys=KeySet(tuple(
-                    KeyRange(f"{p}|{hexs(r)}|", f"{p}|{hexs(r)}|{_TOP}") for r in refs)))
+                clause = replace(clause, chain=None, keys=KeySet(tuple(exact_entry(f"{p}|{hexs(r)}") for r in refs)))
             elif clause.has is not None:
                 found = await self.all_matches(clause.has.query, cap=self.settings.search_chain_max)
-                prefix = f"{clause.has.param}|"
-                ids = set()
-                for v in found:
-                    for entry in entries_of_version(v):
-                        if entry.startswith(prefix):
-                            ref = decode_hex(entry[len(prefix):-1])
-                            if ref.startswith(f"{query.rtype}/"):
-                                ids.add(ref.split("/", 1)[1])
+                ids = {ref.split("/", 1)[1] for v in found for ref in _references(v, clause.has.param)
+                       if ref.startswith(f"{query.rtype}/")}
                 clause = replace(clause, has=None, ids=frozenset(ids))
             out.append(clause)
         return out
@@ -385,7 +375,7 @@ class SearchEngine:
         """``known``: every key of the driver (its probe read them all), so no scan is needed."""
         keys = clauses[driver].keys
         assert keys is not None
-        spans = [("", _TOP)] if known is not None else keys.spans
+        spans = [("", TOP)] if known is not None else keys.spans
         for low, high in reversed(spans) if backward else spans:
             if start is not None and (start <= f"{rtype}|{low}" if backward else start >= f"{rtype}|{high}"):
                 continue
@@ -504,7 +494,7 @@ class SearchEngine:
     async def _revinclude(self, inc: Any, targets: list[Version], cap: int) -> list[Version]:
         async def referring(target: Version) -> list[str]:
             entry = f"{inc.param}|{hexs(target.key)}|"
-            keys = await self.store.scan_index(inc.source, entry, entry + _TOP, after=None, limit=cap + 1)
+            keys = await self.store.scan_index(inc.source, entry, entry + TOP, after=None, limit=cap + 1)
             return [split_index_key(k)[1] for k in keys]
 
         rids = {rid for found in await asyncio.gather(*(referring(t) for t in targets)) for rid in found}

@@ -48,7 +48,7 @@ _PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 MODIFIERS = {"string": ("exact", "contains", "missing"), "token": ("not", "text", "of-type", "missing"),
              "reference": ("[type]", "identifier", "missing"), "uri": ("below", "above", "missing"),
              "date": ("missing",), "number": ("missing",), "quantity": ("missing",), "composite": ()}
-_TOP = "~"  # above every character an entry uses
+TOP = "~"  # above every character an entry uses
 MICROS_PER_DAY = 86_400_000_000
 
 
@@ -176,12 +176,13 @@ def _prefixed(value: str) -> tuple[str, str]:
     return "eq", value
 
 
-def _exact(prefix: str) -> KeyRange:
-    return KeyRange(prefix + "|", prefix + "|" + _TOP)
+def exact_entry(prefix: str) -> KeyRange:
+    """The entries ``prefix|`` exactly (``param|enc``: one value; its keys follow with the resource ids)."""
+    return KeyRange(prefix + "|", prefix + "|" + TOP)
 
 
 def _starting(prefix: str, accept: Callable[[str], bool] | None = None) -> KeyRange:
-    return KeyRange(prefix, prefix + _TOP, accept)
+    return KeyRange(prefix, prefix + TOP, accept)
 
 
 # ---- value types ------------------------------------------------------------------------------------------
@@ -207,17 +208,17 @@ def _number_ranges(family: str, prefix: str, text: str, where: str,
     if prefix == "eq":
         return [KeyRange(family + num(low), family + num(high), accept)]
     if prefix == "ne":  # some value outside the interval (a resource without a value does not match)
-        return [KeyRange(family, family + num(low), accept), KeyRange(family + num(high), family + _TOP, accept)]
+        return [KeyRange(family, family + num(low), accept), KeyRange(family + num(high), family + TOP, accept)]
     if prefix in ("gt", "sa"):
-        return [KeyRange(family + num(value) + _TOP, family + _TOP, accept)]
+        return [KeyRange(family + num(value) + TOP, family + TOP, accept)]
     if prefix in ("lt", "eb"):
         return [KeyRange(family, family + num(value), accept)]
     if prefix == "ge":
-        return [KeyRange(family + num(value), family + _TOP, accept)]
+        return [KeyRange(family + num(value), family + TOP, accept)]
     if prefix == "le":
-        return [KeyRange(family, family + num(value) + _TOP, accept)]
+        return [KeyRange(family, family + num(value) + TOP, accept)]
     spread = abs(value) * 0.1  # ap: within 10 % (FHIR R4 search.html#prefix)
-    return [KeyRange(family + num(value - spread), family + num(value + spread) + _TOP, accept)]
+    return [KeyRange(family + num(value - spread), family + num(value + spread) + TOP, accept)]
 
 
 def _high(e: str) -> int:
@@ -227,8 +228,8 @@ def _high(e: str) -> int:
 def _ends_after(p: str, b: int) -> list[KeyRange]:
     """Dates whose high bound is after ``b``: long ones by their H entry, short ones (under a day, no H
     entry, keys.py) by their low bound, which is then less than a day before ``b``."""
-    return [KeyRange(f"{p}|H{sortable_int(b + 1)}", f"{p}|H{_TOP}"),
-            KeyRange(f"{p}|L{sortable_int(b + 1 - LONG_SPAN)}", f"{p}|L{_TOP}", lambda e: _high(e) > b)]
+    return [KeyRange(f"{p}|H{sortable_int(b + 1)}", f"{p}|H{TOP}"),
+            KeyRange(f"{p}|L{sortable_int(b + 1 - LONG_SPAN)}", f"{p}|L{TOP}", lambda e: _high(e) > b)]
 
 
 def _ends_before(p: str, a: int) -> list[KeyRange]:
@@ -251,28 +252,28 @@ def _date_clause(p: str, values: list[str], zone: ZoneInfo, where: str) -> list[
             return split_date(e[e.index("|") + 1:])[1] <= b
 
         if prefix == "eq":
-            ranges.append(KeyRange(low_family + sortable_int(a), low_family + sortable_int(b) + _TOP, hi_at_most))
+            ranges.append(KeyRange(low_family + sortable_int(a), low_family + sortable_int(b) + TOP, hi_at_most))
         elif prefix == "ne":  # some value not within the search range; a resource without one does not match
             def outside(e: str, a: int = a, b: int = b) -> bool:
                 lo, hi = split_date(e[e.index("|") + 1:])
                 return not (lo >= a and hi <= b)
 
-            ranges.append(KeyRange(low_family, low_family + _TOP, outside))
+            ranges.append(KeyRange(low_family, low_family + TOP, outside))
         elif prefix == "gt":
             ranges += _ends_after(p, b)
         elif prefix == "lt":
             ranges.append(KeyRange(low_family, low_family + sortable_int(a)))
         elif prefix == "ge":
             ranges += [*_ends_after(p, b),
-                       KeyRange(low_family + sortable_int(a), low_family + sortable_int(b) + _TOP, hi_at_most)]
+                       KeyRange(low_family + sortable_int(a), low_family + sortable_int(b) + TOP, hi_at_most)]
         elif prefix == "le":
             def before_or_within(e: str, a: int = a, b: int = b) -> bool:
                 lo, hi = split_date(e[e.index("|") + 1:])
                 return lo < a or hi <= b
 
-            ranges.append(KeyRange(low_family, low_family + sortable_int(b) + _TOP, before_or_within))
+            ranges.append(KeyRange(low_family, low_family + sortable_int(b) + TOP, before_or_within))
         elif prefix == "sa":
-            ranges.append(KeyRange(low_family + sortable_int(b + 1), low_family + _TOP))
+            ranges.append(KeyRange(low_family + sortable_int(b + 1), low_family + TOP))
         elif prefix == "eb":
             ranges += _ends_before(p, a)
         else:  # ap: overlaps the value widened by 10 % of its distance from now, at least a day
@@ -283,7 +284,7 @@ def _date_clause(p: str, values: list[str], zone: ZoneInfo, where: str) -> list[
             def reaches(e: str, lowest: int = lowest) -> bool:
                 return split_date(e[e.index("|") + 1:])[1] >= lowest
 
-            ranges.append(KeyRange(low_family, low_family + sortable_int(b + spread) + _TOP, reaches))
+            ranges.append(KeyRange(low_family, low_family + sortable_int(b + spread) + TOP, reaches))
     return ranges
 
 
@@ -294,7 +295,7 @@ def _token_ranges(p: str, value: str) -> list[KeyRange]:
     if code == "":  # "system|": any code in that system
         want = hexs(system)
         return [_starting(f"{p}|", lambda e: e.rstrip("|").rsplit(".", 1)[-1] == want)]
-    return [_exact(f"{p}|{token_enc(system, code)}")]
+    return [exact_entry(f"{p}|{token_enc(system, code)}")]
 
 
 def _reference_ranges(p: str, parameter: SearchParameter, value: str, type_modifier: str | None,
@@ -306,11 +307,11 @@ def _reference_ranges(p: str, parameter: SearchParameter, value: str, type_modif
     if type_modifier is not None:
         if "/" in ref:
             raise _bad(f"With the modifier :{type_modifier} the value is an id, not '{value}'", where=p)
-        return [_exact(f"{p}|{hexs(f'{type_modifier}/{ref}')}")]
+        return [exact_entry(f"{p}|{hexs(f'{type_modifier}/{ref}')}")]
     if "/" in ref or ":" in ref:
-        return [_exact(f"{p}|{hexs(ref)}")]
+        return [exact_entry(f"{p}|{hexs(ref)}")]
     targets = parameter.targets or tuple(SUPPORTED_TYPES)
-    return [_exact(f"{p}|{hexs(ref)}"), *(_exact(f"{p}|{hexs(f'{t}/{ref}')}") for t in targets)]
+    return [exact_entry(f"{p}|{hexs(ref)}"), *(exact_entry(f"{p}|{hexs(f'{t}/{ref}')}") for t in targets)]
 
 
 def _quantity_ranges(p: str, raw: str, where: str) -> list[KeyRange]:
@@ -366,13 +367,13 @@ def _of_type_check(parameter: SearchParameter, wanted: list[tuple[str, str, str]
 
 
 def _uri_above(p: str, value: str) -> list[KeyRange]:
-    out = [_exact(f"{p}|{hexs(value)}")]
+    out = [exact_entry(f"{p}|{hexs(value)}")]
     cut = value
     while "/" in cut.rstrip("/"):
         cut = cut.rstrip("/").rsplit("/", 1)[0]
         if cut.endswith(":/") or cut.endswith(":"):
             break
-        out.append(_exact(f"{p}|{hexs(cut)}"))
+        out.append(exact_entry(f"{p}|{hexs(cut)}"))
     return out
 
 
@@ -384,18 +385,18 @@ NEAR_DEFAULT_KM = 10.0
 def _near_value(value: str, name: str) -> tuple[float, float, float]:
     """``latitude|longitude|distance|units`` (FHIR R4 location.html#positional; units km when omitted, the
     distance NEAR_DEFAULT_KM when omitted) as (latitude, longitude, km)."""
-    parts = value.split("|")
-    try:
-        lat, lon = float(parts[0]), float(parts[1])
-        distance = float(parts[2]) if len(parts) > 2 and parts[2] else NEAR_DEFAULT_KM
-    except (ValueError, IndexError):
-        raise _bad(f"{name} takes latitude|longitude|distance|units, e.g. 31.19|121.43|5|km", where=name) from None
-    units = parts[3] if len(parts) > 3 and parts[3] else "km"
+    parts = [*value.split("|"), "", "", ""]  # absent parts are empty
+    units = parts[3] or "km"
     if units not in _KM:
         raise _bad(f"{name}: units must be km, m or [mi_i], not '{units}'", where=name)
-    if not (-90 <= lat <= 90 and -180 <= lon <= 180 and distance >= 0):
+    try:
+        lat, lon = float(parts[0]), float(parts[1])
+        km = float(parts[2]) * _KM[units] if parts[2] else NEAR_DEFAULT_KM
+    except ValueError:
+        raise _bad(f"{name} takes latitude|longitude|distance|units, e.g. 31.19|121.43|5|km", where=name) from None
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180 and km >= 0):
         raise _bad(f"{name}: latitude -90..90, longitude -180..180, distance not negative", where=name)
-    return lat, lon, distance * _KM[units] if len(parts) > 2 and parts[2] else distance
+    return lat, lon, km
 
 
 def _near_check(parameter: SearchParameter, points: list[tuple[float, float, float]]
@@ -481,7 +482,7 @@ class _Parser:
             if value not in ("true", "false"):
                 raise _bad(f"{name} takes true or false, not '{value}'", where=name)
             present = (_starting(f"{code}|{hexs(only + '/')}"),) if only else (
-                _starting(f"{code}|"), _exact(f"{code}|{PRESENT}"))
+                _starting(f"{code}|"), exact_entry(f"{code}|{PRESENT}"))
             return Clause(name, keys=KeySet(present), negate=value == "true")
         if code == "_id":
             if modifier:
@@ -517,7 +518,7 @@ class _Parser:
                     return any(part in text for part in parts)
                 return Clause(name, keys=KeySet((_starting(f"{code}|", contains),)))
             if modifier == "exact":
-                return Clause(name, keys=KeySet(tuple(_exact(f"{code}|{hexs(n)}") for n in normalized)),
+                return Clause(name, keys=KeySet(tuple(exact_entry(f"{code}|{hexs(n)}") for n in normalized)),
                               check=_string_check(parameter, values))
             return Clause(name, keys=KeySet(tuple(_starting(f"{code}|{hexs(n)}") for n in normalized)))
         if kind == "token":
@@ -558,7 +559,7 @@ class _Parser:
                 return Clause(name, keys=KeySet(tuple(r for v in values for r in _uri_above(code, v))))
             if modifier:
                 raise _bad_modifier(modifier, kind, name)
-            return Clause(name, keys=KeySet(tuple(_exact(f"{code}|{hexs(v)}") for v in values)))
+            return Clause(name, keys=KeySet(tuple(exact_entry(f"{code}|{hexs(v)}") for v in values)))
         if modifier:
             raise _bad_modifier(modifier, kind, name)
         if kind == "date":

@@ -56,24 +56,33 @@ def _data() -> dict[str, Any]:
     return loaded
 
 
-def split_union(expression: str) -> list[str]:
-    """Split a FHIRPath expression on its top-level ``|`` operators."""
+def split_top_level(expression: str, separator: str) -> list[str]:
+    """Split a FHIRPath expression at ``separator`` where it is not inside brackets, parentheses or a quoted
+    string (single quotes or backticks); the parts are stripped."""
     parts: list[str] = []
     depth = 0
     start = 0
-    quoted = False
+    quote = ""
     for i, ch in enumerate(expression):
-        if ch == "'":
-            quoted = not quoted
-        elif not quoted and ch in "([":
+        if quote:
+            if ch == quote and expression[i - 1] != "\\":
+                quote = ""
+        elif ch in "'`":
+            quote = ch
+        elif ch in "([":
             depth += 1
-        elif not quoted and ch in ")]":
+        elif ch in ")]":
             depth -= 1
-        elif not quoted and ch == "|" and depth == 0:
+        elif ch == separator and depth == 0:
             parts.append(expression[start:i].strip())
             start = i + 1
     parts.append(expression[start:].strip())
-    return [p for p in parts if p]
+    return parts
+
+
+def split_union(expression: str) -> list[str]:
+    """Split a FHIRPath expression on its top-level ``|`` operators."""
+    return [p for p in split_top_level(expression, "|") if p]
 
 
 def _applies_to(part: str, rtype: str) -> bool:

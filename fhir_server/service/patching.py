@@ -22,6 +22,7 @@ from fhir.resources.R4B import get_fhir_model_class
 
 from fhir_server.errors import BadRequest, Issue, UnprocessableEntity
 from fhir_server.model.types import model_class
+from fhir_server.search.registry import split_top_level
 
 __all__ = ["apply_patch"]
 
@@ -73,27 +74,8 @@ class _PatchError(Exception):
         self.part = part
 
 
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")  # an element name
 _STEP = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:\((?P<arg>.*)\))?(?P<index>(?:\[\d+\])?)$", re.S)
-
-
-def _steps(path: str) -> list[str]:
-    """``path`` cut at its top-level dots (not inside brackets, parentheses or quotes)."""
-    out, depth, quote, start = [], 0, "", 0
-    for i, ch in enumerate(path):
-        if quote:
-            if ch == quote and path[i - 1] != "\\":
-                quote = ""
-        elif ch in "'`":
-            quote = ch
-        elif ch in "([":
-            depth += 1
-        elif ch in ")]":
-            depth -= 1
-        elif ch == "." and depth == 0:
-            out.append(path[start:i].strip())
-            start = i + 1
-    out.append(path[start:].strip())
-    return out
 
 
 class _FhirPathPatch:
@@ -142,13 +124,13 @@ class _FhirPathPatch:
                 self._remove(found[0])
             return
         if kind == "replace":
-            target = self._single(found, path)
+            target = self._single(found)
             target.holder[target.key] = self._value(named, target.trail)  # type: ignore[index]
             return
         if kind == "add":
-            target = self._single(found, path)
+            target = self._single(found)
             name = _primitive(named.get("name"), "name")
-            if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name):
+            if not isinstance(name, str) or not _NAME.fullmatch(name):
                 raise _PatchError("'name' (the element to add) is missing or not an element name", "name")
             container = target.value
             if not isinstance(container, dict):
@@ -180,7 +162,7 @@ class _FhirPathPatch:
         items.insert(destination, items.pop(source))
 
     @staticmethod
-    def _single(found: list[_Loc], path: str) -> _Loc:
+    def _single(found: list[_Loc]) -> _Loc:
         if len(found) != 1:
             raise _PatchError(f"'path' must match exactly one element; it matches {len(found)}", "path")
         return found[0]
@@ -195,8 +177,8 @@ class _FhirPathPatch:
             parent, name = self._locate_trail(trail), found[0].trail[-2]
             assert isinstance(parent, dict) and isinstance(name, str)
             return parent, name, parent[name], trail
-        steps = _steps(path)
-        if not found and len(steps) > 1 and re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", steps[-1]):
+        steps = split_top_level(path, ".")
+        if not found and len(steps) > 1 and _NAME.fullmatch(steps[-1]):
             parents = self._locate(".".join(steps[:-1]))
             if len(parents) == 1 and isinstance(parents[0].value, dict) and \
                     _repeats(self.rtype, (*parents[0].trail, steps[-1])):
@@ -224,7 +206,7 @@ class _FhirPathPatch:
     # ---- locating a path
 
     def _locate(self, path: str) -> list[_Loc]:
-        steps = _steps(path)
+        steps = split_top_level(path, ".")
         if steps and steps[0] in (self.rtype, "Resource", "DomainResource"):
             steps = steps[1:]
         root = _Loc({"": self.resource}, "", ())

@@ -395,11 +395,7 @@ class ResourceService:
                 if version.body is None:
                     continue
                 known = self._search_parameters.get(version.rid)
-                if known is not None and known[0] == version.vid:
-                    seen[version.rid] = known
-                else:
-                    sp = orjson.loads(version.body)
-                    seen[version.rid] = (version.vid, sp if usable_search_parameter(sp) else None)
+                seen[version.rid] = known if known is not None and known[0] == version.vid else _usable(version)
             if len(batch) < 500:
                 break
             after = batch[-1].rid
@@ -410,8 +406,7 @@ class ResourceService:
         if version.body is None:
             self._search_parameters.pop(version.rid, None)
         else:
-            sp = orjson.loads(version.body)
-            self._search_parameters[version.rid] = (version.vid, sp if usable_search_parameter(sp) else None)
+            self._search_parameters[version.rid] = _usable(version)
         self._apply_search_parameters()
 
     def _apply_search_parameters(self) -> int:
@@ -477,6 +472,12 @@ def _check_search_parameter(sp: dict[str, Any]) -> None:
     except ValueError as exc:
         raise UnprocessableEntity(str(exc), issues=[Issue(code="invalid", diagnostics=str(exc),
                                                           expression=("SearchParameter.expression",))]) from None
+
+
+def _usable(version: Version) -> tuple[int, dict[str, Any] | None]:
+    """A SearchParameter version as the cache keeps it: its vid, and the resource if the hub can index by it."""
+    sp = orjson.loads(version.body or b"{}")
+    return version.vid, sp if usable_search_parameter(sp) else None
 
 
 def usable_search_parameter(sp: dict[str, Any]) -> bool:
