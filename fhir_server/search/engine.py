@@ -107,10 +107,42 @@ def _merge(out: SearchPage, page: SearchPage) -> None:
     out.warnings += page.warnings
 
 
+_PROBE_LIMITS = (8, 64, 256)
+
+
+async def _ready(value: list[str]) -> list[str]:
+    return value
+
+
+class _Selectivity:
+    """How many keys the first probe of each parameter (per type) found lately, as a moving average of
+    ``min(found, limit + 1)``. It only orders probes: a wrong guess costs one store command, never a result."""
+
+    MAX_SHAPES = 10_000  # clause names come from requests; forget everything rather than grow without bound
+
+    def __init__(self) -> None:
+        self.recent: dict[tuple[str, str], float] = {}
+
+    def learn(self, rtype: str, clause: Clause, found: int) -> None:
+        if len(self.recent) >= self.MAX_SHAPES:
+            self.recent.clear()
+        key = (rtype, clause.name)
+        size = float(min(found, _PROBE_LIMITS[0] + 1))
+        before = self.recent.get(key)
+        self.recent[key] = size if before is None else 0.8 * before + 0.2 * size
+
+    def likely(self, rtype: str, clauses: list[Clause]) -> int | None:
+        """The index of the clause that was selective lately (its probes mostly complete), if one was."""
+        sizes = [self.recent.get((rtype, c.name)) for c in clauses]
+        known = [(size, k) for k, size in enumerate(sizes) if size is not None and size <= _PROBE_LIMITS[0] * 3 / 4]
+        return min(known)[1] if known else None
+
+
 class SearchEngine:
     def __init__(self, *, store: ResourceStore, settings: Settings) -> None:
         self.store = store
         self.settings = settings
+        self.selectivity = _Selectivity()
 
     # ---- entry points -------------------------------------------------------------------------------------
 
@@ -265,7 +297,9 @@ class SearchEngine:
     async def _choose_driver(self, rtype: str, clauses: list[Clause]) -> tuple[int, list[str] | None]:
         """The index of the clause to scan (-1: the type's resources), and, when the probe read all its keys,
         those keys. The clause with the fewest keys wins; probes grow (8, 64, 256 keys) only while every
-        candidate still has more, so a selective clause beside an unselective one costs a few keys to find."""
+        candidate still has more, so a selective clause beside an unselective one costs a few keys to find.
+        A clause whose parameter was selective in recent searches is probed alone first: when it is again, the
+        other probes are not read (one store command less for ``family=…&birthdate=…``)."""
         candidates = [i for i, c in enumerate(clauses) if c.drives]
         if not candidates:
             return -1, None
@@ -284,10 +318,23 @@ class SearchEngine:
                     break
             return found
 
-        for limit in (8, 64, 256):
-            probes = await asyncio.gather(*(probe(i, limit) for i in candidates))
-            complete = [k for k, keys in enumerate(probes) if len(keys) <= limit]
-            if complete or limit == 256:
+        first: dict[int, list[str]] = {}  # probes already read at the first limit
+        guess = self.selectivity.likely(rtype, [clauses[i] for i in candidates])
+        if guess is not None:  # usually selective: probe it alone, and stop there if it is
+            chosen = candidates[guess]
+            first[chosen] = await probe(chosen, _PROBE_LIMITS[0])
+            self.selectivity.learn(rtype, clauses[chosen], len(first[chosen]))
+            if len(first[chosen]) <= _PROBE_LIMITS[0]:
+                return chosen, first[chosen] if clauses[chosen].ids is None else None
+        for limit in _PROBE_LIMITS:
+            probes = await asyncio.gather(*(_ready(first[i]) if i in first and limit == _PROBE_LIMITS[0]
+                                            else probe(i, limit) for i in candidates))
+            if limit == _PROBE_LIMITS[0]:
+                for i, read in zip(candidates, probes, strict=True):
+                    if i not in first:
+                        self.selectivity.learn(rtype, clauses[i], len(read))
+            complete = [k for k, read in enumerate(probes) if len(read) <= limit]
+            if complete or limit == _PROBE_LIMITS[-1]:
                 best = min(complete or range(len(candidates)), key=lambda k: len(probes[k]))
                 chosen = candidates[best]
                 keys = probes[best] if best in complete and clauses[chosen].ids is None else None

@@ -1,0 +1,92 @@
+"""How the engine chooses the clause that drives a search, on the real FerretDB: the store commands it issues.
+
+Results are checked elsewhere against a brute-force evaluator; here the point is the cost. A parameter that was
+selective in recent searches is probed alone, and a wrong guess still gives the right matches.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+from pymongo import AsyncMongoClient, monitoring
+
+from fhir_server.auth.scopes import Principal, parse_scopes
+from fhir_server.service.resources import ResourceService
+from fhir_server.settings import Settings
+from fhir_server.storage import ResourceStore
+
+ADMIN = Principal(subject="probe-test", grants=parse_scopes("system/*.cruds"))
+
+
+class IndexReads(monitoring.CommandListener):
+    """Counts ``find`` commands on ``search_index`` (the probes and scans)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name == "find" and event.command.get("find") == "search_index":
+            self.count += 1
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+@pytest.fixture
+async def service(store_uri: str):
+    reads = IndexReads()
+    client: AsyncMongoClient = AsyncMongoClient(store_uri, event_listeners=[reads])
+    store = ResourceStore(client[f"probes{uuid.uuid4().hex[:8]}"], owner="probe-test", lease_seconds=60)
+    await store.ensure_indexes()
+    yield ResourceService(store=store, settings=Settings()), reads
+    await client.close()
+
+
+def _patient(n: int, family: str, birth: str) -> dict[str, Any]:
+    return {"resourceType": "Patient", "name": [{"family": family, "given": [f"G{n}"]}], "birthDate": birth}
+
+
+async def _ids(service: ResourceService, reads: IndexReads, query: str) -> tuple[set[str], int]:
+    before = reads.count
+    pairs = [tuple(p.split("=", 1)) for p in query.split("&")]
+    _, page = await service.search(principal=ADMIN, rtype="Patient", pairs=pairs, count=100,  # type: ignore[arg-type]
+                                   cursor=None)
+    return {v.rid for v in page.matches}, reads.count - before
+
+
+async def test_a_parameter_selective_lately_is_probed_alone(service) -> None:
+    service, reads = service
+    # 40 Wangs over 20 birthdays: family alone is unselective, a birthday holds two people
+    for n in range(40):
+        await service.create(principal=ADMIN, rtype="Patient", resource=_patient(n, "王", f"1980-01-{n % 20 + 1:02d}"))
+    expected = {}
+    for day in range(1, 21):
+        expected[day], reads_first = await _ids(service, reads, f"family=王&birthdate=1980-01-{day:02d}")
+        assert len(expected[day]) == 2
+        if day == 1:
+            assert reads_first == 2  # nothing known yet: both probed (the birthdate probe holds every key)
+    # by now birthdate is known to be selective: one probe, whose keys are the candidates
+    for day in range(1, 21):
+        found, index_reads = await _ids(service, reads, f"birthdate=1980-01-{day:02d}&family=王")
+        assert found == expected[day]
+        assert index_reads == 1
+
+
+async def test_a_wrong_guess_costs_a_probe_not_a_result(service) -> None:
+    service, reads = service
+    for n in range(12):  # twelve born the same day, four of them Lis
+        await service.create(principal=ADMIN, rtype="Patient",
+                             resource=_patient(n, "李" if n < 4 else f"Z{n}", "1990-05-05"))
+    for n in range(10):
+        await service.create(principal=ADMIN, rtype="Patient",
+                             resource=_patient(100 + n, "Solo", f"1991-02-{n + 1:02d}"))
+    for n in range(10):  # teaches: birthdate is selective (one key), family is not (ten)
+        await _ids(service, reads, f"family=Solo&birthdate=1991-02-{n + 1:02d}")
+    found, index_reads = await _ids(service, reads, "family=李&birthdate=1990-05-05")
+    assert len(found) == 4
+    assert index_reads == 2  # birthdate alone (9 keys: not selective this time), then family, which drives
