@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
 from typing import Any
@@ -271,9 +272,12 @@ def _searchset(request: Request, path: str, params: list[tuple[str, str]], page:
                ignored: list[str], *, summary_count: bool = False) -> Response:
     settings = settings_of(request)
     rendering = rendering_of(request)
+    # plain JSON: each stored resource goes into the Bundle as its stored bytes, neither parsed nor re-serialised
+    resource_of: Callable[[Version], Any] = (
+        (lambda v: orjson.Fragment(v.body or b"{}")) if rendering.plain
+        else (lambda v: shape_resource(orjson.loads(v.body or b"{}"), rendering)))
     bundle = searchset(page, url=f"{settings.fhir_base}/{path}".rstrip("/"), base=settings.fhir_base, params=params,
-                       ignored=ignored, summary_count=summary_count,
-                       resource_of=lambda v: shape_resource(orjson.loads(v.body or b"{}"), rendering))
+                       ignored=ignored, summary_count=summary_count, resource_of=resource_of)
     return fhir_response(bundle, rendering, shape=False)
 
 

@@ -66,25 +66,31 @@ def compartment_clause(rtype: str, compartment: str, cid: str, params: list[str]
     return Clause(f"{compartment}/{cid}", keys=KeySet(tuple(exact_entry(f"{p}|{target}") for p in indexed)))
 
 
-def _matches_clause(clause: Clause, version: Version, entries: list[str], body: dict[str, Any] | None) -> bool:
-    ok = True
-    if clause.ids is not None:
-        ok = version.rid in clause.ids
-    if ok and clause.keys is not None:
-        ok = any(clause.keys.holds(e) for e in entries)
-    if ok and clause.check is not None:
-        ok = body is not None and clause.check(body)
-    return ok != clause.negate
+def _held(keys: KeySet, version: Version) -> list[str]:
+    """The ``ix`` items of ``version`` whose entries ``keys`` holds."""
+    prefixes = keys.prefixes
+    return [item for item in version.index if item.startswith(prefixes) and keys.holds(split_item(item)[0])]
 
 
-def _passes(clauses: list[Clause], version: Version) -> bool:
+def _passes(clauses: list[Clause], version: Version, *, held: KeySet | None = None) -> bool:
+    """Whether the version matches every clause. ``held``: keys known to hold one of its entries (the driver's,
+    checked by the caller), not checked again."""
     if version.body is None:
         return False
-    entries = entries_of_version(version)
     body: dict[str, Any] | None = None
-    if any(c.check is not None for c in clauses):
-        body = orjson.loads(version.body)
-    return all(_matches_clause(c, version, entries, body) for c in clauses)
+    for clause in clauses:
+        ok = True
+        if clause.ids is not None:
+            ok = version.rid in clause.ids
+        if ok and clause.keys is not None and (clause.keys is not held or clause.negate):
+            ok = bool(_held(clause.keys, version))
+        if ok and clause.check is not None:
+            if body is None:
+                body = orjson.loads(version.body)
+            ok = clause.check(body)
+        if ok == clause.negate:
+            return False
+    return True
 
 
 def _encode_cursor(value: Any) -> str:
@@ -455,14 +461,13 @@ class SearchEngine:
                 candidates.append((key, rid))
         versions = await self.store.current_many(rtype, sorted({rid for _, rid in candidates}))
         out = []
-        prefixes = keys.prefixes()
         for key, rid in candidates:
             version = versions.get(rid)
             if version is None or version.body is None:
                 continue
-            own = [index_key(rtype, rid, item) for item in version.index
-                   if item.startswith(prefixes) and keys.holds(split_item(item)[0])]
-            if own and min(own) == key and _passes(clauses, version):  # else an orphan, or not its first entry
+            own = [index_key(rtype, rid, item) for item in _held(keys, version)]
+            # else an orphan, or not its first entry
+            if own and min(own) == key and _passes(clauses, version, held=keys):
                 out.append((key, version))
         return out
 

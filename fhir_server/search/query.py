@@ -69,14 +69,16 @@ class KeySet:
     """A union of key ranges; ``spans`` are its disjoint covering intervals, in order (what a scan reads)."""
 
     ranges: tuple[KeyRange, ...]
+    # what every entry it holds starts with (each range's bounds' common prefix): a cheap first filter
+    prefixes: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prefixes", tuple({
+            r.lo[:next((i for i, (a, b) in enumerate(zip(r.lo, r.hi, strict=False)) if a != b),
+                       min(len(r.lo), len(r.hi)))] for r in self.ranges}))
 
     def holds(self, entry: str) -> bool:
         return any(r.holds(entry) for r in self.ranges)
-
-    def prefixes(self) -> tuple[str, ...]:
-        """What every entry it holds starts with (each range's bounds' common prefix): a cheap first filter."""
-        return tuple({r.lo[:next((i for i, (a, b) in enumerate(zip(r.lo, r.hi, strict=False)) if a != b),
-                                  min(len(r.lo), len(r.hi)))] for r in self.ranges})
 
     @property
     def spans(self) -> list[tuple[str, str]]:
