@@ -43,7 +43,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from fhir_server.storage.batching import DeleteBatcher, InsertBatcher
+from fhir_server.storage.batching import DeleteBatcher, FindBatcher, InsertBatcher
 
 __all__ = ["HistoryPage", "LockBusy", "ResourceStore", "Version", "VersionConflict", "index_key", "now_micros",
            "split_index_key", "split_item"]
@@ -164,6 +164,7 @@ class ResourceStore:
         self._index_inserts = InsertBatcher(self.search_index)
         self._index_deletes = DeleteBatcher(self.search_index)
         self._creates = InsertBatcher(self.resources)
+        self._reads = FindBatcher(self.resources)
         self.lease_micros = int(lease_seconds * 1_000_000)
         self._in_flight: set[str] = set()  # claims this process holds right now
 
@@ -181,7 +182,8 @@ class ResourceStore:
     async def current(self, rtype: str, rid: str, *, with_index: bool = True) -> Version | None:
         """The current version with its index entries (a write's base needs them: its claim copy is what a
         rollback restores, and they say which entries the next version drops); reads pass ``with_index=False``."""
-        doc = await self.resources.find_one({"_id": f"{rtype}/{rid}"}, None if with_index else {"ix": 0})
+        key = f"{rtype}/{rid}"
+        doc = (await self._reads.find([key])).get(key)
         return None if doc is None else _from_doc(doc, with_index=with_index)
 
     async def version(self, rtype: str, rid: str, vid: int) -> Version | None:
@@ -192,11 +194,12 @@ class ResourceStore:
         return current if current is not None and current.vid == vid else None
 
     async def current_many(self, rtype: str, rids: list[str]) -> dict[str, Version]:
-        """Current versions (with their index entries) of the given ids of one type, by id; one round trip."""
+        """Current versions (with their index entries) of the given ids of one type, by id; one round trip (often
+        shared with other requests', see ``FindBatcher``)."""
         found: dict[str, Version] = {}
         for start in range(0, len(rids), 500):
-            keys = [f"{rtype}/{rid}" for rid in rids[start:start + 500]]
-            async for doc in self.resources.find({"_id": {"$in": keys}}):
+            docs = await self._reads.find([f"{rtype}/{rid}" for rid in rids[start:start + 500]])
+            for doc in docs.values():
                 version = _from_doc(doc, with_index=True)
                 found[version.rid] = version
         return found

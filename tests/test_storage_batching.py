@@ -1,0 +1,67 @@
+"""Reads by ``_id`` from concurrent requests share store commands, on the real FerretDB; each caller gets its own."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from pymongo import AsyncMongoClient, monitoring
+
+from fhir_server.storage import ResourceStore, Version, now_micros
+from fhir_server.storage.batching import FindBatcher
+
+
+class ResourceFinds(monitoring.CommandListener):
+    def __init__(self) -> None:
+        self.count = 0
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name == "find" and event.command.get("find") == "resources":
+            self.count += 1
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+@pytest.fixture
+async def store(store_uri: str):
+    finds = ResourceFinds()
+    client: AsyncMongoClient = AsyncMongoClient(store_uri, event_listeners=[finds])
+    store = ResourceStore(client[f"batch{uuid.uuid4().hex[:8]}"], owner="batch-test", lease_seconds=60)
+    await store.ensure_indexes()
+    yield store, finds
+    await client.close()
+
+
+async def test_concurrent_reads_share_commands_and_get_their_own_documents(store) -> None:
+    store, finds = store
+    for n in range(40):
+        body = f'{{"resourceType":"Basic","id":"b{n}"}}'.encode()
+        await store.write(Version(rtype="Basic", rid=f"b{n}", vid=1, ts=now_micros(), method="PUT", body=body),
+                          base=None)
+    before = finds.count
+
+    async def one(n: int) -> None:
+        if n % 2:
+            version = await store.current("Basic", f"b{n}")
+            assert version is not None and version.body == f'{{"resourceType":"Basic","id":"b{n}"}}'.encode()
+        else:  # two of its own, one shared with a neighbour, one that does not exist
+            found = await store.current_many("Basic", [f"b{n}", f"b{(n + 1) % 40}", "missing"])
+            assert sorted(found) == sorted({f"b{n}", f"b{(n + 1) % 40}"})
+            assert all(v.rid == rid and v.index == () and v.vid == 1 for rid, v in found.items())
+
+    await asyncio.gather(*(one(n) for n in range(40)))
+    assert finds.count - before <= 3  # 40 reads: the first alone, the rest queued behind it
+
+
+async def test_a_failed_read_fails_every_caller_of_its_batch(store_uri: str) -> None:
+    client: AsyncMongoClient = AsyncMongoClient(store_uri)
+    batcher = FindBatcher(client["batchfail"]["resources"])
+    await client.close()  # every command now fails
+    results = await asyncio.gather(*(batcher.find([f"k{n}"]) for n in range(5)), return_exceptions=True)
+    assert all(isinstance(r, Exception) for r in results)
+    assert batcher._flusher is None  # and the batcher is ready for the next reads
