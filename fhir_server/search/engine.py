@@ -395,7 +395,7 @@ class SearchEngine:
         if driver == -1:
             return self._walk_type(rtype, clauses, start=start, backward=backward, batch=batch)
         if clauses[driver].ids is not None:
-            return self._walk_ids(rtype, clauses, driver, start=start, backward=backward)
+            return self._walk_ids(rtype, clauses, driver, start=start, backward=backward, batch=batch)
         return self._walk_keys(rtype, clauses, driver, start=start, backward=backward, known=known, batch=batch)
 
     async def _walk_type(self, rtype: str, clauses: list[Clause], *, start: str | None, backward: bool,
@@ -411,11 +411,14 @@ class SearchEngine:
             batch = min(batch * 2, 1000)
 
     async def _walk_ids(self, rtype: str, clauses: list[Clause], driver: int, *, start: str | None,
-                        backward: bool) -> AsyncGenerator[tuple[str, Version], None]:
+                        backward: bool, batch: int) -> AsyncGenerator[tuple[str, Version], None]:
         ids = sorted((i for i in clauses[driver].ids or ()
                       if start is None or (i < start if backward else i > start)), reverse=backward)
-        for first in range(0, len(ids), 500):
-            chunk = ids[first:first + 500]
+        first = 0
+        while first < len(ids):  # a page's worth first, then doubling: a page of 20 reads 21 resources, not 500
+            chunk = ids[first:first + batch]
+            first += batch
+            batch = min(batch * 2, 500)
             found = await self.store.current_many(rtype, chunk)
             for rid in chunk:
                 version = found.get(rid)

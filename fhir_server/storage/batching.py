@@ -152,7 +152,9 @@ class FindBatcher:
                 error: BaseException | None = None
                 docs: dict[str, dict[str, Any]] = {}
                 try:
-                    docs = {d["_id"]: d async for d in self.collection.find({"_id": {"$in": list(wanted)}})}
+                    # all in the first reply (a find returns 101 documents, then one getMore per batch)
+                    found = self.collection.find({"_id": {"$in": list(wanted)}}, batch_size=len(wanted))
+                    docs = {d["_id"]: d async for d in found}
                 except BaseException as exc:  # the store failed: every caller of this batch gets the error
                     error = exc
                 for keys, future in batch:

@@ -212,7 +212,8 @@ class ResourceStore:
         else:
             bounds = {"$gt": f"{rtype}/{after}"} if after is not None else {"$gte": f"{rtype}/"}
             bounds["$lt"] = f"{rtype}0"
-        docs = self.resources.find({"_id": bounds}).sort("_id", DESCENDING if backward else ASCENDING).limit(limit)
+        docs = self.resources.find({"_id": bounds}, batch_size=limit)  # one reply: no getMore after 101
+        docs = docs.sort("_id", DESCENDING if backward else ASCENDING).limit(limit)
         return [_from_doc(d, with_index=True) async for d in docs]
 
     async def scan_index(self, rtype: str, low: str, high: str, *, after: str | None, limit: int,
@@ -226,7 +227,8 @@ class ResourceStore:
             del bounds["$gte"]
             bounds["$gt"] = after
         # its documents are bare keys: nothing to project (a projection costs FerretDB a copy of each)
-        docs = self.search_index.find({"_id": bounds}).sort("_id", DESCENDING if backward else ASCENDING)
+        docs = self.search_index.find({"_id": bounds}, batch_size=limit)  # one reply: no getMore after 101
+        docs = docs.sort("_id", DESCENDING if backward else ASCENDING)
         return [d["_id"] async for d in docs.limit(limit)]
 
     async def instance_history(
