@@ -68,6 +68,7 @@ def create_app(settings: Settings, *, mongodb_uri: str | None = None) -> Any:
         app.state.bundles = BundleService(resources=app.state.service, settings=settings)
         app.state.reindexer = Reindexer(resources=app.state.service, settings=settings)
         await app.state.service.refresh_search_parameters()
+        await app.state.reindexer.resume()  # this instance's jobs that a stop interrupted
         refresher = asyncio.create_task(_housekeeping(app.state.service))
         app.state.tokens = TokenCache(TokenVerifier(settings))
         # Everything loaded so far (models, routes, settings) lives as long as the process: keep it out of
@@ -78,6 +79,7 @@ def create_app(settings: Settings, *, mongodb_uri: str | None = None) -> Any:
             yield
         finally:
             refresher.cancel()
+            await app.state.reindexer.stop()
             await client.close()
 
     # Starlette directly, not FastAPI: its per-request dependency and middleware machinery cost 30 % of read

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import time
 import uuid
+from pathlib import Path
 
 import httpx
+from pymongo import MongoClient
 
-from tests.conftest import Hub
+from fhir_server.storage import now_micros
+from tests.conftest import Hub, start_hub, stop_hub
 
 EXT = "http://medunion.example.cn/fhir/StructureDefinition/referral-hospital"
 
@@ -15,6 +18,23 @@ EXT = "http://medunion.example.cn/fhir/StructureDefinition/referral-hospital"
 def _patient(hospital: str) -> dict[str, object]:
     return {"resourceType": "Patient", "name": [{"family": "周"}],
             "extension": [{"url": EXT, "valueCode": hospital}]}
+
+
+def _job_status(client: httpx.Client, job: str) -> dict[str, object]:
+    deadline = time.monotonic() + 120
+    while True:
+        status = {p["name"]: next(v for k, v in p.items() if k.startswith("value"))
+                  for p in client.get(f"/$reindex/{job}").json()["parameter"]}
+        if status["status"] != "running" or time.monotonic() > deadline:
+            return status
+        time.sleep(0.2)
+
+
+def _search_parameter(code: str) -> dict[str, object]:
+    return {"resourceType": "SearchParameter", "url": f"{EXT}-{code}", "name": "referralHospital",
+            "status": "active", "description": "The member hospital that referred the patient to the center",
+            "code": code, "base": ["Patient"], "type": "token",
+            "expression": f"Patient.extension.where(url = '{EXT}').value"}
 
 
 def test_custom_search_parameter_and_reindex(api: httpx.Client, hub: Hub) -> None:
@@ -29,10 +49,7 @@ def test_custom_search_parameter_and_reindex(api: httpx.Client, hub: Hub) -> Non
         "description": "x", "code": f"{code}-bad", "base": ["Patient"], "type": "token",
         "expression": "Patient.extension.where(url = "})
     assert bad.status_code == 422 and bad.json()["issue"][0]["expression"] == ["SearchParameter.expression"]
-    made = api.post("/SearchParameter", json={
-        "resourceType": "SearchParameter", "url": f"{EXT}-{code}", "name": "referralHospital", "status": "active",
-        "description": "The member hospital that referred the patient to the center", "code": code,
-        "base": ["Patient"], "type": "token", "expression": f"Patient.extension.where(url = '{EXT}').value"})
+    made = api.post("/SearchParameter", json=_search_parameter(code))
     assert made.status_code == 201, made.text
 
     after = api.post("/Patient", json=_patient(hospital)).json()["id"]
@@ -43,13 +60,7 @@ def test_custom_search_parameter_and_reindex(api: httpx.Client, hub: Hub) -> Non
     assert started.status_code == 202
     status_url = started.headers["content-location"]
     assert status_url.startswith(hub.base + "/$reindex/")
-    deadline = time.monotonic() + 120
-    while True:
-        status = {p["name"]: next(v for k, v in p.items() if k.startswith("value"))
-                  for p in api.get(status_url.replace(hub.base, "")).json()["parameter"]}
-        if status["status"] != "running" or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+    status = _job_status(api, status_url.rsplit("/", 1)[1])
     assert status["status"] == "completed" and status["resourcesDone"] >= 4 and status["resourcesChanged"] >= 3
     found = api.get("/Patient", params={code: hospital, "_count": "50"}).json()
     assert sorted(e["resource"]["id"] for e in found["entry"]) == sorted([*before, after])
@@ -84,3 +95,31 @@ def test_near_finds_locations_within_the_distance(api: httpx.Client) -> None:
     for bad in ("31.19", "x|121|1|km", "31|121|1|parsec", "95|121|1|km"):
         answer = api.get("/Location", params={"near": bad})
         assert answer.status_code == 400 and answer.json()["issue"][0]["expression"] == ["near"], bad
+
+
+def test_an_interrupted_reindex_resumes_where_it_stopped(store_uri: str, tmp_path: Path) -> None:
+    home, database, code = tmp_path / "home", f"resume{uuid.uuid4().hex[:8]}", "referral-resumed"
+    hub = start_hub(store_uri, home, database=database)
+    try:
+        with hub.client() as client:
+            ids = sorted(client.post("/Patient", json=_patient("H1")).json()["id"] for _ in range(6))
+            assert client.post("/SearchParameter", json=_search_parameter(code)).status_code == 201
+    finally:
+        stop_hub(hub)
+    # what a hub stopped in the middle of a job leaves: the job running, at Patient, done up to ids[2]
+    with MongoClient(store_uri) as mongo:
+        mongo[database]["jobs"].insert_one({
+            "_id": "interrupted", "kind": "reindex", "o": hub.settings.instance_id, "status": "running",
+            "types": ["Observation", "Patient"], "type": "Patient", "after": ids[2], "done": 3, "changed": 0,
+            "skipped": 0, "started": now_micros(), "updated": now_micros(), "finished": None})
+
+    restarted = start_hub(store_uri, home, database=database)
+    try:
+        with restarted.client() as client:
+            status = _job_status(client, "interrupted")
+            assert status["status"] == "completed" and status["resourcesDone"] == 6
+            found = client.get("/Patient", params={code: "H1"}).json()
+            # re-indexed after ids[2] only: the job went on from where it stopped, not from the start
+            assert sorted(e["resource"]["id"] for e in found.get("entry", [])) == ids[3:]
+    finally:
+        stop_hub(restarted)

@@ -4,7 +4,9 @@ After a custom SearchParameter is added (or the hub's definitions change), new w
 resources stored before are re-indexed by a background job that walks each type in id order. A job is a
 document in ``jobs`` (status, counts, the type it is at), so its progress is visible from any process:
 ``GET [base]/$reindex/<job>``. A resource being written while the job passes is skipped: its write indexes
-it anew. A job whose process died stays ``running`` with a stale ``updated`` time; start another.
+it anew. The job document also records the last id done (``after``), so when a hub instance starts it resumes
+its own jobs that were ``running`` when it stopped, from where they were (``resume``). A job of an instance
+that never comes back stays ``running`` with a stale ``updated`` time; start another.
 """
 
 from __future__ import annotations
@@ -47,10 +49,31 @@ class Reindexer:
                                     "types": chosen, "type": None, "done": 0, "changed": 0, "skipped": 0,
                                     "started": now_micros(), "updated": now_micros(), "finished": None})
         await self.resources.refresh_search_parameters()
-        task = asyncio.create_task(self._run(job, chosen))
+        self._launch(job, chosen, start=None, counts=(0, 0, 0))
+        return job
+
+    async def resume(self) -> int:
+        """Resume this instance's jobs that were running when it stopped; returns how many."""
+        jobs = [doc async for doc in self.jobs.find({"kind": "reindex", "o": self.store.owner, "status": "running"})]
+        for doc in jobs:
+            start = (doc["type"], doc.get("after")) if doc.get("type") in doc["types"] else None
+            self._launch(doc["_id"], doc["types"], start=start,
+                         counts=(doc.get("done", 0), doc.get("changed", 0), doc.get("skipped", 0)))
+            log.info("reindex job %s resumed at %s", doc["_id"], start[0] if start else "its start")
+        return len(jobs)
+
+    async def stop(self) -> None:
+        """Stop this instance's jobs (the hub is stopping): they stay ``running``, to be resumed at its next start."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _launch(self, job: str, types: list[str], *, start: tuple[str, str | None] | None,
+                counts: tuple[int, int, int]) -> None:
+        task = asyncio.create_task(self._run(job, types, start=start, counts=counts))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return job
 
     async def status(self, *, principal: Principal, job: str) -> dict[str, Any]:
         doc = await self.jobs.find_one({"_id": job})
@@ -69,11 +92,15 @@ class Reindexer:
             parameters.append({"name": "currentType", "valueCode": doc["type"]})
         return {"resourceType": "Parameters", "parameter": parameters}
 
-    async def _run(self, job: str, types: list[str]) -> None:
-        done = changed = skipped = 0
+    async def _run(self, job: str, types: list[str], *, start: tuple[str, str | None] | None,
+                   counts: tuple[int, int, int]) -> None:
+        """Walk ``types`` in order; ``start``: the type to begin with and the id after which to go on."""
+        done, changed, skipped = counts
+        if start is not None:
+            types = types[types.index(start[0]):]
         try:
             for rtype in types:
-                after = None
+                after = start[1] if start is not None and rtype == start[0] else None
                 while True:
                     batch = await self.store.scan_type(rtype, after=after, limit=_BATCH)
                     for version in batch:
@@ -86,12 +113,13 @@ class Reindexer:
                         else:
                             skipped += 1
                         done += 1
+                    if batch:
+                        after = batch[-1].rid
                     await self.jobs.update_one({"_id": job}, {"$set": {
-                        "type": rtype, "done": done, "changed": changed, "skipped": skipped,
+                        "type": rtype, "after": after, "done": done, "changed": changed, "skipped": skipped,
                         "updated": now_micros()}})
                     if len(batch) < _BATCH:
                         break
-                    after = batch[-1].rid
             await self.jobs.update_one({"_id": job}, {"$set": {"status": "completed", "type": None,
                                                                "finished": now_micros(), "updated": now_micros()}})
             log.info("reindex job %s completed: %d resources, %d changed, %d skipped", job, done, changed, skipped)
