@@ -190,10 +190,14 @@ def test_search_entries_answer_searchsets(api: httpx.Client) -> None:
     batch = {"resourceType": "Bundle", "type": "batch", "entry": [
         {"request": {"method": "GET", "url": f"Patient?identifier=urn:mrn|{mrn}&_summary=count"}},
         {"request": {"method": "GET", "url": "Patient?birthdate=notadate"}},
+        {"request": {"method": "GET", "url": f"Patient?identifier=urn:mrn|{mrn}&_count=ten"}},
     ]}
     entries = api.post("", json=batch).json()["entry"]
     assert entries[0]["resource"]["total"] == 1
     assert entries[1]["response"]["status"].startswith("400")
+    assert entries[2]["response"]["status"].startswith("400")  # as over REST, not the default page size
+    issue = entries[2]["response"]["outcome"]["issue"][0]
+    assert "_count" in issue["diagnostics"] and issue["expression"][0].endswith("_count")
 
 
 def test_patch_entries_apply_a_json_patch_in_a_binary(api: httpx.Client) -> None:

@@ -22,7 +22,7 @@ from fhir_server.search import SearchPage
 from fhir_server.search.entries import date_range
 from fhir_server.service import HistoryResult, ResourceService, WriteResult, instant
 from fhir_server.service.etag import etag, version_of_etag
-from fhir_server.service.searchset import searchset
+from fhir_server.service.searchset import page_size, searchset
 from fhir_server.settings import Settings
 from fhir_server.storage import Version
 
@@ -132,7 +132,7 @@ async def _history(request: Request, service: ResourceService, settings: Setting
                    rtype: str | None, rid: str | None) -> Response:
     rendering = rendering_of(request)
     q = request.query_params
-    count = _count_param(q, settings)
+    count = page_size(q.get("_count"), settings)
     result = await service.history(
         principal=user, rtype=rtype, rid=rid, since=_parse_instant("_since", q.get("_since"), settings),
         at=_parse_instant("_at", q.get("_at"), settings, end=True), count=count, cursor=q.get("_cursor"))
@@ -308,7 +308,7 @@ async def search_type(request: Request) -> Response:
     pairs = await _search_pairs(request)
     q = dict(pairs)
     query, page = await service_of(request).search(
-        principal=user, rtype=rtype, pairs=pairs, count=_count_param(q, settings), cursor=q.get("_cursor"),
+        principal=user, rtype=rtype, pairs=pairs, count=page_size(q.get("_count"), settings), cursor=q.get("_cursor"),
         strict=_strict(request), compartment=compartment)
     return _searchset(request, path, pairs, page, query.ignored, summary_count=query.summary_count)
 
@@ -335,7 +335,7 @@ async def search_system(request: Request) -> Response:
         ignored += [m for m in query.ignored if m not in ignored]
     if not types:  # a parameter some types lack is not "ignored" in a search over all types
         ignored = []
-    page = await service.search_types(principal=user, queries=queries, count=_count_param(q, settings),
+    page = await service.search_types(principal=user, queries=queries, count=page_size(q.get("_count"), settings),
                                       cursor=q.get("_cursor"))
     return _searchset(request, "", pairs, page, ignored)
 
@@ -353,16 +353,8 @@ async def everything(request: Request) -> Response:
         raise BadRequest("_since must be a FHIR instant")
     types = _types(list(q.multi_items())) or None
     page = await service_of(request).everything(principal=user, pid=pid, since=since, types=types,
-                                                count=_count_param(q, settings), cursor=q.get("_cursor"))
+                                                count=page_size(q.get("_count"), settings), cursor=q.get("_cursor"))
     return _searchset(request, f"Patient/{pid}/$everything", list(q.multi_items()), page, [])
-
-
-def _count_param(q: Any, settings: Settings) -> int:
-    text = q.get("_count", str(settings.history_default_count))
-    if not text.isdigit():
-        raise BadRequest("_count must be a non-negative integer", issues=[
-            Issue(code="value", diagnostics="_count must be a non-negative integer", expression=("_count",))])
-    return min(int(text), settings.history_max_count)
 
 
 async def conditional_update(request: Request) -> Response:

@@ -34,7 +34,7 @@ from fhir_server.search import query_pairs
 from fhir_server.service.etag import etag, version_of_etag
 from fhir_server.service.patching import apply_patch
 from fhir_server.service.resources import ResourceService, WriteResult, instant
-from fhir_server.service.searchset import searchset
+from fhir_server.service.searchset import page_size, searchset
 from fhir_server.settings import Settings
 from fhir_server.storage import Version, VersionConflict, now_micros
 
@@ -417,8 +417,7 @@ class BundleService:
     async def _search(self, principal: Principal, e: _Entry) -> dict[str, Any]:
         """A search entry (``GET Patient?family=王``): its first page as a searchset Bundle."""
         pairs = query_pairs(e.query or "")
-        count_text = dict(pairs).get("_count", str(self.settings.history_default_count))
-        count = int(count_text) if count_text.isdigit() else self.settings.history_default_count
+        count = page_size(dict(pairs).get("_count"), self.settings)  # a bad _count is a 400, as over REST
         query, page = await self.resources.search(principal=principal, rtype=e.rtype, pairs=pairs, count=count,
                                                   cursor=dict(pairs).get("_cursor"))
         base = self.settings.fhir_base

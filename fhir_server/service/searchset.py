@@ -7,11 +7,22 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
-from fhir_server.errors import Issue, operation_outcome
+from fhir_server.errors import BadRequest, Issue, operation_outcome
 from fhir_server.search import SearchPage
+from fhir_server.settings import Settings
 from fhir_server.storage import Version
 
-__all__ = ["searchset"]
+__all__ = ["page_size", "searchset"]
+
+
+def page_size(text: str | None, settings: Settings) -> int:
+    """``_count`` (absent: the default page size), capped by the settings; anything but digits is a 400."""
+    if text is None:
+        return settings.history_default_count
+    if not text.isdigit():
+        raise BadRequest("_count must be a non-negative integer", issues=[
+            Issue(code="value", diagnostics="_count must be a non-negative integer", expression=("_count",))])
+    return min(int(text), settings.history_max_count)
 
 
 def searchset(page: SearchPage, *, url: str, base: str, params: list[tuple[str, str]], ignored: list[str],
