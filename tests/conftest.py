@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pymongo import monitoring
 
 from fhir_server.auth.tokens import mint_token
 from fhir_server.embedded_store import EmbeddedStore, free_port
@@ -91,6 +92,24 @@ def settings_from(env: dict[str, str]) -> Settings:
     finally:
         os.environ.clear()
         os.environ.update(saved)
+
+
+class FindCounter(monitoring.CommandListener):
+    """Counts the ``find`` commands a PyMongo client sends to one collection (pass it as an event listener)."""
+
+    def __init__(self, collection: str) -> None:
+        self.collection = collection
+        self.count = 0
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name == "find" and event.command.get("find") == self.collection:
+            self.count += 1
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
 
 
 @pytest.fixture(scope="session")

@@ -10,36 +10,20 @@ import uuid
 from typing import Any
 
 import pytest
-from pymongo import AsyncMongoClient, monitoring
+from pymongo import AsyncMongoClient
 
 from fhir_server.auth.scopes import Principal, parse_scopes
 from fhir_server.service.resources import ResourceService
 from fhir_server.settings import Settings
 from fhir_server.storage import ResourceStore
+from tests.conftest import FindCounter
 
 ADMIN = Principal(subject="probe-test", grants=parse_scopes("system/*.cruds"))
 
 
-class IndexReads(monitoring.CommandListener):
-    """Counts ``find`` commands on ``search_index`` (the probes and scans)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        if event.command_name == "find" and event.command.get("find") == "search_index":
-            self.count += 1
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
-
-
 @pytest.fixture
 async def service(store_uri: str):
-    reads = IndexReads()
+    reads = FindCounter("search_index")
     client: AsyncMongoClient = AsyncMongoClient(store_uri, event_listeners=[reads])
     store = ResourceStore(client[f"probes{uuid.uuid4().hex[:8]}"], owner="probe-test", lease_seconds=60)
     await store.ensure_indexes()
@@ -51,7 +35,7 @@ def _patient(n: int, family: str, birth: str) -> dict[str, Any]:
     return {"resourceType": "Patient", "name": [{"family": family, "given": [f"G{n}"]}], "birthDate": birth}
 
 
-async def _ids(service: ResourceService, reads: IndexReads, query: str) -> tuple[set[str], int]:
+async def _ids(service: ResourceService, reads: FindCounter, query: str) -> tuple[set[str], int]:
     before = reads.count
     pairs = [tuple(p.split("=", 1)) for p in query.split("&")]
     _, page = await service.search(principal=ADMIN, rtype="Patient", pairs=pairs, count=100,  # type: ignore[arg-type]

@@ -6,30 +6,16 @@ import asyncio
 import uuid
 
 import pytest
-from pymongo import AsyncMongoClient, monitoring
+from pymongo import AsyncMongoClient
 
 from fhir_server.storage import ResourceStore, Version, now_micros
 from fhir_server.storage.batching import FindBatcher
-
-
-class ResourceFinds(monitoring.CommandListener):
-    def __init__(self) -> None:
-        self.count = 0
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        if event.command_name == "find" and event.command.get("find") == "resources":
-            self.count += 1
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
+from tests.conftest import FindCounter
 
 
 @pytest.fixture
 async def store(store_uri: str):
-    finds = ResourceFinds()
+    finds = FindCounter("resources")
     client: AsyncMongoClient = AsyncMongoClient(store_uri, event_listeners=[finds])
     store = ResourceStore(client[f"batch{uuid.uuid4().hex[:8]}"], owner="batch-test", lease_seconds=60)
     await store.ensure_indexes()

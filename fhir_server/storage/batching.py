@@ -15,7 +15,7 @@ command with others'.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError
@@ -23,22 +23,27 @@ from pymongo.errors import BulkWriteError
 __all__ = ["DeleteBatcher", "FindBatcher", "InsertBatcher"]
 
 _MAX_DOCS = 2000  # per command: well under the 48 MB message and 100,000 write batch limits
-_MAX_KEYS = 500  # per find: a 16 MB reply holds 500 resources of 32 kB
+_MAX_KEYS = 500  # per delete or find: a 16 MB reply holds 500 resources of 32 kB
 _DUPLICATE = 11000
 
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+Batch = list[tuple[list[Item], "asyncio.Future[Result]"]]
 
-class InsertBatcher:
+
+class _Batcher(Generic[Item, Result]):
+    """The queue: requests wait while a command is in flight, then leave together (up to ``limit`` items)."""
+
+    limit = _MAX_DOCS
+
     def __init__(self, collection: AsyncCollection[dict[str, Any]]) -> None:
         self.collection = collection
-        self._pending: list[tuple[list[dict[str, Any]], asyncio.Future[set[int]]]] = []
+        self._pending: Batch[Item, Result] = []
         self._flusher: asyncio.Task[None] | None = None
 
-    async def insert(self, docs: list[dict[str, Any]]) -> set[int]:
-        """Insert ``docs``; returns the positions (in ``docs``) refused as duplicate ``_id``s. Other errors raise."""
-        if not docs:
-            return set()
-        future: asyncio.Future[set[int]] = asyncio.get_running_loop().create_future()
-        self._pending.append((docs, future))
+    async def _submit(self, items: list[Item]) -> Result:
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._pending.append((items, future))
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush())
         return await asyncio.shield(future)
@@ -46,28 +51,42 @@ class InsertBatcher:
     async def _flush(self) -> None:
         try:
             while self._pending:
-                batch: list[tuple[list[dict[str, Any]], asyncio.Future[set[int]]]] = []
+                batch: Batch[Item, Result] = []
                 size = 0
-                while self._pending and (not batch or size + len(self._pending[0][0]) <= _MAX_DOCS):
-                    docs, future = self._pending.pop(0)
-                    batch.append((docs, future))
-                    size += len(docs)
+                while self._pending and (not batch or size + len(self._pending[0][0]) <= self.limit):
+                    items, future = self._pending.pop(0)
+                    batch.append((items, future))
+                    size += len(items)
                 await self._send(batch)
         finally:
             self._flusher = None
 
-    async def _send(self, batch: list[tuple[list[dict[str, Any]], asyncio.Future[set[int]]]]) -> None:
+    async def _send(self, batch: Batch[Item, Result]) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    def _fail(batch: Batch[Item, Result], exc: BaseException) -> None:
+        """The store failed: every caller of this batch gets the error (and a cancellation goes on up)."""
+        for _, future in batch:
+            if not future.done():
+                future.set_exception(exc)
+        if not isinstance(exc, Exception):
+            raise exc
+
+
+class InsertBatcher(_Batcher[dict[str, Any], set[int]]):
+    async def insert(self, docs: list[dict[str, Any]]) -> set[int]:
+        """Insert ``docs``; returns the positions (in ``docs``) refused as duplicate ``_id``s. Other errors raise."""
+        return await self._submit(docs) if docs else set()
+
+    async def _send(self, batch: Batch[dict[str, Any], set[int]]) -> None:
         errors: dict[int, int] = {}
         try:
             await self.collection.insert_many([d for docs, _ in batch for d in docs], ordered=False)
         except BulkWriteError as exc:
             errors = {int(e["index"]): int(e.get("code", 0)) for e in exc.details.get("writeErrors", [])}
-        except BaseException as exc:  # the store failed: every caller of this batch gets the error
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
+        except BaseException as exc:
+            self._fail(batch, exc)
             return
         offset = 0
         for docs, future in batch:
@@ -82,89 +101,41 @@ class InsertBatcher:
                 future.set_result(set(mine))
 
 
-class DeleteBatcher:
-    def __init__(self, collection: AsyncCollection[dict[str, Any]]) -> None:
-        self.collection = collection
-        self._pending: list[tuple[list[str], asyncio.Future[None]]] = []
-        self._flusher: asyncio.Task[None] | None = None
+class DeleteBatcher(_Batcher[str, None]):
+    limit = _MAX_KEYS
 
     async def delete(self, keys: list[str]) -> None:
         """Delete the documents with these ``_id``s (those that exist)."""
-        if not keys:
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((keys, future))
-        if self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush())
-        await asyncio.shield(future)
+        if keys:
+            await self._submit(keys)
 
-    async def _flush(self) -> None:
+    async def _send(self, batch: Batch[str, None]) -> None:
         try:
-            while self._pending:
-                batch: list[tuple[list[str], asyncio.Future[None]]] = []
-                size = 0
-                while self._pending and (not batch or size + len(self._pending[0][0]) <= 500):
-                    keys, future = self._pending.pop(0)
-                    batch.append((keys, future))
-                    size += len(keys)
-                error: BaseException | None = None
-                try:
-                    await self.collection.delete_many({"_id": {"$in": [k for keys, _ in batch for k in keys]}})
-                except BaseException as exc:
-                    error = exc
-                for _, future in batch:
-                    if not future.done():
-                        if error is None:
-                            future.set_result(None)
-                        else:
-                            future.set_exception(error)
-                if error is not None and not isinstance(error, Exception):
-                    raise error
-        finally:
-            self._flusher = None
+            await self.collection.delete_many({"_id": {"$in": [k for keys, _ in batch for k in keys]}})
+        except BaseException as exc:
+            self._fail(batch, exc)
+            return
+        for _, future in batch:
+            if not future.done():
+                future.set_result(None)
 
 
-class FindBatcher:
-    def __init__(self, collection: AsyncCollection[dict[str, Any]]) -> None:
-        self.collection = collection
-        self._pending: list[tuple[list[str], asyncio.Future[dict[str, dict[str, Any]]]]] = []
-        self._flusher: asyncio.Task[None] | None = None
+class FindBatcher(_Batcher[str, dict[str, dict[str, Any]]]):
+    limit = _MAX_KEYS
 
     async def find(self, keys: list[str]) -> dict[str, dict[str, Any]]:
         """The documents with these ``_id``s (those that exist), by ``_id``."""
-        if not keys:
-            return {}
-        future: asyncio.Future[dict[str, dict[str, Any]]] = asyncio.get_running_loop().create_future()
-        self._pending.append((keys, future))
-        if self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush())
-        return await asyncio.shield(future)
+        return await self._submit(keys) if keys else {}
 
-    async def _flush(self) -> None:
+    async def _send(self, batch: Batch[str, dict[str, dict[str, Any]]]) -> None:
+        wanted = list(dict.fromkeys(k for keys, _ in batch for k in keys))
         try:
-            while self._pending:
-                batch: list[tuple[list[str], asyncio.Future[dict[str, dict[str, Any]]]]] = []
-                wanted: dict[str, None] = {}
-                while self._pending and (not batch or len(wanted) + len(self._pending[0][0]) <= _MAX_KEYS):
-                    keys, future = self._pending.pop(0)
-                    batch.append((keys, future))
-                    wanted.update(dict.fromkeys(keys))
-                error: BaseException | None = None
-                docs: dict[str, dict[str, Any]] = {}
-                try:
-                    # all in the first reply (a find returns 101 documents, then one getMore per batch)
-                    found = self.collection.find({"_id": {"$in": list(wanted)}}, batch_size=len(wanted))
-                    docs = {d["_id"]: d async for d in found}
-                except BaseException as exc:  # the store failed: every caller of this batch gets the error
-                    error = exc
-                for keys, future in batch:
-                    if future.done():
-                        continue
-                    if error is None:
-                        future.set_result({k: docs[k] for k in keys if k in docs})
-                    else:
-                        future.set_exception(error)
-                if error is not None and not isinstance(error, Exception):
-                    raise error
-        finally:
-            self._flusher = None
+            # all in the first reply (a find returns 101 documents, then one getMore per batch)
+            found = self.collection.find({"_id": {"$in": wanted}}, batch_size=len(wanted))
+            docs = {d["_id"]: d async for d in found}
+        except BaseException as exc:
+            self._fail(batch, exc)
+            return
+        for keys, future in batch:
+            if not future.done():
+                future.set_result({k: docs[k] for k in keys if k in docs})
