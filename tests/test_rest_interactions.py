@@ -239,6 +239,40 @@ def test_fhirpath_patch(api: httpx.Client) -> None:
     assert current["meta"]["versionId"] == "3" and current["gender"] == "female"  # nothing half-written
 
 
+def test_fhirpath_patch_keeps_primitive_extensions_with_their_values(api: httpx.Client) -> None:
+    pinyin = "http://medunion.example.cn/fhir/StructureDefinition/pinyin"
+
+    def spelled(text: str) -> dict[str, object]:
+        return {"extension": [{"url": pinyin, "valueString": text}]}
+
+    pid = new_id()
+    api.put(f"/Patient/{pid}", json={
+        "resourceType": "Patient", "id": pid, "birthDate": "1970-03-01", "_birthDate": spelled("birthday"),
+        "name": [{"family": "王", "given": ["小", "东", "明"], "_given": [None, spelled("dong"), None]}]})
+    steps = [  # (operation, the given names after it, the pinyin of each position after it)
+        (_operation("delete", "Patient.name[0].given[0]"), ["东", "明"], ["dong", None]),
+        (_operation("insert", "Patient.name[0].given", index=0, value={"valueString": "大"}),
+         ["大", "东", "明"], [None, "dong", None]),
+        (_operation("move", "Patient.name[0].given", source=1, destination=2),
+         ["大", "明", "东"], [None, None, "dong"]),
+        (_operation("add", "Patient.name[0]", name="given", value={"valueString": "亮"}),
+         ["大", "明", "东", "亮"], [None, None, "dong", None]),
+        (_operation("delete", "Patient.name[0].given[2]"), ["大", "明", "亮"], None),  # no pinyin left: no _given
+    ]
+    for operation, given, spellings in steps:
+        r = api.patch(f"/Patient/{pid}", json={"resourceType": "Parameters", "parameter": [operation]})
+        assert r.status_code == 200, r.text
+        name = r.json()["name"][0]
+        assert name["given"] == given
+        if spellings is None:
+            assert "_given" not in name
+        else:
+            assert [e and e["extension"][0]["valueString"] for e in name["_given"]] == spellings
+    r = api.patch(f"/Patient/{pid}", json={"resourceType": "Parameters", "parameter": [
+        _operation("delete", "Patient.birthDate")]})
+    assert r.status_code == 200 and "birthDate" not in r.json() and "_birthDate" not in r.json()
+
+
 def test_conditional_create(api: httpx.Client) -> None:
     mrn = new_id()
     headers = {"If-None-Exist": f"identifier=urn:mrn|{mrn}"}

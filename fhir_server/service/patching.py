@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,6 +139,7 @@ class _FhirPathPatch:
             value = self._value(named, (*target.trail, name))
             existing = container.get(name)
             if isinstance(existing, list):
+                _in_step(container, name, lambda shadow: shadow.append(None))
                 existing.append(value)
             elif existing is not None:
                 raise _PatchError(f"'{name}' already has a value there (use replace)", "name")
@@ -150,7 +152,9 @@ class _FhirPathPatch:
             index = _primitive(named.get("index"), "index")
             if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index <= len(items):
                 raise _PatchError(f"'index' must be an integer from 0 to {len(items)}", "index")
-            items.insert(index, self._value(named, (*trail, name)))
+            value = self._value(named, (*trail, name))
+            _in_step(holder, name, lambda shadow: shadow.insert(index, None))
+            items.insert(index, value)
             holder[name] = items
             return
         source = _primitive(named.get("source"), "source")
@@ -159,6 +163,7 @@ class _FhirPathPatch:
             if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n < len(items):
                 raise _PatchError(f"'{what}' must be an integer from 0 to {len(items) - 1}", what)
         assert isinstance(source, int) and isinstance(destination, int)
+        _in_step(holder, name, lambda shadow: shadow.insert(destination, shadow.pop(source)))
         items.insert(destination, items.pop(source))
 
     @staticmethod
@@ -192,7 +197,15 @@ class _FhirPathPatch:
         return node
 
     def _remove(self, loc: _Loc) -> None:
-        """Remove the element, then any list or object left empty by it (FHIR JSON has no empty ones)."""
+        """Remove the element (with its primitive extensions), then any list or object left empty by it (FHIR
+        JSON has no empty ones)."""
+        if isinstance(loc.holder, dict):
+            assert isinstance(loc.key, str)
+            loc.holder.pop(f"_{loc.key}", None)
+        elif len(loc.trail) >= 2 and isinstance(loc.trail[-2], str):
+            index = loc.key
+            assert isinstance(index, int)
+            _in_step(self._locate_trail(loc.trail[:-2]), loc.trail[-2], lambda shadow: shadow.pop(index))
         del loc.holder[loc.key]  # type: ignore[arg-type]
         trail = loc.trail[:-1]
         while trail:
@@ -239,6 +252,17 @@ class _FhirPathPatch:
         if not isinstance(part, dict):
             raise _PatchError("'value' is missing", "value")
         return _element(part, _element_class(self.rtype, trail))
+
+
+def _in_step(parent: dict[str, Any], name: str, change: Callable[[list[Any]], Any]) -> None:
+    """Apply to ``_name`` (the ids and extensions of a list of primitives, position by position) the change about
+    to be made to ``name``, and drop it when no position has any left. Without one, or out of step, nothing."""
+    shadow, items = parent.get(f"_{name}"), parent.get(name)
+    if not isinstance(shadow, list) or not isinstance(items, list) or len(shadow) != len(items):
+        return
+    change(shadow)
+    if all(item is None for item in shadow):
+        del parent[f"_{name}"]
 
 
 def _children(loc: _Loc, name: str) -> list[_Loc]:
