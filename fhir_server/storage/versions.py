@@ -164,6 +164,7 @@ class ResourceStore:
         self._index_inserts = InsertBatcher(self.search_index)
         self._index_deletes = DeleteBatcher(self.search_index)
         self._creates = InsertBatcher(self.resources)
+        self._claims = InsertBatcher(self.history)
         self._reads = FindBatcher(self.resources)
         self.lease_micros = int(lease_seconds * 1_000_000)
         self._in_flight: set[str] = set()  # claims this process holds right now
@@ -493,11 +494,8 @@ class ResourceStore:
         """Insert the copy of ``base``: the right to write the version after it (``until``: its timestamp)."""
         copy = {"_id": base.version_key, **base._fields(), "ix": _ix(base.index), "u": until, "o": self.owner,
                 "c": now_micros()}
-        try:
-            await self.history.insert_one(copy)
+        if not await self._claims.insert([copy]):  # with the claims of concurrent writes: one store command
             return
-        except DuplicateKeyError:
-            pass
         held = await self.history.find_one({"_id": base.version_key}, {"o": 1, "c": 1})
         current = await self.resources.find_one({"_id": base.key}, {"v": 1})
         if held is None or current is None or int(current["v"]) != base.vid:
