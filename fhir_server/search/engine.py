@@ -116,10 +116,6 @@ def _merge(out: SearchPage, page: SearchPage) -> None:
 _PROBE_LIMITS = (8, 64, 256)
 
 
-async def _ready(value: list[str]) -> list[str]:
-    return value
-
-
 class _Selectivity:
     """How many keys the first probe of each parameter (per type) found lately, as a moving average of
     ``min(found, limit + 1)``. It only orders probes: a wrong guess costs one store command, never a result."""
@@ -324,22 +320,22 @@ class SearchEngine:
                     break
             return found
 
-        first: dict[int, list[str]] = {}  # probes already read at the first limit
+        read: dict[int, list[str]] = {}  # the probes read at the current limit, by clause
         guess = self.selectivity.likely(rtype, [clauses[i] for i in candidates])
         if guess is not None:  # usually selective: probe it alone, and stop there if it is
             chosen = candidates[guess]
-            first[chosen] = await probe(chosen, _PROBE_LIMITS[0])
-            self.selectivity.learn(rtype, clauses[chosen], len(first[chosen]))
-            if len(first[chosen]) <= _PROBE_LIMITS[0]:
-                return chosen, first[chosen] if clauses[chosen].ids is None else None
+            read[chosen] = await probe(chosen, _PROBE_LIMITS[0])
+            self.selectivity.learn(rtype, clauses[chosen], len(read[chosen]))
+            if len(read[chosen]) <= _PROBE_LIMITS[0]:
+                return chosen, read[chosen] if clauses[chosen].ids is None else None
         for limit in _PROBE_LIMITS:
-            probes = await asyncio.gather(*(_ready(first[i]) if i in first and limit == _PROBE_LIMITS[0]
-                                            else probe(i, limit) for i in candidates))
+            missing = [i for i in candidates if i not in read]
+            read.update(zip(missing, await asyncio.gather(*(probe(i, limit) for i in missing)), strict=True))
             if limit == _PROBE_LIMITS[0]:
-                for i, read in zip(candidates, probes, strict=True):
-                    if i not in first:
-                        self.selectivity.learn(rtype, clauses[i], len(read))
-            complete = [k for k, read in enumerate(probes) if len(read) <= limit]
+                for i in missing:
+                    self.selectivity.learn(rtype, clauses[i], len(read[i]))
+            probes = [read.pop(i) for i in candidates]
+            complete = [k for k, keys in enumerate(probes) if len(keys) <= limit]
             if complete or limit == _PROBE_LIMITS[-1]:
                 best = min(complete or range(len(candidates)), key=lambda k: len(probes[k]))
                 chosen = candidates[best]
@@ -548,8 +544,8 @@ class SearchEngine:
 
     async def _revinclude(self, inc: Any, targets: list[Version], cap: int) -> list[Version]:
         async def referring(target: Version) -> list[str]:
-            entry = f"{inc.param}|{hexs(target.key)}|"
-            keys = await self.store.scan_index(inc.source, entry, entry + TOP, after=None, limit=cap + 1)
+            entries = exact_entry(f"{inc.param}|{hexs(target.key)}")
+            keys = await self.store.scan_index(inc.source, entries.lo, entries.hi, after=None, limit=cap + 1)
             return [split_index_key(k)[1] for k in keys]
 
         rids = {rid for found in await asyncio.gather(*(referring(t) for t in targets)) for rid in found}
