@@ -40,6 +40,7 @@ from typing import Any
 from bson import Binary
 from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.cursor import AsyncCursor
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
@@ -131,6 +132,14 @@ def split_index_key(key: str) -> tuple[str, str]:
     return entry + "|", rid
 
 
+def _id_range(collection: AsyncCollection[dict[str, Any]], bounds: dict[str, str], backward: bool,
+              limit: int) -> AsyncCursor[dict[str, Any]]:
+    """The first ``limit`` documents whose ``_id`` is within ``bounds``, in ``_id`` order (``backward``: reversed),
+    all in the first reply (a find returns 101 documents, then one getMore per batch)."""
+    found = collection.find({"_id": bounds}, batch_size=limit)
+    return found.sort("_id", DESCENDING if backward else ASCENDING).limit(limit)
+
+
 def _index_docs(version: Version, base: Version | None) -> list[dict[str, Any]]:
     known = set(base.index) if base is not None else set()
     return [{"_id": index_key(version.rtype, version.rid, item)} for item in version.index if item not in known]
@@ -213,9 +222,7 @@ class ResourceStore:
         else:
             bounds = {"$gt": f"{rtype}/{after}"} if after is not None else {"$gte": f"{rtype}/"}
             bounds["$lt"] = f"{rtype}0"
-        docs = self.resources.find({"_id": bounds}, batch_size=limit)  # one reply: no getMore after 101
-        docs = docs.sort("_id", DESCENDING if backward else ASCENDING).limit(limit)
-        return [_from_doc(d, with_index=True) async for d in docs]
+        return [_from_doc(d, with_index=True) async for d in _id_range(self.resources, bounds, backward, limit)]
 
     async def scan_index(self, rtype: str, low: str, high: str, *, after: str | None, limit: int,
                          backward: bool = False) -> list[str]:
@@ -228,9 +235,7 @@ class ResourceStore:
             del bounds["$gte"]
             bounds["$gt"] = after
         # its documents are bare keys: nothing to project (a projection costs FerretDB a copy of each)
-        docs = self.search_index.find({"_id": bounds}, batch_size=limit)  # one reply: no getMore after 101
-        docs = docs.sort("_id", DESCENDING if backward else ASCENDING)
-        return [d["_id"] async for d in docs.limit(limit)]
+        return [d["_id"] async for d in _id_range(self.search_index, bounds, backward, limit)]
 
     async def instance_history(
         self, *, current: Version, since: int | None, at: int | None, count: int, before_vid: int | None,
