@@ -7,7 +7,9 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -15,7 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
-from pymongo import monitoring
+from pymongo import AsyncMongoClient, monitoring
 
 from fhir_server.auth.tokens import mint_token
 from fhir_server.embedded_store import EmbeddedStore, free_port
@@ -23,6 +25,7 @@ from fhir_server.errors import HubError
 from fhir_server.model.types import SUPPORTED_TYPES
 from fhir_server.model.validation import validate_resource
 from fhir_server.settings import Settings
+from fhir_server.storage import ResourceStore
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / ".cache" / "fhir-r4-examples" / "package"
@@ -92,6 +95,19 @@ def settings_from(env: dict[str, str]) -> Settings:
     finally:
         os.environ.clear()
         os.environ.update(saved)
+
+
+@asynccontextmanager
+async def fresh_store(store_uri: str, *, owner: str, listeners: tuple[monitoring.CommandListener, ...] = ()
+                      ) -> AsyncIterator[ResourceStore]:
+    """A ResourceStore on a database of its own in the session's FerretDB, its indexes made; closed after."""
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(store_uri, event_listeners=list(listeners))
+    store = ResourceStore(client[f"t{uuid.uuid4().hex[:12]}"], owner=owner, lease_seconds=60)
+    await store.ensure_indexes()
+    try:
+        yield store
+    finally:
+        await client.close()
 
 
 class FindCounter(monitoring.CommandListener):

@@ -6,17 +6,14 @@ selective in recent searches is probed alone, and a wrong guess still gives the 
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import pytest
-from pymongo import AsyncMongoClient
 
 from fhir_server.auth.scopes import Principal, parse_scopes
 from fhir_server.service.resources import ResourceService
 from fhir_server.settings import Settings
-from fhir_server.storage import ResourceStore
-from tests.conftest import FindCounter
+from tests.conftest import FindCounter, fresh_store
 
 ADMIN = Principal(subject="probe-test", grants=parse_scopes("system/*.cruds"))
 
@@ -24,11 +21,8 @@ ADMIN = Principal(subject="probe-test", grants=parse_scopes("system/*.cruds"))
 @pytest.fixture
 async def service(store_uri: str):
     reads = FindCounter("search_index")
-    client: AsyncMongoClient = AsyncMongoClient(store_uri, event_listeners=[reads])
-    store = ResourceStore(client[f"probes{uuid.uuid4().hex[:8]}"], owner="probe-test", lease_seconds=60)
-    await store.ensure_indexes()
-    yield ResourceService(store=store, settings=Settings()), reads
-    await client.close()
+    async with fresh_store(store_uri, owner="probe-test", listeners=(reads,)) as store:
+        yield ResourceService(store=store, settings=Settings()), reads
 
 
 def _patient(n: int, family: str, birth: str) -> dict[str, Any]:

@@ -3,24 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import pytest
 from pymongo import AsyncMongoClient
 
-from fhir_server.storage import ResourceStore, Version, now_micros
+from fhir_server.storage import Version, now_micros
 from fhir_server.storage.batching import FindBatcher
-from tests.conftest import FindCounter
+from tests.conftest import FindCounter, fresh_store
 
 
 @pytest.fixture
 async def store(store_uri: str):
     finds = FindCounter("resources")
-    client: AsyncMongoClient = AsyncMongoClient(store_uri, event_listeners=[finds])
-    store = ResourceStore(client[f"batch{uuid.uuid4().hex[:8]}"], owner="batch-test", lease_seconds=60)
-    await store.ensure_indexes()
-    yield store, finds
-    await client.close()
+    async with fresh_store(store_uri, owner="batch-test", listeners=(finds,)) as store:
+        yield store, finds
 
 
 async def test_concurrent_reads_share_commands_and_get_their_own_documents(store) -> None:
