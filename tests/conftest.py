@@ -110,16 +110,24 @@ async def fresh_store(store_uri: str, *, owner: str, listeners: tuple[monitoring
         await client.close()
 
 
+_FOLLOW_UPS = {"getMore": "collection", "killCursors": "killCursors"}  # command: its field naming the collection
+
+
 class FindCounter(monitoring.CommandListener):
-    """Counts the ``find`` commands a PyMongo client sends to one collection (pass it as an event listener)."""
+    """Counts the ``find`` commands a PyMongo client sends to one collection (pass it as an event listener), and
+    the ``getMore`` and ``killCursors`` commands that follow finds (``follow_ups``: a read in one reply has none)."""
 
     def __init__(self, collection: str) -> None:
         self.collection = collection
         self.count = 0
+        self.follow_ups = 0
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
-        if event.command_name == "find" and event.command.get("find") == self.collection:
+        name = event.command_name
+        if name == "find" and event.command.get("find") == self.collection:
             self.count += 1
+        elif name in _FOLLOW_UPS and event.command.get(_FOLLOW_UPS[name]) == self.collection:
+            self.follow_ups += 1
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
         pass

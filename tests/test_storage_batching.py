@@ -38,6 +38,22 @@ async def test_concurrent_reads_share_commands_and_get_their_own_documents(store
 
     await asyncio.gather(*(one(n) for n in range(40)))
     assert finds.count - before <= 3  # 40 reads: the first alone, the rest queued behind it
+    assert finds.follow_ups == 0
+
+
+async def test_a_read_is_one_command_when_every_document_exists(store) -> None:
+    """A find by ``_id`` returns at most one document per id: it is asked for in one reply that closes its cursor
+    (a reply exactly as large as its batch leaves the cursor open, and the driver then sends a ``getMore``)."""
+    store, finds = store
+    for n in range(3):
+        body = f'{{"resourceType":"Basic","id":"c{n}"}}'.encode()
+        await store.write(Version(rtype="Basic", rid=f"c{n}", vid=1, ts=now_micros(), method="PUT", body=body),
+                          base=None)
+    before = finds.count
+    assert sorted(await store.current_many("Basic", ["c0", "c1", "c2"])) == ["c0", "c1", "c2"]
+    assert (await store.current("Basic", "c1")) is not None
+    assert len(await store.scan_type("Basic", after="c0", limit=2)) == 2  # exactly the limit, more exist
+    assert (finds.count - before, finds.follow_ups) == (3, 0)
 
 
 async def test_a_failed_read_fails_every_caller_of_its_batch(store_uri: str) -> None:

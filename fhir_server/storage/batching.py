@@ -130,8 +130,10 @@ class FindBatcher(_Batcher[str, dict[str, dict[str, Any]]]):
     async def _send(self, batch: Batch[str, dict[str, dict[str, Any]]]) -> None:
         wanted = list(dict.fromkeys(k for keys, _ in batch for k in keys))
         try:
-            # all in the first reply (a find returns 101 documents, then one getMore per batch)
-            found = self.collection.find({"_id": {"$in": wanted}}, batch_size=len(wanted))
+            # all in one reply that closes the cursor: a find returns 101 documents, then one getMore per batch,
+            # and a reply exactly as large as its batch leaves the cursor open (one getMore more); with the limit,
+            # PyMongo asks for a batch one larger than the limit, so the reply is the last
+            found = self.collection.find({"_id": {"$in": wanted}}, batch_size=len(wanted)).limit(len(wanted))
             docs = {d["_id"]: d async for d in found}
         except BaseException as exc:
             self._fail(batch, exc)
