@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
 from pymongo import AsyncMongoClient
+from pymongo.errors import AutoReconnect
 
 
 async def test_id_lookups_and_ranges_use_the_index(store_uri: str) -> None:
@@ -37,6 +39,27 @@ async def test_id_lookups_and_ranges_use_the_index(store_uri: str) -> None:
         after = [d["_id"] async for d in coll.find({"_id": {"$gt": every[40], "$lt": low + "~"}}).sort("_id", 1)
                  .limit(5)]
         assert after == every[41:46]
+    finally:
+        await client.drop_database(coll.database.name)
+        await client.close()
+
+
+async def test_documents_come_back_as_stored_and_nan_is_refused(store_uri: str) -> None:
+    """Patched: finds without a projection return stored documents as they are (not copied), NaNs are refused as
+    requests are read (not by decoding every reply again)."""
+    client: AsyncMongoClient = AsyncMongoClient(store_uri)
+    coll = client[f"nan{uuid.uuid4().hex[:8]}"]["docs"]
+    try:
+        doc = {"t": "Patient", "i": "p1", "v": 3, "ts": 1795654361141989, "j": b'{"resourceType":"Patient"}',
+               "ix": "name|77616e67.|1 birthdate|L8.9|2", "nested": {"b": [1, {"c": 2.5}], "a": None}}
+        await coll.insert_one({**doc, "_id": "Patient/p1"})  # _id last in the request, first when stored
+        found = await coll.find_one({"_id": "Patient/p1"})
+        assert found is not None and list(found) == ["_id", *doc] and found == {"_id": "Patient/p1", **doc}
+        projected = await coll.find_one({"_id": "Patient/p1"}, {"ix": 1, "v": 1})
+        assert projected == {"_id": "Patient/p1", "v": 3, "ix": doc["ix"]}
+        with pytest.raises(AutoReconnect):  # the request with a NaN ends its connection, as before the patch
+            await coll.insert_one({"_id": "Patient/p2", "value": {"x": [1.0, float("nan")]}})
+        assert await coll.count_documents({}) == 1  # nothing of it stored; the client reconnects
     finally:
         await client.drop_database(coll.database.name)
         await client.close()
