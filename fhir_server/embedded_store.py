@@ -90,8 +90,12 @@ class EmbeddedStore:
         env = {"GOGC": "400", **os.environ, "DO_NOT_TRACK": "1", "FERRETDB_TELEMETRY": "disable"}
         # mmap: SQLite reads pages from the shared OS page cache instead of one pread() per page per connection
         # (syscalls are dear on virtual machines); 2 GiB is SQLite's compile-time cap, the rest is read normally.
+        # temp_store(2): statement journals in memory. FerretDB inserts a batch as one INSERT per document in a
+        # transaction, and each INSERT after the first wrote a statement journal to a temporary file (pwrite
+        # syscalls) for a rollback that never came: 15 % of FerretDB's CPU on creates. Durability is the WAL's.
+        pragmas = "_pragma=mmap_size(2147418112)&_pragma=temp_store(2)"
         args = [
-            str(self.binary), "--handler=sqlite", f"--sqlite-url=file:{sqlite_dir}/?_pragma=mmap_size(2147418112)",
+            str(self.binary), "--handler=sqlite", f"--sqlite-url=file:{sqlite_dir}/?{pragmas}",
             f"--state-dir={self.data_dir}", f"--listen-addr=127.0.0.1:{self.port}", "--debug-addr=-",
             "--telemetry=disable", "--log-level=warn", "--log-format=text", "--no-log-uuid",
         ]
