@@ -65,3 +65,36 @@ def test_registry_covers_the_official_parameters() -> None:
         "(Observation.value as Quantity)", "(Observation.value as SampledData)"]
     assert len(parameters_for("Observation")["code-value-quantity"].components) == 2
     assert sum(len(parameters_for(t)) for t in SUPPORTED_TYPES) > 2400
+
+
+def test_where_and_as_paths_agree_with_fhirpathpy_on_edge_cases() -> None:
+    """Compiled ``where(field='literal')`` and ``.as(T)`` paths, on what the official examples do not show."""
+    patients = [
+        {"resourceType": "Patient", "telecom": [
+            {"system": "phone", "value": "1"}, {"system": "PHONE", "value": "2"}, {"value": "3"},
+            {"system": "email", "value": "4"}, {"system": "phone", "value": "5", "use": "home"}]},
+        {"resourceType": "Patient", "telecom": [{"system": "email", "value": "x@example.org"}]},
+        {"resourceType": "Patient"},
+        {"resourceType": "Patient", "name": [
+            {"use": "official", "given": ["小东", "Xiao"]}, {"use": "usual", "given": ["Dong"]},
+            {"given": ["none"]}, {"use": "official", "family": "王"}]},
+        {"resourceType": "Observation", "telecom": [{"system": "phone", "value": "6"}]},  # another type
+    ]
+    expressions = ["Patient.telecom.where(system='phone')", "Patient.telecom.where(system='phone').value",
+                   "Patient.telecom.where(system='fax')", "Patient.name.where(use='official').given",
+                   "Patient.name.where(use='official').where(family='王')"]
+    conditions = [{"resourceType": "Condition", "onsetAge": {"value": 52, "unit": "a"}},
+                  {"resourceType": "Condition", "onsetString": "childhood"},
+                  {"resourceType": "Condition", "onsetDateTime": "2020-01-02"}]
+    compared = non_empty = 0
+    for resources, paths in ((patients, expressions),
+                             (conditions, ["Condition.onset.as(Age)", "Condition.onset.as(string)",
+                                           "Condition.onset.as(dateTime)", "Condition.onset.as(Period)"])):
+        for expression in paths:
+            assert is_fast(expression), expression
+            for resource in resources:
+                fast = _normal(compile_path(expression)(resource))
+                assert fast == _normal(compile_path(expression, general=True)(resource)), (expression, resource)
+                compared += 1
+                non_empty += bool(fast)
+    assert compared == 37 and non_empty == 7

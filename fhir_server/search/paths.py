@@ -1,8 +1,10 @@
 """FHIRPath expressions of search parameters, compiled to functions from a resource (parsed JSON) to values.
 
-Simple paths (``Patient.name``, ``Observation.effective``, ``(Observation.value as Quantity)``) compile to
-plain dictionary walks; everything else is evaluated by fhirpathpy with the R4 model. The two must agree
-on every official example (tests/test_search_paths.py).
+Simple paths (``Patient.name``, ``Observation.effective``, ``(Observation.value as Quantity)``,
+``Condition.onset.as(Age)``) and paths with equality filters on a primitive
+(``Patient.telecom.where(system='phone')``, ``PlanDefinition.relatedArtifact.where(type='composed-of').resource``)
+compile to plain dictionary walks; everything else is evaluated by fhirpathpy with the R4 model. The two must
+agree on every official example and on the edge cases of ``where`` (tests/test_search_paths.py).
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ __all__ = ["Extractor", "check_syntax", "children", "compile_path", "is_fast"]
 
 Extractor = Callable[[dict[str, Any]], list[Any]]
 
-_SIMPLE = re.compile(r"^(?P<path>[A-Z][A-Za-z]*(?:\.[a-z][A-Za-z]*)+)$")
+_STEPS = r"(?:\.where\([a-z][A-Za-z]*='[^'\\]*'\)|\.[a-z][A-Za-z]*)+"
+_SIMPLE = re.compile(rf"^(?P<path>[A-Z][A-Za-z]*{_STEPS})(?:\.as\((?P<type>[A-Za-z]+)\))?$")
 _CAST = re.compile(r"^\((?P<path>[A-Z][A-Za-z]*(?:\.[a-z][A-Za-z]*)+) as (?P<type>[A-Za-z]+)\)$")
+_STEP = re.compile(r"\.(?:where\((?P<field>[a-z][A-Za-z]*)='(?P<value>[^'\\]*)'\)|(?P<name>[a-z][A-Za-z]*))")
 
 
 # FHIRPath `as T` also matches T's specializations (FHIR R4 datatypes: canonical, url, oid and uuid are uris...)
@@ -64,13 +68,28 @@ def children(items: list[Any], name: str, choice_type: str | None) -> list[Any]:
     return out
 
 
-def _walker(rtype: str, steps: list[str], cast: str | None) -> Extractor:
+def _equals(value: Any, literal: str) -> bool:
+    """FHIRPath ``field = 'literal'`` on one item's field: true only for that one string (a repeated primitive
+    is a collection, equal only if it holds exactly that one string; anything else is not a string)."""
+    if isinstance(value, list):
+        return len(value) == 1 and value[0] == literal
+    return isinstance(value, str) and value == literal
+
+
+# a step: (name, None, choice type of the last name) or (None, (field, literal), None) for where(field='literal')
+_Step = tuple[str | None, tuple[str, str] | None, str | None]
+
+
+def _walker(rtype: str, steps: list[_Step]) -> Extractor:
     def extract(resource: dict[str, Any]) -> list[Any]:
         if resource.get("resourceType") != rtype and rtype not in ("Resource", "DomainResource"):
             return []
         items: list[Any] = [resource]
-        for i, step in enumerate(steps):
-            items = children(items, step, cast if i == len(steps) - 1 else None)
+        for name, where, cast in steps:
+            if name is not None:
+                items = children(items, name, cast)
+            elif where is not None:
+                items = [i for i in items if isinstance(i, dict) and _equals(i.get(where[0]), where[1])]
             if not items:
                 break
         return items
@@ -79,15 +98,23 @@ def _walker(rtype: str, steps: list[str], cast: str | None) -> Extractor:
 
 
 def _fast(expression: str) -> Extractor | None:
-    m = _SIMPLE.match(expression)
-    cast = None
+    m = _SIMPLE.match(expression) or _CAST.match(expression)
     if m is None:
-        m = _CAST.match(expression)
-        if m is None:
+        return None
+    rtype, _, rest = m.group("path").partition(".")
+    steps: list[_Step] = []
+    for step in _STEP.finditer("." + rest):
+        if step.group("name") is not None:
+            steps.append((step.group("name"), None, None))
+        else:
+            steps.append((None, (step.group("field"), step.group("value")), None))
+    cast = m.group("type")
+    if cast is not None:
+        name, where, _ = steps[-1]
+        if name is None:  # X.where(...).as(T): not a choice element; leave it to fhirpathpy
             return None
-        cast = m.group("type")
-    rtype, *steps = m.group("path").split(".")
-    return _walker(rtype, steps, cast)
+        steps[-1] = (name, where, cast)
+    return _walker(rtype, steps)
 
 
 def is_fast(expression: str) -> bool:
