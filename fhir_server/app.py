@@ -46,6 +46,22 @@ async def _housekeeping(service: ResourceService, every: float = 10.0) -> None:
             log.warning("housekeeping round failed: %s", type(exc).__name__)
 
 
+async def _backfill_changes(store: ResourceStore, retry: float = 30.0) -> None:
+    """Give the versions an older hub wrote their ``changes`` keys, in the background (type and system history
+    read the slower way until it is done); a failed attempt is tried again."""
+    while True:
+        try:
+            if await store.changes_complete():
+                return
+            log.info("history keys: indexing the versions written before this hub version")
+            seen = await store.backfill_changes()
+            log.info("history keys: done (%d stored versions read)", seen)
+            return
+        except Exception as exc:  # the store may be down for a while
+            log.warning("history keys: attempt failed (%s); trying again", type(exc).__name__)
+            await asyncio.sleep(retry)
+
+
 def create_app(settings: Settings, *, mongodb_uri: str | None = None) -> Any:
     """The ASGI app. ``mongodb_uri`` overrides settings (the embedded store's address)."""
     uri = mongodb_uri or settings.mongodb_uri
@@ -70,6 +86,7 @@ def create_app(settings: Settings, *, mongodb_uri: str | None = None) -> Any:
         await app.state.service.refresh_search_parameters()
         await app.state.reindexer.resume()  # this instance's jobs that a stop interrupted
         refresher = asyncio.create_task(_housekeeping(app.state.service))
+        backfill = asyncio.create_task(_backfill_changes(store))
         app.state.tokens = TokenCache(TokenVerifier(settings))
         # Everything loaded so far (models, routes, settings) lives as long as the process: keep it out of
         # the cyclic collector's scans, which otherwise stall busy event loops for tens of milliseconds.
@@ -79,6 +96,7 @@ def create_app(settings: Settings, *, mongodb_uri: str | None = None) -> Any:
             yield
         finally:
             refresher.cancel()
+            backfill.cancel()
             await app.state.reindexer.stop()
             await client.close()
 

@@ -46,8 +46,8 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from fhir_server.storage.batching import DeleteBatcher, FindBatcher, InsertBatcher
 
-__all__ = ["HistoryPage", "LockBusy", "ResourceStore", "Version", "VersionConflict", "index_key", "now_micros",
-           "split_index_key", "split_item"]
+__all__ = ["HistoryPage", "LockBusy", "ResourceStore", "Version", "VersionConflict", "change_key", "index_key",
+           "now_micros", "split_index_key", "split_item"]
 
 _last_ts = 0
 
@@ -152,6 +152,20 @@ def _dropped_keys(version: Version, base: Version | None) -> list[str]:
     return [index_key(base.rtype, base.rid, item) for item in base.index if item not in kept]
 
 
+_CHANGES_COMPLETE = "!complete"  # in ``changes``: every version has its keys (sorts before every scope)
+
+
+def change_key(scope: str, ts: int, version_key: str) -> str:
+    """The ``changes`` key of a version (``Type/id/vid``) written at ``ts`` (µs): ``scope`` is its type, or
+    ``*`` for the system-wide order. Fixed-width hex, so keys sort by time, then by version key."""
+    return f"{scope}|{ts:016x}|{version_key}"
+
+
+def _change_docs(versions: list[tuple[str, int, str]]) -> list[dict[str, Any]]:
+    """Both ``changes`` documents (type and system order) of each ``(type, ts, version key)``."""
+    return [{"_id": change_key(scope, ts, key)} for rtype, ts, key in versions for scope in (rtype, "*")]
+
+
 @dataclass(frozen=True, slots=True)
 class HistoryPage:
     versions: list[Version]
@@ -170,7 +184,10 @@ class ResourceStore:
         self.locks: AsyncCollection[dict[str, Any]] = db["locks"]
         self.journal: AsyncCollection[dict[str, Any]] = db["journal"]
         self.search_index: AsyncCollection[dict[str, Any]] = db["search_index"]
+        self.changes: AsyncCollection[dict[str, Any]] = db["changes"]
         self._index_inserts = InsertBatcher(self.search_index)
+        self._change_inserts = InsertBatcher(self.changes)
+        self._changes_complete = False  # once true, stays true: type and system history read ``changes``
         self._index_deletes = DeleteBatcher(self.search_index)
         self._creates = InsertBatcher(self.resources)
         self._claims = InsertBatcher(self.history)
@@ -273,11 +290,98 @@ class ResourceStore:
 
     async def history_page(self, *, rtype: str | None, since: int | None, at: int | None, count: int,
                            cursor: tuple[int, str] | None) -> HistoryPage:
-        """Versions of a type (or of all types), newest first: current versions and their history, merged.
+        """Versions of a type (or of all types), newest first, after ``cursor`` (``(ts, Type/id/vid)`` of the
+        last version of the page before); equal timestamps by version key, descending.
 
         ``at``: only versions that were current at that instant (FHIR R4 http.html#history): a superseded
         version qualifies if it was written by then and superseded (``u``) after it.
+
+        From the ``changes`` keys once every version has them (``backfill_changes``): a page costs a range
+        of keys and one read of each version, at any depth and any store size. Until then (a store written by
+        an older hub) by merging ``resources`` and ``history`` sorted by ``ts``: indexed on MongoDB, a scan of
+        both collections on FerretDB.
         """
+        if await self.changes_complete():
+            return await self._history_from_changes(rtype=rtype, since=since, at=at, count=count, cursor=cursor)
+        return await self._history_scan(rtype=rtype, since=since, at=at, count=count, cursor=cursor)
+
+    async def _history_from_changes(self, *, rtype: str | None, since: int | None, at: int | None, count: int,
+                                    cursor: tuple[int, str] | None) -> HistoryPage:
+        scope = rtype or "*"
+        bounds = {"$gte": f"{scope}|{since:016x}|" if since is not None else f"{scope}|",
+                  "$lt": f"{scope}|{at + 1:016x}|" if at is not None else f"{scope}}}"}
+        if cursor is not None:
+            bounds["$lt"] = min(bounds["$lt"], change_key(scope, cursor[0], cursor[1]))
+        out: list[Version] = []
+        batch = count + 1
+        while len(out) <= count:
+            keys = [d["_id"] async for d in _id_range(self.changes, bounds, True, batch)]
+            named = [(int(ts, 16), key) for ts, key in (k.split("|", 2)[1:] for k in keys)]
+            found = await self._versions_named(named, at=at)
+            out += [v for v in (found.get(n) for n in named) if v is not None][:count + 1 - len(out)]
+            if len(keys) < batch:
+                break
+            bounds["$lt"] = keys[-1]
+            batch = min(batch * 2, 1000)
+        if len(out) > count:
+            last = out[count - 1]
+            return HistoryPage(out[:count], (last.ts, last.version_key))
+        return HistoryPage(out, None)
+
+    async def _versions_named(self, named: list[tuple[int, str]], *, at: int | None) -> dict[tuple[int, str], Version]:
+        """The versions that ``(ts, Type/id/vid)`` keys name, from ``resources`` (current) or ``history``
+        (superseded); a key whose version does not exist with that timestamp (a write that failed or was
+        undone) names none. With ``at``: superseded versions only if superseded after ``at``."""
+        current_keys = sorted({key.rsplit("/", 1)[0] for _, key in named})
+        wanted = [key for _, key in named]
+        superseded = self.history.find({"_id": {"$in": wanted}}, batch_size=len(wanted)).limit(len(wanted))
+        currents, copies = await asyncio.gather(self._reads.find(current_keys), superseded.to_list())
+        by_key = {d["_id"]: d for d in copies}
+        out: dict[tuple[int, str], Version] = {}
+        for ts, key in named:
+            rid_key, _, vid = key.rpartition("/")
+            doc = currents.get(rid_key)
+            if doc is not None and int(doc["v"]) == int(vid) and int(doc["ts"]) == ts:
+                out[(ts, key)] = _from_doc(doc)
+                continue
+            doc = by_key.get(key)
+            if doc is not None and int(doc["ts"]) == ts and (at is None or int(doc.get("u", 0)) > at):
+                out[(ts, key)] = _from_doc(doc)
+        return out
+
+    async def changes_complete(self) -> bool:
+        """Whether every version has its ``changes`` keys (``backfill_changes`` has run to its end)."""
+        if not self._changes_complete:
+            self._changes_complete = await self.changes.find_one({"_id": _CHANGES_COMPLETE}) is not None
+        return self._changes_complete
+
+    async def backfill_changes(self) -> int:
+        """Give every stored version its ``changes`` keys, then mark the store complete; returns how many
+        versions were read. Idempotent and safe beside writers (they add their own keys; a key that exists is
+        fine). A store created by this hub has nothing to add: the first start marks it at once."""
+        if await self.changes_complete():
+            return 0
+        seen = 0
+        for collection in (self.resources, self.history):
+            bounds: dict[str, str] = {"$gte": ""}
+            while True:
+                docs = await collection.find({"_id": bounds}, {"t": 1, "i": 1, "v": 1, "ts": 1}, batch_size=1000
+                                             ).sort("_id", ASCENDING).limit(1000).to_list()
+                if not docs:
+                    break
+                seen += len(docs)
+                await self._change_inserts.insert(_change_docs(
+                    [(d["t"], int(d["ts"]), f"{d['t']}/{d['i']}/{int(d['v'])}") for d in docs]))
+                bounds = {"$gt": docs[-1]["_id"]}
+        try:
+            await self.changes.insert_one({"_id": _CHANGES_COMPLETE, "ts": now_micros()})
+        except DuplicateKeyError:
+            pass  # another instance finished first
+        self._changes_complete = True
+        return seen
+
+    async def _history_scan(self, *, rtype: str | None, since: int | None, at: int | None, count: int,
+                            cursor: tuple[int, str] | None) -> HistoryPage:
         query: dict[str, Any] = {}
         if rtype is not None:
             query["t"] = rtype
@@ -327,14 +431,14 @@ class ResourceStore:
         Raises VersionConflict if another writer got there first.
         """
         if base is None:
-            await self._add_entries(_index_docs(new, None))
+            await self._add_entries(_index_docs(new, None), [new])
             refused = await self._creates.insert([{"_id": new.key, **new._fields(), "ix": _ix(new.index)}])
             if refused:  # the unique _id: someone else created it first
                 raise VersionConflict(f"{new.key} was created concurrently")
             return new
         await self._hold(base, until=new.ts)
         try:
-            await self._add_entries(_index_docs(new, base))
+            await self._add_entries(_index_docs(new, base), [new])
             await self.resources.replace_one({"_id": new.key}, {**new._fields(), "ix": _ix(new.index)})
         finally:
             self._in_flight.discard(base.version_key)
@@ -354,16 +458,23 @@ class ResourceStore:
         except VersionConflict:
             return False
         try:
-            await self._add_entries([{"_id": index_key(new.rtype, new.rid, item)} for item in index])
+            await self._add_entries([{"_id": index_key(new.rtype, new.rid, item)} for item in index], [])
             await self.resources.replace_one({"_id": new.key}, {**new._fields(), "ix": _ix(index)})
         finally:
             await asyncio.shield(self._release([(new, current)]))
         await self._drop_entries(_dropped_keys(new, current))
         return True
 
-    async def _add_entries(self, docs: list[dict[str, Any]]) -> None:
-        """Insert index documents; one that exists already (an orphan of a lost race, same meaning) is fine."""
-        await self._index_inserts.insert(docs)  # with the entries of concurrent writes: one store command
+    async def _add_entries(self, docs: list[dict[str, Any]], versions: list[Version]) -> None:
+        """Insert index documents and the ``changes`` keys of new ``versions``, before the versions are visible;
+        one that exists already (an orphan of a lost race, same meaning) is fine, and so is an orphan: history
+        checks each key against the version it names."""
+        # with the entries and keys of concurrent writes: one store command for each collection
+        changes = _change_docs([(v.rtype, v.ts, v.version_key) for v in versions])
+        if changes:
+            await asyncio.gather(self._index_inserts.insert(docs), self._change_inserts.insert(changes))
+        else:
+            await self._index_inserts.insert(docs)
 
     async def _drop_entries(self, keys: list[str]) -> None:
         """Delete index documents of entries a committed version dropped (best effort: orphans are harmless)."""
@@ -393,7 +504,8 @@ class ResourceStore:
         journal = await self._prepare_all(changes)
         applied: list[tuple[Version, Version | None]] = []
         try:
-            await self._add_entries([d for new, base in changes for d in _index_docs(new, base)])
+            await self._add_entries([d for new, base in changes for d in _index_docs(new, base)],
+                                    [new for new, _ in changes])
             i = 0
             while i < len(changes):
                 i += await self._apply_from(changes, i, applied)
