@@ -199,7 +199,7 @@ async def main(patients: int, seconds: float, clients: int, store_dir: Path | No
                 return bool(await raw("ServiceRequest", *exact("status", token_enc(None, "active")), limit=21))
 
             # the hub gives the versions of a store loaded by an older hub their history keys (another process)
-            while not await store.changes_complete():  # noqa: ASYNC110
+            while not await store.history_keys_complete():  # noqa: ASYNC110
                 await asyncio.sleep(1)
             history_pages = await page_urls("/Patient/_history?_count=20")
 

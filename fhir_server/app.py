@@ -46,15 +46,15 @@ async def _housekeeping(service: ResourceService, every: float = 10.0) -> None:
             log.warning("housekeeping round failed: %s", type(exc).__name__)
 
 
-async def _backfill_changes(store: ResourceStore, retry: float = 30.0) -> None:
-    """Give the versions an older hub wrote their ``changes`` keys, in the background (type and system history
+async def _backfill_history_keys(store: ResourceStore, retry: float = 30.0) -> None:
+    """Give the versions an older hub wrote their history keys, in the background (type and system history
     read the slower way until it is done); a failed attempt is tried again."""
     while True:
         try:
-            if await store.changes_complete():
+            if await store.history_keys_complete():
                 return
             log.info("history keys: indexing the versions written before this hub version")
-            seen = await store.backfill_changes()
+            seen = await store.backfill_history_keys()
             log.info("history keys: done (%d stored versions read)", seen)
             return
         except Exception as exc:  # the store may be down for a while
@@ -86,7 +86,7 @@ def create_app(settings: Settings, *, mongodb_uri: str | None = None) -> Any:
         await app.state.service.refresh_search_parameters()
         await app.state.reindexer.resume()  # this instance's jobs that a stop interrupted
         refresher = asyncio.create_task(_housekeeping(app.state.service))
-        backfill = asyncio.create_task(_backfill_changes(store))
+        backfill = asyncio.create_task(_backfill_history_keys(store))
         app.state.tokens = TokenCache(TokenVerifier(settings))
         # Everything loaded so far (models, routes, settings) lives as long as the process: keep it out of
         # the cyclic collector's scans, which otherwise stall busy event loops for tens of milliseconds.

@@ -46,7 +46,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from fhir_server.storage.batching import DeleteBatcher, FindBatcher, InsertBatcher
 
-__all__ = ["HistoryPage", "LockBusy", "ResourceStore", "Version", "VersionConflict", "change_key", "index_key",
+__all__ = ["HistoryPage", "LockBusy", "ResourceStore", "Version", "VersionConflict", "history_key", "index_key",
            "now_micros", "split_index_key", "split_item"]
 
 _last_ts = 0
@@ -152,18 +152,19 @@ def _dropped_keys(version: Version, base: Version | None) -> list[str]:
     return [index_key(base.rtype, base.rid, item) for item in base.index if item not in kept]
 
 
-_CHANGES_COMPLETE = "!complete"  # in ``changes``: every version has its keys (sorts before every scope)
+_HISTORY_KEYS_COMPLETE = "!history-keys-complete"  # in ``search_index``: every version has its history keys
 
 
-def change_key(scope: str, ts: int, version_key: str) -> str:
-    """The ``changes`` key of a version (``Type/id/vid``) written at ``ts`` (µs): ``scope`` is its type, or
-    ``*`` for the system-wide order. Fixed-width hex, so keys sort by time, then by version key."""
-    return f"{scope}|{ts:016x}|{version_key}"
+def history_key(scope: str, ts: int, version_key: str) -> str:
+    """The history key of a version (``Type/id/vid``) written at ``ts`` (µs), in ``search_index``: ``scope`` is
+    its type, or ``*`` for the system-wide order. ``@history`` is no parameter code; fixed-width hex, so keys
+    sort by time, then by version key."""
+    return f"{scope}|@history|{ts:016x}|{version_key}"
 
 
-def _change_docs(versions: list[tuple[str, int, str]]) -> list[dict[str, Any]]:
-    """Both ``changes`` documents (type and system order) of each ``(type, ts, version key)``."""
-    return [{"_id": change_key(scope, ts, key)} for rtype, ts, key in versions for scope in (rtype, "*")]
+def _history_docs(versions: list[tuple[str, int, str]]) -> list[dict[str, Any]]:
+    """Both history keys (type and system order) of each ``(type, ts, version key)``."""
+    return [{"_id": history_key(scope, ts, key)} for rtype, ts, key in versions for scope in (rtype, "*")]
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,10 +185,8 @@ class ResourceStore:
         self.locks: AsyncCollection[dict[str, Any]] = db["locks"]
         self.journal: AsyncCollection[dict[str, Any]] = db["journal"]
         self.search_index: AsyncCollection[dict[str, Any]] = db["search_index"]
-        self.changes: AsyncCollection[dict[str, Any]] = db["changes"]
         self._index_inserts = InsertBatcher(self.search_index)
-        self._change_inserts = InsertBatcher(self.changes)
-        self._changes_complete = False  # once true, stays true: type and system history read ``changes``
+        self._history_keys_complete = False  # once true, stays true: type and system history read the keys
         self._index_deletes = DeleteBatcher(self.search_index)
         self._creates = InsertBatcher(self.resources)
         self._claims = InsertBatcher(self.history)
@@ -296,27 +295,28 @@ class ResourceStore:
         ``at``: only versions that were current at that instant (FHIR R4 http.html#history): a superseded
         version qualifies if it was written by then and superseded (``u``) after it.
 
-        From the ``changes`` keys once every version has them (``backfill_changes``): a page costs a range
+        From the history keys once every version has them (``backfill_history_keys``): a page costs a range
         of keys and one read of each version, at any depth and any store size. Until then (a store written by
         an older hub) by merging ``resources`` and ``history`` sorted by ``ts``: indexed on MongoDB, a scan of
         both collections on FerretDB.
         """
-        if await self.changes_complete():
-            return await self._history_from_changes(rtype=rtype, since=since, at=at, count=count, cursor=cursor)
+        if await self.history_keys_complete():
+            return await self._history_from_keys(rtype=rtype, since=since, at=at, count=count, cursor=cursor)
         return await self._history_scan(rtype=rtype, since=since, at=at, count=count, cursor=cursor)
 
-    async def _history_from_changes(self, *, rtype: str | None, since: int | None, at: int | None, count: int,
+    async def _history_from_keys(self, *, rtype: str | None, since: int | None, at: int | None, count: int,
                                     cursor: tuple[int, str] | None) -> HistoryPage:
         scope = rtype or "*"
-        bounds = {"$gte": f"{scope}|{since:016x}|" if since is not None else f"{scope}|",
-                  "$lt": f"{scope}|{at + 1:016x}|" if at is not None else f"{scope}}}"}
+        family = f"{scope}|@history|"
+        bounds = {"$gte": f"{family}{since:016x}|" if since is not None else family,
+                  "$lt": f"{family}{at + 1:016x}|" if at is not None else f"{scope}|@history}}"}
         if cursor is not None:
-            bounds["$lt"] = min(bounds["$lt"], change_key(scope, cursor[0], cursor[1]))
+            bounds["$lt"] = min(bounds["$lt"], history_key(scope, cursor[0], cursor[1]))
         out: list[Version] = []
         batch = count + 1
         while len(out) <= count:
-            keys = [d["_id"] async for d in _id_range(self.changes, bounds, True, batch)]
-            named = [(int(ts, 16), key) for ts, key in (k.split("|", 2)[1:] for k in keys)]
+            keys = [d["_id"] async for d in _id_range(self.search_index, bounds, True, batch)]
+            named = [(int(ts, 16), key) for ts, key in (k.split("|", 3)[2:] for k in keys)]
             found = await self._versions_named(named, at=at)
             out += [v for v in (found.get(n) for n in named) if v is not None][:count + 1 - len(out)]
             if len(keys) < batch:
@@ -349,17 +349,18 @@ class ResourceStore:
                 out[(ts, key)] = _from_doc(doc)
         return out
 
-    async def changes_complete(self) -> bool:
-        """Whether every version has its ``changes`` keys (``backfill_changes`` has run to its end)."""
-        if not self._changes_complete:
-            self._changes_complete = await self.changes.find_one({"_id": _CHANGES_COMPLETE}) is not None
-        return self._changes_complete
+    async def history_keys_complete(self) -> bool:
+        """Whether every version has its history keys (``backfill_history_keys`` has run to its end)."""
+        if not self._history_keys_complete:
+            marker = await self.search_index.find_one({"_id": _HISTORY_KEYS_COMPLETE})
+            self._history_keys_complete = marker is not None
+        return self._history_keys_complete
 
-    async def backfill_changes(self) -> int:
-        """Give every stored version its ``changes`` keys, then mark the store complete; returns how many
+    async def backfill_history_keys(self) -> int:
+        """Give every stored version its history keys, then mark the store complete; returns how many
         versions were read. Idempotent and safe beside writers (they add their own keys; a key that exists is
         fine). A store created by this hub has nothing to add: the first start marks it at once."""
-        if await self.changes_complete():
+        if await self.history_keys_complete():
             return 0
         seen = 0
         for collection in (self.resources, self.history):
@@ -370,14 +371,14 @@ class ResourceStore:
                 if not docs:
                     break
                 seen += len(docs)
-                await self._change_inserts.insert(_change_docs(
+                await self._index_inserts.insert(_history_docs(
                     [(d["t"], int(d["ts"]), f"{d['t']}/{d['i']}/{int(d['v'])}") for d in docs]))
                 bounds = {"$gt": docs[-1]["_id"]}
         try:
-            await self.changes.insert_one({"_id": _CHANGES_COMPLETE, "ts": now_micros()})
+            await self.search_index.insert_one({"_id": _HISTORY_KEYS_COMPLETE})
         except DuplicateKeyError:
             pass  # another instance finished first
-        self._changes_complete = True
+        self._history_keys_complete = True
         return seen
 
     async def _history_scan(self, *, rtype: str | None, since: int | None, at: int | None, count: int,
@@ -466,15 +467,11 @@ class ResourceStore:
         return True
 
     async def _add_entries(self, docs: list[dict[str, Any]], versions: list[Version]) -> None:
-        """Insert index documents and the ``changes`` keys of new ``versions``, before the versions are visible;
-        one that exists already (an orphan of a lost race, same meaning) is fine, and so is an orphan: history
-        checks each key against the version it names."""
-        # with the entries and keys of concurrent writes: one store command for each collection
-        changes = _change_docs([(v.rtype, v.ts, v.version_key) for v in versions])
-        if changes:
-            await asyncio.gather(self._index_inserts.insert(docs), self._change_inserts.insert(changes))
-        else:
-            await self._index_inserts.insert(docs)
+        """Insert index documents and the history keys of new ``versions``, before the versions are visible;
+        one that exists already (an orphan of a lost race, same meaning) is fine, and so is an orphan history
+        key: history checks each key against the version it names."""
+        docs = docs + _history_docs([(v.rtype, v.ts, v.version_key) for v in versions])
+        await self._index_inserts.insert(docs)  # with the entries of concurrent writes: one store command
 
     async def _drop_entries(self, keys: list[str]) -> None:
         """Delete index documents of entries a committed version dropped (best effort: orphans are harmless)."""

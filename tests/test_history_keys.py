@@ -1,4 +1,4 @@
-"""Type and system history from the ``changes`` keys, on the real FerretDB: the same pages as merging the two
+"""Type and system history from their keys in ``search_index``, on the real FerretDB: the same pages as merging the two
 collections by time, orphans of failed writes never shown, versions of an older store given their keys."""
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ async def _pages(read: Any, *, rtype: str | None, since: int | None, at: int | N
         cursor = page.next_cursor
 
 
-async def test_history_from_changes_pages_like_the_merge_of_both_collections(store) -> None:
+async def test_history_from_keys_pages_like_the_merge_of_both_collections(store) -> None:
     store, _ = store
     stamps = await _write_some(store)
     middle = stamps[len(stamps) // 2]
@@ -81,10 +81,10 @@ async def test_history_from_changes_pages_like_the_merge_of_both_collections(sto
         for since, at in ((None, None), (middle, None), (None, middle), (stamps[3], stamps[-4])):
             for count in (1, 4, 100):
                 scanned = await _pages(store._history_scan, rtype=rtype, since=since, at=at, count=count)
-                keyed = await _pages(store._history_from_changes, rtype=rtype, since=since, at=at, count=count)
+                keyed = await _pages(store._history_from_keys, rtype=rtype, since=since, at=at, count=count)
                 assert keyed == scanned, (rtype, since, at, count)
                 checked += sum(len(p) for p in keyed)
-    everything = await _pages(store._history_from_changes, rtype=None, since=None, at=None, count=100)
+    everything = await _pages(store._history_from_keys, rtype=None, since=None, at=None, count=100)
     assert len(everything[0]) == 24  # every stored version once; the failed create and the undone update not
     assert checked >= 300  # versions compared over all pages of all 48 combinations
 
@@ -92,11 +92,11 @@ async def test_history_from_changes_pages_like_the_merge_of_both_collections(sto
 async def test_backfill_gives_an_older_store_its_keys_and_history_then_reads_no_scan(store) -> None:
     store, filters = store
     await _write_some(store)
-    await store.changes.delete_many({})  # a store an older hub wrote: no keys
+    await store.search_index.delete_many({"_id": {"$regex": r"\|@history\|"}})  # a store an older hub wrote
     expected = await _pages(store._history_scan, rtype=None, since=None, at=None, count=5)
-    assert not await store.changes_complete()
-    assert await store.backfill_changes() >= 24  # current versions and superseded copies
-    assert await store.changes_complete() and await store.backfill_changes() == 0
+    assert not await store.history_keys_complete()
+    assert await store.backfill_history_keys() >= 24  # current versions and superseded copies
+    assert await store.history_keys_complete() and await store.backfill_history_keys() == 0
     expected_basic = await _pages(store._history_scan, rtype="Basic", since=None, at=None, count=3)
     filters.filters.clear()
     assert await _pages(store.history_page, rtype=None, since=None, at=None, count=5) == expected
