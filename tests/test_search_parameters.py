@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from pathlib import Path
 
 import httpx
+import orjson
 from pymongo import MongoClient
 
-from fhir_server.storage import now_micros
-from tests.conftest import Hub, start_hub, stop_hub
+from fhir_server.search.registry import parameters_for, set_custom
+from fhir_server.service.resources import ResourceService
+from fhir_server.settings import Settings
+from fhir_server.storage import Version, now_micros
+from tests.conftest import Hub, fresh_store, start_hub, stop_hub
 
 EXT = "http://medunion.example.cn/fhir/StructureDefinition/referral-hospital"
 
@@ -123,3 +128,28 @@ def test_an_interrupted_reindex_resumes_where_it_stopped(store_uri: str, tmp_pat
             assert sorted(e["resource"]["id"] for e in found.get("entry", [])) == ids[3:]
     finally:
         stop_hub(restarted)
+
+
+async def test_a_search_parameter_written_during_a_refresh_is_kept(store_uri: str) -> None:
+    """The periodic refresh reads the store's SearchParameters; one written by this process while that read is
+    in flight (so missing from it) must not be dropped when the refresh finishes (it was, for up to 10 s)."""
+    code = f"race-{uuid.uuid4().hex[:8]}"
+    async with fresh_store(store_uri, owner="sp-race") as store:
+        service = ResourceService(store=store, settings=Settings())
+        try:
+            refresh = asyncio.create_task(service.refresh_search_parameters())
+            await asyncio.sleep(0)  # the refresh is now waiting for the store's answer
+            assert not refresh.done()
+            body = orjson.dumps({**_search_parameter(code), "id": "race"})
+            service.search_parameter_written(Version(rtype="SearchParameter", rid="race", vid=1, ts=now_micros(),
+                                                     method="PUT", body=body))
+            assert code in parameters_for("Patient")
+            assert await refresh == 1  # the store had none, the write here is kept
+            assert code in parameters_for("Patient")
+            gone = Version(rtype="SearchParameter", rid="race", vid=2, ts=now_micros(), method="DELETE", body=None)
+            refresh = asyncio.create_task(service.refresh_search_parameters())
+            await asyncio.sleep(0)
+            service.search_parameter_written(gone)  # a deletion during a refresh stays deleted too
+            assert await refresh == 0 and code not in parameters_for("Patient")
+        finally:
+            set_custom([])

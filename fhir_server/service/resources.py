@@ -79,6 +79,8 @@ class ResourceService:
         self.settings = settings
         self.engine = SearchEngine(store=store, settings=settings)
         self._search_parameters: dict[str, tuple[int, dict[str, Any] | None]] = {}  # id -> (vid, usable SP)
+        # SearchParameters written here while a refresh reads the store, one dict per refresh in progress
+        self._written_during_refresh: list[dict[str, Version]] = []
 
     # ---- reads ----------------------------------------------------------------------------------------
 
@@ -388,21 +390,34 @@ class ResourceService:
         Called at start-up and every few seconds (for SearchParameters written by other processes); a
         write here updates its own entry at once (``search_parameter_written``). Each version is checked once."""
         seen: dict[str, tuple[int, dict[str, Any] | None]] = {}
-        after = None
-        while True:
-            batch = await self.store.scan_type("SearchParameter", after=after, limit=500)
-            for version in batch:
-                if version.body is None:
-                    continue
-                known = self._search_parameters.get(version.rid)
-                seen[version.rid] = known if known is not None and known[0] == version.vid else _usable(version)
-            if len(batch) < 500:
-                break
-            after = batch[-1].rid
+        written: dict[str, Version] = {}
+        self._written_during_refresh.append(written)
+        try:
+            after = None
+            while True:
+                batch = await self.store.scan_type("SearchParameter", after=after, limit=500)
+                for version in batch:
+                    if version.body is None:
+                        continue
+                    known = self._search_parameters.get(version.rid)
+                    seen[version.rid] = known if known is not None and known[0] == version.vid else _usable(version)
+                if len(batch) < 500:
+                    break
+                after = batch[-1].rid
+        finally:
+            self._written_during_refresh.remove(written)
+        # a SearchParameter written here during the scan may be missing from it, or older in it: keep the write
+        for rid, version in written.items():
+            if rid not in seen or seen[rid][0] <= version.vid:
+                seen.pop(rid, None)
+                if version.body is not None:
+                    seen[rid] = _usable(version)
         self._search_parameters = seen
         return self._apply_search_parameters()
 
     def search_parameter_written(self, version: Version) -> None:
+        for written in self._written_during_refresh:
+            written[version.rid] = version
         if version.body is None:
             self._search_parameters.pop(version.rid, None)
         else:
