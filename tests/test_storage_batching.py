@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from pymongo import AsyncMongoClient
+from pymongo import AsyncMongoClient, monitoring
 
-from fhir_server.storage import Version, now_micros
-from fhir_server.storage.batching import FindBatcher
+from fhir_server.storage import ResourceStore, Version, now_micros
+from fhir_server.storage.batching import FindBatcher, ReplaceBatcher
 from tests.conftest import FindCounter, fresh_store
 
 
@@ -19,12 +19,16 @@ async def store(store_uri: str):
         yield store, finds
 
 
+async def _create_basics(store: ResourceStore, prefix: str, count: int) -> None:
+    for n in range(count):
+        body = f'{{"resourceType":"Basic","id":"{prefix}{n}"}}'.encode()
+        await store.write(Version(rtype="Basic", rid=f"{prefix}{n}", vid=1, ts=now_micros(), method="PUT", body=body),
+                          base=None)
+
+
 async def test_concurrent_reads_share_commands_and_get_their_own_documents(store) -> None:
     store, finds = store
-    for n in range(40):
-        body = f'{{"resourceType":"Basic","id":"b{n}"}}'.encode()
-        await store.write(Version(rtype="Basic", rid=f"b{n}", vid=1, ts=now_micros(), method="PUT", body=body),
-                          base=None)
+    await _create_basics(store, "b", 40)
     before = finds.count
 
     async def one(n: int) -> None:
@@ -45,10 +49,7 @@ async def test_a_read_is_one_command_when_every_document_exists(store) -> None:
     """A find by ``_id`` returns at most one document per id: it is asked for in one reply that closes its cursor
     (a reply exactly as large as its batch leaves the cursor open, and the driver then sends a ``getMore``)."""
     store, finds = store
-    for n in range(3):
-        body = f'{{"resourceType":"Basic","id":"c{n}"}}'.encode()
-        await store.write(Version(rtype="Basic", rid=f"c{n}", vid=1, ts=now_micros(), method="PUT", body=body),
-                          base=None)
+    await _create_basics(store, "c", 3)
     before = finds.count
     assert sorted(await store.current_many("Basic", ["c0", "c1", "c2"])) == ["c0", "c1", "c2"]
     assert (await store.current("Basic", "c1")) is not None
@@ -63,3 +64,49 @@ async def test_a_failed_read_fails_every_caller_of_its_batch(store_uri: str) -> 
     results = await asyncio.gather(*(batcher.find([f"k{n}"]) for n in range(5)), return_exceptions=True)
     assert all(isinstance(r, Exception) for r in results)
     assert batcher._flusher is None  # and the batcher is ready for the next reads
+
+
+class _UpdateCounter(monitoring.CommandListener):
+    def __init__(self) -> None:
+        self.count = 0
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name == "update" and event.command.get("update") == "resources":
+            self.count += 1
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+async def test_concurrent_updates_share_replace_commands_and_a_refused_one_fails_alone(store_uri: str) -> None:
+    updates = _UpdateCounter()
+    async with fresh_store(store_uri, owner="replace-test", listeners=(updates,)) as store:
+        await _create_basics(store, "u", 30)
+        bases = [await store.current("Basic", f"u{n}") for n in range(30)]
+
+        async def update(n: int) -> None:
+            base = bases[n]
+            assert base is not None
+            body = f'{{"resourceType":"Basic","id":"u{n}","meta":{{"versionId":"2"}}}}'.encode()
+            await store.write(Version(rtype="Basic", rid=f"u{n}", vid=2, ts=now_micros(), method="PUT", body=body),
+                              base=base)
+
+        await asyncio.gather(*(update(n) for n in range(30)))
+        assert updates.count <= 3  # 30 replaces: the first alone, the rest queued behind it
+        for n in range(30):
+            version = await store.current("Basic", f"u{n}")
+            assert version is not None and version.vid == 2 and version.body is not None
+            assert f'"id":"u{n}"'.encode() in version.body
+
+        batcher = ReplaceBatcher(store.resources)
+        results = await asyncio.gather(
+            batcher.replace("Basic/u0", {"t": "Basic", "i": "u0", "v": 3}),
+            batcher.replace("Basic/u1", {"t": "Basic", "$bad": 1}),  # refused by the store
+            batcher.replace("Basic/u2", {"t": "Basic", "i": "u2", "v": 3}), return_exceptions=True)
+        assert results[0] is None and results[2] is None and isinstance(results[1], Exception)
+        assert (await store.resources.find_one({"_id": "Basic/u0"}) or {}).get("v") == 3
+        assert (await store.resources.find_one({"_id": "Basic/u2"}) or {}).get("v") == 3
+        assert (await store.resources.find_one({"_id": "Basic/u1"}) or {}).get("v") == 2

@@ -1,11 +1,14 @@
-"""Group commit: concurrent inserts, deletes or finds by ``_id`` in one collection leave for the store together.
+"""Group commit: concurrent inserts, replaces, deletes or finds by ``_id`` in one collection leave for the store
+together.
 
 On FerretDB every write command is a SQLite transaction and its writer is serialized, so sixteen clients
 creating resources at once cost sixteen transactions for the resources and sixteen for their index
 entries. A batcher sends the first request at once; requests that arrive while it is in flight queue and
-leave as one ``insert_many`` (``ordered=False``), one ``delete_many`` or one ``find`` by ``$in`` when it
-returns. Each caller still awaits its own documents, so the order of a caller's writes (index entries before
-the version) holds, and a read is sent after it was asked for: it sees every write completed before.
+leave as one ``insert_many`` (``ordered=False``), one unordered ``bulk_write`` of replaces, one ``delete_many``
+or one ``find`` by ``$in`` when it returns. Each caller still awaits its own documents, so the order of a
+caller's writes (index entries before the version) holds, and a read is sent after it was asked for: it sees
+every write completed before. (FerretDB runs each replace of a bulk write in its own transaction; batching
+them saves the hub a command per update, ~0.25 ms of CPU.)
 
 Reads are batched because a command costs the hub ~0.2 ms of CPU in PyMongo's async path and FerretDB about
 as much again, whatever it returns: under sixteen searching clients most searches' resource fetches share a
@@ -17,10 +20,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Generic, TypeVar
 
+from pymongo import ReplaceOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError
 
-__all__ = ["DeleteBatcher", "FindBatcher", "InsertBatcher"]
+__all__ = ["DeleteBatcher", "FindBatcher", "InsertBatcher", "ReplaceBatcher"]
 
 _MAX_DOCS = 2000  # per command: well under the 48 MB message and 100,000 write batch limits
 _MAX_KEYS = 500  # per delete or find: a 16 MB reply holds 500 resources of 32 kB
@@ -99,6 +103,41 @@ class InsertBatcher(_Batcher[dict[str, Any], set[int]]):
                 future.set_exception(RuntimeError(f"insert refused by the store (code {other[0]})"))
             else:
                 future.set_result(set(mine))
+
+
+class ReplaceBatcher(_Batcher[tuple[str, dict[str, Any]], None]):
+    limit = _MAX_KEYS
+
+    async def replace(self, key: str, doc: dict[str, Any]) -> None:
+        """Replace the document with ``_id`` ``key`` by ``doc`` (without ``_id``). Callers hold the document's
+        claim, so no two replaces of one document meet in a batch; an error of the store for it raises."""
+        await self._submit([(key, doc)])
+
+    async def _send(self, batch: Batch[tuple[str, dict[str, Any]], None]) -> None:
+        try:
+            await self.collection.bulk_write([ReplaceOne({"_id": key}, doc) for items, _ in batch
+                                              for key, doc in items], ordered=False)
+        except Exception:
+            # which replaces were applied is not known (FerretDB's reply to a partly refused bulk write is not
+            # even parsable by PyMongo); a replace is idempotent and its caller holds the claim, so each is sent
+            # again alone and its caller gets its own outcome
+            for items, future in batch:
+                try:
+                    for key, doc in items:
+                        await self.collection.replace_one({"_id": key}, doc)
+                except Exception as exc:
+                    if not future.done():
+                        future.set_exception(exc)
+                else:
+                    if not future.done():
+                        future.set_result(None)
+            return
+        except BaseException as exc:
+            self._fail(batch, exc)
+            return
+        for _, future in batch:
+            if not future.done():
+                future.set_result(None)
 
 
 class DeleteBatcher(_Batcher[str, None]):

@@ -44,7 +44,7 @@ from pymongo.asynchronous.cursor import AsyncCursor
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from fhir_server.storage.batching import DeleteBatcher, FindBatcher, InsertBatcher
+from fhir_server.storage.batching import DeleteBatcher, FindBatcher, InsertBatcher, ReplaceBatcher
 
 __all__ = ["HistoryPage", "LockBusy", "ResourceStore", "Version", "VersionConflict", "history_key", "index_key",
            "now_micros", "split_index_key", "split_item"]
@@ -191,6 +191,7 @@ class ResourceStore:
         self._creates = InsertBatcher(self.resources)
         self._claims = InsertBatcher(self.history)
         self._reads = FindBatcher(self.resources)
+        self._replaces = ReplaceBatcher(self.resources)
         self.lease_micros = int(lease_seconds * 1_000_000)
         self._in_flight: set[str] = set()  # claims this process holds right now
 
@@ -440,7 +441,7 @@ class ResourceStore:
         await self._hold(base, until=new.ts)
         try:
             await self._add_entries(_index_docs(new, base), [new])
-            await self.resources.replace_one({"_id": new.key}, {**new._fields(), "ix": _ix(new.index)})
+            await self._replaces.replace(new.key, {**new._fields(), "ix": _ix(new.index)})
         finally:
             self._in_flight.discard(base.version_key)
         await self._drop_entries(_dropped_keys(new, base))
@@ -460,7 +461,7 @@ class ResourceStore:
             return False
         try:
             await self._add_entries([{"_id": index_key(new.rtype, new.rid, item)} for item in index], [])
-            await self.resources.replace_one({"_id": new.key}, {**new._fields(), "ix": _ix(index)})
+            await self._replaces.replace(new.key, {**new._fields(), "ix": _ix(index)})
         finally:
             await asyncio.shield(self._release([(new, current)]))
         await self._drop_entries(_dropped_keys(new, current))
