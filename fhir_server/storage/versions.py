@@ -306,7 +306,7 @@ class ResourceStore:
         return await self._history_scan(rtype=rtype, since=since, at=at, count=count, cursor=cursor)
 
     async def _history_from_keys(self, *, rtype: str | None, since: int | None, at: int | None, count: int,
-                                    cursor: tuple[int, str] | None) -> HistoryPage:
+                                 cursor: tuple[int, str] | None) -> HistoryPage:
         scope = rtype or "*"
         family = f"{scope}|@history|"
         bounds = {"$gte": f"{family}{since:016x}|" if since is not None else family,
@@ -333,6 +333,8 @@ class ResourceStore:
         """The versions that ``(ts, Type/id/vid)`` keys name, from ``resources`` (current) or ``history``
         (superseded); a key whose version does not exist with that timestamp (a write that failed or was
         undone) names none. With ``at``: superseded versions only if superseded after ``at``."""
+        if not named:
+            return {}
         current_keys = sorted({key.rsplit("/", 1)[0] for _, key in named})
         wanted = [key for _, key in named]
         superseded = self.history.find({"_id": {"$in": wanted}}, batch_size=len(wanted)).limit(len(wanted))
