@@ -69,6 +69,13 @@ class _Batcher(Generic[Item, Result]):
         raise NotImplementedError
 
     @staticmethod
+    def _succeed(batch: Batch[Item, Result], result: Result) -> None:
+        """Every caller of this batch gets ``result``."""
+        for _, future in batch:
+            if not future.done():
+                future.set_result(result)
+
+    @staticmethod
     def _fail(batch: Batch[Item, Result], exc: BaseException) -> None:
         """The store failed: every caller of this batch gets the error (and a cancellation goes on up)."""
         for _, future in batch:
@@ -118,26 +125,24 @@ class ReplaceBatcher(_Batcher[tuple[str, dict[str, Any]], None]):
             await self.collection.bulk_write([ReplaceOne({"_id": key}, doc) for items, _ in batch
                                               for key, doc in items], ordered=False)
         except Exception:
-            # which replaces were applied is not known (FerretDB's reply to a partly refused bulk write is not
-            # even parsable by PyMongo); a replace is idempotent and its caller holds the claim, so each is sent
-            # again alone and its caller gets its own outcome
-            for items, future in batch:
-                try:
-                    for key, doc in items:
-                        await self.collection.replace_one({"_id": key}, doc)
-                except Exception as exc:
-                    if not future.done():
-                        future.set_exception(exc)
-                else:
-                    if not future.done():
-                        future.set_result(None)
-            return
+            await self._one_by_one(batch)
         except BaseException as exc:
             self._fail(batch, exc)
-            return
-        for _, future in batch:
-            if not future.done():
-                future.set_result(None)
+        else:
+            self._succeed(batch, None)
+
+    async def _one_by_one(self, batch: Batch[tuple[str, dict[str, Any]], None]) -> None:
+        """Which replaces of a failed bulk write were applied is not known (FerretDB's reply to a partly refused
+        one is not even parsable by PyMongo); a replace is idempotent and its caller holds the claim, so each is
+        sent again alone and its caller gets its own outcome."""
+        for items, future in batch:
+            try:
+                for key, doc in items:
+                    await self.collection.replace_one({"_id": key}, doc)
+            except Exception as exc:
+                self._fail([(items, future)], exc)
+            else:
+                self._succeed([(items, future)], None)
 
 
 class DeleteBatcher(_Batcher[str, None]):
@@ -153,10 +158,8 @@ class DeleteBatcher(_Batcher[str, None]):
             await self.collection.delete_many({"_id": {"$in": [k for keys, _ in batch for k in keys]}})
         except BaseException as exc:
             self._fail(batch, exc)
-            return
-        for _, future in batch:
-            if not future.done():
-                future.set_result(None)
+        else:
+            self._succeed(batch, None)
 
 
 class FindBatcher(_Batcher[str, dict[str, dict[str, Any]]]):

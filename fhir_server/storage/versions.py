@@ -133,10 +133,10 @@ def split_index_key(key: str) -> tuple[str, str]:
 
 
 def _id_range(collection: AsyncCollection[dict[str, Any]], bounds: dict[str, str], backward: bool,
-              limit: int) -> AsyncCursor[dict[str, Any]]:
+              limit: int, projection: dict[str, int] | None = None) -> AsyncCursor[dict[str, Any]]:
     """The first ``limit`` documents whose ``_id`` is within ``bounds``, in ``_id`` order (``backward``: reversed),
     all in the first reply (a find returns 101 documents, then one getMore per batch)."""
-    found = collection.find({"_id": bounds}, batch_size=limit)
+    found = collection.find({"_id": bounds}, projection, batch_size=limit)
     return found.sort("_id", DESCENDING if backward else ASCENDING).limit(limit)
 
 
@@ -186,12 +186,13 @@ class ResourceStore:
         self.journal: AsyncCollection[dict[str, Any]] = db["journal"]
         self.search_index: AsyncCollection[dict[str, Any]] = db["search_index"]
         self._index_inserts = InsertBatcher(self.search_index)
-        self._history_keys_complete = False  # once true, stays true: type and system history read the keys
         self._index_deletes = DeleteBatcher(self.search_index)
         self._creates = InsertBatcher(self.resources)
         self._claims = InsertBatcher(self.history)
         self._reads = FindBatcher(self.resources)
+        self._history_reads = FindBatcher(self.history)
         self._replaces = ReplaceBatcher(self.resources)
+        self._history_keys_complete = False  # once true, stays true: type and system history read the keys
         self.lease_micros = int(lease_seconds * 1_000_000)
         self._in_flight: set[str] = set()  # claims this process holds right now
 
@@ -336,10 +337,8 @@ class ResourceStore:
         if not named:
             return {}
         current_keys = sorted({key.rsplit("/", 1)[0] for _, key in named})
-        wanted = [key for _, key in named]
-        superseded = self.history.find({"_id": {"$in": wanted}}, batch_size=len(wanted)).limit(len(wanted))
-        currents, copies = await asyncio.gather(self._reads.find(current_keys), superseded.to_list())
-        by_key = {d["_id"]: d for d in copies}
+        currents, by_key = await asyncio.gather(self._reads.find(current_keys),
+                                                self._history_reads.find([key for _, key in named]))
         out: dict[tuple[int, str], Version] = {}
         for ts, key in named:
             rid_key, _, vid = key.rpartition("/")
@@ -369,8 +368,7 @@ class ResourceStore:
         for collection in (self.resources, self.history):
             bounds: dict[str, str] = {"$gte": ""}
             while True:
-                docs = await collection.find({"_id": bounds}, {"t": 1, "i": 1, "v": 1, "ts": 1}, batch_size=1000
-                                             ).sort("_id", ASCENDING).limit(1000).to_list()
+                docs = await _id_range(collection, bounds, False, 1000, {"t": 1, "i": 1, "v": 1, "ts": 1}).to_list()
                 if not docs:
                     break
                 seen += len(docs)
