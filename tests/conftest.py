@@ -113,20 +113,24 @@ async def fresh_store(store_uri: str, *, owner: str, listeners: tuple[monitoring
 _FOLLOW_UPS = {"getMore": "collection", "killCursors": "killCursors"}  # command: its field naming the collection
 
 
-class FindCounter(monitoring.CommandListener):
-    """Counts the ``find`` commands a PyMongo client sends to one collection (pass it as an event listener), and
-    the ``getMore`` and ``killCursors`` commands that follow finds (``follow_ups``: a read in one reply has none)."""
+class CommandCounter(monitoring.CommandListener):
+    """Counts the ``command`` commands (``find`` unless told) a PyMongo client sends to the given collections and
+    keeps their filters (pass it as an event listener), and counts the ``getMore`` and ``killCursors`` commands
+    that follow finds (``follow_ups``: a read in one reply has none)."""
 
-    def __init__(self, collection: str) -> None:
-        self.collection = collection
+    def __init__(self, *collections: str, command: str = "find") -> None:
+        self.collections = collections
+        self.command = command
         self.count = 0
         self.follow_ups = 0
+        self.filters: list[dict[str, Any]] = []
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
         name = event.command_name
-        if name == "find" and event.command.get("find") == self.collection:
+        if name == self.command and event.command.get(name) in self.collections:
             self.count += 1
-        elif name in _FOLLOW_UPS and event.command.get(_FOLLOW_UPS[name]) == self.collection:
+            self.filters.append(event.command.get("filter", {}))
+        elif name in _FOLLOW_UPS and event.command.get(_FOLLOW_UPS[name]) in self.collections:
             self.follow_ups += 1
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:

@@ -6,32 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from pymongo import monitoring
 
 from fhir_server.storage import ResourceStore, Version, VersionConflict, now_micros
-from tests.conftest import fresh_store
-
-
-class _Filters(monitoring.CommandListener):
-    """The filters of the finds sent to ``resources`` and ``history``."""
-
-    def __init__(self) -> None:
-        self.filters: list[dict[str, Any]] = []
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        if event.command_name == "find" and event.command.get("find") in ("resources", "history"):
-            self.filters.append(event.command.get("filter", {}))
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
+from tests.conftest import CommandCounter, fresh_store
 
 
 @pytest.fixture
 async def store(store_uri: str):
-    filters = _Filters()
+    filters = CommandCounter("resources", "history")
     async with fresh_store(store_uri, owner="history-test", listeners=(filters,)) as store:
         yield store, filters
 

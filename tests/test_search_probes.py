@@ -13,14 +13,14 @@ import pytest
 from fhir_server.auth.scopes import Principal, parse_scopes
 from fhir_server.service.resources import ResourceService
 from fhir_server.settings import Settings
-from tests.conftest import FindCounter, fresh_store
+from tests.conftest import CommandCounter, fresh_store
 
 ADMIN = Principal(subject="probe-test", grants=parse_scopes("system/*.cruds"))
 
 
 @pytest.fixture
 async def service(store_uri: str):
-    reads = FindCounter("search_index")
+    reads = CommandCounter("search_index")
     async with fresh_store(store_uri, owner="probe-test", listeners=(reads,)) as store:
         yield ResourceService(store=store, settings=Settings()), reads
 
@@ -29,7 +29,7 @@ def _patient(n: int, family: str, birth: str) -> dict[str, Any]:
     return {"resourceType": "Patient", "name": [{"family": family, "given": [f"G{n}"]}], "birthDate": birth}
 
 
-async def _ids(service: ResourceService, reads: FindCounter, query: str) -> tuple[set[str], int]:
+async def _ids(service: ResourceService, reads: CommandCounter, query: str) -> tuple[set[str], int]:
     before = reads.count
     pairs = [tuple(p.split("=", 1)) for p in query.split("&")]
     _, page = await service.search(principal=ADMIN, rtype="Patient", pairs=pairs, count=100,  # type: ignore[arg-type]

@@ -5,16 +5,16 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from pymongo import AsyncMongoClient, monitoring
+from pymongo import AsyncMongoClient
 
 from fhir_server.storage import ResourceStore, Version, now_micros
 from fhir_server.storage.batching import FindBatcher, ReplaceBatcher
-from tests.conftest import FindCounter, fresh_store
+from tests.conftest import CommandCounter, fresh_store
 
 
 @pytest.fixture
 async def store(store_uri: str):
-    finds = FindCounter("resources")
+    finds = CommandCounter("resources")
     async with fresh_store(store_uri, owner="batch-test", listeners=(finds,)) as store:
         yield store, finds
 
@@ -66,23 +66,8 @@ async def test_a_failed_read_fails_every_caller_of_its_batch(store_uri: str) -> 
     assert batcher._flusher is None  # and the batcher is ready for the next reads
 
 
-class _UpdateCounter(monitoring.CommandListener):
-    def __init__(self) -> None:
-        self.count = 0
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        if event.command_name == "update" and event.command.get("update") == "resources":
-            self.count += 1
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
-
-
 async def test_concurrent_updates_share_replace_commands_and_a_refused_one_fails_alone(store_uri: str) -> None:
-    updates = _UpdateCounter()
+    updates = CommandCounter("resources", command="update")
     async with fresh_store(store_uri, owner="replace-test", listeners=(updates,)) as store:
         await _create_basics(store, "u", 30)
         bases = [await store.current("Basic", f"u{n}") for n in range(30)]
