@@ -172,8 +172,8 @@ async def main(patients: int, seconds: float, clients: int, store_dir: Path | No
                 rids = sorted({patient_id(int(r.rid[2:])) for r in requests})
                 return bool(await store.current_many("Patient", rids)) and bool(subjects)
 
-            async def page_urls(first: str) -> dict[int, str]:
-                """Pages 1 and 50 of a result, following its next links."""
+            async def page_urls(first: str) -> dict[int, Url]:
+                """Pages 1 and 50 of a result (each as a constant Url), following its next links."""
                 urls: dict[int, str] = {}
                 url: str | None = first
                 for number in range(1, 51):
@@ -185,15 +185,9 @@ async def main(patients: int, seconds: float, clients: int, store_dir: Path | No
                         page = await answer.json(content_type=None)
                     url = next((link["url"][len(hub.base):] for link in page["link"] if link["relation"] == "next"),
                                None)
-                return urls
+                return {number: (lambda _rng, fixed=urls[number]: fixed) for number in (1, 50)}
 
             pages = await page_urls("/ServiceRequest?status=active&_count=20")
-
-            def page_1(rng: random.Random) -> str:
-                return pages[1]
-
-            def page_50(rng: random.Random) -> str:
-                return pages[50]
 
             async def page_raw(rng: random.Random) -> bool:
                 return bool(await raw("ServiceRequest", *exact("status", token_enc(None, "active")), limit=21))
@@ -202,12 +196,6 @@ async def main(patients: int, seconds: float, clients: int, store_dir: Path | No
             while not await store.history_keys_complete():  # noqa: ASYNC110
                 await asyncio.sleep(1)
             history_pages = await page_urls("/Patient/_history?_count=20")
-
-            def history_1(rng: random.Random) -> str:
-                return history_pages[1]
-
-            def history_50(rng: random.Random) -> str:
-                return history_pages[50]
 
             async def history_raw(rng: random.Random) -> bool:
                 page = await store.history_page(rtype="Patient", since=None, at=None, count=20, cursor=None)
@@ -220,10 +208,10 @@ async def main(patients: int, seconds: float, clients: int, store_dir: Path | No
                 ("DiagnosticReport by subject, _include=result", dr_include, dr_include_raw),
                 ("chained: DiagnosticReport?subject:Patient.identifier", chained, chained_raw),
                 ("_has: Patient?_has:ServiceRequest:subject:authored", has, has_raw),
-                ("ServiceRequest?status=active page 1 (_count=20)", page_1, page_raw),
-                ("ServiceRequest?status=active page 50 (_count=20)", page_50, page_raw),
-                ("Patient/_history page 1 (_count=20)", history_1, history_raw),
-                ("Patient/_history page 50 (_count=20)", history_50, history_raw),
+                ("ServiceRequest?status=active page 1 (_count=20)", pages[1], page_raw),
+                ("ServiceRequest?status=active page 50 (_count=20)", pages[50], page_raw),
+                ("Patient/_history page 1 (_count=20)", history_pages[1], history_raw),
+                ("Patient/_history page 50 (_count=20)", history_pages[50], history_raw),
             ]
             print(f"{'search':55} {'p50':>7} {'p95':>7} {'p99':>7} {'req/s':>7}   store: {'p50':>6} {'p95':>6}")
             results: dict[str, Result] = {}
