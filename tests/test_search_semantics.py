@@ -322,14 +322,17 @@ def stored(search_hub: Hub) -> dict[str, list[dict[str, Any]]]:
     return accepted
 
 
-def search_all(api: httpx.Client, base: str, rtype: str, params: list[tuple[str, str]]) -> list[str]:
-    """Ids of every match, following next links to the end."""
+def search_all(api: httpx.Client, base: str, rtype: str, params: list[tuple[str, str]], *,
+               typed: bool = False) -> list[str]:
+    """Ids of every match (``typed``: as ``Type/id``), following next links to the end. ``rtype`` is the path
+    searched: a type, ``""`` (the system) or ``Patient/[id]/*``."""
     ids: list[str] = []
     answer = api.get(f"/{rtype}", params=[*params, ("_count", "100")])
     while True:
         assert answer.status_code == 200, (params, answer.text)
         page = answer.json()
-        ids += [e["resource"]["id"] for e in page.get("entry", []) if e["search"]["mode"] == "match"]
+        ids += [f"{e['resource']['resourceType']}/{e['resource']['id']}" if typed else e["resource"]["id"]
+                for e in page.get("entry", []) if e["search"]["mode"] == "match"]
         nxt = next((link["url"] for link in page["link"] if link["relation"] == "next"), None)
         if nxt is None:
             return ids
@@ -486,6 +489,58 @@ def test_compartment_search_and_everything(search_hub: Hub, stored: dict[str, li
         mine = own.get("/Observation").json()
         assert sorted(e["resource"]["id"] for e in mine["entry"]) == ["ob00000070", "ob00000071"]
         assert [e["resource"]["id"] for e in own.get("/Patient").json()["entry"]] == ["p0000007"]
+
+
+def test_a_search_over_several_types_selects_nothing_of_a_type_without_the_parameter(
+        search_hub: Hub, stored: dict[str, list[dict[str, Any]]]) -> None:
+    """``GET [base]?gender=male`` finds what has gender male, not every resource of the types without a gender
+    parameter; the same through ``POST [base]/_search``, ``_type`` and a compartment's ``*``."""
+    base = search_hub.base
+    definitions = _definitions()
+
+    def expected(types: list[str], code: str, raw: str, kind: str) -> list[str]:
+        return sorted(f"{t}/{r['id']}" for t in types if code in definitions[t] for r in stored.get(t, [])
+                      if any(matcher(code, "", v, kind, base, t)(r) for v in raw.split(",")))
+
+    def notes(page: dict[str, Any]) -> list[str]:
+        return [i["diagnostics"] for e in page.get("entry", []) if e["search"]["mode"] == "outcome"
+                for i in e["resource"]["issue"]]
+
+    with search_hub.client() as api:
+        males = search_all(api, base, "", [("gender", "male")], typed=True)
+        assert sorted(males) == expected(list(stored), "gender", "male", "token")
+        assert {m.split("/")[0] for m in males} >= {"Patient", "Practitioner"}
+        strict = api.get("", params={"gender": "male", "_count": "1"}, headers={"Prefer": "handling=strict"})
+        assert strict.status_code == 200  # defined for some types: not an unknown parameter
+        page = api.get("", params={"_type": "Observation,Patient", "gender": "female", "_count": "500"}).json()
+        found = sorted(f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in page["entry"]
+                       if e["search"]["mode"] == "match")
+        assert found == expected(["Patient"], "gender", "female", "token")
+        assert notes(page) == ["Search parameter 'gender' is not defined for Observation: no Observation matches"]
+        unknown = api.get("", params={"_type": "Organization,Location", "no-such": "x", "_count": "500"}).json()
+        assert len([e for e in unknown["entry"] if e["search"]["mode"] == "match"]) == \
+            len(stored["Organization"]) + len(stored["Location"])  # ignored, as in a type-level search
+        assert notes(unknown) == ["Search parameter 'no-such' is not defined for any of the types searched"]
+        refused = api.get("", params={"no-such": "x"}, headers={"Prefer": "handling=strict"})
+        assert refused.status_code == 400 and "no-such" in refused.text
+        form = "_type=Patient,Organization&identifier=H05,MRN00000005"
+        posted = api.post("/_search", content=form, headers={"Content-Type": "application/x-www-form-urlencoded"})
+        assert posted.status_code == 200, posted.text
+        assert sorted(e["resource"]["id"] for e in posted.json()["entry"]) == ["h05", "p0000005"]
+
+        everything = sorted(search_all(api, base, "Patient/p0000007/$everything", [], typed=True))
+        assert sorted(search_all(api, base, "Patient/p0000007/*", [], typed=True)) == everything
+        final = search_all(api, base, "Patient/p0000007/*", [("status", "final")], typed=True)
+        assert sorted(final) == sorted(k for k in expected(list(stored), "status", "final", "token") if k in everything)
+        assert final  # the generated reports and observations are final
+        posted = api.post("/Patient/p0000007/_search", content="_type=Observation",
+                          headers={"Content-Type": "application/x-www-form-urlencoded"})
+        assert sorted(e["resource"]["id"] for e in posted.json()["entry"]) == ["ob00000070", "ob00000071"]
+        posted = api.post("/Patient/p0000007/Observation/_search", content="_count=1",
+                          headers={"Content-Type": "application/x-www-form-urlencoded"})
+        assert posted.status_code == 200 and posted.json()["entry"][0]["resource"]["id"] == "ob00000070"
+        assert api.get("/Patient/p0000007/*", params={"_type": "Organization"}).status_code == 400
+        assert api.get("/Organization/h05/*").status_code == 400
 
 
 def test_text_and_content_match_words_of_the_narrative_and_of_the_whole_resource(

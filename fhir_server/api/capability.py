@@ -108,6 +108,7 @@ def capability_statement(settings: Settings, *, software_date: str) -> dict[str,
             "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"},
                             {"code": "search-system"}],
             "searchParam": [{"name": "_type", "type": "token", "documentation": "types to search"}],
+            "compartment": ["http://hl7.org/fhir/CompartmentDefinition/patient"],
         }],
     }
 

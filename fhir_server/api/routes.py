@@ -17,7 +17,7 @@ from fhir_server.api.capability import capability_statement, smart_configuration
 from fhir_server.api.deps import bundles_of, current_user, reindexer_of, service_of, settings_of
 from fhir_server.api.formats import Rendering, fhir_response, read_resource, rendering_of, shape_resource
 from fhir_server.errors import BadRequest, Issue, MethodNotAllowed, NotFound, UnsupportedMediaType, operation_outcome
-from fhir_server.model.types import SUPPORTED_TYPES, require_supported_type
+from fhir_server.model.types import require_supported_type
 from fhir_server.search import SearchPage
 from fhir_server.search.entries import date_range
 from fhir_server.service import HistoryResult, ResourceService, WriteResult, instant
@@ -319,25 +319,21 @@ def _types(pairs: list[tuple[str, str]]) -> list[str]:
 
 
 async def search_system(request: Request) -> Response:
-    """``GET [base]?_type=A,B&…``: the same search over several types (all types without ``_type``)."""
+    """``GET [base]?_type=A,B&…`` and ``POST [base]/_search``: one search over several types (all types without
+    ``_type``); and ``GET Patient/[id]/*`` and ``POST Patient/[id]/_search``: over the types of that patient's
+    compartment."""
     user = await current_user(request)
     settings = settings_of(request)
-    service = service_of(request)
     pairs = await _search_pairs(request)
     q = dict(pairs)
-    types = _types(pairs)
-    for t in types:
-        require_supported_type(t)
-    queries, ignored = [], []
-    for rtype in types or sorted(SUPPORTED_TYPES):
-        query = service.parse(rtype, pairs, strict=_strict(request))
-        queries.append(query)
-        ignored += [m for m in query.ignored if m not in ignored]
-    if not types:  # a parameter some types lack is not "ignored" in a search over all types
-        ignored = []
-    page = await service.search_types(principal=user, queries=queries, count=page_size(q.get("_count"), settings),
-                                      cursor=q.get("_cursor"))
-    return _searchset(request, "", pairs, page, ignored)
+    compartment, path = None, ""
+    if "ctype" in request.path_params:
+        compartment = (require_supported_type(request.path_params["ctype"]), request.path_params["cid"])
+        path = f"{compartment[0]}/{compartment[1]}/*"
+    ignored, page = await service_of(request).search_many(
+        principal=user, types=_types(pairs) or None, pairs=pairs, count=page_size(q.get("_count"), settings),
+        cursor=q.get("_cursor"), strict=_strict(request), compartment=compartment)
+    return _searchset(request, path, pairs, page, ignored)
 
 
 async def everything(request: Request) -> Response:
@@ -458,6 +454,7 @@ def fhir_routes() -> list[BaseRoute]:
         Route("/metadata", metadata, methods=["GET"]),
         Route("/.well-known/smart-configuration", smart_config, methods=["GET"]),
         Route("/_history", history_system, methods=["GET"]),
+        Route("/_search", search_system, methods=["POST"]),
         Route("/$reindex", reindex, methods=["POST"]),
         Route("/$reindex/{job}", reindex_status, methods=["GET"]),
         Route("/{rtype}/$reindex", reindex, methods=["POST"]),
@@ -472,7 +469,10 @@ def fhir_routes() -> list[BaseRoute]:
         Route("/{rtype}/{rid}/$validate", validate_instance, methods=["POST"]),
         Route("/{rtype}/{rid}/$everything", everything, methods=["GET"]),
         Route("/{rtype}/_search", search_type, methods=["POST"]),
+        Route("/{ctype}/{cid}/*", search_system, methods=["GET"]),
+        Route("/{ctype}/{cid}/_search", search_system, methods=["POST"]),
         Route("/{ctype}/{cid}/{rtype}", search_type, methods=["GET"]),
+        Route("/{ctype}/{cid}/{rtype}/_search", search_type, methods=["POST"]),
         Route("/{rtype}", create, methods=["POST"]),
         Route("/{rtype}", search_type, methods=["GET"]),
         Route("/{rtype}", conditional_update, methods=["PUT"]),

@@ -38,7 +38,7 @@ from fhir_server.search.paths import children
 from fhir_server.search.registry import SearchParameter, indexed_as, parameters_for, split_union
 
 __all__ = ["MODIFIERS", "Chain", "Clause", "Include", "KeyRange", "KeySet", "SearchQuery", "parse_search",
-           "query_pairs"]
+           "query_pairs", "refuse_ignored"]
 
 # parameters that shape the result and select nothing (FHIR R4 search.html#other)
 RESULT_PARAMETERS = frozenset({"_format", "_pretty", "_summary", "_elements", "_count", "_cursor", "_sort", "_total",
@@ -142,6 +142,9 @@ class SearchQuery:
     total: str | None = None
     summary_count: bool = False
     ignored: list[str] = field(default_factory=list)
+    # parameters the type does not define, with their message in ``ignored``: in a search over several types, a
+    # type that lacks a parameter others define has no match
+    undefined: list[tuple[str, str]] = field(default_factory=list)
     text: str = ""
 
 
@@ -471,8 +474,7 @@ class _Parser:
         params = parameters_for(rtype)
         parameter = params.get(code)
         if parameter is None:
-            ignored.append(f"Search parameter '{code}' is not defined for {rtype}")
-            return None
+            raise _Undefined(code, rtype)
         if value == "":
             raise _bad(f"Search parameter '{name}' has no value", where=name)
         code, only = indexed_as(rtype, code)  # e.g. Observation "patient" is "subject" restricted to Patient
@@ -627,9 +629,11 @@ class _Parser:
         inner = _Parser(zone=self.zone, base_url=self.base_url, depth=self.depth + 1)
         queries = []
         for target in targets:
-            sub_ignored: list[str] = []
             query = SearchQuery(rtype=target)
-            found = inner.clause(target, rest, value, sub_ignored)
+            try:
+                found = inner.clause(target, rest, value, [])
+            except _Undefined:
+                continue
             if found is None:
                 continue
             query.clauses.append(found)
@@ -654,7 +658,11 @@ class _Parser:
             raise _bad("Chains and _has may nest 4 levels at most", code="too-costly", where=name)
         inner = _Parser(zone=self.zone, base_url=self.base_url, depth=self.depth + 1)
         query = SearchQuery(rtype=source)
-        found = inner.clause(source, rest, value, ignored)
+        try:
+            found = inner.clause(source, rest, value, ignored)
+        except _Undefined as exc:  # dropped and reported, as at the top level
+            ignored.append(str(exc))
+            found = None
         if found is not None:
             query.clauses.append(found)
         return Clause(name, has=Has(param, query))
@@ -662,6 +670,14 @@ class _Parser:
 
 class _Unsupported(Exception):
     pass
+
+
+class _Undefined(_Unsupported):
+    """A search parameter the resource type does not define."""
+
+    def __init__(self, code: str, rtype: str) -> None:
+        super().__init__(f"Search parameter '{code}' is not defined for {rtype}")
+        self.code = code
 
 
 def _split_composite(value: str) -> list[str]:
@@ -739,6 +755,12 @@ def _includes(rtype: str, values: list[str], name: str, *, reverse: bool) -> lis
     return out
 
 
+def refuse_ignored(ignored: list[str]) -> None:
+    """``Prefer: handling=strict``: what lenient handling would ignore and report is a 400 instead."""
+    if ignored:
+        raise BadRequest(ignored[0], issues=[Issue(code="not-supported", diagnostics=m) for m in ignored])
+
+
 def parse_search(rtype: str, pairs: list[tuple[str, str]], *, zone: ZoneInfo, base_url: str,
                  strict: bool = False) -> SearchQuery:
     """The search ``pairs`` (from a query string or form) of type ``rtype``.
@@ -776,13 +798,15 @@ def parse_search(rtype: str, pairs: list[tuple[str, str]], *, zone: ZoneInfo, ba
             clause = parser.clause(rtype, name, value, query.ignored)
         except _Unsupported as exc:
             query.ignored.append(str(exc))
+            if isinstance(exc, _Undefined):
+                query.undefined.append((exc.code, query.ignored[-1]))
             clause = None
         if clause is None:
             continue
         query.clauses.append(clause)
         canonical.append(f"{name}={value}")
-    if strict and query.ignored:
-        raise BadRequest(query.ignored[0], issues=[Issue(code="not-supported", diagnostics=m) for m in query.ignored])
+    if strict:
+        refuse_ignored(query.ignored)
     query.text = f"{rtype}?{'&'.join(sorted(canonical))}"
     return query
 

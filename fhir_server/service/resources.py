@@ -39,6 +39,7 @@ from fhir_server.search import (
     parse_search,
     patient_compartment_params,
     query_pairs,
+    refuse_ignored,
 )
 from fhir_server.search.compartment import in_patient_compartment
 from fhir_server.search.paths import check_syntax
@@ -51,6 +52,11 @@ from fhir_server.storage import LockBusy, ResourceStore, Version, VersionConflic
 from fhir_server.storage.versions import split_item
 
 __all__ = ["HistoryResult", "ResourceService", "WriteResult", "instant"]
+
+
+def _compartment_members() -> list[str]:
+    """The types in a Patient compartment (FHIR R4 CompartmentDefinition): the patient first."""
+    return ["Patient", *sorted(t for t in SUPPORTED_TYPES if t != "Patient" and patient_compartment_params(t))]
 
 
 def instant(ts_micros: int, settings: Settings) -> str:
@@ -182,6 +188,48 @@ class ResourceService:
         count = max(0, min(count, self.settings.history_max_count))
         return await self.engine.page_of_many(queries, count=count, cursor=cursor)
 
+    async def search_many(self, *, principal: Principal, types: list[str] | None, pairs: list[tuple[str, str]],
+                          count: int, cursor: str | None, strict: bool = False,
+                          compartment: tuple[str, str] | None = None) -> tuple[list[str], SearchPage]:
+        """A page of one search over several types: ``types`` (from ``_type``), else every type (system search) or
+        every type of the ``compartment`` (``Patient/[id]/*``). Returns what was ignored, and the page.
+
+        A parameter that some searched types define and others do not selects nothing of the others
+        (``GET [base]?gender=male`` finds no Observation); a parameter none of them defines is ignored and
+        reported, or refused with ``strict``, as in a type-level search."""
+        if compartment is not None and compartment[0] != "Patient":
+            raise BadRequest(f"Compartment search is available for Patient compartments, not {compartment[0]}")
+        members = _compartment_members() if compartment is not None else sorted(SUPPORTED_TYPES)
+        if types is not None:
+            for t in types:
+                require_supported_type(t)
+                if t not in members:
+                    raise BadRequest(f"_type: {t} is not in the Patient compartment")
+            wanted = set(types)
+            order = members if compartment is not None else list(dict.fromkeys(types))
+            members = [t for t in order if t in wanted]
+        queries = [self.parse(t, pairs) for t in members]
+        several = len(queries) > 1
+        unknown = set.intersection(*({code for code, _ in q.undefined} for q in queries)) if queries else set()
+        ignored = [f"Search parameter '{code}' is not defined for any of the types searched"
+                   for code in sorted(unknown)] if several else []
+        notes, kept = [], []
+        for query in queries:
+            lacking = [msg for code, msg in query.undefined if code not in unknown]
+            if lacking:  # the type has no match
+                if types is not None:
+                    notes += [f"{msg}: no {query.rtype} matches" for msg in lacking]
+                continue
+            undefined = {msg for _, msg in query.undefined} if several else set()
+            ignored += [m for m in query.ignored if m not in undefined and m not in ignored]
+            if compartment is not None:
+                query.clauses.append(self._compartment(query.rtype, *compartment))
+            kept.append(query)
+        if strict:
+            refuse_ignored(ignored)
+        ignored += notes
+        return ignored, await self.search_types(principal=principal, queries=kept, count=count, cursor=cursor)
+
     def _compartment(self, rtype: str, ctype: str, cid: str, *, forbidden: bool = False) -> Any:
         if ctype != "Patient":
             raise BadRequest(f"Compartment search is available for Patient compartments, not {ctype}")
@@ -195,19 +243,10 @@ class ResourceService:
                          count: int, cursor: str | None) -> SearchPage:
         """``Patient/[id]/$everything``: the patient and every resource in its compartment, paged."""
         await self.read(principal=principal, rtype="Patient", rid=pid)
-        members = ["Patient", *sorted(t for t in SUPPORTED_TYPES
-                                      if t != "Patient" and patient_compartment_params(t))]
-        if types:
-            unknown = [t for t in types if t not in members]
-            if unknown:
-                raise BadRequest(f"_type: {unknown[0]} is not in the Patient compartment")
-            members = [t for t in members if t in types]
-        queries = []
-        for rtype in members:
-            query = self.parse(rtype, [("_lastUpdated", f"ge{since}")] if since else [])
-            query.clauses.append(self._compartment(rtype, "Patient", pid))
-            queries.append(query)
-        return await self.search_types(principal=principal, queries=queries, count=count, cursor=cursor)
+        _, page = await self.search_many(principal=principal, types=types, count=count, cursor=cursor,
+                                         pairs=[("_lastUpdated", f"ge{since}")] if since else [],
+                                         compartment=("Patient", pid))
+        return page
 
     # ---- writes ---------------------------------------------------------------------------------------
 
