@@ -200,6 +200,38 @@ def test_search_entries_answer_searchsets(api: httpx.Client) -> None:
     assert "_count" in issue["diagnostics"] and issue["expression"][0].endswith("_count")
 
 
+def test_search_entries_over_a_compartment_and_the_system(api: httpx.Client) -> None:
+    """Batched searches in every form of R4 http.html#search: ``Patient/[id]/[type]``, ``Patient/[id]/*`` and
+    ``?_type=…``, each answered as the same search over REST would be."""
+    mrn = f"C{uuid.uuid4().hex[:10]}"
+    bundle = _transaction(
+        _entry("POST", "Patient", {"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": mrn}],
+                                   "gender": "female"}, full_url="urn:uuid:p"),
+        _entry("POST", "Observation", {"resourceType": "Observation", "status": "final", "code": {"text": mrn},
+                                       "subject": {"reference": "urn:uuid:p"}}),
+        _entry("POST", "Encounter", {"resourceType": "Encounter", "status": "finished", "class": {"code": "AMB"},
+                                     "subject": {"reference": "urn:uuid:p"}}))
+    answer = api.post("", json=bundle)
+    assert answer.status_code == 200, answer.text
+    pid = answer.json()["entry"][0]["response"]["location"].split("/")[1]
+    urls = [f"Patient/{pid}/Observation", f"Patient/{pid}/*", f"Patient/{pid}/*?_type=Encounter",
+            f"?_type=Patient,Observation&identifier=urn:mrn|{mrn}", f"Patient/{pid}/Organization",
+            f"Patient/{pid}/*?_type=Organization", f"Patient/{pid}/Nothing"]
+    batch = {"resourceType": "Bundle", "type": "batch", "entry": [_entry("GET", url) for url in urls]}
+    entries = api.post("", json=batch).json()["entry"]
+    for url, entry in zip(urls[:4], entries, strict=False):
+        assert entry["response"]["status"] == "200 OK", (url, entry)
+        over_rest = api.get("/" + url if url[0] != "?" else url).json()
+        assert [e["resource"]["id"] for e in entry["resource"]["entry"]] == \
+            [e["resource"]["id"] for e in over_rest["entry"]], url
+    kinds = [sorted(e["resource"]["resourceType"] for e in entry["resource"]["entry"]) for entry in entries[:4]]
+    assert kinds == [["Observation"], ["Encounter", "Observation", "Patient"], ["Encounter"], ["Patient"]]
+    assert [e["response"]["status"][:3] for e in entries[4:]] == ["400", "400", "404"]
+    in_transaction = api.post("", json=_transaction(_entry("GET", f"Patient/{pid}/*?_type=Observation")))
+    assert in_transaction.status_code == 200, in_transaction.text
+    assert in_transaction.json()["entry"][0]["resource"]["entry"][0]["resource"]["code"]["text"] == mrn
+
+
 def test_patch_entries_apply_a_json_patch_in_a_binary(api: httpx.Client) -> None:
     import base64
     import json

@@ -18,7 +18,7 @@ from fhir_server.api.deps import bundles_of, current_user, reindexer_of, service
 from fhir_server.api.formats import Rendering, fhir_response, read_resource, rendering_of, shape_resource
 from fhir_server.errors import BadRequest, Issue, MethodNotAllowed, NotFound, UnsupportedMediaType, operation_outcome
 from fhir_server.model.types import require_supported_type
-from fhir_server.search import SearchPage
+from fhir_server.search import SearchPage, types_named
 from fhir_server.search.entries import date_range
 from fhir_server.service import HistoryResult, ResourceService, WriteResult, instant
 from fhir_server.service.etag import etag, version_of_etag
@@ -313,11 +313,6 @@ async def search_type(request: Request) -> Response:
     return _searchset(request, path, pairs, page, query.ignored, summary_count=query.summary_count)
 
 
-def _types(pairs: list[tuple[str, str]]) -> list[str]:
-    """The types named by ``_type`` (comma-separated, may repeat), in order."""
-    return [t for k, v in pairs if k == "_type" for t in v.split(",") if t]
-
-
 async def search_system(request: Request) -> Response:
     """``GET [base]?_type=A,B&…`` and ``POST [base]/_search``: one search over several types (all types without
     ``_type``); and ``GET Patient/[id]/*`` and ``POST Patient/[id]/_search``: over the types of that patient's
@@ -331,7 +326,7 @@ async def search_system(request: Request) -> Response:
         compartment = (require_supported_type(request.path_params["ctype"]), request.path_params["cid"])
         path = f"{compartment[0]}/{compartment[1]}/*"
     ignored, page = await service_of(request).search_many(
-        principal=user, types=_types(pairs) or None, pairs=pairs, count=page_size(q.get("_count"), settings),
+        principal=user, types=types_named(pairs) or None, pairs=pairs, count=page_size(q.get("_count"), settings),
         cursor=q.get("_cursor"), strict=_strict(request), compartment=compartment)
     return _searchset(request, path, pairs, page, ignored)
 
@@ -347,7 +342,7 @@ async def everything(request: Request) -> Response:
     since = q.get("_since")
     if since is not None and _parse_instant("_since", since, settings) is None:
         raise BadRequest("_since must be a FHIR instant")
-    types = _types(list(q.multi_items())) or None
+    types = types_named(list(q.multi_items())) or None
     page = await service_of(request).everything(principal=user, pid=pid, since=since, types=types,
                                                 count=page_size(q.get("_count"), settings), cursor=q.get("_cursor"))
     return _searchset(request, f"Patient/{pid}/$everything", list(q.multi_items()), page, [])
@@ -427,7 +422,7 @@ async def reindex(request: Request) -> Response:
     user = await current_user(request)
     settings = settings_of(request)
     rtype = request.path_params.get("rtype")
-    types = [rtype] if rtype else _types(list(request.query_params.multi_items())) or None
+    types = [rtype] if rtype else types_named(list(request.query_params.multi_items())) or None
     job = await reindexer_of(request).start(principal=user, types=types)
     status_url = f"{settings.fhir_base}/$reindex/{job}"
     outcome = operation_outcome([Issue(severity="information", code="informational",

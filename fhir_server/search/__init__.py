@@ -9,7 +9,8 @@ from __future__ import annotations
 from fhir_server.search.compartment import patient_compartment_params
 from fhir_server.search.engine import SearchEngine, SearchPage, compartment_clause
 from fhir_server.search.keys import entry_keys
-from fhir_server.search.query import Clause, SearchQuery, parse_search, query_pairs, refuse_ignored
+from fhir_server.search.query import Clause, SearchQuery, parse_search, query_pairs, refuse_ignored, types_named
 
 __all__ = ["Clause", "SearchEngine", "SearchPage", "SearchQuery", "compartment_clause", "entry_keys",
-           "parse_search", "patient_compartment_params", "query_pairs", "refuse_ignored"]
+           "parse_search", "patient_compartment_params", "query_pairs", "refuse_ignored",
+           "types_named"]

@@ -38,7 +38,7 @@ from fhir_server.search.paths import children
 from fhir_server.search.registry import SearchParameter, indexed_as, parameters_for, split_union
 
 __all__ = ["MODIFIERS", "Chain", "Clause", "Include", "KeyRange", "KeySet", "SearchQuery", "parse_search",
-           "query_pairs", "refuse_ignored"]
+           "query_pairs", "refuse_ignored", "types_named"]
 
 # parameters that shape the result and select nothing (FHIR R4 search.html#other)
 RESULT_PARAMETERS = frozenset({"_format", "_pretty", "_summary", "_elements", "_count", "_cursor", "_sort", "_total",
@@ -146,6 +146,11 @@ class SearchQuery:
     # type that lacks a parameter others define has no match
     undefined: list[tuple[str, str]] = field(default_factory=list)
     text: str = ""
+
+
+def types_named(pairs: list[tuple[str, str]]) -> list[str]:
+    """The types named by ``_type`` (comma-separated, may repeat), in order."""
+    return [t for k, v in pairs if k == "_type" for t in v.split(",") if t]
 
 
 def query_pairs(query: str) -> list[tuple[str, str]]:

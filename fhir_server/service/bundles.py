@@ -30,7 +30,7 @@ from fhir_server.errors import (
 )
 from fhir_server.model.types import ID_RE, require_supported_type
 from fhir_server.model.validation import validate_resource
-from fhir_server.search import query_pairs
+from fhir_server.search import query_pairs, types_named
 from fhir_server.service.etag import etag, version_of_etag
 from fhir_server.service.patching import apply_patch
 from fhir_server.service.resources import ResourceService, WriteResult, instant
@@ -64,6 +64,9 @@ class _Entry:
     result: Version | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     patch: Any = None  # a PATCH entry's patch, its references resolved
+    # a search over several types: "" (the system, ``?_type=…``) or "*" (``Patient/[id]/*``) as ``rtype``;
+    # ``Patient/[id]/[type]`` and ``Patient/[id]/*`` name the compartment
+    compartment: tuple[str, str] | None = None
 
     @property
     def where(self) -> str:
@@ -150,6 +153,8 @@ class BundleService:
             url = url[len(base):]
         path, _, query = url.partition("?")
         parts = [p for p in path.split("/") if p]
+        if method == "GET" and (not parts or (len(parts) == 3 and parts[2] != "_history")):
+            return self._parse_search(index, parts, query)
         if not parts:
             raise BadRequest(f"{where}.request.url '{url}' names no resource type")
         rtype = require_supported_type(parts[0])
@@ -167,6 +172,16 @@ class BundleService:
                       resource=raw.get("resource"), full_url=raw.get("fullUrl"),
                       if_none_exist=ine if isinstance(ine, str) and ine else None,
                       if_match=if_match)
+
+    def _parse_search(self, index: int, parts: list[str], query: str) -> _Entry:
+        """A GET of a system search (``?_type=…``) or of a compartment search (``Patient/[id]/[type or *]``)."""
+        compartment = None
+        rtype = ""
+        if parts:
+            compartment = (require_supported_type(parts[0]), parts[1])
+            rtype = parts[2] if parts[2] == "*" else require_supported_type(parts[2])
+        return _Entry(index=index, method="GET", rtype=rtype, rid=None, vid=None, query=query or None,
+                      resource=None, full_url=None, if_none_exist=None, if_match=None, compartment=compartment)
 
     # ---- batch ------------------------------------------------------------------------------------------
 
@@ -245,6 +260,8 @@ class BundleService:
 
     def _authorize(self, principal: Principal, e: _Entry) -> None:
         need = {"GET": "r", "HEAD": "r", "POST": "c", "PUT": "u", "PATCH": "u", "DELETE": "d"}[e.method]
+        if e.rtype in ("", "*"):  # a search over several types: each type is checked when it runs
+            return
         try:
             if principal.require(need, e.rtype, rid=e.rid) is not None:
                 raise Forbidden("Transactions are not available to patient/ scopes yet; use a batch, whose "
@@ -418,11 +435,20 @@ class BundleService:
         """A search entry (``GET Patient?family=王``): its first page as a searchset Bundle."""
         pairs = query_pairs(e.query or "")
         count = page_size(dict(pairs).get("_count"), self.settings)  # a bad _count is a 400, as over REST
-        query, page = await self.resources.search(principal=principal, rtype=e.rtype, pairs=pairs, count=count,
-                                                  cursor=dict(pairs).get("_cursor"))
+        cursor = dict(pairs).get("_cursor")
+        path = e.rtype if e.compartment is None else f"{e.compartment[0]}/{e.compartment[1]}/{e.rtype}"
+        summary_count = False
+        if e.rtype in ("", "*"):
+            ignored, page = await self.resources.search_many(
+                principal=principal, types=types_named(pairs) or None, pairs=pairs, count=count, cursor=cursor,
+                compartment=e.compartment)
+        else:
+            query, page = await self.resources.search(principal=principal, rtype=e.rtype, pairs=pairs, count=count,
+                                                      cursor=cursor, compartment=e.compartment)
+            ignored, summary_count = query.ignored, query.summary_count
         base = self.settings.fhir_base
-        return searchset(page, url=f"{base}/{e.rtype}", base=base, params=pairs, ignored=query.ignored,
-                         summary_count=query.summary_count, resource_of=lambda v: orjson.loads(v.body or b"{}"))
+        return searchset(page, url=f"{base}/{path}".rstrip("/"), base=base, params=pairs, ignored=ignored,
+                         summary_count=summary_count, resource_of=lambda v: orjson.loads(v.body or b"{}"))
 
     def _write_entry(self, e: _Entry) -> dict[str, Any]:
         if e.result is not None:  # ifNoneExist matched: nothing written
