@@ -103,6 +103,39 @@ def test_validation_lists_every_problem_with_fhirpath(api: httpx.Client) -> None
     assert "Observation.code" in {e for i in missing.json()["issue"] for e in i.get("expression", [])}
 
 
+def test_codes_outside_required_value_sets_are_refused_where_they_are(api: httpx.Client) -> None:
+    """R4 required bindings: gender "M" is no gender a search for male would find; a status nobody knows is no
+    status. Every such code is named by FHIRPath, in nested backbones, datatypes and contained resources."""
+    bad = {"resourceType": "Patient", "gender": "zq-secret", "contact": [{"gender": "female"}, {"gender": "F"}],
+           "name": [{"use": "official", "family": "王"}, {"use": "nick"}], "telecom": [{"system": "wechat"}],
+           "contained": [{"resourceType": "Organization", "id": "o", "telecom": [{"system": "pigeon"}]}]}
+    r = api.post("/Patient", json=bad)
+    assert r.status_code == 400
+    issues = r.json()["issue"]
+    assert {i["expression"][0] for i in issues} == {
+        "Patient.gender", "Patient.contact[1].gender", "Patient.name[1].use", "Patient.telecom[0].system",
+        "Patient.contained[0].telecom[0].system"}
+    assert all(i["code"] == "code-invalid" for i in issues)
+    assert "administrative-gender (female | male | other | unknown)" in issues[0]["diagnostics"]
+    assert "zq-secret" not in r.text  # the value sent is patient data: named by where it is, not echoed
+    questionnaire = {"resourceType": "Questionnaire", "status": "active", "item": [
+        {"linkId": "1", "type": "group", "item": [{"linkId": "1.1", "type": "free-text"}]}]}
+    r = api.post("/Questionnaire", json=questionnaire)  # item.item repeats item (contentReference)
+    assert r.status_code == 400 and r.json()["issue"][0]["expression"] == ["Questionnaire.item[0].item[0].type"]
+    observation = {"resourceType": "Observation", "status": "finalised", "code": {"text": "Hb"},
+                   "valueQuantity": {"value": 5, "comparator": "~"}}
+    r = api.post("/Observation", json=observation)
+    assert {i["expression"][0] for i in r.json()["issue"]} == {"Observation.status",
+                                                               "Observation.valueQuantity.comparator"}
+    good = {**observation, "status": "final", "valueQuantity": {"value": 5, "comparator": "<"}}
+    assert api.post("/Observation", json=good).status_code == 201
+    transaction = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Patient", "gender": "male"}, "request": {"method": "POST", "url": "Patient"}},
+        {"resource": {"resourceType": "Patient", "gender": "M"}, "request": {"method": "POST", "url": "Patient"}}]}
+    r = api.post("", json=transaction)
+    assert r.status_code == 400 and r.json()["issue"][0]["expression"] == ["Bundle.entry[1].resource.gender"]
+
+
 def test_validate_operation_does_not_store(api: httpx.Client, hub: Hub) -> None:
     good = {"resourceType": "Patient", "id": "v1", "name": [{"family": "王"}]}
     r = api.post("/Patient/$validate", json=good)

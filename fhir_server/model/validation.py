@@ -1,4 +1,5 @@
-"""Structural validation of a resource against the R4B model, with one issue per problem located by FHIRPath."""
+"""Validation of a resource: its structure against the R4B model and its codes against R4's required value sets,
+with one issue per problem located by FHIRPath."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from fhir_server.errors import BadRequest, Issue
+from fhir_server.model.codes import code_issues
 from fhir_server.model.types import ID_RE, model_class, require_supported_type
 
 __all__ = ["fhirpath_of", "validate_resource"]
@@ -78,6 +80,7 @@ def validate_resource(resource: Any, *, expected_type: str | None = None, expect
     except (ValueError, TypeError) as exc:
         issues.append(Issue(code="invalid", diagnostics=f"invalid resource: {type(exc).__name__}",
                             expression=(rtype,)))
+    issues += code_issues(resource)[:_MAX_ISSUES]
     if issues:
         raise BadRequest(f"{rtype} is not valid: {len(issues)} problem(s)", issues=issues)
     return rtype
