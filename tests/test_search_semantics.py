@@ -543,6 +543,53 @@ def test_a_search_over_several_types_selects_nothing_of_a_type_without_the_param
         assert api.get("/Organization/h05/*").status_code == 400
 
 
+def test_sort_totals_and_includes_span_every_type_of_a_search_over_several(
+        search_hub: Hub, stored: dict[str, list[dict[str, Any]]]) -> None:
+    base = search_hub.base
+
+    def walk(path: str, params: dict[str, str]) -> list[dict[str, Any]]:
+        """Every match in order, two per page, following next links."""
+        out: list[dict[str, Any]] = []
+        answer = api.get(path, params={**params, "_count": "2"})
+        while True:
+            assert answer.status_code == 200, answer.text
+            page = answer.json()
+            out += [e["resource"] for e in page.get("entry", []) if e["search"]["mode"] == "match"]
+            nxt = next((link["url"] for link in page["link"] if link["relation"] == "next"), None)
+            if nxt is None:
+                return out
+            answer = api.get(nxt.replace(base, ""))
+
+    with search_hub.client() as api:
+        everything = search_all(api, base, "Patient/p0000007/$everything", [], typed=True)
+        by_id = [f"{r['resourceType']}/{r['id']}" for r in walk("/Patient/p0000007/*", {"_sort": "_id"})]
+        assert by_id == sorted(everything, key=lambda k: (k.split("/")[1], k))  # one order, not type by type
+        latest = walk("/Patient/p0000007/*", {"_sort": "-_lastUpdated"})
+        stamps = [r["meta"]["lastUpdated"] for r in latest]
+        assert stamps == sorted(stamps, reverse=True) and len(latest) == len(everything)
+        dated = walk("/Patient/p0000007/*", {"_sort": "-date", "_type": "Observation,Patient,DiagnosticReport"})
+        times = [r.get("effectiveDateTime") for r in dated]
+        assert times[-1] is None and dated[-1]["resourceType"] == "Patient"  # no date parameter: after the dated
+        assert times[:-1] == sorted(times[:-1], reverse=True) and len(times) == 4  # two results, one report
+
+        expected = len(stored["Patient"]) + len(stored["Organization"])
+        count = api.get("", params={"_type": "Patient,Organization", "_summary": "count"}).json()
+        assert count["total"] == expected and not count.get("entry")
+        accurate = api.get("", params={"_type": "Patient,Organization", "_total": "accurate", "_count": "1"}).json()
+        assert accurate["total"] == expected and len(accurate["entry"]) == 1
+
+        both = api.get("", params={"_type": "Observation,DiagnosticReport", "_id": "ob00000070,dr0000007",
+                                   "_include": "Observation:subject,DiagnosticReport:subject"}).json()
+        modes = sorted((e["search"]["mode"], e["resource"]["resourceType"], e["resource"]["id"]) for e in both["entry"])
+        assert modes == [("include", "Patient", "p0000007"), ("match", "DiagnosticReport", "dr0000007"),
+                         ("match", "Observation", "ob00000070")]  # included by both searches: once
+        matched = api.get("", params={"_type": "Observation,Patient", "_id": "ob00000070,p0000007",
+                                      "_include": "Observation:subject"}).json()
+        assert sorted(e["search"]["mode"] for e in matched["entry"]) == ["match", "match"]  # a match, not again
+        wrong = api.get("", params={"_type": "Patient,Organization", "_include": "Observation:subject"})
+        assert wrong.status_code == 400
+
+
 def test_text_and_content_match_words_of_the_narrative_and_of_the_whole_resource(
         search_hub: Hub, stored: dict[str, list[dict[str, Any]]]) -> None:
     import re

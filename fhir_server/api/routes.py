@@ -328,7 +328,7 @@ async def search_system(request: Request) -> Response:
     ignored, page = await service_of(request).search_many(
         principal=user, types=types_named(pairs) or None, pairs=pairs, count=page_size(q.get("_count"), settings),
         cursor=q.get("_cursor"), strict=_strict(request), compartment=compartment)
-    return _searchset(request, path, pairs, page, ignored)
+    return _searchset(request, path, pairs, page, ignored, summary_count=("_summary", "count") in pairs)
 
 
 async def everything(request: Request) -> Response:

@@ -153,7 +153,7 @@ class SearchEngine:
         clauses = await self._resolve(query)
         warnings: list[str] = []
         if query.sort:
-            page = await self._sorted_page(query, clauses, count=count, cursor=cursor, from_end=from_end)
+            page = await self._sorted_page([query], count=count, cursor=cursor, from_end=from_end, clauses=[clauses])
         else:
             state = _decode_cursor(cursor) if cursor else None
             found = await self._scan_page(query.rtype, clauses, want=count, state=state, from_end=from_end)
@@ -172,10 +172,40 @@ class SearchEngine:
         return page
 
     async def page_of_many(self, queries: list[SearchQuery], *, count: int, cursor: str | None) -> SearchPage:
-        """One page over several searches in turn (system search over ``_type``, ``$everything``). Cursors are
-        ``[i, inner]`` (from the position ``inner`` of search ``i``, None: its start) and ``[i, inner, "prev"]``
-        (the page that ends before the position of the previous-cursor ``inner`` of search ``i``, None: before
-        its end)."""
+        """One page over several searches (system search over ``_type``, a compartment's ``*``, ``$everything``),
+        which share their result parameters: with ``_sort``, one order over all of them; ``_summary=count`` and
+        ``_total`` count all of them; a resource included by several of them is included once."""
+        if not queries:
+            return SearchPage([], None, total=0)
+        head = queries[0]
+        if head.summary_count:
+            return SearchPage([], None, total=await self._total(queries, "accurate"))
+        if head.sort:
+            return await self._sorted_page(queries, count=count, cursor=cursor)
+        counted = head.total in ("accurate", "estimate")
+        page = await self._page_of_many([replace(q, total="none") if counted else q for q in queries], count=count,
+                                        cursor=cursor)
+        if counted:
+            page.total = await self._total(queries, head.total or "accurate")
+        matched = {v.key for v in page.matches}
+        page.included = list({v.key: v for v in page.included if v.key not in matched}.values())
+        return page
+
+    async def _total(self, queries: list[SearchQuery], kind: str) -> int | None:
+        """The matches of all ``queries`` (``kind``: accurate or estimate; None when one estimate is)."""
+        total = 0
+        for query in queries:
+            clauses = await self._resolve(query)
+            found = await self.count(query, clauses) if kind == "accurate" else await self._estimate(query, clauses)
+            if found is None:
+                return None
+            total += found
+        return total
+
+    async def _page_of_many(self, queries: list[SearchQuery], *, count: int, cursor: str | None) -> SearchPage:
+        """Searches in turn. Cursors are ``[i, inner]`` (from the position ``inner`` of search ``i``, None: its
+        start) and ``[i, inner, "prev"]`` (the page that ends before the position of the previous-cursor ``inner``
+        of search ``i``, None: before its end)."""
         state = _decode_cursor(cursor) if cursor else [0, None]
         if not (isinstance(state, list) and len(state) in (2, 3) and isinstance(state[0], int)
                 and 0 <= state[0] <= len(queries) and (state[1] is None or isinstance(state[1], str))
@@ -472,10 +502,19 @@ class SearchEngine:
 
     # ---- sorting ------------------------------------------------------------------------------------------
 
-    async def _sorted_page(self, query: SearchQuery, clauses: list[Clause], *, count: int,
-                           cursor: str | None, from_end: bool = False) -> SearchPage:
-        found = await self.all_matches(query, cap=self.settings.search_sort_max, clauses=clauses)
-        keyed: list[tuple[list[Any], Version]] = [(_sort_values(query, v), v) for v in found]
+    async def _sorted_page(self, queries: list[SearchQuery], *, count: int, cursor: str | None,
+                           from_end: bool = False, clauses: list[list[Clause]] | None = None) -> SearchPage:
+        """``_sort``: every match of the searches (up to ``search_sort_max`` in all), in one order, paged by a
+        keyset cursor (the sort values and ``Type/id`` of the last match). ``clauses``: resolved already."""
+        query = queries[0]  # the searches share _sort
+        cap = self.settings.search_sort_max
+        keyed: list[tuple[list[Any], Version]] = []
+        for i, q in enumerate(queries):
+            found = await self.all_matches(q, cap=cap, clauses=None if clauses is None else clauses[i])
+            keyed += [(_sort_values(q, v), v) for v in found]
+            if len(keyed) > cap:
+                msg = f"The search matches more than {cap} resources, more than _sort handles; narrow it"
+                raise TooManyMatches(msg, issues=[Issue(code="too-costly", diagnostics=msg)])
 
         def order(a: tuple[list[Any], Version], b: tuple[list[Any], Version]) -> int:
             return _compare(query, a[0], b[0])
@@ -495,7 +534,19 @@ class SearchEngine:
         chunk = keyed[start:min(start + count, end)]
         nxt = _encode_cursor(chunk[-1][0]) if chunk and start + len(chunk) < len(keyed) else None
         previous = _encode_cursor({"b": chunk[0][0]}) if chunk and start > 0 else None
-        return SearchPage([v for _, v in chunk], nxt, total=len(keyed), previous_cursor=previous)
+        page = SearchPage([v for _, v in chunk], nxt, total=len(keyed), previous_cursor=previous)
+        if len(queries) > 1:  # a page over several types: each type's includes, from its own matches
+            seen = {v.key for v in page.matches}
+            for q in queries:
+                mine = [v for v in page.matches if v.rtype == q.rtype]
+                if (q.includes or q.revincludes) and mine:
+                    included, warnings = await self._include(q, mine)
+                    for v in included:
+                        if v.key not in seen:
+                            seen.add(v.key)
+                            page.included.append(v)
+                    page.warnings += [w for w in warnings if w not in page.warnings]
+        return page
 
     # ---- _include and _revinclude -------------------------------------------------------------------------
 
@@ -586,11 +637,14 @@ def _sort_values(query: SearchQuery, version: Version) -> list[Any]:
         if code == "_id":
             out.append(version.rid)
             continue
+        if code not in params:  # a search over several types, sorted by a parameter this type lacks
+            out.append(None)
+            continue
         kind = params[code].type
         values = [_sort_value(kind, e[len(code) + 1:-1], descending) for e in entries if e.startswith(f"{code}|")]
         values = [v for v in values if v is not None]
         out.append((max(values) if descending else min(values)) if values else None)
-    out.append(version.rid)
+    out.append(version.key)  # last: Type/id, unique across the types of a search over several
     return out
 
 

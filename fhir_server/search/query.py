@@ -737,7 +737,7 @@ def _bad_modifier(modifier: str, kind: str, name: str) -> BadRequest:
     return _bad(f"The modifier :{modifier} is not supported on {kind} parameters", code="not-supported", where=name)
 
 
-def _includes(rtype: str, values: list[str], name: str, *, reverse: bool) -> list[Include]:
+def _includes(rtype: str, values: list[str], name: str, *, reverse: bool, searched: frozenset[str]) -> list[Include]:
     out = []
     iterate = name.endswith(":iterate") or name.endswith(":recurse")
     for value in values:
@@ -754,8 +754,9 @@ def _includes(rtype: str, values: list[str], name: str, *, reverse: bool) -> lis
             raise _bad(f"{name}={value}: '{param}' is not a reference search parameter of {source}", where=name)
         param, only = indexed_as(source, param)
         target = target or only
-        if not reverse and not iterate and source != rtype:
-            raise _bad(f"{name}={value}: the source type must be {rtype} (or use {name}:iterate)", where=name)
+        if not reverse and not iterate and source not in searched:
+            what = rtype if len(searched) == 1 else "one of the types searched"
+            raise _bad(f"{name}={value}: the source type must be {what} (or use {name}:iterate)", where=name)
         out.append(Include(source, param, target, iterate))
     return out
 
@@ -767,8 +768,9 @@ def refuse_ignored(ignored: list[str]) -> None:
 
 
 def parse_search(rtype: str, pairs: list[tuple[str, str]], *, zone: ZoneInfo, base_url: str,
-                 strict: bool = False) -> SearchQuery:
-    """The search ``pairs`` (from a query string or form) of type ``rtype``.
+                 strict: bool = False, searched: frozenset[str] | None = None) -> SearchQuery:
+    """The search ``pairs`` (from a query string or form) of type ``rtype``; ``searched``: every type of a search
+    over several (an ``_include`` may name any of them as its source).
 
     Unknown parameters are listed in ``ignored`` (``strict``: a 400 instead, FHIR R4 search.html#errors).
     """
@@ -778,13 +780,17 @@ def parse_search(rtype: str, pairs: list[tuple[str, str]], *, zone: ZoneInfo, ba
     for name, value in pairs:
         base_name = name.split(":", 1)[0]
         if base_name in ("_include", "_revinclude"):
-            found = _includes(rtype, _split_values(value), name, reverse=base_name == "_revinclude")
+            found = _includes(rtype, _split_values(value), name, reverse=base_name == "_revinclude",
+                              searched=searched or frozenset({rtype}))
             (query.revincludes if base_name == "_revinclude" else query.includes).extend(found)
             continue
         if name == "_sort":
             for key in _split_values(value):
                 desc = key.startswith("-")
                 code = key.lstrip("-")
+                if code not in parameters_for(rtype) and any(code in parameters_for(t) for t in searched or ()):
+                    query.sort.append((code, desc))  # another type searched has it: this type has no value
+                    continue
                 if code not in parameters_for(rtype) or parameters_for(rtype)[code].type in ("composite", "special"):
                     raise _bad(f"_sort: '{code}' is not a search parameter of {rtype}", where="_sort")
                 query.sort.append((indexed_as(rtype, code)[0], desc))

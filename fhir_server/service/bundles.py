@@ -437,7 +437,7 @@ class BundleService:
         count = page_size(dict(pairs).get("_count"), self.settings)  # a bad _count is a 400, as over REST
         cursor = dict(pairs).get("_cursor")
         path = e.rtype if e.compartment is None else f"{e.compartment[0]}/{e.compartment[1]}/{e.rtype}"
-        summary_count = False
+        summary_count = ("_summary", "count") in pairs
         if e.rtype in ("", "*"):
             ignored, page = await self.resources.search_many(
                 principal=principal, types=types_named(pairs) or None, pairs=pairs, count=count, cursor=cursor,

@@ -150,8 +150,10 @@ class ResourceService:
         nxt = None if page.next_cursor is None else f"{page.next_cursor[0]}:{page.next_cursor[1]}"
         return HistoryResult(page.versions, nxt)
 
-    def parse(self, rtype: str, pairs: list[tuple[str, str]], *, strict: bool = False) -> SearchQuery:
-        return parse_search(rtype, pairs, zone=self.settings.zone, base_url=self.settings.fhir_base, strict=strict)
+    def parse(self, rtype: str, pairs: list[tuple[str, str]], *, strict: bool = False,
+              searched: frozenset[str] | None = None) -> SearchQuery:
+        return parse_search(rtype, pairs, zone=self.settings.zone, base_url=self.settings.fhir_base, strict=strict,
+                            searched=searched)
 
     def criteria(self, rtype: str, text: str) -> SearchQuery:
         """The search criteria of a conditional operation (any search; unknown parameters are refused)."""
@@ -208,7 +210,7 @@ class ResourceService:
             wanted = set(types)
             order = members if compartment is not None else list(dict.fromkeys(types))
             members = [t for t in order if t in wanted]
-        queries = [self.parse(t, pairs) for t in members]
+        queries = [self.parse(t, pairs, searched=frozenset(members)) for t in members]
         several = len(queries) > 1
         unknown = set.intersection(*({code for code, _ in q.undefined} for q in queries)) if queries else set()
         ignored = [f"Search parameter '{code}' is not defined for any of the types searched"
