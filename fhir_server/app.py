@@ -51,11 +51,12 @@ async def _backfill_history_keys(store: ResourceStore, retry: float = 30.0) -> N
     read the slower way until it is done); a failed attempt is tried again."""
     while True:
         try:
-            if await store.history_keys_complete():
-                return
-            log.info("history keys: indexing the versions written before this hub version")
-            seen = await store.backfill_history_keys()
-            log.info("history keys: done (%d stored versions read)", seen)
+            complete = await store.history_keys_complete()
+            if not complete:
+                log.info("history keys: indexing the versions written before this hub version")
+            seen = await store.backfill_history_keys()  # complete: drops the indexes the older reads needed
+            if not complete:
+                log.info("history keys: done (%d stored versions read)", seen)
             return
         except Exception as exc:  # the store may be down for a while
             log.warning("history keys: attempt failed (%s); trying again", type(exc).__name__)

@@ -74,11 +74,18 @@ async def test_history_from_keys_pages_like_the_merge_of_both_collections(store)
 async def test_backfill_gives_an_older_store_its_keys_and_history_then_reads_no_scan(store) -> None:
     store, filters = store
     await _write_some(store)
+    scan_indexes = [("t_ts", [("t", 1), ("ts", -1)]), ("ts", [("ts", -1)])]
+    for collection in (store.resources, store.history):
+        assert set(await collection.index_information()) == {"_id_"}  # this hub creates no others there
+        for name, keys in scan_indexes:  # as an older hub did
+            await collection.create_index(keys, name=name)
     await store.search_index.delete_many({"_id": {"$regex": r"\|@history\|"}})  # a store an older hub wrote
     expected = await _pages(store._history_scan, rtype=None, since=None, at=None, count=5)
     assert not await store.history_keys_complete()
     assert await store.backfill_history_keys() >= 24  # current versions and superseded copies
     assert await store.history_keys_complete() and await store.backfill_history_keys() == 0
+    for collection in (store.resources, store.history):  # nothing reads by them now: dropped
+        assert set(await collection.index_information()) == {"_id_"}
     expected_basic = await _pages(store._history_scan, rtype="Basic", since=None, at=None, count=3)
     filters.filters.clear()
     assert await _pages(store.history_page, rtype=None, since=None, at=None, count=5) == expected
