@@ -128,6 +128,33 @@ def test_patient_scopes_keep_to_the_patients_compartment(hub: Hub, api: httpx.Cl
         assert no_claim.get(f"/Patient/{mine}").status_code == 403
 
 
+def test_included_resources_only_where_the_token_may_read_them(hub: Hub, api: httpx.Client) -> None:
+    """``_include`` must not hand out what a read would refuse: at type level, over several types and in a
+    compartment's ``*``."""
+    mine = api.post("/Patient", json={"resourceType": "Patient"}).json()["id"]
+    doctor = api.post("/Practitioner", json={"resourceType": "Practitioner"}).json()["id"]
+    code = f"inc-{mine}"
+    api.post("/Observation", json={"resourceType": "Observation", "status": "final", "code": {"text": code},
+                                   "subject": {"reference": f"Patient/{mine}"},
+                                   "performer": [{"reference": f"Practitioner/{doctor}"}]})
+    include = [("_include", "Observation:subject"), ("_include", "Observation:performer"), ("code:text", code)]
+    urls = ["/Observation", "", f"/Patient/{mine}/*"]
+
+    def included(app: httpx.Client, url: str) -> list[str]:
+        answer = app.get(url, params=[*include, *([("_type", "Observation")] if url != "/Observation" else [])])
+        assert answer.status_code == 200, (url, answer.text)
+        entries = answer.json()["entry"]
+        assert [e["resource"]["resourceType"] for e in entries if e["search"]["mode"] == "match"] == ["Observation"]
+        return sorted(f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in entries
+                      if e["search"]["mode"] == "include")
+
+    with hub.client("patient/Observation.rs", patient=mine) as app:  # may read Observations only
+        assert [included(app, url) for url in urls] == [[], [], []]
+    with hub.client("patient/*.rs", patient=mine) as app:  # the patient, not the practitioner (outside)
+        assert [included(app, url) for url in urls] == [[f"Patient/{mine}"]] * 3
+    assert [included(api, url) for url in urls] == [[f"Patient/{mine}", f"Practitioner/{doctor}"]] * 3
+
+
 def test_scope_parsing() -> None:
     grants = parse_scopes("system/Patient.cruds user/*.read patient/Observation.rs launch openid user/X.y "
                           "system/Encounter.rs?category=x")

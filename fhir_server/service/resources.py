@@ -182,13 +182,16 @@ class ResourceService:
 
     async def search_types(self, *, principal: Principal, queries: list[SearchQuery], count: int,
                            cursor: str | None) -> SearchPage:
-        """One page over several searches in turn (system search with _type, $everything)."""
+        """One page over several searches (``search_many``'s), each kept to the token's patient's compartment
+        when only ``patient/`` scopes allow it; included resources only where the token may read them."""
         for query in queries:
             patient = principal.require("s", query.rtype)
             if patient is not None:
                 query.clauses.append(self._compartment(query.rtype, "Patient", patient, forbidden=True))
         count = max(0, min(count, self.settings.history_max_count))
-        return await self.engine.page_of_many(queries, count=count, cursor=cursor)
+        page = await self.engine.page_of_many(queries, count=count, cursor=cursor)
+        page.included = [v for v in page.included if _readable(principal, v)]
+        return page
 
     async def search_many(self, *, principal: Principal, types: list[str] | None, pairs: list[tuple[str, str]],
                           count: int, cursor: str | None, strict: bool = False,
