@@ -155,6 +155,40 @@ def test_included_resources_only_where_the_token_may_read_them(hub: Hub, api: ht
     assert [included(api, url) for url in urls] == [[f"Patient/{mine}", f"Practitioner/{doctor}"]] * 3
 
 
+def test_chains_has_and_conditional_references_need_search_on_the_types_they_reach(
+        hub: Hub, api: httpx.Client) -> None:
+    """Criteria tell about the resources they test: ``Patient?_has:Observation:…`` says who has such an
+    Observation, a conditional reference ``Patient?identifier=…`` whether that patient exists."""
+    mrn = f"A{uuid.uuid4().hex[:10]}"
+    pid = api.post("/Patient", json={"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": mrn}],
+                                     "name": [{"family": mrn}]}).json()["id"]
+    api.post("/Observation", json={"resourceType": "Observation", "status": "final", "code": {"text": mrn},
+                                   "subject": {"reference": f"Patient/{pid}"}})
+    has = {"_has:Observation:subject:code:text": mrn}
+    with hub.client("user/Patient.rs") as app:
+        assert app.get("/Patient", params=has).status_code == 403
+        assert app.get("", params={"_type": "Patient", **has}).status_code == 403
+    with hub.client("user/Patient.rs user/Observation.rs") as app:
+        assert [e["resource"]["id"] for e in app.get("/Patient", params=has).json()["entry"]] == [pid]
+        # subject targets Patient, Group, Device, Location: the chain keeps the searchable ones
+        found = app.get("/Observation", params={"subject.name": mrn}).json()["entry"]
+        assert [e["resource"]["code"]["text"] for e in found] == [mrn]
+    with hub.client("user/Observation.rs") as app:
+        assert app.get("/Observation", params={"subject:Patient.name": mrn}).status_code == 403
+        assert app.get("/Observation", params={"subject.name": mrn}).status_code == 403  # no target left
+    observation = {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                   "subject": {"reference": f"Patient?identifier=urn:mrn|{mrn}"}}
+    transaction = {"resourceType": "Bundle", "type": "transaction",
+                   "entry": [{"resource": observation, "request": {"method": "POST", "url": "Observation"}}]}
+    with hub.client("system/Observation.c") as app:
+        refused = app.post("", json=transaction)
+        assert refused.status_code == 403 and "Patient" in refused.text
+        assert app.post("/Observation", json={**observation, "subject": {"reference": f"Patient/{pid}"}},
+                        headers={"If-None-Exist": f"subject:Patient.identifier=urn:mrn|{mrn}"}).status_code == 403
+    with hub.client("system/Observation.cs system/Patient.s") as app:
+        assert app.post("", json=transaction).status_code == 200
+
+
 def test_scope_parsing() -> None:
     grants = parse_scopes("system/Patient.cruds user/*.read patient/Observation.rs launch openid user/X.y "
                           "system/Encounter.rs?category=x")

@@ -277,24 +277,24 @@ class BundleService:
             for query in (e.query, e.if_none_exist):
                 if query and e.method not in ("GET", "HEAD"):
                     try:
-                        names.add(self.resources.criteria(e.rtype, query).text)
+                        names.add(self.resources.criteria(principal, e.rtype, query).text)
                     except HubError as exc:
                         raise _fail(e, exc) from None
         locks = sorted(names)
         async with contextlib.AsyncExitStack() as stack:
             for name in locks:  # conditional criteria, in name order: match-then-write cannot race
                 await stack.enter_async_context(self.store.lock(name))
-            ids = await self._resolve_targets(entries)
+            ids = await self._resolve_targets(principal, entries)
             references: dict[str, str] = {}
             for e in entries:
                 if e.method in ("POST", "PUT") and e.resource is not None:
-                    e.resource = await self._rewrite(e, e.resource, ids, references)
+                    e.resource = await self._rewrite(principal, e, e.resource, ids, references)
                 elif e.method == "PATCH":  # the values a patch writes may refer to other entries too
                     try:
                         patch = _patch_of(e)
                     except HubError as exc:
                         raise _fail(e, exc) from None
-                    e.patch = await self._rewrite(e, patch, ids, references)
+                    e.patch = await self._rewrite(principal, e, patch, ids, references)
             changes = await self._prepare(entries)
             await self.store.write_all(changes)
             for new, _ in changes:
@@ -311,7 +311,7 @@ class BundleService:
         return {"resourceType": "Bundle", "type": "transaction-response",
                 "entry": [e.extra or self._write_entry(e) for e in entries]}
 
-    async def _resolve_targets(self, entries: list[_Entry]) -> dict[str, str]:
+    async def _resolve_targets(self, principal: Principal, entries: list[_Entry]) -> dict[str, str]:
         """Decide the id each write entry targets; map fullUrls (urn:uuid:, urn:oid:) to Type/id."""
         ids: dict[str, str] = {}
         seen: set[str] = set()
@@ -321,7 +321,7 @@ class BundleService:
             try:
                 if e.method == "POST":
                     if e.if_none_exist:
-                        found = await self._matches(e.rtype, e.if_none_exist)
+                        found = await self._matches(principal, e.rtype, e.if_none_exist)
                         if len(found) > 1:
                             raise PreconditionFailed(f"ifNoneExist matched {len(found)} {e.rtype} resources")
                         if found:
@@ -332,7 +332,7 @@ class BundleService:
                         raise BadRequest(f"'{e.rid}' is not a valid FHIR id")
                     e.target = e.rid
                 elif e.query:
-                    found = await self._matches(e.rtype, e.query)
+                    found = await self._matches(principal, e.rtype, e.query)
                     if len(found) > 1:
                         raise PreconditionFailed(f"The criteria matched {len(found)} {e.rtype} resources")
                     body_id = e.resource.get("id") if isinstance(e.resource, dict) else None
@@ -355,17 +355,19 @@ class BundleService:
                 ids[e.full_url] = key
         return ids
 
-    async def _matches(self, rtype: str, query: str) -> list[Version]:
-        criteria = self.resources.criteria(rtype, query)
+    async def _matches(self, principal: Principal, rtype: str, query: str) -> list[Version]:
+        criteria = self.resources.criteria(principal, rtype, query)
         return await self.resources.match(criteria, rtype)
 
-    async def _rewrite(self, e: _Entry, value: Any, ids: dict[str, str], cache: dict[str, str]) -> Any:
-        """Replace references to fullUrls of this Bundle and conditional references by Type/id."""
+    async def _rewrite(self, principal: Principal, e: _Entry, value: Any, ids: dict[str, str],
+                       cache: dict[str, str]) -> Any:
+        """Replace references to fullUrls of this Bundle and conditional references by Type/id (a conditional
+        reference is a search: the principal must be allowed it)."""
         if isinstance(value, list):
-            return [await self._rewrite(e, v, ids, cache) for v in value]
+            return [await self._rewrite(principal, e, v, ids, cache) for v in value]
         if not isinstance(value, dict):
             return value
-        out = {k: await self._rewrite(e, v, ids, cache) for k, v in value.items()}
+        out = {k: await self._rewrite(principal, e, v, ids, cache) for k, v in value.items()}
         ref = out.get("reference")
         if isinstance(ref, str):
             if ref in ids:
@@ -374,7 +376,7 @@ class BundleService:
                 if ref not in cache:
                     rtype, _, query = ref.partition("?")
                     try:
-                        found = await self._matches(require_supported_type(rtype), query)
+                        found = await self._matches(principal, require_supported_type(rtype), query)
                     except HubError as exc:
                         raise _fail(e, exc) from None
                     if len(found) != 1:  # FHIR R4 http.html#trules: a conditional reference must match one

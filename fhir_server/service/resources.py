@@ -51,7 +51,7 @@ from fhir_server.settings import Settings
 from fhir_server.storage import LockBusy, ResourceStore, Version, VersionConflict, now_micros
 from fhir_server.storage.versions import split_item
 
-__all__ = ["HistoryResult", "ResourceService", "WriteResult", "instant"]
+__all__ = ["HistoryResult", "ResourceService", "WriteResult", "instant", "require_search"]
 
 
 def _compartment_members() -> list[str]:
@@ -155,13 +155,15 @@ class ResourceService:
         return parse_search(rtype, pairs, zone=self.settings.zone, base_url=self.settings.fhir_base, strict=strict,
                             searched=searched)
 
-    def criteria(self, rtype: str, text: str) -> SearchQuery:
-        """The search criteria of a conditional operation (any search; unknown parameters are refused)."""
+    def criteria(self, principal: Principal, rtype: str, text: str) -> SearchQuery:
+        """The search criteria of a conditional operation or reference (any search; unknown parameters are
+        refused), which ``principal`` must be allowed to search (``require_search``)."""
         query = self.parse(rtype, query_pairs(text), strict=True)
         if not query.clauses:
             raise BadRequest("A conditional operation needs search criteria", issues=[
                 Issue(code="required", diagnostics="A conditional operation needs search criteria, e.g. "
                       "identifier=system|value")])
+        require_search(principal, query)
         return query
 
     async def search(self, *, principal: Principal, rtype: str, pairs: list[tuple[str, str]], count: int,
@@ -169,8 +171,9 @@ class ResourceService:
                      compartment: tuple[str, str] | None = None) -> tuple[SearchQuery, SearchPage]:
         """A page of a type-level (or compartment) search; with patient/ scopes, within the patient's compartment."""
         require_supported_type(rtype)
-        patient = principal.require("s", rtype)
+        principal.require("s", rtype)
         query = self.parse(rtype, pairs, strict=strict)
+        patient = require_search(principal, query)
         if compartment is not None:
             query.clauses.append(self._compartment(rtype, *compartment))
         if patient is not None:
@@ -185,7 +188,7 @@ class ResourceService:
         """One page over several searches (``search_many``'s), each kept to the token's patient's compartment
         when only ``patient/`` scopes allow it; included resources only where the token may read them."""
         for query in queries:
-            patient = principal.require("s", query.rtype)
+            patient = require_search(principal, query)
             if patient is not None:
                 query.clauses.append(self._compartment(query.rtype, "Patient", patient, forbidden=True))
         count = max(0, min(count, self.settings.history_max_count))
@@ -272,7 +275,7 @@ class ResourceService:
             return await self._write(rtype=rtype, rid=str(uuid.uuid4()), resource=resource, method="POST",
                                      expected=None, must_be_new=True)
         _no_search_for_patient_scopes(principal.require("s", rtype), "Conditional create")
-        criteria = self.criteria(rtype, if_none_exist)
+        criteria = self.criteria(principal, rtype, if_none_exist)
         async with self._guard(criteria):
             matches = await self.match(criteria, rtype)
             if len(matches) > 1:
@@ -303,7 +306,7 @@ class ResourceService:
         require_supported_type(rtype)
         principal.require("u", rtype)
         _no_search_for_patient_scopes(principal.require("s", rtype), "Conditional update")
-        criteria = self.criteria(rtype, criteria_text)
+        criteria = self.criteria(principal, rtype, criteria_text)
         validate_resource(resource, expected_type=rtype)
         body_id = resource.get("id")
         async with self._guard(criteria):
@@ -371,7 +374,7 @@ class ResourceService:
         require_supported_type(rtype)
         principal.require("d", rtype)
         _no_search_for_patient_scopes(principal.require("s", rtype), "Conditional delete")
-        criteria = self.criteria(rtype, criteria_text)
+        criteria = self.criteria(principal, rtype, criteria_text)
         async with self._guard(criteria):
             matches = await self.match(criteria, rtype)
             if len(matches) > 1:  # FHIR R4 http.html#cdelete: we delete one at a time
@@ -565,6 +568,32 @@ def _keep_body_to_compartment(patient: str | None, resource: dict[str, Any]) -> 
     if patient is not None and not in_patient_compartment(resource, patient):
         raise Forbidden("With patient/ scopes a resource must belong to the token's patient (its subject or "
                         "patient reference must be that Patient)")
+
+
+def require_search(principal: Principal, query: SearchQuery) -> str | None:
+    """Check that ``principal`` may search ``query``'s type and the types its chains and ``_has`` reach: their
+    criteria tell about those resources (``Patient?_has:Observation:subject:code=…`` says who has such an
+    Observation). A chain over several target types keeps those the principal may search (``subject.name=王``
+    with Patient search only: Patients), and is refused when none is left. Returns the patient restriction of
+    the query's own type (``Principal.require``)."""
+    patient = principal.require("s", query.rtype)
+    for clause in query.clauses:
+        if clause.has is not None:
+            require_search(principal, clause.has.query)
+        if clause.chain is not None:
+            allowed = []
+            for sub in clause.chain.queries:
+                try:
+                    require_search(principal, sub)
+                except Forbidden:
+                    if len(clause.chain.queries) == 1:
+                        raise
+                    continue
+                allowed.append(sub)
+            if not allowed:
+                raise Forbidden(f"The token's scopes do not allow search on any target type of {clause.name}")
+            clause.chain.queries[:] = allowed
+    return patient
 
 
 def _no_search_for_patient_scopes(patient: str | None, what: str) -> None:
