@@ -170,6 +170,9 @@ def test_chains_has_and_conditional_references_need_search_on_the_types_they_rea
         assert app.get("", params={"_type": "Patient", **has}).status_code == 403
     with hub.client("user/Patient.rs user/Observation.rs") as app:
         assert [e["resource"]["id"] for e in app.get("/Patient", params=has).json()["entry"]] == [pid]
+        everywhere = app.get("", params={"_content": mrn}).json()["entry"]  # all types: those it may search
+        assert sorted(e["resource"]["resourceType"] for e in everywhere) == ["Observation", "Patient"]
+        assert app.get("", params={"_content": mrn, "_type": "Patient,Organization"}).status_code == 403
         # subject targets Patient, Group, Device, Location: the chain keeps the searchable ones
         found = app.get("/Observation", params={"subject.name": mrn}).json()["entry"]
         assert [e["resource"]["code"]["text"] for e in found] == [mrn]

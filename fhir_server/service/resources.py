@@ -199,8 +199,9 @@ class ResourceService:
     async def search_many(self, *, principal: Principal, types: list[str] | None, pairs: list[tuple[str, str]],
                           count: int, cursor: str | None, strict: bool = False,
                           compartment: tuple[str, str] | None = None) -> tuple[list[str], SearchPage]:
-        """A page of one search over several types: ``types`` (from ``_type``), else every type (system search) or
-        every type of the ``compartment`` (``Patient/[id]/*``). Returns what was ignored, and the page.
+        """A page of one search over several types: ``types`` (from ``_type``), else every type the principal may
+        search (system search) or of the ``compartment`` (``Patient/[id]/*``). Returns what was ignored, and the
+        page.
 
         A parameter that some searched types define and others do not selects nothing of the others
         (``GET [base]?gender=male`` finds no Observation); a parameter none of them defines is ignored and
@@ -208,6 +209,8 @@ class ResourceService:
         if compartment is not None and compartment[0] != "Patient":
             raise BadRequest(f"Compartment search is available for Patient compartments, not {compartment[0]}")
         members = _compartment_members() if compartment is not None else sorted(SUPPORTED_TYPES)
+        if types is None:  # all types: those the token may search (with _type, a type it may not is a 403)
+            members = [t for t in members if _may_search(principal, t)] or members
         if types is not None:
             for t in types:
                 require_supported_type(t)
@@ -568,6 +571,14 @@ def _keep_body_to_compartment(patient: str | None, resource: dict[str, Any]) -> 
     if patient is not None and not in_patient_compartment(resource, patient):
         raise Forbidden("With patient/ scopes a resource must belong to the token's patient (its subject or "
                         "patient reference must be that Patient)")
+
+
+def _may_search(principal: Principal, rtype: str) -> bool:
+    try:
+        principal.require("s", rtype)
+    except Forbidden:
+        return False
+    return True
 
 
 def require_search(principal: Principal, query: SearchQuery) -> str | None:
