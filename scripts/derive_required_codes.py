@@ -9,7 +9,8 @@ to the structural checks.
 
 The output is a tree per resource type and datatype, keyed by JSON property name: ``"=<value set>"`` for a
 code element, ``"@<Type>"`` for an element of a datatype that has code elements somewhere below it, ``"#<path>"``
-for a ``contentReference`` (e.g. ``Questionnaire.item.item``), or a nested object for a backbone element.
+for a ``contentReference`` (e.g. ``Questionnaire.item.item``), ``"!"`` for a resource inside a resource
+(``contained``, ``Bundle.entry.resource``: checked as its own type), or a nested object for a backbone element.
 
 Run: scripts/fetch-fhir-examples.sh && .venv/bin/python scripts/derive_required_codes.py
 """
@@ -121,7 +122,9 @@ def derive() -> dict[str, Any]:
                         parent[key] = "=" + url
                 elif kind in ("BackboneElement", "Element") and len(_json_names(element)) == 1:
                     nodes[element["path"]] = parent[key] = {}
-                elif kind in definitions and kind not in ("Extension", "Resource"):
+                elif kind == "Resource":  # contained, Bundle.entry.resource, Parameters.parameter.resource
+                    parent[key] = "!"
+                elif kind in definitions and kind != "Extension":
                     parent[key] = "@" + kind
         return root
 
@@ -134,7 +137,7 @@ def derive() -> dict[str, Any]:
     def has_codes(node: Any, stack: frozenset[str]) -> bool:
         if isinstance(node, dict):
             return any([has_codes(v, stack) for v in node.values()])
-        if node.startswith("="):
+        if node.startswith(("=", "!")):
             return True
         if node.startswith("@"):
             kind = node[1:]

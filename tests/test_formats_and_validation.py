@@ -134,6 +134,11 @@ def test_codes_outside_required_value_sets_are_refused_where_they_are(api: httpx
         {"resource": {"resourceType": "Patient", "gender": "M"}, "request": {"method": "POST", "url": "Patient"}}]}
     r = api.post("", json=transaction)
     assert r.status_code == 400 and r.json()["issue"][0]["expression"] == ["Bundle.entry[1].resource.gender"]
+    document = {"resourceType": "Bundle", "type": "collection", "entry": [  # a stored Bundle: its entries too
+        {"fullUrl": "urn:uuid:1", "resource": {"resourceType": "Patient", "gender": "male"}},
+        {"fullUrl": "urn:uuid:2", "resource": {"resourceType": "Encounter", "status": "done", "class": {"code": "x"}}}]}
+    r = api.post("/Bundle", json=document)
+    assert r.status_code == 400 and r.json()["issue"][0]["expression"] == ["Bundle.entry[1].resource.status"]
 
 
 def test_validate_operation_does_not_store(api: httpx.Client, hub: Hub) -> None:

@@ -25,15 +25,12 @@ _LISTED = 12  # value sets up to this size are spelled out in the message
 
 def code_issues(resource: dict[str, Any]) -> list[Issue]:
     """One issue per code outside its required value set, located by FHIRPath (``Patient.contact[0].gender``);
-    contained resources included. The message names the value set, never the value sent."""
+    resources inside it (``contained``, a Bundle's entries) included. The message names the value set, never
+    the value sent."""
     rtype = resource.get("resourceType")
     out: list[Issue] = []
     if isinstance(rtype, str):
         _walk(_TYPES.get(rtype), resource, rtype, out)
-        contained = resource.get("contained")
-        for i, inner in enumerate(contained if isinstance(contained, list) else []):
-            if isinstance(inner, dict) and isinstance(inner.get("resourceType"), str):
-                _walk(_TYPES.get(inner["resourceType"]), inner, f"{rtype}.contained[{i}]", out)
     return out
 
 
@@ -57,6 +54,9 @@ def _walk(node: dict[str, Any] | None, value: Any, path: str, out: list[Issue]) 
                                      diagnostics=f"Not a code of the required value set {spec[1:]}{listed}"))
             elif spec[0] == "@":
                 _walk(_TYPES.get(spec[1:]), item, where, out)
+            elif spec == "!":  # a resource inside this one: its own type's codes
+                inner = item.get("resourceType") if isinstance(item, dict) else None
+                _walk(_TYPES.get(inner) if isinstance(inner, str) else None, item, where, out)
             else:  # "#Questionnaire.item": the element repeats the definition of another one
                 _walk(_node_at(spec[1:]), item, where, out)
 
