@@ -136,7 +136,7 @@ def derive() -> dict[str, Any]:
 
     def has_codes(node: Any, stack: frozenset[str]) -> bool:
         if isinstance(node, dict):
-            return any([has_codes(v, stack) for v in node.values()])
+            return any(has_codes(v, stack) for v in node.values())
         if node.startswith(("=", "!")):
             return True
         if node.startswith("@"):

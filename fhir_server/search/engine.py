@@ -181,12 +181,19 @@ class SearchEngine:
         if head.summary_count:
             return SearchPage([], None, total=await self._total(queries, "accurate"))
         if head.sort:
-            return await self._sorted_page(queries, count=count, cursor=cursor)
-        counted = head.total in ("accurate", "estimate")
-        page = await self._page_of_many([replace(q, total="none") if counted else q for q in queries], count=count,
-                                        cursor=cursor)
-        if counted:
-            page.total = await self._total(queries, head.total or "accurate")
+            page = await self._sorted_page(queries, count=count, cursor=cursor)
+            for query in queries:  # each type's includes, from its own matches
+                mine = [v for v in page.matches if v.rtype == query.rtype]
+                if (query.includes or query.revincludes) and mine:
+                    included, warnings = await self._include(query, mine)
+                    page.included += included
+                    page.warnings += [w for w in warnings if w not in page.warnings]
+        else:
+            counted = head.total in ("accurate", "estimate")
+            page = await self._page_of_many([replace(q, total="none") if counted else q for q in queries],
+                                            count=count, cursor=cursor)
+            if counted:
+                page.total = await self._total(queries, head.total or "accurate")
         matched = {v.key for v in page.matches}
         page.included = list({v.key: v for v in page.included if v.key not in matched}.values())
         return page
@@ -534,19 +541,7 @@ class SearchEngine:
         chunk = keyed[start:min(start + count, end)]
         nxt = _encode_cursor(chunk[-1][0]) if chunk and start + len(chunk) < len(keyed) else None
         previous = _encode_cursor({"b": chunk[0][0]}) if chunk and start > 0 else None
-        page = SearchPage([v for _, v in chunk], nxt, total=len(keyed), previous_cursor=previous)
-        if len(queries) > 1:  # a page over several types: each type's includes, from its own matches
-            seen = {v.key for v in page.matches}
-            for q in queries:
-                mine = [v for v in page.matches if v.rtype == q.rtype]
-                if (q.includes or q.revincludes) and mine:
-                    included, warnings = await self._include(q, mine)
-                    for v in included:
-                        if v.key not in seen:
-                            seen.add(v.key)
-                            page.included.append(v)
-                    page.warnings += [w for w in warnings if w not in page.warnings]
-        return page
+        return SearchPage([v for _, v in chunk], nxt, total=len(keyed), previous_cursor=previous)
 
     # ---- _include and _revinclude -------------------------------------------------------------------------
 

@@ -211,7 +211,7 @@ class ResourceService:
         members = _compartment_members() if compartment is not None else sorted(SUPPORTED_TYPES)
         if types is None:  # all types: those the token may search (with _type, a type it may not is a 403)
             members = [t for t in members if _may_search(principal, t)] or members
-        if types is not None:
+        else:
             for t in types:
                 require_supported_type(t)
                 if t not in members:

@@ -360,25 +360,24 @@ class ResourceStore:
         the older way of reading needed; returns how many versions were read. Idempotent and safe beside
         writers (they add their own keys; a key that exists is fine). A store created by this hub has nothing
         to add: the first start marks it at once."""
-        if await self.history_keys_complete():
-            await self._drop_scan_indexes()
-            return 0
         seen = 0
-        for collection in (self.resources, self.history):
-            bounds: dict[str, str] = {"$gte": ""}
-            while True:
-                docs = await _id_range(collection, bounds, False, 1000, {"t": 1, "i": 1, "v": 1, "ts": 1}).to_list()
-                if not docs:
-                    break
-                seen += len(docs)
-                await self._index_inserts.insert(_history_docs(
-                    [(d["t"], int(d["ts"]), f"{d['t']}/{d['i']}/{int(d['v'])}") for d in docs]))
-                bounds = {"$gt": docs[-1]["_id"]}
-        try:
-            await self.search_index.insert_one({"_id": _HISTORY_KEYS_COMPLETE})
-        except DuplicateKeyError:
-            pass  # another instance finished first
-        self._history_keys_complete = True
+        if not await self.history_keys_complete():
+            for collection in (self.resources, self.history):
+                bounds: dict[str, str] = {"$gte": ""}
+                while True:
+                    docs = await _id_range(collection, bounds, False, 1000,
+                                           {"t": 1, "i": 1, "v": 1, "ts": 1}).to_list()
+                    if not docs:
+                        break
+                    seen += len(docs)
+                    await self._index_inserts.insert(_history_docs(
+                        [(d["t"], int(d["ts"]), f"{d['t']}/{d['i']}/{int(d['v'])}") for d in docs]))
+                    bounds = {"$gt": docs[-1]["_id"]}
+            try:
+                await self.search_index.insert_one({"_id": _HISTORY_KEYS_COMPLETE})
+            except DuplicateKeyError:
+                pass  # another instance finished first
+            self._history_keys_complete = True
         await self._drop_scan_indexes()
         return seen
 
