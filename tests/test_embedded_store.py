@@ -44,6 +44,46 @@ async def test_id_lookups_and_ranges_use_the_index(store_uri: str) -> None:
         await client.close()
 
 
+async def test_a_union_of_id_ranges_reads_each_range_by_the_index(store_uri: str) -> None:
+    """Patched: {$or: [{_id: <range>}, ...]} sorted by _id and limited (the hub's shared index scans) is each range
+    read by the _id index, and returns what the filter, sort and limit ask for: overlapping ranges give a key
+    once, a large range is cut at the limit, either order."""
+    client: AsyncMongoClient = AsyncMongoClient(store_uri)
+    coll = client[f"union{uuid.uuid4().hex[:8]}"]["entries"]
+    try:
+        await coll.insert_many([{"_id": f"Observation|{param}|{v:03d}|o{i}|1"}
+                                for param, values in (("code", 40), ("status", 2), ("subject", 60))
+                                for v in range(values) for i in range(3 if param != "status" else 200)])
+        every = sorted([d["_id"] async for d in coll.find({})])
+        ranges = [("Observation|code|005|", "Observation|code|005|~"),  # 3 keys
+                  ("Observation|code|005|o1", "Observation|code|007|"),  # overlaps the first
+                  ("Observation|status|", "Observation|status|~"),  # 400 keys
+                  ("Observation|subject|058|", "Observation|subject|~"),  # the last 6
+                  ("Observation|subject|x", "Observation|subject|~")]  # none
+        union = {"$or": [{"_id": {"$gte": low, "$lt": high}} for low, high in ranges]}
+        matching = [k for k in every if any(low <= k < high for low, high in ranges)]
+        for order, limit in ((1, 20), (-1, 20), (1, 1000), (-1, 7)):
+            plan = await coll.database.command("explain", {"find": "entries", "filter": union,
+                                                           "sort": {"_id": order}, "limit": limit})
+            steps = plan["queryPlanner"]["Plan"]
+            assert plan["filterPushdown"] is True and not any("SCAN entries" in s for s in steps)
+            assert sum("USING INDEX" in s for s in steps) == len(ranges)
+            found = [d["_id"] async for d in coll.find(union).sort("_id", order).limit(limit)]
+            assert found == (matching if order == 1 else matching[::-1])[:limit]
+        after = {"$or": [{"_id": {"$gt": "Observation|code|005|o0|1", "$lt": "Observation|code|006|"}},
+                         {"_id": {"$gte": "Observation|subject|059|", "$lte": "Observation|subject|059|o1|1"}}]}
+        assert [d["_id"] async for d in coll.find(after).sort("_id", 1).limit(10)] == [
+            "Observation|code|005|o1|1", "Observation|code|005|o2|1",
+            "Observation|subject|059|o0|1", "Observation|subject|059|o1|1"]
+        # not sorted by _id, or without a limit: not this query (FerretDB filters what it reads, as before)
+        plan = await coll.database.command("explain", {"find": "entries", "filter": union})
+        assert plan["filterPushdown"] is False
+        assert sorted([d["_id"] async for d in coll.find(union)]) == matching
+    finally:
+        await client.drop_database(coll.database.name)
+        await client.close()
+
+
 async def test_documents_come_back_as_stored_and_nan_is_refused(store_uri: str) -> None:
     """Patched: finds without a projection return stored documents as they are (not copied), NaNs are refused as
     requests are read (not by decoding every reply again)."""

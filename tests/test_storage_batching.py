@@ -95,3 +95,70 @@ async def test_concurrent_updates_share_replace_commands_and_a_refused_one_fails
         assert (await store.resources.find_one({"_id": "Basic/u0"}) or {}).get("v") == 3
         assert (await store.resources.find_one({"_id": "Basic/u2"}) or {}).get("v") == 3
         assert (await store.resources.find_one({"_id": "Basic/u1"}) or {}).get("v") == 2
+
+
+async def _index_keys(store: ResourceStore) -> list[str]:
+    """Search-index keys of 40 codes (3 Observations each), 2 statuses (200 each) and 60 subjects (3 each)."""
+    keys = [f"Observation|{param}|{v:03d}|o{i}|1" for param, values in (("code", 40), ("status", 2), ("subject", 60))
+            for v in range(values) for i in range(3 if param != "status" else 200)]
+    await store.search_index.insert_many([{"_id": k} for k in keys])
+    return sorted(keys)
+
+
+def _expected(keys: list[str], low: str, high: str, after: str | None, limit: int) -> list[str]:
+    return [k for k in keys if f"Observation|{low}" <= k < f"Observation|{high}" and (after is None or k > after)][
+        :limit]
+
+
+async def test_concurrent_index_scans_share_commands_and_get_their_own_keys(store_uri: str) -> None:
+    scans = CommandCounter("search_index")
+    async with fresh_store(store_uri, owner="scan-test", listeners=(scans,)) as store:
+        keys = await _index_keys(store)
+        asked = [(f"code|{n % 40:03d}|", f"code|{n % 40:03d}|~", None, 21) for n in range(30)]  # some twice
+        asked += [(f"subject|{n:03d}|", f"subject|{n + 2:03d}|", None, 4) for n in range(0, 60, 5)]  # 6 keys each
+        asked += [("code|010|", "code|012|", "Observation|code|010|o1|1", 1000),  # after a key
+                  ("code|999|", "code|999|~", None, 21)]  # nothing
+        before = scans.count
+        found = await asyncio.gather(*(store.scan_index("Observation", low, high, after=after, limit=limit)
+                                       for low, high, after, limit in asked))
+        assert found == [_expected(keys, *scan) for scan in asked]
+        assert scans.count - before <= 3 and scans.follow_ups == 0  # 44 scans: the first alone, the rest shared
+        assert any("$or" in f for f in scans.filters[before:])
+
+
+async def test_a_range_cut_off_by_the_shared_limit_is_read_to_its_end_alone(store_uri: str) -> None:
+    """The reply to a shared scan is the first keys of all its ranges: a large range before the others fills it,
+    and the ranges after it read their keys alone."""
+    scans = CommandCounter("search_index")
+    async with fresh_store(store_uri, owner="cut-test", listeners=(scans,)) as store:
+        keys = await _index_keys(store)
+        asked = [("code|000|", "code|000|~", None, 2), ("status|", "status|~", None, 21),
+                 ("subject|001|", "subject|001|~", None, 21),
+                 ("subject|007|", "subject|009|", "Observation|subject|007|o2|1", 21)]
+        found = await asyncio.gather(*(store.scan_index("Observation", low, high, after=after, limit=limit)
+                                       for low, high, after, limit in asked))
+        assert found == [_expected(keys, *scan) for scan in asked]
+        # one shared command asked for 65 keys: 3 of code|000, then 62 of status; each subject range then alone
+        shared = [f for f in scans.filters if "$or" in f]
+        assert len(shared) == 1 and len(shared[0]["$or"]) == 4
+        assert sum(1 for f in scans.filters if "subject" in str(f)) == 3
+
+
+async def test_scans_of_a_family_that_fills_its_limits_go_alone(store_uri: str) -> None:
+    """A large range in a shared command is read up to the sum of its limits: once scans of a type and parameter
+    mostly fill their limits, they stop joining shared commands."""
+    scans = CommandCounter("search_index")
+    async with fresh_store(store_uri, owner="family-test", listeners=(scans,)) as store:
+        keys = await _index_keys(store)
+        for n in range(3):  # status=000 has 200 keys: each scan of 9 fills its limit
+            assert await store.scan_index("Observation", "status|000|", "status|000|~", after=None, limit=9) == \
+                _expected(keys, "status|000|", "status|000|~", None, 9)
+        before = len(scans.filters)
+        asked = [(f"code|{n:03d}|", f"code|{n:03d}|~", None, 21) for n in range(8)]
+        asked += [("status|001|", "status|001|~", None, 9), ("status|000|", "status|000|~", None, 9)]
+        found = await asyncio.gather(*(store.scan_index("Observation", low, high, after=after, limit=limit)
+                                       for low, high, after, limit in asked))
+        assert found == [_expected(keys, *scan) for scan in asked]
+        shared = [f for f in scans.filters[before:] if "$or" in f]
+        assert shared and not any("status" in str(f) for f in shared)
+        assert sum(1 for f in scans.filters[before:] if "status" in str(f)) == 2

@@ -12,19 +12,20 @@ them saves the hub a command per update, ~0.25 ms of CPU.)
 
 Reads are batched because a command costs the hub ~0.2 ms of CPU in PyMongo's async path and FerretDB about
 as much again, whatever it returns: under sixteen searching clients most searches' resource fetches share a
-command with others'.
+command with others', and so do their scans of the search index (``ScanBatcher``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 from typing import Any, Generic, TypeVar
 
-from pymongo import ReplaceOne
+from pymongo import ASCENDING, ReplaceOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError
 
-__all__ = ["DeleteBatcher", "FindBatcher", "InsertBatcher", "ReplaceBatcher"]
+__all__ = ["DeleteBatcher", "FindBatcher", "InsertBatcher", "ReplaceBatcher", "ScanBatcher"]
 
 _MAX_DOCS = 2000  # per command: well under the 48 MB message and 100,000 write batch limits
 _MAX_KEYS = 500  # per delete or find: a 16 MB reply holds 500 resources of 32 kB
@@ -57,13 +58,17 @@ class _Batcher(Generic[Item, Result]):
             while self._pending:
                 batch: Batch[Item, Result] = []
                 size = 0
-                while self._pending and (not batch or size + len(self._pending[0][0]) <= self.limit):
+                while self._pending and (not batch or size + self._size(self._pending[0][0]) <= self.limit):
                     items, future = self._pending.pop(0)
                     batch.append((items, future))
-                    size += len(items)
+                    size += self._size(items)
                 await self._send(batch)
         finally:
             self._flusher = None
+
+    def _size(self, items: list[Item]) -> int:
+        """What ``items`` count towards ``limit``."""
+        return len(items)
 
     async def _send(self, batch: Batch[Item, Result]) -> None:
         raise NotImplementedError
@@ -183,3 +188,83 @@ class FindBatcher(_Batcher[str, dict[str, dict[str, Any]]]):
         for keys, future in batch:
             if not future.done():
                 future.set_result({k: docs[k] for k in keys if k in docs})
+
+
+Bounds = dict[str, str]  # an _id range: {"$gte" or "$gt": low, "$lt": high}
+Scan = tuple[Bounds, int]  # a range and how many of its first keys are wanted
+
+
+class ScanBatcher(_Batcher[Scan, tuple[list[str], Bounds | None]]):
+    """Forward scans of ``_id`` ranges, each with a limit (the search index's scans): concurrent scans leave as one
+    ``find`` of the ``$or`` of their ranges, sorted by ``_id`` and limited to the sum of their limits, and each
+    caller takes its range's keys from the reply. A chained search made two commands of its own; under sixteen
+    clients most of its scans now share one (on FerretDB with the hub's patch, ``ferretdb-union-of-id-ranges``,
+    SQLite reads each range by the ``_id`` index, at most that sum of keys from each).
+
+    The reply is the first keys of the union, so a range can come back short when other ranges fill the limit
+    before its keys: its caller then reads the rest alone. A large range in a shared command is read up to the
+    sum of every limit in it, so a scan joins one only while scans of its family (type and parameter) have mostly
+    ended before their limit; a family that fills its limits (``status=active``) scans alone."""
+
+    limit = 4096  # keys asked for per command
+    _MIN_SIZE = 64  # what a scan counts towards ``limit`` at least: at most 64 ranges per command
+    _MAX_SHARED = 1024  # a scan asking for more keys goes alone
+
+    def __init__(self, collection: AsyncCollection[dict[str, Any]]) -> None:
+        super().__init__(collection)
+        self._fills: dict[str, float] = {}  # per family: how often its scans filled their limit lately
+
+    async def scan(self, bounds: Bounds, limit: int, *, family: str) -> list[str]:
+        """The first ``limit`` keys within ``bounds``, in order."""
+        if limit <= 0:
+            return []
+        if limit <= self._MAX_SHARED and self._fills.get(family, 0.0) < 0.25:
+            keys, rest = await self._submit([(bounds, limit)])
+            if rest is not None:
+                keys += await self._alone(rest, limit - len(keys))
+        else:
+            keys = await self._alone(bounds, limit)
+        if len(self._fills) >= 10_000:  # families come from requests' parameters: forget rather than grow
+            self._fills.clear()
+        before = self._fills.get(family)
+        filled = 1.0 if len(keys) >= limit else 0.0
+        self._fills[family] = filled if before is None else 0.8 * before + 0.2 * filled
+        return keys
+
+    async def _alone(self, bounds: Bounds, limit: int) -> list[str]:
+        found = self.collection.find({"_id": bounds}, batch_size=limit).sort("_id", 1).limit(limit)
+        return [d["_id"] async for d in found]
+
+    def _size(self, items: list[Scan]) -> int:
+        return sum(max(limit, self._MIN_SIZE) for _, limit in items)
+
+    async def _send(self, batch: Batch[Scan, tuple[list[str], Bounds | None]]) -> None:
+        ranges: dict[tuple[tuple[str, str], ...], int] = {}  # each distinct range once, with its largest limit
+        for items, _ in batch:
+            for bounds, limit in items:
+                key = tuple(sorted(bounds.items()))
+                ranges[key] = max(ranges.get(key, 0), limit)
+        total = sum(ranges.values())
+        filt = {"$or": [{"_id": dict(r)} for r in ranges]} if len(ranges) > 1 else {"_id": dict(next(iter(ranges)))}
+        try:
+            # in one reply that closes the cursor (see FindBatcher)
+            found = self.collection.find(filt, batch_size=total).sort("_id", ASCENDING).limit(total)
+            keys = [d["_id"] async for d in found]
+        except BaseException as exc:
+            self._fail(batch, exc)
+            return
+        cut = keys[-1] if len(keys) >= total else None  # every key of the union up to it is in the reply
+        for items, future in batch:
+            bounds, limit = items[0]
+            if "$gt" in bounds:
+                first = bisect.bisect_right(keys, bounds["$gt"])
+            else:
+                first = bisect.bisect_left(keys, bounds["$gte"])
+            end = bisect.bisect_left(keys, bounds["$lt"], first)
+            mine = keys[first:min(end, first + limit)]
+            rest: Bounds | None = None
+            if cut is not None and len(mine) < limit and bounds["$lt"] > cut:  # its keys after the cut are missing
+                low = bounds.get("$gt", bounds.get("$gte", ""))
+                rest = {"$gt": cut, "$lt": bounds["$lt"]} if cut >= low else bounds
+            if not future.done():
+                future.set_result((mine, rest))

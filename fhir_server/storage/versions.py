@@ -44,7 +44,7 @@ from pymongo.asynchronous.cursor import AsyncCursor
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
-from fhir_server.storage.batching import DeleteBatcher, FindBatcher, InsertBatcher, ReplaceBatcher
+from fhir_server.storage.batching import DeleteBatcher, FindBatcher, InsertBatcher, ReplaceBatcher, ScanBatcher
 
 __all__ = ["HistoryPage", "LockBusy", "ResourceStore", "Version", "VersionConflict", "history_key", "index_key",
            "now_micros", "split_index_key", "split_item"]
@@ -191,6 +191,7 @@ class ResourceStore:
         self._claims = InsertBatcher(self.history)
         self._reads = FindBatcher(self.resources)
         self._history_reads = FindBatcher(self.history)
+        self._scans = ScanBatcher(self.search_index)
         self._replaces = ReplaceBatcher(self.resources)
         self._history_keys_complete = False  # once true, stays true: type and system history read the keys
         self.lease_micros = int(lease_seconds * 1_000_000)
@@ -242,15 +243,18 @@ class ResourceStore:
     async def scan_index(self, rtype: str, low: str, high: str, *, after: str | None, limit: int,
                          backward: bool = False) -> list[str]:
         """Keys of ``search_index`` from ``rtype|low`` (inclusive) to ``rtype|high`` (exclusive), in key order
-        after the key ``after`` (``backward``: in reverse order before it)."""
+        after the key ``after`` (``backward``: in reverse order before it). Forward scans of concurrent requests
+        share commands (``ScanBatcher``)."""
         bounds: dict[str, str] = {"$gte": f"{rtype}|{low}", "$lt": f"{rtype}|{high}"}
         if after is not None and backward and after < bounds["$lt"]:
             bounds["$lt"] = after
         elif after is not None and not backward and after >= bounds["$gte"]:
             del bounds["$gte"]
             bounds["$gt"] = after
+        if not backward:
+            return await self._scans.scan(bounds, limit, family=f"{rtype}|{low.split('|', 1)[0]}")
         # its documents are bare keys: nothing to project (a projection costs FerretDB a copy of each)
-        return [d["_id"] async for d in _id_range(self.search_index, bounds, backward, limit)]
+        return [d["_id"] async for d in _id_range(self.search_index, bounds, True, limit)]
 
     async def instance_history(
         self, *, current: Version, since: int | None, at: int | None, count: int, before_vid: int | None,
