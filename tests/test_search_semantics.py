@@ -12,6 +12,7 @@ import random
 import re
 import unicodedata
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from functools import cache
@@ -341,43 +342,82 @@ def search_all(api: httpx.Client, base: str, rtype: str, params: list[tuple[str,
 
 # ---- tests --------------------------------------------------------------------------------------------------
 
+def parameter_cases(stored: dict[str, list[dict[str, Any]]], seed: int,
+                    base: str) -> Iterator[tuple[str, str, str, str, list[str]]]:
+    """Cases of every search parameter of every type: (type, parameter name, escaped value, kind[:modifier],
+    the ids the evaluator expects, sorted)."""
+    rng = random.Random(seed)
+    for rtype in TYPES:
+        universe = stored.get(rtype, [])
+        if not universe:
+            continue
+        for code, definition in sorted(_definitions()[rtype].items()):
+            kind = definition["type"]
+            if kind in ("composite", "special") or code == "_id":
+                continue
+            having = [r for r in universe if values(r, code)]
+            picked = rng.sample(having, min(2, len(having))) + rng.sample(universe, 1)
+            for resource in picked:
+                for name, value in cases_for(resource, code, kind, rng, base):
+                    modifier = name.partition(":")[2]
+                    test = matcher(code, modifier, value, kind, base, rtype)
+                    expected = sorted(r["id"] for r in universe if test(r))
+                    escaped = value.replace("\\", "\\\\").replace(",", "\\,")  # search.html#escaping
+                    yield rtype, name, escaped, f"{kind}:{modifier}" if modifier else kind, expected
+
+
+def _differences(case: str, got: list[str], expected: list[str]) -> list[str]:
+    out = [f"{case}: duplicates in the pages"] if len(got) != len(set(got)) else []
+    if sorted(got) != expected:
+        missing, extra = set(expected) - set(got), set(got) - set(expected)
+        out.append(f"{case}: missing {sorted(missing)[:3]} extra {sorted(extra)[:3]}")
+    return out
+
+
 def test_every_parameter_type_modifier_and_prefix_against_brute_force(
         search_hub: Hub, stored: dict[str, list[dict[str, Any]]]) -> None:
-    rng = random.Random(20261125)
     base = search_hub.base
     checked = 0
     kinds: set[str] = set()
     failures: list[str] = []
     with search_hub.client() as api:
-        for rtype in TYPES:
-            universe = stored.get(rtype, [])
-            if not universe:
-                continue
-            for code, definition in sorted(_definitions()[rtype].items()):
-                kind = definition["type"]
-                if kind in ("composite", "special") or code == "_id":
-                    continue
-                having = [r for r in universe if values(r, code)]
-                picked = rng.sample(having, min(2, len(having))) + rng.sample(universe, 1)
-                for resource in picked:
-                    for name, value in cases_for(resource, code, kind, rng, base):
-                        modifier = name.partition(":")[2]
-                        test = matcher(code, modifier, value, kind, base, rtype)
-                        expected = sorted(r["id"] for r in universe if test(r))
-                        escaped = value.replace("\\", "\\\\").replace(",", "\\,")  # search.html#escaping
-                        got = search_all(api, base, rtype, [(name, escaped)])
-                        checked += 1
-                        kinds.add(f"{kind}:{modifier}" if modifier else kind)
-                        if len(got) != len(set(got)):
-                            failures.append(f"{rtype}?{name}={value}: duplicates in the pages")
-                        if sorted(got) != expected:
-                            missing, extra = set(expected) - set(got), set(got) - set(expected)
-                            failures.append(f"{rtype}?{name}={value}: missing {sorted(missing)[:3]} "
-                                            f"extra {sorted(extra)[:3]}")
+        for rtype, name, value, kind, expected in parameter_cases(stored, 20261125, base):
+            got = search_all(api, base, rtype, [(name, value)])
+            checked += 1
+            kinds.add(kind)
+            failures += _differences(f"{rtype}?{name}={value}", got, expected)
     assert not failures, f"{len(failures)} of {checked} cases differ:\n" + "\n".join(failures[:40])
     assert checked > 500, checked
     assert {"string", "string:exact", "string:contains", "token", "token:not", "reference", "date", "number",
             "quantity", "uri", "uri:below"} <= kinds, kinds
+
+
+def test_concurrent_searches_get_their_own_results(search_hub: Hub, stored: dict[str, list[dict[str, Any]]]) -> None:
+    """Sixteen clients at once: their scans of the search index share store commands (``ScanBatcher``), and each
+    search must still get exactly its own matches. Parameter cases of every type, chains and ``_has``."""
+    base = search_hub.base
+    patients = {r["id"]: r for r in stored["Patient"]}
+    wang = {pid for pid, r in patients.items() if matcher("family", "", "王", "string", base)(r)}
+    urgent = {r["subject"]["reference"][8:] for r in stored["ServiceRequest"] if r.get("priority") == "urgent"}
+    cases = [(rtype, [(name, value)], expected)
+             for rtype, name, value, _, expected in parameter_cases(stored, 20261126, base)]
+    cases += [("DiagnosticReport", [("subject:Patient.family", "王")],
+               sorted(r["id"] for r in stored["DiagnosticReport"]
+                      if r.get("subject", {}).get("reference", "")[8:] in wang)),
+              ("Patient", [("_has:ServiceRequest:subject:priority", "urgent")], sorted(urgent))] * 20
+    random.Random(7).shuffle(cases)
+
+    def run(part: list[tuple[str, list[tuple[str, str]], list[str]]]) -> list[str]:
+        out: list[str] = []
+        with search_hub.client() as api:
+            for rtype, params, expected in part:
+                out += _differences(f"{rtype}?{params}", search_all(api, base, rtype, params), expected)
+        return out
+
+    with ThreadPoolExecutor(16) as pool:
+        failures = [f for found in pool.map(run, [cases[i::16] for i in range(16)]) for f in found]
+    assert not failures, f"{len(failures)} of {len(cases)} cases differ:\n" + "\n".join(failures[:40])
+    assert len(cases) > 500
 
 
 def test_or_and_chinese_names_and_paging(search_hub: Hub, stored: dict[str, list[dict[str, Any]]]) -> None:
