@@ -105,60 +105,77 @@ async def _index_keys(store: ResourceStore) -> list[str]:
     return sorted(keys)
 
 
-def _expected(keys: list[str], low: str, high: str, after: str | None, limit: int) -> list[str]:
-    return [k for k in keys if f"Observation|{low}" <= k < f"Observation|{high}" and (after is None or k > after)][
-        :limit]
+def _expected(keys: list[str], low: str, high: str, after: str | None, limit: int, backward: bool) -> list[str]:
+    """What a scan of ``Observation|low`` to ``Observation|high`` returns, after (``backward``: before) ``after``."""
+    inside = [k for k in keys if f"Observation|{low}" <= k < f"Observation|{high}"
+              and (after is None or (k < after if backward else k > after))]
+    return (inside[::-1] if backward else inside)[:limit]
 
 
-async def test_concurrent_index_scans_share_commands_and_get_their_own_keys(store_uri: str) -> None:
+async def _scan_all(store: ResourceStore, asked: list[tuple[str, str, str | None, int]],
+                    backward: bool) -> list[list[str]]:
+    return list(await asyncio.gather(*(store.scan_index("Observation", low, high, after=after, limit=limit,
+                                                        backward=backward) for low, high, after, limit in asked)))
+
+
+@pytest.mark.parametrize("backward", [False, True])
+async def test_concurrent_index_scans_share_commands_and_get_their_own_keys(store_uri: str, backward: bool) -> None:
     scans = CommandCounter("search_index")
     async with fresh_store(store_uri, owner="scan-test", listeners=(scans,)) as store:
         keys = await _index_keys(store)
-        asked = [(f"code|{n % 40:03d}|", f"code|{n % 40:03d}|~", None, 21) for n in range(30)]  # some twice
+        asked: list[tuple[str, str, str | None, int]] = [
+            (f"code|{n % 40:03d}|", f"code|{n % 40:03d}|~", None, 21) for n in range(30)]  # some twice
         asked += [(f"subject|{n:03d}|", f"subject|{n + 2:03d}|", None, 4) for n in range(0, 60, 5)]  # 6 keys each
-        asked += [("code|010|", "code|012|", "Observation|code|010|o1|1", 1000),  # after a key
+        asked += [("code|010|", "code|012|", "Observation|code|010|o1|1", 1000),  # after (before) a key
                   ("code|999|", "code|999|~", None, 21)]  # nothing
         before = scans.count
-        found = await asyncio.gather(*(store.scan_index("Observation", low, high, after=after, limit=limit)
-                                       for low, high, after, limit in asked))
-        assert found == [_expected(keys, *scan) for scan in asked]
-        assert scans.count - before <= 3 and scans.follow_ups == 0  # 44 scans: the first alone, the rest shared
+        found = await _scan_all(store, asked, backward)
+        assert found == [_expected(keys, *scan, backward) for scan in asked]
+        assert scans.count - before <= 2 and scans.follow_ups == 0  # 44 scans, one command
         assert any("$or" in f for f in scans.filters[before:])
 
 
-async def test_a_range_cut_off_by_the_shared_limit_is_read_to_its_end_alone(store_uri: str) -> None:
-    """The reply to a shared scan is the first keys of all its ranges: a large range before the others fills it,
-    and the ranges after it read their keys alone."""
+@pytest.mark.parametrize("backward", [False, True])
+async def test_a_range_cut_off_by_the_shared_limit_is_read_to_its_end_alone(store_uri: str, backward: bool) -> None:
+    """The reply to a shared scan is the first keys of all its ranges in scan order: a large range fills it, and
+    the ranges after it read their keys alone."""
     scans = CommandCounter("search_index")
     async with fresh_store(store_uri, owner="cut-test", listeners=(scans,)) as store:
         keys = await _index_keys(store)
-        asked = [("code|000|", "code|000|~", None, 2), ("status|", "status|~", None, 21),
-                 ("subject|001|", "subject|001|~", None, 21),
-                 ("subject|007|", "subject|009|", "Observation|subject|007|o2|1", 21)]
-        found = await asyncio.gather(*(store.scan_index("Observation", low, high, after=after, limit=limit)
-                                       for low, high, after, limit in asked))
-        assert found == [_expected(keys, *scan) for scan in asked]
-        # one shared command asked for 65 keys: 3 of code|000, then 62 of status; each subject range then alone
+        asked: list[tuple[str, str, str | None, int]] = [
+            ("code|000|", "code|000|~", None, 2), ("status|", "status|~", None, 21),
+            ("subject|001|", "subject|001|~", None, 21),
+            ("subject|007|", "subject|009|", "Observation|subject|007|o2|1", 21)]
+        found = await _scan_all(store, asked, backward)
+        assert found == [_expected(keys, *scan, backward) for scan in asked]
+        # one shared command asked for 65 keys: forward 3 of code|000, then 62 of status, and each subject range
+        # is read alone; backward the subject ranges come first, then status, and code|000 is read alone
         shared = [f for f in scans.filters if "$or" in f]
         assert len(shared) == 1 and len(shared[0]["$or"]) == 4
-        assert sum(1 for f in scans.filters if "subject" in str(f)) == 3
+        after = ("code",) if backward else ("subject|001", "subject|007")
+        assert [f for f in scans.filters if "$or" not in f and "status" not in str(f)] == [
+            f for f in scans.filters if "$or" not in f and any(a in str(f) for a in after)]
+        assert len([f for f in scans.filters if "$or" not in f]) == len(after)
 
 
-async def test_scans_of_a_family_that_fills_its_limits_go_alone(store_uri: str) -> None:
+async def test_scans_of_a_family_that_fills_its_limits_are_read_alone(store_uri: str) -> None:
     """A large range in a shared command is read up to the sum of its limits: once scans of a type and parameter
-    mostly fill their limits, they stop joining shared commands."""
+    mostly fill their limits, each range of them has a command of its own, shared only by the same scans."""
     scans = CommandCounter("search_index")
     async with fresh_store(store_uri, owner="family-test", listeners=(scans,)) as store:
         keys = await _index_keys(store)
-        for n in range(3):  # status=000 has 200 keys: each scan of 9 fills its limit
+        for _ in range(3):  # status=000 has 200 keys: each scan of 9 fills its limit
             assert await store.scan_index("Observation", "status|000|", "status|000|~", after=None, limit=9) == \
-                _expected(keys, "status|000|", "status|000|~", None, 9)
+                _expected(keys, "status|000|", "status|000|~", None, 9, False)
         before = len(scans.filters)
-        asked = [(f"code|{n:03d}|", f"code|{n:03d}|~", None, 21) for n in range(8)]
-        asked += [("status|001|", "status|001|~", None, 9), ("status|000|", "status|000|~", None, 9)]
-        found = await asyncio.gather(*(store.scan_index("Observation", low, high, after=after, limit=limit)
-                                       for low, high, after, limit in asked))
-        assert found == [_expected(keys, *scan) for scan in asked]
-        shared = [f for f in scans.filters[before:] if "$or" in f]
-        assert shared and not any("status" in str(f) for f in shared)
-        assert sum(1 for f in scans.filters[before:] if "status" in str(f)) == 2
+        asked: list[tuple[str, str, str | None, int]] = [
+            (f"code|{n:03d}|", f"code|{n:03d}|~", None, 21) for n in range(8)]
+        asked += [("status|001|", "status|001|~", None, 9), ("status|000|", "status|000|~", None, 9)] * 4
+        found = await _scan_all(store, asked, False)
+        assert found == [_expected(keys, *scan, False) for scan in asked]
+        sent = scans.filters[before:]
+        assert len(sent) == 3  # the codes in one command, each status range in its own (four scans each)
+        assert not any("status" in str(f) for f in sent if "$or" in f)
+        assert sorted(str(f) for f in sent if "$or" not in f) == sorted(
+            str({"_id": {"$gte": f"Observation|status|{v}|", "$lt": f"Observation|status|{v}|~"}})
+            for v in ("000", "001"))

@@ -21,7 +21,7 @@ import asyncio
 import bisect
 from typing import Any, Generic, TypeVar
 
-from pymongo import ASCENDING, ReplaceOne
+from pymongo import ASCENDING, DESCENDING, ReplaceOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError
 
@@ -191,35 +191,38 @@ class FindBatcher(_Batcher[str, dict[str, dict[str, Any]]]):
 
 
 Bounds = dict[str, str]  # an _id range: {"$gte" or "$gt": low, "$lt": high}
-Scan = tuple[Bounds, int]  # a range and how many of its first keys are wanted
+Scan = tuple[Bounds, int, bool]  # a range, how many of its first keys are wanted, and whether it is read alone
 
 
 class ScanBatcher(_Batcher[Scan, tuple[list[str], Bounds | None]]):
-    """Forward scans of ``_id`` ranges, each with a limit (the search index's scans): concurrent scans leave as one
-    ``find`` of the ``$or`` of their ranges, sorted by ``_id`` and limited to the sum of their limits, and each
-    caller takes its range's keys from the reply. A chained search made two commands of its own; under sixteen
-    clients most of its scans now share one (on FerretDB with the hub's patch, ``ferretdb-union-of-id-ranges``,
-    SQLite reads each range by the ``_id`` index, at most that sum of keys from each).
+    """Scans of ``_id`` ranges in one direction (``backward``: descending), each with a limit (the search index's
+    scans). Scans queued while a command is in flight leave together: as one ``find`` of the ``$or`` of their
+    ranges, sorted by ``_id`` and limited to the sum of their limits, each caller taking its range's keys from
+    the reply. A chained search made two commands of its own; under sixteen clients most of its scans now share
+    one (on FerretDB with the hub's patch, ``ferretdb-union-of-id-ranges``, SQLite reads each range by the
+    ``_id`` index, at most that sum of keys from each).
 
     The reply is the first keys of the union, so a range can come back short when other ranges fill the limit
     before its keys: its caller then reads the rest alone. A large range in a shared command is read up to the
-    sum of every limit in it, so a scan joins one only while scans of its family (type and parameter) have mostly
-    ended before their limit; a family that fills its limits (``status=active``) scans alone."""
+    sum of every limit in it, so a scan of a family (type and parameter) whose scans have mostly filled their
+    limits lately (``status=active``, history) is read alone: in a command of its own range, which the same
+    scans queued with it share (sixteen clients polling one history page read it once)."""
 
-    limit = 4096  # keys asked for per command
-    _MIN_SIZE = 64  # what a scan counts towards ``limit`` at least: at most 64 ranges per command
-    _MAX_SHARED = 1024  # a scan asking for more keys goes alone
+    limit = 4096  # keys asked for per batch
+    _MIN_SIZE = 64  # what a scan counts towards ``limit`` at least: at most 64 ranges per batch
+    _MAX_SHARED = 1024  # a scan asking for more keys goes alone, at once
 
-    def __init__(self, collection: AsyncCollection[dict[str, Any]]) -> None:
+    def __init__(self, collection: AsyncCollection[dict[str, Any]], *, backward: bool = False) -> None:
         super().__init__(collection)
+        self.backward = backward
         self._fills: dict[str, float] = {}  # per family: how often its scans filled their limit lately
 
     async def scan(self, bounds: Bounds, limit: int, *, family: str) -> list[str]:
-        """The first ``limit`` keys within ``bounds``, in order."""
+        """The first ``limit`` keys within ``bounds``, in this batcher's order."""
         if limit <= 0:
             return []
-        if limit <= self._MAX_SHARED and self._fills.get(family, 0.0) < 0.25:
-            keys, rest = await self._submit([(bounds, limit)])
+        if limit <= self._MAX_SHARED:
+            keys, rest = await self._submit([(bounds, limit, self._fills.get(family, 0.0) >= 0.25)])
             if rest is not None:
                 keys += await self._alone(rest, limit - len(keys))
         else:
@@ -232,39 +235,66 @@ class ScanBatcher(_Batcher[Scan, tuple[list[str], Bounds | None]]):
         return keys
 
     async def _alone(self, bounds: Bounds, limit: int) -> list[str]:
-        found = self.collection.find({"_id": bounds}, batch_size=limit).sort("_id", 1).limit(limit)
-        return [d["_id"] async for d in found]
+        found = self.collection.find({"_id": bounds}, batch_size=limit)
+        return [d["_id"] async for d in found.sort("_id", DESCENDING if self.backward else ASCENDING).limit(limit)]
 
     def _size(self, items: list[Scan]) -> int:
-        return sum(max(limit, self._MIN_SIZE) for _, limit in items)
+        return sum(max(limit, self._MIN_SIZE) for _, limit, _ in items)
 
     async def _send(self, batch: Batch[Scan, tuple[list[str], Bounds | None]]) -> None:
+        """One command for the shared scans, and one for each range read alone, at once."""
+        commands: dict[tuple[tuple[str, str], ...] | None, Batch[Scan, tuple[list[str], Bounds | None]]] = {}
+        for items, future in batch:
+            bounds, _, alone = items[0]
+            commands.setdefault(_range_key(bounds) if alone else None, []).append((items, future))
+        if len(commands) == 1:  # the usual case: no task to create
+            await self._send_one(batch)
+        else:
+            await asyncio.gather(*(self._send_one(callers) for callers in commands.values()))
+
+    async def _send_one(self, batch: Batch[Scan, tuple[list[str], Bounds | None]]) -> None:
         ranges: dict[tuple[tuple[str, str], ...], int] = {}  # each distinct range once, with its largest limit
         for items, _ in batch:
-            for bounds, limit in items:
-                key = tuple(sorted(bounds.items()))
+            for bounds, limit, _ in items:
+                key = _range_key(bounds)
                 ranges[key] = max(ranges.get(key, 0), limit)
         total = sum(ranges.values())
         filt = {"$or": [{"_id": dict(r)} for r in ranges]} if len(ranges) > 1 else {"_id": dict(next(iter(ranges)))}
         try:
             # in one reply that closes the cursor (see FindBatcher)
-            found = self.collection.find(filt, batch_size=total).sort("_id", ASCENDING).limit(total)
-            keys = [d["_id"] async for d in found]
+            found = self.collection.find(filt, batch_size=total)
+            keys = [d["_id"] async for d in found.sort("_id", DESCENDING if self.backward else ASCENDING)
+                    .limit(total)]
         except BaseException as exc:
             self._fail(batch, exc)
             return
-        cut = keys[-1] if len(keys) >= total else None  # every key of the union up to it is in the reply
+        cut = keys[-1] if len(keys) >= total else None  # every key of the union before it is in the reply
+        ordered = keys[::-1] if self.backward else keys  # ascending
         for items, future in batch:
-            bounds, limit = items[0]
+            bounds, limit, _ = items[0]
             if "$gt" in bounds:
-                first = bisect.bisect_right(keys, bounds["$gt"])
+                first = bisect.bisect_right(ordered, bounds["$gt"])
             else:
-                first = bisect.bisect_left(keys, bounds["$gte"])
-            end = bisect.bisect_left(keys, bounds["$lt"], first)
-            mine = keys[first:min(end, first + limit)]
-            rest: Bounds | None = None
-            if cut is not None and len(mine) < limit and bounds["$lt"] > cut:  # its keys after the cut are missing
-                low = bounds.get("$gt", bounds.get("$gte", ""))
-                rest = {"$gt": cut, "$lt": bounds["$lt"]} if cut >= low else bounds
+                first = bisect.bisect_left(ordered, bounds["$gte"])
+            end = max(first, bisect.bisect_left(ordered, bounds["$lt"]))
+            if self.backward:  # the last keys of the range, descending
+                mine = ordered[max(first, end - limit):end][::-1]
+            else:
+                mine = ordered[first:min(end, first + limit)]
             if not future.done():
-                future.set_result((mine, rest))
+                future.set_result((mine, None if cut is None or len(mine) >= limit else self._rest(bounds, cut)))
+
+    def _rest(self, bounds: Bounds, cut: str) -> Bounds | None:
+        """What remains of ``bounds`` after a reply that ended at ``cut`` (None: nothing, the range ended before)."""
+        low = bounds.get("$gt", bounds.get("$gte", ""))
+        if self.backward:
+            if low >= cut:
+                return None
+            return {**bounds, "$lt": cut} if cut < bounds["$lt"] else bounds
+        if bounds["$lt"] <= cut:
+            return None
+        return {"$gt": cut, "$lt": bounds["$lt"]} if cut >= low else bounds
+
+
+def _range_key(bounds: Bounds) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted(bounds.items()))

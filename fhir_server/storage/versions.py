@@ -192,6 +192,7 @@ class ResourceStore:
         self._reads = FindBatcher(self.resources)
         self._history_reads = FindBatcher(self.history)
         self._scans = ScanBatcher(self.search_index)
+        self._scans_back = ScanBatcher(self.search_index, backward=True)
         self._replaces = ReplaceBatcher(self.resources)
         self._history_keys_complete = False  # once true, stays true: type and system history read the keys
         self.lease_micros = int(lease_seconds * 1_000_000)
@@ -251,10 +252,8 @@ class ResourceStore:
         elif after is not None and not backward and after >= bounds["$gte"]:
             del bounds["$gte"]
             bounds["$gt"] = after
-        if not backward:
-            return await self._scans.scan(bounds, limit, family=f"{rtype}|{low.split('|', 1)[0]}")
-        # its documents are bare keys: nothing to project (a projection costs FerretDB a copy of each)
-        return [d["_id"] async for d in _id_range(self.search_index, bounds, True, limit)]
+        batcher = self._scans_back if backward else self._scans
+        return await batcher.scan(bounds, limit, family=f"{rtype}|{low.split('|', 1)[0]}")
 
     async def instance_history(
         self, *, current: Version, since: int | None, at: int | None, count: int, before_vid: int | None,
@@ -318,7 +317,7 @@ class ResourceStore:
         out: list[Version] = []
         batch = count + 1
         while len(out) <= count:
-            keys = [d["_id"] async for d in _id_range(self.search_index, bounds, True, batch)]
+            keys = await self._scans_back.scan(bounds, batch, family=family)
             named = [(int(ts, 16), key) for ts, key in (k.split("|", 3)[2:] for k in keys)]
             found = await self._versions_named(named, at=at)
             out += [v for v in (found.get(n) for n in named) if v is not None][:count + 1 - len(out)]
