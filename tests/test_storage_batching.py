@@ -8,7 +8,7 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from fhir_server.storage import ResourceStore, Version, now_micros
-from fhir_server.storage.batching import FindBatcher, ReplaceBatcher
+from fhir_server.storage.batching import FindBatcher, ReplaceBatcher, ScanBatcher
 from tests.conftest import CommandCounter, fresh_store
 
 
@@ -64,6 +64,18 @@ async def test_a_failed_read_fails_every_caller_of_its_batch(store_uri: str) -> 
     results = await asyncio.gather(*(batcher.find([f"k{n}"]) for n in range(5)), return_exceptions=True)
     assert all(isinstance(r, Exception) for r in results)
     assert batcher._flusher is None  # and the batcher is ready for the next reads
+
+
+async def test_a_failed_scan_fails_every_caller_of_its_batch(store_uri: str) -> None:
+    client: AsyncMongoClient = AsyncMongoClient(store_uri)
+    batcher = ScanBatcher(client["scanfail"]["search_index"])
+    await client.close()  # every command now fails
+    fills = [f"T|p{n % 2}" for n in range(6)]
+    batcher._fills[fills[1]] = 1.0  # half of them read alone, in commands of their own
+    results = await asyncio.gather(*(batcher.scan({"$gte": f"T|p{n % 2}|{n}", "$lt": f"T|p{n % 2}|{n}~"}, 5,
+                                                  family=fills[n]) for n in range(6)), return_exceptions=True)
+    assert all(isinstance(r, Exception) for r in results)
+    assert batcher._flusher is None  # and the batcher is ready for the next scans
 
 
 async def test_concurrent_updates_share_replace_commands_and_a_refused_one_fails_alone(store_uri: str) -> None:
