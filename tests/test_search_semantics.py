@@ -720,6 +720,43 @@ def test_paging_to_the_end_while_writes_continue(api: httpx.Client, hub: Hub) ->
     assert updated & stable, "the test updated nothing it pages over"
 
 
+def test_elements_present_without_a_searchable_value_break_no_search(api: httpx.Client) -> None:
+    """A Reference with only a display, a CodeableConcept with only text, an Address with only a use: each is
+    indexed as present without a value (for :missing). Includes, _has, _sort and :contains must pass over
+    them: HL7 v2 feeds send exactly such references."""
+    tag = f"t{random.randrange(10**9)}"
+    meta = {"tag": [{"system": "urn:present-test", "code": tag}]}
+
+    def create(body: dict[str, Any]) -> str:
+        answer = api.post(f"/{body['resourceType']}", json={**body, "meta": meta})
+        assert answer.status_code == 201, answer.text
+        return str(answer.json()["id"])
+
+    patient = create({"resourceType": "Patient", "name": [{"family": "王", "given": ["小东"]}],
+                      "address": [{"city": "上海"}]})
+    bare = create({"resourceType": "Patient", "name": [{"family": "李"}], "address": [{"use": "home"}]})
+    coded = create({"resourceType": "Observation", "status": "final", "subject": {"reference": f"Patient/{patient}"},
+                    "code": {"coding": [{"system": "http://loinc.org", "code": "718-7"}]}})
+    texted = create({"resourceType": "Observation", "status": "final", "subject": {"display": "王小东"},
+                     "code": {"text": "血常规"}})
+    tagged = ("_tag", f"urn:present-test|{tag}")
+
+    def ids(path: str, params: list[tuple[str, str]], mode: str = "match") -> list[str]:
+        answer = api.get(path, params=[tagged, *params])
+        assert answer.status_code == 200, answer.text
+        return [e["resource"]["id"] for e in answer.json().get("entry", []) if e["search"]["mode"] == mode]
+
+    assert sorted(ids("/Observation", [])) == sorted([coded, texted])
+    assert ids("/Observation", [("_include", "Observation:subject")], "include") == [patient]
+    assert ids("/Observation", [("subject:missing", "false"), ("code:missing", "false")]) != []
+    assert ids("/Patient", [("_has:Observation:subject:status", "final")]) == [patient]
+    assert ids("/Patient", [("_revinclude", "Observation:subject")], "include") == [coded]
+    assert ids("/Observation", [("_sort", "code")]) == [coded, texted]  # without a sortable value: last
+    assert ids("/Observation", [("_sort", "-code")]) == [coded, texted]
+    assert ids("/Patient", [("address:contains", "海")]) == [patient]
+    assert sorted(ids("/Patient", [("address:missing", "false")])) == sorted([patient, bare])
+
+
 def test_composite_parameters_hold_within_one_element(search_hub: Hub,
                                                       stored: dict[str, list[dict[str, Any]]]) -> None:
     base = search_hub.base

@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from fhir_server.errors import BadRequest, Issue
-from fhir_server.search.keys import decode_hex, decode_number, hexs, split_date
+from fhir_server.search.keys import PRESENT, decode_hex, decode_number, hexs, split_date
 from fhir_server.search.query import TOP, Clause, KeySet, SearchQuery, exact_entry
 from fhir_server.search.registry import indexed_as, parameters_for
 from fhir_server.settings import Settings
@@ -602,16 +602,28 @@ class SearchEngine:
 
 
 def _references(version: Version, param: str) -> list[str]:
-    params = parameters_for(version.rtype)
+    """The references held by the version's entries of ``param`` (``*``: of each reference parameter of its
+    type). A Reference with a display only is indexed as present (``PRESENT``) and holds none."""
+    if param == "*":
+        params = parameters_for(version.rtype)
+        codes = {code for code, p in params.items() if p.type == "reference"}
+    else:
+        codes = {param}
+    prefix = "" if param == "*" else f"{param}|"
     out = []
-    for entry in entries_of_version(version):
-        code, _, enc = entry.partition("|")
-        if (param == "*" and code in params and params[code].type == "reference") or code == param:
-            out.append(decode_hex(enc[:-1]))
+    for item in version.index:
+        if not item.startswith(prefix):  # the usual case is one parameter: most items go here, cheaply
+            continue
+        code, _, rest = item.partition("|")
+        enc = rest[:rest.rindex("|")]
+        if code in codes and enc != PRESENT:
+            out.append(decode_hex(enc))
     return out
 
 
 def _sort_value(kind: str, enc: str, descending: bool) -> Any:
+    if enc == PRESENT:  # present without a value (a CodeableConcept with text only): sorts as no value
+        return None
     if kind == "date":
         low, high = split_date(enc)
         return high if descending else low
