@@ -57,3 +57,44 @@ def test_requests_over_the_in_flight_limit_get_503(tight_hub: Hub, tmp_path: Pat
     assert sorted(results) == [201, 201]
     with httpx.Client() as plain:  # and the limit is released afterwards
         assert plain.get(f"{tight_hub.base}/metadata").status_code == 200
+
+
+def test_an_unexpected_error_is_a_500_logged_without_its_message(caplog: pytest.LogCaptureFixture) -> None:
+    """The hub's handler answers 500 and logs the frames only; the exception must not reach the server, which
+    would log its message (patient data can be in it) and close the keep-alive connection."""
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.routing import Route
+
+    from fhir_server.api.errors import install_error_handlers
+    from fhir_server.api.limits import RequestLimits
+    from tests.conftest import free_port
+
+    async def broken(request: Request) -> None:
+        raise ValueError(f"{request.query_params['name']} {request.query_params['mrn']}")  # data in a message
+
+    app = Starlette(routes=[Route("/fhir/Broken", broken)])
+    install_error_handlers(app)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(RequestLimits(app, timeout=5, max_in_flight=4), host="127.0.0.1",
+                                           port=port, log_config=None, access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with caplog.at_level("INFO"), httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+            for _ in range(2):  # the second on the same keep-alive connection
+                r = client.get("/fhir/Broken", params={"name": "王小东", "mrn": "MRN00000042"})
+                assert r.status_code == 500 and r.json()["issue"][0]["code"] == "exception"
+                assert r.headers.get("connection") != "close"
+        logged = "\n".join(f"{rec.getMessage()} {rec.exc_text or ''} {rec.exc_info or ''}" for rec in caplog.records
+                           if not rec.name.startswith(("httpx", "httpcore")))  # the client's own log has the URL
+        assert "unhandled ValueError" in logged  # the frames, by the hub's handler
+        assert "王小东" not in logged and "MRN00000042" not in logged
+        assert "Exception in ASGI application" not in logged
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -1,10 +1,12 @@
-"""Pure-ASGI middleware: a time limit per request and an access log without patient data."""
+"""Pure-ASGI middleware: a time limit per request, an access log without patient data, and the end of unexpected
+errors (answered 500, logged without their message)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+import traceback
 from typing import Any
 
 import orjson
@@ -18,6 +20,8 @@ log = logging.getLogger("medunion.access")
 
 _TIMEOUT_BODY = orjson.dumps(operation_outcome([
     Issue(code="timeout", diagnostics="The request took longer than the hub's limit")]))
+_ERROR_BODY = orjson.dumps(operation_outcome([
+    Issue(code="exception", diagnostics="Internal server error; the hub's log has the details")]))
 _BUSY_BODY = orjson.dumps(operation_outcome([
     Issue(code="transient", diagnostics="The hub is at its limit of concurrent requests; retry after a moment")]))
 
@@ -56,6 +60,14 @@ class RequestLimits:
             if state["status"] == 0:
                 state["status"] = 503
                 await _send_outcome(send, 503, _TIMEOUT_BODY)
+        except Exception as exc:
+            # Starlette's ServerErrorMiddleware has had the hub's handler log the frames (never the message) and
+            # answer 500, then raises the exception again for the server to log: uvicorn would log it with its
+            # message, which can carry patient data, and close the keep-alive connection. It ends here.
+            if state["status"] == 0:  # nothing was answered (not expected): answer and log as the handler does
+                log.error("unhandled %s\n%s", type(exc).__name__, "".join(traceback.format_tb(exc.__traceback__)))
+                state["status"] = 500
+                await _send_outcome(send, 500, _ERROR_BODY)
         finally:
             self.in_flight -= 1
             if log.isEnabledFor(logging.INFO):
