@@ -49,6 +49,11 @@ class Principal:
     patient: str | None = None
     claims: dict[str, object] = field(default_factory=dict, compare=False, hash=False)
 
+    def allows(self, permission: str, rtype: str) -> bool:
+        """Whether ``require`` would pass (without building its refusal)."""
+        return any(g.covers(permission, rtype) and (g.context != "patient" or self.patient is not None)
+                   for g in self.grants)
+
     def require(self, permission: str, rtype: str, *, rid: str | None = None) -> str | None:
         """Check that a grant allows ``permission`` (one of c r u d s) on ``rtype``; raise Forbidden if none does.
 

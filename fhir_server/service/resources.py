@@ -210,7 +210,7 @@ class ResourceService:
             raise BadRequest(f"Compartment search is available for Patient compartments, not {compartment[0]}")
         members = _compartment_members() if compartment is not None else sorted(SUPPORTED_TYPES)
         if types is None:  # all types: those the token may search (with _type, a type it may not is a 403)
-            members = [t for t in members if _may_search(principal, t)] or members
+            members = [t for t in members if principal.allows("s", t)] or members
         else:
             for t in types:
                 require_supported_type(t)
@@ -571,14 +571,6 @@ def _keep_body_to_compartment(patient: str | None, resource: dict[str, Any]) -> 
     if patient is not None and not in_patient_compartment(resource, patient):
         raise Forbidden("With patient/ scopes a resource must belong to the token's patient (its subject or "
                         "patient reference must be that Patient)")
-
-
-def _may_search(principal: Principal, rtype: str) -> bool:
-    try:
-        principal.require("s", rtype)
-    except Forbidden:
-        return False
-    return True
 
 
 def require_search(principal: Principal, query: SearchQuery) -> str | None:
