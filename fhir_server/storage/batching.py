@@ -23,9 +23,10 @@ from typing import Any, Generic, TypeVar
 
 from pymongo import ASCENDING, DESCENDING, ReplaceOne
 from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.cursor import AsyncCursor
 from pymongo.errors import BulkWriteError
 
-__all__ = ["DeleteBatcher", "FindBatcher", "InsertBatcher", "ReplaceBatcher", "ScanBatcher"]
+__all__ = ["DeleteBatcher", "FindBatcher", "InsertBatcher", "ReplaceBatcher", "ScanBatcher", "id_ordered"]
 
 _MAX_DOCS = 2000  # per command: well under the 48 MB message and 100,000 write batch limits
 _MAX_KEYS = 500  # per delete or find: a 16 MB reply holds 500 resources of 32 kB
@@ -190,6 +191,14 @@ class FindBatcher(_Batcher[str, dict[str, dict[str, Any]]]):
                 future.set_result({k: docs[k] for k in keys if k in docs})
 
 
+def id_ordered(collection: AsyncCollection[dict[str, Any]], filt: dict[str, Any], *, backward: bool, limit: int,
+               projection: dict[str, int] | None = None) -> AsyncCursor[dict[str, Any]]:
+    """The first ``limit`` documents matching ``filt`` in ``_id`` order (``backward``: reversed), all in the first
+    reply (a find returns 101 documents, then one getMore per batch)."""
+    found = collection.find(filt, projection, batch_size=limit)
+    return found.sort("_id", DESCENDING if backward else ASCENDING).limit(limit)
+
+
 Bounds = dict[str, str]  # an _id range: {"$gte" or "$gt": low, "$lt": high}
 Scan = tuple[Bounds, int, bool]  # a range, how many of its first keys are wanted, and whether it is read alone
 
@@ -235,8 +244,8 @@ class ScanBatcher(_Batcher[Scan, tuple[list[str], Bounds | None]]):
         return keys
 
     async def _alone(self, bounds: Bounds, limit: int) -> list[str]:
-        found = self.collection.find({"_id": bounds}, batch_size=limit)
-        return [d["_id"] async for d in found.sort("_id", DESCENDING if self.backward else ASCENDING).limit(limit)]
+        return [d["_id"] async for d in id_ordered(self.collection, {"_id": bounds}, backward=self.backward,
+                                                   limit=limit)]
 
     def _size(self, items: list[Scan]) -> int:
         return sum(max(limit, self._MIN_SIZE) for _, limit, _ in items)
@@ -261,10 +270,7 @@ class ScanBatcher(_Batcher[Scan, tuple[list[str], Bounds | None]]):
         total = sum(ranges.values())
         filt = {"$or": [{"_id": dict(r)} for r in ranges]} if len(ranges) > 1 else {"_id": dict(next(iter(ranges)))}
         try:
-            # in one reply that closes the cursor (see FindBatcher)
-            found = self.collection.find(filt, batch_size=total)
-            keys = [d["_id"] async for d in found.sort("_id", DESCENDING if self.backward else ASCENDING)
-                    .limit(total)]
+            keys = [d["_id"] async for d in id_ordered(self.collection, filt, backward=self.backward, limit=total)]
         except BaseException as exc:
             self._fail(batch, exc)
             return

@@ -40,11 +40,17 @@ from typing import Any
 from bson import Binary
 from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.asynchronous.cursor import AsyncCursor
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
-from fhir_server.storage.batching import DeleteBatcher, FindBatcher, InsertBatcher, ReplaceBatcher, ScanBatcher
+from fhir_server.storage.batching import (
+    DeleteBatcher,
+    FindBatcher,
+    InsertBatcher,
+    ReplaceBatcher,
+    ScanBatcher,
+    id_ordered,
+)
 
 __all__ = ["HistoryPage", "LockBusy", "ResourceStore", "Version", "VersionConflict", "history_key", "index_key",
            "now_micros", "split_index_key", "split_item"]
@@ -130,14 +136,6 @@ def split_index_key(key: str) -> tuple[str, str]:
     """A ``search_index`` key (``Type|param|enc|rid|vid``) as its entry (``param|enc|``) and resource id."""
     entry, rid, _vid = key.split("|", 1)[1].rsplit("|", 2)
     return entry + "|", rid
-
-
-def _id_range(collection: AsyncCollection[dict[str, Any]], bounds: dict[str, str], backward: bool,
-              limit: int, projection: dict[str, int] | None = None) -> AsyncCursor[dict[str, Any]]:
-    """The first ``limit`` documents whose ``_id`` is within ``bounds``, in ``_id`` order (``backward``: reversed),
-    all in the first reply (a find returns 101 documents, then one getMore per batch)."""
-    found = collection.find({"_id": bounds}, projection, batch_size=limit)
-    return found.sort("_id", DESCENDING if backward else ASCENDING).limit(limit)
 
 
 def _index_docs(version: Version, base: Version | None) -> list[dict[str, Any]]:
@@ -239,13 +237,14 @@ class ResourceStore:
         else:
             bounds = {"$gt": f"{rtype}/{after}"} if after is not None else {"$gte": f"{rtype}/"}
             bounds["$lt"] = f"{rtype}0"
-        return [_from_doc(d, with_index=True) async for d in _id_range(self.resources, bounds, backward, limit)]
+        return [_from_doc(d, with_index=True) async for d in
+                id_ordered(self.resources, {"_id": bounds}, backward=backward, limit=limit)]
 
     async def scan_index(self, rtype: str, low: str, high: str, *, after: str | None, limit: int,
                          backward: bool = False) -> list[str]:
         """Keys of ``search_index`` from ``rtype|low`` (inclusive) to ``rtype|high`` (exclusive), in key order
-        after the key ``after`` (``backward``: in reverse order before it). Forward scans of concurrent requests
-        share commands (``ScanBatcher``)."""
+        after the key ``after`` (``backward``: in reverse order before it). Scans of concurrent requests share
+        commands (``ScanBatcher``)."""
         bounds: dict[str, str] = {"$gte": f"{rtype}|{low}", "$lt": f"{rtype}|{high}"}
         if after is not None and backward and after < bounds["$lt"]:
             bounds["$lt"] = after
@@ -253,7 +252,7 @@ class ResourceStore:
             del bounds["$gte"]
             bounds["$gt"] = after
         batcher = self._scans_back if backward else self._scans
-        return await batcher.scan(bounds, limit, family=f"{rtype}|{low.split('|', 1)[0]}")
+        return await batcher.scan(bounds, limit, family=f"{rtype}|{low.split('|', 1)[0]}|")
 
     async def instance_history(
         self, *, current: Version, since: int | None, at: int | None, count: int, before_vid: int | None,
@@ -368,8 +367,8 @@ class ResourceStore:
             for collection in (self.resources, self.history):
                 bounds: dict[str, str] = {"$gte": ""}
                 while True:
-                    docs = await _id_range(collection, bounds, False, 1000,
-                                           {"t": 1, "i": 1, "v": 1, "ts": 1}).to_list()
+                    docs = await id_ordered(collection, {"_id": bounds}, backward=False, limit=1000,
+                                            projection={"t": 1, "i": 1, "v": 1, "ts": 1}).to_list()
                     if not docs:
                         break
                     seen += len(docs)
