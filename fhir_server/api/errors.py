@@ -13,9 +13,18 @@ from starlette.responses import Response
 from fhir_server.api.formats import Rendering, fhir_response, rendering_of
 from fhir_server.errors import HubError, Issue, NotAcceptable, operation_outcome
 
-__all__ = ["install_error_handlers"]
+__all__ = ["INTERNAL_ERROR", "install_error_handlers", "log_unexpected"]
 
 log = logging.getLogger("medunion.api")
+
+INTERNAL_ERROR = Issue(code="exception", diagnostics="Internal server error; the hub's log has the details")
+
+
+def log_unexpected(exc: BaseException, where: str) -> None:
+    """Log an unexpected exception by type and stack frames: no message and no locals, they can carry patient
+    data (DESIGN: patient data never goes into logs)."""
+    log.error("unhandled %s on %s\n%s", type(exc).__name__, where, "".join(traceback.format_tb(exc.__traceback__)))
+
 
 _HTTP_CODES = {404: "not-found", 405: "not-supported", 413: "too-costly", 401: "login", 403: "forbidden"}
 
@@ -59,12 +68,9 @@ def install_error_handlers(app: Starlette, *, translate: dict[type[Exception], H
                                                          diagnostics=text)])
 
     async def _unexpected(request: Request, exc: Exception) -> Response:
-        # no message and no locals: they can carry patient data (DESIGN: patient data never goes into logs)
-        frames = "".join(traceback.format_tb(exc.__traceback__))
-        log.error("unhandled %s on %s %s\n%s", type(exc).__name__, request.method, request.scope.get("route")
-                  and getattr(request.scope["route"], "path", "?"), frames)
-        return _outcome(request, 500, [Issue(code="exception", diagnostics="Internal server error; the hub's log "
-                                             "has the details")])
+        route = request.scope.get("route")
+        log_unexpected(exc, f"{request.method} {getattr(route, 'path', '?') if route is not None else '(no route)'}")
+        return _outcome(request, 500, [INTERNAL_ERROR])
 
     app.add_exception_handler(HubError, _hub_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]

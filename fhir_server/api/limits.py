@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import traceback
 from typing import Any
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from fhir_server.api.errors import INTERNAL_ERROR, log_unexpected
 from fhir_server.errors import Issue, operation_outcome
 
 __all__ = ["RequestLimits"]
@@ -20,8 +20,7 @@ log = logging.getLogger("medunion.access")
 
 _TIMEOUT_BODY = orjson.dumps(operation_outcome([
     Issue(code="timeout", diagnostics="The request took longer than the hub's limit")]))
-_ERROR_BODY = orjson.dumps(operation_outcome([
-    Issue(code="exception", diagnostics="Internal server error; the hub's log has the details")]))
+_ERROR_BODY = orjson.dumps(operation_outcome([INTERNAL_ERROR]))
 _BUSY_BODY = orjson.dumps(operation_outcome([
     Issue(code="transient", diagnostics="The hub is at its limit of concurrent requests; retry after a moment")]))
 
@@ -65,7 +64,7 @@ class RequestLimits:
             # answer 500, then raises the exception again for the server to log: uvicorn would log it with its
             # message, which can carry patient data, and close the keep-alive connection. It ends here.
             if state["status"] == 0:  # nothing was answered (not expected): answer and log as the handler does
-                log.error("unhandled %s\n%s", type(exc).__name__, "".join(traceback.format_tb(exc.__traceback__)))
+                log_unexpected(exc, f"{scope['method']} (no answer)")
                 state["status"] = 500
                 await _send_outcome(send, 500, _ERROR_BODY)
         finally:
