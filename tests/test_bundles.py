@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import datetime, timedelta
 
 import httpx
 
@@ -172,6 +173,53 @@ def test_reads_in_a_transaction_answer_in_their_entry(api: httpx.Client) -> None
     bad = api.post("/", json=_transaction(_entry("POST", "Basic", {"resourceType": "Basic", "code": {"text": "x"}},
                                                  ifNoneExist="name=x")))
     assert bad.status_code == 400 and "Bundle.entry[0]" in bad.json()["issue"][0]["diagnostics"]
+
+
+def test_read_entries_are_conditional_reads(api: httpx.Client) -> None:
+    """Bundle.entry.request.ifNoneMatch / ifModifiedSince (FHIR R4 http.html#cread): 304 in the entry when the
+    client's copy is current; on other entries they are a 400 that names the field."""
+    pid = api.post("/Patient", json={"resourceType": "Patient", "name": [{"family": "钱"}]}).json()["id"]
+    current = api.put(f"/Patient/{pid}", json={"resourceType": "Patient", "id": pid,
+                                                "name": [{"family": "钱", "given": ["小东"]}]}).json()
+    stamp = current["meta"]["lastUpdated"]  # milliseconds: the store's microseconds lie within them
+    before = (datetime.fromisoformat(stamp) - timedelta(seconds=1)).isoformat()
+    url = f"Patient/{pid}"
+    bundle = {"resourceType": "Bundle", "type": "batch", "entry": [
+        _entry("GET", url, ifNoneMatch='W/"2"'),
+        _entry("GET", url, ifNoneMatch='W/"1"'),
+        _entry("GET", url, ifNoneMatch="*"),
+        _entry("GET", url, ifModifiedSince=stamp),
+        _entry("GET", url, ifModifiedSince=before),
+        _entry("GET", f"{url}/_history/1", ifNoneMatch='W/"1"'),
+        _entry("GET", url, ifModifiedSince="yesterday"),
+        _entry("PUT", url, current, ifNoneMatch='W/"2"'),
+        _entry("GET", "Patient?family=钱", ifNoneMatch='W/"2"'),
+    ]}
+    out = api.post("/", json=bundle).json()["entry"]
+    assert [e["response"]["status"] for e in out] == ["304 Not Modified", "200 OK", "304 Not Modified",
+                                                      "304 Not Modified", "200 OK", "304 Not Modified",
+                                                      "400", "400", "400"]
+    for e in (out[0], out[2], out[3], out[5]):
+        assert "resource" not in e
+    assert out[0]["response"]["etag"] == 'W/"2"' and out[5]["response"]["etag"] == 'W/"1"'
+    assert out[1]["resource"]["name"][0]["given"] == ["小东"] and out[4]["resource"]["meta"]["versionId"] == "2"
+    assert out[6]["response"]["outcome"]["issue"][0]["expression"] == ["Bundle.entry[6].request.ifModifiedSince"]
+    assert out[7]["response"]["outcome"]["issue"][0]["expression"] == ["Bundle.entry[7].request.ifNoneMatch"]
+    assert out[8]["response"]["outcome"]["issue"][0]["expression"] == ["Bundle.entry[8].request"]
+    # in a transaction the reads run after the writes: the copy a client held before them is stale
+    tx = api.post("/", json=_transaction(
+        _entry("PUT", url, {"resourceType": "Patient", "id": pid, "name": [{"family": "钱"}]}),
+        _entry("GET", url, ifNoneMatch='W/"2"'),
+        _entry("GET", url, ifNoneMatch='W/"3"')))
+    assert tx.status_code == 200, tx.text
+    assert [e["response"]["status"] for e in tx.json()["entry"]] == ["200 OK", "200 OK", "304 Not Modified"]
+    # a bad condition fails the transaction before anything is written
+    bad = api.post("/", json=_transaction(
+        _entry("PUT", url, {"resourceType": "Patient", "id": pid, "name": [{"family": "孙"}]}),
+        _entry("GET", url, ifModifiedSince="soon")))
+    assert bad.status_code == 400
+    assert bad.json()["issue"][0]["expression"] == ["Bundle.entry[1].request.ifModifiedSince"]
+    assert api.get(f"/{url}").json()["meta"]["versionId"] == "3"
 
 
 def test_search_entries_answer_searchsets(api: httpx.Client) -> None:

@@ -114,6 +114,10 @@ def test_conditional_read_headers(api: httpx.Client) -> None:
                    ).status_code == 304
     earlier = format_datetime(last - timedelta(seconds=5), usegmt=True)
     assert api.get(f"/Patient/{pid}", headers={"If-Modified-Since": earlier}).status_code == 200
+    # "-0000": a date without a zone (RFC 5322), read as UTC; an unreadable date is no condition
+    assert api.get(f"/Patient/{pid}", headers={"If-Modified-Since": format_datetime(last.replace(tzinfo=None))}
+                   ).status_code == 304
+    assert api.get(f"/Patient/{pid}", headers={"If-Modified-Since": "yesterday"}).status_code == 200
 
 
 def test_prefer_return(api: httpx.Client) -> None:

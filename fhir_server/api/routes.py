@@ -21,7 +21,7 @@ from fhir_server.model.types import require_supported_type
 from fhir_server.search import SearchPage, types_named
 from fhir_server.search.entries import date_range
 from fhir_server.service import HistoryResult, ResourceService, WriteResult, instant
-from fhir_server.service.etag import etag, version_of_etag
+from fhir_server.service.etag import etag, not_modified, version_of_etag
 from fhir_server.service.searchset import page_size, searchset
 from fhir_server.settings import Settings
 from fhir_server.storage import Version
@@ -56,19 +56,18 @@ def _if_match(request: Request) -> int | None:
 
 
 def _not_modified(request: Request, version: Version) -> bool:
-    inm = request.headers.get("if-none-match")
-    if inm is not None:
-        tags = [t.strip() for t in inm.split(",")]
-        return "*" in tags or version.vid in {version_of_etag(t) for t in tags}
+    """If-None-Match, or else If-Modified-Since (an HTTP date: a whole second; without a zone, UTC)."""
+    modified_by = None
     ims = request.headers.get("if-modified-since")
     if ims is not None:
         try:
             since = parsedate_to_datetime(ims)
         except (TypeError, ValueError):
-            return False
-        modified = datetime.fromtimestamp(version.ts // 1_000_000, UTC)
-        return modified <= since
-    return False
+            since = None
+        if since is not None:
+            since = since if since.tzinfo is not None else since.replace(tzinfo=UTC)
+            modified_by = int(since.timestamp()) * 1_000_000 + 999_999
+    return not_modified(version, if_none_match=request.headers.get("if-none-match"), modified_by=modified_by)
 
 
 def _prefer_return(request: Request) -> str:

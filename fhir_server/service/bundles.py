@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import re
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +32,8 @@ from fhir_server.errors import (
 from fhir_server.model.types import ID_RE, require_supported_type
 from fhir_server.model.validation import validate_resource
 from fhir_server.search import query_pairs, types_named
-from fhir_server.service.etag import etag, version_of_etag
+from fhir_server.search.entries import date_range
+from fhir_server.service.etag import etag, not_modified, version_of_etag
 from fhir_server.service.patching import apply_patch
 from fhir_server.service.resources import ResourceService, WriteResult, instant
 from fhir_server.service.searchset import page_size, searchset
@@ -56,6 +58,9 @@ class _Entry:
     full_url: str | None
     if_none_exist: str | None
     if_match: int | None
+    # a read's conditions (FHIR R4 Bundle.entry.request.ifNoneMatch/ifModifiedSince, http.html#cread)
+    if_none_match: str | None = None
+    modified_by: int | None = None  # ifModifiedSince: its last microsecond at its precision
     target: str | None = None  # the id this entry writes
     base: Version | None = None
     new: Version | None = None
@@ -91,6 +96,18 @@ def _patch_of(e: _Entry) -> Any:
         raise BadRequest("The Binary of a PATCH entry does not hold JSON", issues=[Issue(
             code="invalid", diagnostics="Binary.data is not base64 JSON", expression=(f"{e.where}.resource.data",))]
         ) from None
+
+
+def _last_microsecond(text: str, settings: Settings) -> int | None:
+    """The last microsecond an instant covers at its precision: ``…:00.123`` ends at ``…:00.123999`` (the hub
+    renders ``meta.lastUpdated`` in milliseconds, so a client's copy stamped with it is current)."""
+    found = date_range(text, settings.zone)
+    if found is None:
+        return None
+    fraction = re.search(r"\.(\d+)", text)
+    if fraction is not None and len(fraction.group(1)) < 6:
+        return found[0] + int(10 ** (6 - len(fraction.group(1)))) - 1
+    return found[1]
 
 
 def _fail(entry: _Entry | None, exc: HubError) -> HubError:
@@ -148,11 +165,16 @@ class BundleService:
         if method not in _ORDER or not isinstance(url, str) or not url:
             raise BadRequest(f"{where}.request needs a method (GET, POST, PUT, PATCH, DELETE) and a url", issues=[
                 Issue(code="required", diagnostics="request needs method and url", expression=(f"{where}.request",))])
+        if_none_match, modified_by = self._read_conditions(where, method, request)
         base = self.settings.fhir_base + "/"
         if url.startswith(base):
             url = url[len(base):]
         path, _, query = url.partition("?")
         parts = [p for p in path.split("/") if p]
+        if (if_none_match is not None or modified_by is not None) and len(parts) not in (2, 4):
+            raise BadRequest(f"{where}.request: ifNoneMatch and ifModifiedSince apply to reads, not searches",
+                             issues=[Issue(code="not-supported", diagnostics="a conditional search",
+                                           expression=(f"{where}.request",))])
         if method == "GET" and (not parts or (len(parts) == 3 and parts[2] != "_history")):
             return self._parse_search(index, parts, query)
         if not parts:
@@ -171,7 +193,31 @@ class BundleService:
         return _Entry(index=index, method=method, rtype=rtype, rid=rid, vid=vid, query=query or None,
                       resource=raw.get("resource"), full_url=raw.get("fullUrl"),
                       if_none_exist=ine if isinstance(ine, str) and ine else None,
-                      if_match=if_match)
+                      if_match=if_match, if_none_match=if_none_match, modified_by=modified_by)
+
+    def _read_conditions(self, where: str, method: str, request: dict[str, Any]) -> tuple[str | None, int | None]:
+        """A read entry's ifNoneMatch (ETags) and ifModifiedSince (an instant; as the last microsecond it
+        covers); on any other entry they are an error, not silently ignored."""
+        inm, ims = request.get("ifNoneMatch"), request.get("ifModifiedSince")
+        for name, value in (("ifNoneMatch", inm), ("ifModifiedSince", ims)):
+            if value is None:
+                continue
+            if method not in ("GET", "HEAD"):
+                raise BadRequest(f"{where}.request.{name} applies to GET entries (a conditional read), not to "
+                                 f"{method}", issues=[Issue(code="not-supported", diagnostics=f"{name} on {method}",
+                                                            expression=(f"{where}.request.{name}",))])
+            if not isinstance(value, str) or not value.strip():
+                raise BadRequest(f"{where}.request.{name} must be a string", issues=[Issue(
+                    code="value", diagnostics=f"{name} is not a string", expression=(f"{where}.request.{name}",))])
+        modified_by = None
+        if ims is not None:
+            modified_by = _last_microsecond(ims, self.settings)
+            if modified_by is None:
+                raise BadRequest(f"{where}.request.ifModifiedSince must be an instant like "
+                                 "2026-11-26T09:30:00+08:00", issues=[Issue(
+                                     code="value", diagnostics="ifModifiedSince is not an instant",
+                                     expression=(f"{where}.request.ifModifiedSince",))])
+        return inm, modified_by
 
     def _parse_search(self, index: int, parts: list[str], query: str) -> _Entry:
         """A GET of a system search (``?_type=…``) or of a compartment search (``Patient/[id]/[type or *]``)."""
@@ -205,6 +251,8 @@ class BundleService:
                 result = await service.vread(principal=principal, rtype=e.rtype, rid=e.rid, vid=e.vid)
             else:
                 result = await service.read(principal=principal, rtype=e.rtype, rid=e.rid)
+            if not_modified(result, if_none_match=e.if_none_match, modified_by=e.modified_by):
+                return self._entry_json(result, "304 Not Modified", with_resource=False)
             return self._entry_json(result, "200 OK", with_resource=True)
         if e.method == "POST":
             result = await service.create(principal=principal, rtype=e.rtype, resource=e.resource,
