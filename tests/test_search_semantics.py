@@ -68,7 +68,7 @@ def _values(resource: dict[str, Any], code: str) -> list[Any]:
         found = evaluate(resource, expression, model=models["r4"])
         if part.get("is"):
             found = [v for v in found if isinstance(v, dict)
-                     and str(v.get("reference", "")).split("/")[-2:-1] == [part["is"]]]
+                     and str(v.get("reference", "")).split("/_history/")[0].split("/")[-2:-1] == [part["is"]]]
         out += [v for v in found if v is not None]
     return out
 
@@ -779,6 +779,48 @@ def test_elements_present_without_a_searchable_value_break_no_search(api: httpx.
     assert ids("/Observation", [("_sort", "-code")]) == [coded, texted]
     assert ids("/Patient", [("address:contains", "海")]) == [patient]
     assert sorted(ids("/Patient", [("address:missing", "false")])) == sorted([patient, bare])
+
+
+def test_type_restricted_references_match_versioned_and_absolute_urls(api: httpx.Client, hub: Hub) -> None:
+    """``patient`` is ``subject.where(resolve() is Patient)``: a reference to a version of the patient, and one
+    by the absolute URL of a patient of another server, are references to a Patient (both were missed)."""
+    tag = f"t{random.randrange(10**9)}"
+    meta = {"tag": [{"system": "urn:reference-test", "code": tag}]}
+    pid = f"p{random.randrange(10**9)}"
+    assert api.put(f"/Patient/{pid}", json={"resourceType": "Patient", "id": pid}).status_code == 201
+    foreign = f"https://other.example.org/fhir/Patient/{pid}"
+
+    def observe(reference: str) -> str:
+        answer = api.post("/Observation", json={"resourceType": "Observation", "status": "final", "meta": meta,
+                                                "code": {"text": "CEA"}, "subject": {"reference": reference}})
+        assert answer.status_code == 201, answer.text
+        return str(answer.json()["id"])
+
+    versioned, there, here, group = (observe(f"Patient/{pid}/_history/1"), observe(foreign),
+                                     observe(f"{hub.base}/Patient/{pid}"), observe(f"Group/{pid}"))
+
+    def ids(params: list[tuple[str, str]], mode: str = "match") -> list[str]:
+        answer = api.get("/Observation", params=[("_tag", f"urn:reference-test|{tag}"), *params])
+        assert answer.status_code == 200, answer.text
+        return sorted(e["resource"]["id"] for e in answer.json().get("entry", []) if e["search"]["mode"] == mode)
+
+    assert ids([("patient", pid)]) == sorted([versioned, here])
+    assert ids([("patient", f"Patient/{pid}")]) == sorted([versioned, here])
+    assert ids([("patient", f"{hub.base}/Patient/{pid}")]) == sorted([versioned, here])
+    assert ids([("patient", foreign)]) == [there]
+    assert ids([("patient", f"Group/{pid}")]) == []
+    assert ids([("subject", f"Group/{pid}")]) == [group]
+    assert ids([("subject:Patient", pid)]) == sorted([versioned, here])
+    assert ids([("_id", versioned), ("_include", "Observation:patient")], "include") == [pid]
+    # AuditEvent ``patient`` has entries of its own (no plain parameter has its expression)
+    audit = api.post("/AuditEvent", json={
+        "resourceType": "AuditEvent", "meta": meta, "recorded": "2026-11-26T10:00:00+08:00",
+        "type": {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110110"},
+        "agent": [{"requestor": True, "who": {"reference": f"Patient/{pid}/_history/1"}}],
+        "source": {"observer": {"display": "MedUnion Hub"}}})
+    assert audit.status_code == 201, audit.text
+    found = api.get("/AuditEvent", params={"patient": pid, "_tag": f"urn:reference-test|{tag}"}).json()
+    assert [e["resource"]["id"] for e in found.get("entry", [])] == [audit.json()["id"]]
 
 
 def test_composite_parameters_hold_within_one_element(search_hub: Hub,

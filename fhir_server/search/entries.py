@@ -27,7 +27,7 @@ from fhir_server.search.registry import SearchParameter, parameters_for
 
 __all__ = ["ANY_SYSTEM", "date_range", "entries_for", "entries_of", "entries_of_parameter", "entries_of_values",
            "normalize_string",
-           "strings_of", "tokens_of", "values_of"]
+           "reference_type", "strings_of", "tokens_of", "values_of"]
 
 ANY_SYSTEM = "\u0000"
 _UTC = ZoneInfo("UTC")
@@ -88,6 +88,13 @@ def _reference(value: Any) -> list[str]:
         ref = value["reference"].split("/_history/", 1)[0]
         return [ref]
     return []
+
+
+def reference_type(reference: str) -> str | None:
+    """The type a literal reference names: ``Patient`` for ``Patient/1``, ``Patient/1/_history/2`` and
+    ``https://other.org/fhir/Patient/1``; None for ``urn:uuid:…``, ``#contained`` and other forms."""
+    parts = reference.split("/_history/", 1)[0].split("/")
+    return parts[-2] if len(parts) >= 2 and parts[-2][:1].isupper() else None
 
 
 def _parse_instant(text: str, zone: ZoneInfo) -> tuple[datetime, timedelta]:
@@ -170,7 +177,7 @@ def values_of(parameter: SearchParameter, resource: dict[str, Any]) -> list[Any]
         found = compile_path(part.expression)(resource)
         if part.resolve_is is not None:  # X.where(resolve() is T): references to T only
             found = [v for v in found if isinstance(v, dict) and isinstance(v.get("reference"), str)
-                     and v["reference"].split("/")[-2:-1] == [part.resolve_is]]
+                     and reference_type(v["reference"]) == part.resolve_is]
         out.extend(found)
     return out
 

@@ -20,7 +20,14 @@ from zoneinfo import ZoneInfo
 
 from fhir_server.errors import BadRequest, Issue
 from fhir_server.model.types import ID_RE, SUPPORTED_TYPES
-from fhir_server.search.entries import date_range, entries_of_values, normalize_string, strings_of, values_of
+from fhir_server.search.entries import (
+    date_range,
+    entries_of_values,
+    normalize_string,
+    reference_type,
+    strings_of,
+    values_of,
+)
 from fhir_server.search.keys import (
     LONG_SPAN,
     MAX_TEXT,
@@ -312,7 +319,7 @@ def _reference_ranges(p: str, parameter: SearchParameter, value: str, type_modif
                       base_url: str, only: str | None = None) -> list[KeyRange]:
     """``only``: a derived parameter's type (Observation ``patient``): other references never match."""
     ref = local_reference(value, base_url)
-    if only is not None and "/" in value and not ref.startswith(f"{only}/"):
+    if only is not None and "/" in value and reference_type(ref) != only:
         return []
     if type_modifier is not None:
         if "/" in ref:
