@@ -392,6 +392,70 @@ def test_every_parameter_type_modifier_and_prefix_against_brute_force(
             "quantity", "uri", "uri:below"} <= kinds, kinds
 
 
+def _cases_by_type(stored: dict[str, list[dict[str, Any]]], seed: int,
+                   base: str) -> dict[str, list[tuple[str, str, set[str]]]]:
+    out: dict[str, list[tuple[str, str, set[str]]]] = {}
+    for rtype, name, value, _, expected in parameter_cases(stored, seed, base):
+        out.setdefault(rtype, []).append((name, value, set(expected)))
+    return out
+
+
+def test_and_and_or_of_cases_against_brute_force(search_hub: Hub, stored: dict[str, list[dict[str, Any]]]) -> None:
+    """Two parameters must give the intersection of their cases, and two values of one parameter joined by a
+    comma their union: the choice of the clause to scan, its probes and the re-check of the others."""
+    base = search_hub.base
+    rng = random.Random(20261126)
+    failures: list[str] = []
+    checked = 0
+    with search_hub.client() as api:
+        for rtype, own in sorted(_cases_by_type(stored, 20261126, base).items()):
+            for _ in range(min(12, len(own) // 2)):
+                (a, x, xs), (b, y, ys) = rng.sample(own, 2)
+                got = search_all(api, base, rtype, [(a, x), (b, y)])
+                failures += _differences(f"{rtype}?{a}={x}&{b}={y}", got, sorted(xs & ys))
+                others = [c for c in own if c[0] == a and c[1] != x]
+                if others and not a.endswith((":not", ":missing")):  # :not of a list is not "not a, or not b"
+                    _, z, zs = rng.choice(others)
+                    got = search_all(api, base, rtype, [(a, f"{x},{z}")])
+                    failures += _differences(f"{rtype}?{a}={x},{z}", got, sorted(xs | zs))
+                    checked += 1
+                checked += 1
+    assert not failures, f"{len(failures)} of {checked} cases differ:\n" + "\n".join(failures[:40])
+    assert checked > 300, checked
+
+
+def test_chains_and_has_over_every_kind_of_case(search_hub: Hub, stored: dict[str, list[dict[str, Any]]]) -> None:
+    """``subject:Patient.<case>`` must give the resources whose subject is a Patient of the case, and
+    ``Patient?_has:<type>:subject:<case>`` the Patients that the case's resources name as subject."""
+    base = search_hub.base
+    cases = _cases_by_type(stored, 20261127, base)
+    rng = random.Random(20261127)
+    patients = {r["id"] for r in stored["Patient"]}
+
+    def subjects(r: dict[str, Any]) -> set[str]:
+        ref = r.get("subject", {}).get("reference") if isinstance(r.get("subject"), dict) else None
+        return {local(ref, base)} if isinstance(ref, str) else set()
+
+    failures: list[str] = []
+    checked = 0
+    with search_hub.client() as api:
+        for source in ("Observation", "DiagnosticReport", "ServiceRequest"):
+            for name, value, matched in rng.sample(cases["Patient"], 25):
+                wanted = {f"Patient/{i}" for i in matched}
+                expected = sorted(r["id"] for r in stored[source] if subjects(r) & wanted)
+                got = search_all(api, base, source, [(f"subject:Patient.{name}", value)])
+                failures += _differences(f"{source}?subject:Patient.{name}={value}", got, expected)
+                checked += 1
+            for name, value, matched in rng.sample(cases[source], min(25, len(cases[source]))):
+                named = {ref for r in stored[source] if r["id"] in matched for ref in subjects(r)}
+                expected = sorted(p for p in patients if f"Patient/{p}" in named)
+                got = search_all(api, base, "Patient", [(f"_has:{source}:subject:{name}", value)])
+                failures += _differences(f"Patient?_has:{source}:subject:{name}={value}", got, expected)
+                checked += 1
+    assert not failures, f"{len(failures)} of {checked} cases differ:\n" + "\n".join(failures[:40])
+    assert checked >= 140, checked
+
+
 def test_concurrent_searches_get_their_own_results(search_hub: Hub, stored: dict[str, list[dict[str, Any]]]) -> None:
     """Sixteen clients at once: their scans of the search index share store commands (``ScanBatcher``), and each
     search must still get exactly its own matches. Parameter cases of every type, chains and ``_has``."""
