@@ -73,6 +73,14 @@ def _values(resource: dict[str, Any], code: str) -> list[Any]:
     return out
 
 
+def _plain_values(resource: dict[str, Any], code: str) -> list[Any]:
+    """``values`` without ``where(resolve() is T)``: a reference by identifier alone names no type."""
+    definition = _definitions()[resource["resourceType"]][code]
+    return [v for part in definition["paths"]
+            for v in evaluate(resource, _AS.sub(r"\g<path>.ofType(\g<type>)", part["expression"]), model=models["r4"])
+            if v is not None]
+
+
 def norm(text: str) -> str:
     return "".join(c for c in unicodedata.normalize("NFKD", text.casefold()) if not unicodedata.combining(c)).strip()
 
@@ -103,6 +111,17 @@ def codes(value: Any) -> list[tuple[str | None, str]]:
     if isinstance(value.get("value"), str):
         return [(value.get("system"), value["value"])]
     return []
+
+
+def code_texts(value: Any) -> list[str]:
+    """The text that goes with a code (token ``:text``): CodeableConcept.text, each Coding.display, and for an
+    Identifier the same of its type."""
+    if not isinstance(value, dict):
+        return []
+    out = [value[k] for k in ("text", "display") if isinstance(value.get(k), str)]
+    out += [c["display"] for c in value.get("coding") or []
+            if isinstance(c, dict) and isinstance(c.get("display"), str)]
+    return out + code_texts(value.get("type"))
 
 
 def span(text: str) -> tuple[float, float]:
@@ -144,6 +163,9 @@ def spans(value: Any) -> list[tuple[float, float]]:
 
 def date_matches(target: tuple[float, float], prefix: str, search: tuple[float, float]) -> bool:
     (lo, hi), (a, b) = target, search
+    if prefix == "ap":  # overlaps the search range widened by a tenth of its distance from now, at least a day
+        spread = max(abs(datetime.now().timestamp() - a) / 10, 86_400)
+        return lo <= b + spread and hi >= a - spread
     eq = lo >= a and hi <= b
     return {"eq": eq, "ne": not eq, "gt": hi > b, "lt": lo < a, "ge": hi > b or eq, "le": lo < a or eq,
             "sa": lo > b, "eb": hi < a}[prefix]
@@ -155,6 +177,8 @@ def number_matches(x: float, prefix: str, text: str) -> bool:
     assert isinstance(exp, int)
     half = Decimal(5) * Decimal(10) ** (exp - 1)
     lo, hi, v = float(d - half), float(d + half), float(d)
+    if prefix == "ap":  # within 10 % of the value
+        return v - abs(v) * 0.1 <= x <= v + abs(v) * 0.1
     return {"eq": lo <= x < hi, "ne": not lo <= x < hi, "gt": x > v, "lt": x < v, "ge": x >= v, "le": x <= v,
             "sa": x > v, "eb": x < v}[prefix]
 
@@ -178,6 +202,25 @@ def matcher(code: str, modifier: str, raw: str, kind: str, base: str, rtype: str
         if modifier == "contains":
             return lambda r: any(q in norm(t) for v in values(r, code) for t in texts(v))
         return lambda r: any(norm(t).startswith(q) for v in values(r, code) for t in texts(v))
+    if kind == "token" and modifier == "text":  # a word of the text starts with the value
+        words = re.compile(rf"(^| ){re.escape(norm(raw))}")
+        return lambda r: any(words.search(norm(t)) for v in values(r, code) for t in code_texts(v))
+    if kind == "token" and modifier == "of-type":  # type-system|type-code|value of an Identifier
+        type_system, type_code, wanted = raw.split("|")
+
+        def typed(v: Any) -> bool:
+            return isinstance(v, dict) and v.get("value") == wanted and any(
+                isinstance(c, dict) and (c.get("system"), c.get("code")) == (type_system, type_code)
+                for c in (v.get("type") or {}).get("coding") or [])
+        return lambda r: any(typed(v) for v in values(r, code))
+    if kind == "reference" and modifier == "identifier":
+        system, bar, wanted = raw.rpartition("|")
+
+        def named(v: Any) -> bool:
+            ident = v.get("identifier") if isinstance(v, dict) else None
+            return isinstance(ident, dict) and ident.get("value") == wanted and (
+                not bar or (ident.get("system") or "") == system)
+        return lambda r: any(named(v) for v in _plain_values(r, code))
     if kind == "token":
         if "|" in raw:
             system, _, code_ = raw.partition("|")
@@ -202,6 +245,9 @@ def matcher(code: str, modifier: str, raw: str, kind: str, base: str, rtype: str
         targets = _definitions()[rtype][code].get("target") or []
         return lambda r: any(x == raw or x in [f"{t}/{raw}" for t in targets] for x in refs(r))
     if kind == "uri":
+        if modifier == "above":  # the resource's uri is the value or one of its ancestors by path
+            return lambda r: any(isinstance(v, str) and (v == raw or raw.startswith(v + "/"))
+                                 for v in values(r, code))
         if modifier == "below":
             return lambda r: any(isinstance(v, str) and v.startswith(raw) for v in values(r, code))
         return lambda r: any(v == raw for v in values(r, code))
@@ -252,6 +298,14 @@ def cases_for(resource: dict[str, Any], code: str, kind: str, rng: random.Random
             out.append((code, f"{s}|{c}" if s else f"|{c}"))
             if s:
                 out.append((code, f"{s}|"))
+        words = [w for t in code_texts(v) for w in t.split() if w.strip("()[],.;:")]
+        if words:
+            word = rng.choice(words)
+            out.append((f"{code}:text", word[: max(2, len(word) * 2 // 3)]))
+        kinds = (v.get("type") or {}).get("coding") or [] if isinstance(v, dict) else []
+        typed = [c for c in kinds if isinstance(c, dict) and c.get("system") and c.get("code")]
+        if typed and isinstance(v.get("value"), str) and "|" not in v["value"]:
+            out.append((f"{code}:of-type", f"{typed[0]['system']}|{typed[0]['code']}|{v['value']}"))
     elif kind == "reference":
         ref = v.get("reference") if isinstance(v, dict) else v if isinstance(v, str) else None
         if isinstance(ref, str) and not ref.startswith("#"):
@@ -259,21 +313,27 @@ def cases_for(resource: dict[str, Any], code: str, kind: str, rng: random.Random
             out.append((code, ref))
             if ref.count("/") == 1 and not ref.startswith(("http", "urn")):
                 out.append((code, ref.split("/")[1]))
+        named = [x.get("identifier") for x in _plain_values(resource, code) if isinstance(x, dict)]
+        named = [i for i in named if isinstance(i, dict) and isinstance(i.get("value"), str)]
+        if named:
+            ident = rng.choice(named)
+            out.append((f"{code}:identifier", f"{ident['system']}|{ident['value']}" if ident.get("system")
+                        else ident["value"]))
     elif kind == "uri" and isinstance(v, str):
-        out += [(code, v), (f"{code}:below", v[: max(1, len(v) * 2 // 3)])]
+        out += [(code, v), (f"{code}:below", v[: max(1, len(v) * 2 // 3)]), (f"{code}:above", f"{v}/part")]
     elif kind == "date":
         s = rng.choice(spans(v)) if spans(v) else None
         if s is not None and abs(s[0]) != INF:
             moment = datetime.fromtimestamp(s[0], ZONE)
             for text in (moment.strftime("%Y"), moment.strftime("%Y-%m"), moment.strftime("%Y-%m-%d"),
                          moment.isoformat(timespec="seconds")):
-                out.append((code, f"{rng.choice(['eq', 'ne', 'gt', 'lt', 'ge', 'le', 'sa', 'eb'])}{text}"))
+                out.append((code, f"{rng.choice(['eq', 'ne', 'gt', 'lt', 'ge', 'le', 'sa', 'eb', 'ap'])}{text}"))
     elif kind == "number" and isinstance(v, int | float | Decimal) and not isinstance(v, bool):
-        for prefix in ("", "gt", "lt", "ge", "le", "ne"):
+        for prefix in ("", "gt", "lt", "ge", "le", "ne", "sa", "eb", "ap"):
             out.append((code, f"{prefix}{_fmt(float(v))}"))
     elif kind == "quantity" and isinstance(v, dict) and isinstance(v.get("value"), int | float | Decimal):
         number = _fmt(float(v["value"]))
-        out += [(code, number), (code, f"gt{number}"), (code, f"le{number}")]
+        out += [(code, number), (code, f"gt{number}"), (code, f"le{number}"), (code, f"ap{number}")]
         unit = v.get("code") or v.get("unit")
         if unit:
             out.append((code, f"{number}||{unit}"))
@@ -388,8 +448,9 @@ def test_every_parameter_type_modifier_and_prefix_against_brute_force(
             failures += _differences(f"{rtype}?{name}={value}", got, expected)
     assert not failures, f"{len(failures)} of {checked} cases differ:\n" + "\n".join(failures[:40])
     assert checked > 500, checked
-    assert {"string", "string:exact", "string:contains", "token", "token:not", "reference", "date", "number",
-            "quantity", "uri", "uri:below"} <= kinds, kinds
+    assert {"string", "string:exact", "string:contains", "token", "token:not", "token:text", "token:of-type",
+            "reference", "reference:identifier", "date", "number", "quantity", "uri", "uri:below",
+            "uri:above"} <= kinds, kinds
 
 
 def _cases_by_type(stored: dict[str, list[dict[str, Any]]], seed: int,
