@@ -23,7 +23,7 @@ import aiohttp
 from pymongo import AsyncMongoClient
 
 from bench.harness import Result, drive, drive_urls, hub_rss, machine_line, running_hub
-from bench.synthetic import mrn_system, organizations, patient_group, patient_id, transaction
+from bench.synthetic import SR_CODES, mrn_system, organizations, patient_group, patient_id, transaction
 from fhir_server.search.entries import date_range
 from fhir_server.search.keys import hexs, sortable_int, token_enc
 from fhir_server.search.query import MICROS_PER_DAY
@@ -172,6 +172,15 @@ async def main(patients: int, seconds: float, clients: int, store_dir: Path | No
                 rids = sorted({patient_id(int(r.rid[2:])) for r in requests})
                 return bool(await store.current_many("Patient", rids)) and bool(subjects)
 
+            words = sorted({w.lower() for _, _, display in SR_CODES for w in display.split()})
+
+            def sr_text(rng: random.Random) -> str:
+                return f"/ServiceRequest?code:text={rng.choice(words)}&_count=20"
+
+            async def sr_text_raw(rng: random.Random) -> bool:
+                word = hexs(rng.choice(words))
+                return bool(await raw("ServiceRequest", f"code:text|{word}", f"code:text|{word}~", limit=21))
+
             async def page_urls(first: str) -> dict[int, Url]:
                 """Pages 1 and 50 of a result (each as a constant Url), following its next links."""
                 urls: dict[int, str] = {}
@@ -208,6 +217,7 @@ async def main(patients: int, seconds: float, clients: int, store_dir: Path | No
                 ("DiagnosticReport by subject, _include=result", dr_include, dr_include_raw),
                 ("chained: DiagnosticReport?subject:Patient.identifier", chained, chained_raw),
                 ("_has: Patient?_has:ServiceRequest:subject:authored", has, has_raw),
+                ("ServiceRequest?code:text=<word> page 1 (_count=20)", sr_text, sr_text_raw),
                 ("ServiceRequest?status=active page 1 (_count=20)", pages[1], page_raw),
                 ("ServiceRequest?status=active page 50 (_count=20)", pages[50], page_raw),
                 ("Patient/_history page 1 (_count=20)", history_pages[1], history_raw),

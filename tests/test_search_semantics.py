@@ -202,9 +202,11 @@ def matcher(code: str, modifier: str, raw: str, kind: str, base: str, rtype: str
         if modifier == "contains":
             return lambda r: any(q in norm(t) for v in values(r, code) for t in texts(v))
         return lambda r: any(norm(t).startswith(q) for v in values(r, code) for t in texts(v))
-    if kind == "token" and modifier == "text":  # a word of the text starts with the value
-        words = re.compile(rf"(^| ){re.escape(norm(raw))}")
-        return lambda r: any(words.search(norm(t)) for v in values(r, code) for t in code_texts(v))
+    if kind == "token" and modifier == "text":  # a word of the text starts with the value; Chinese: anywhere
+        wanted = " ".join(norm(raw).split())
+        chinese = unicodedata.name(wanted[0], "").startswith("CJK UNIFIED IDEOGRAPH")
+        words = re.compile(("" if chinese else "(^| )") + re.escape(wanted))
+        return lambda r: any(words.search(" ".join(norm(t).split())) for v in values(r, code) for t in code_texts(v))
     if kind == "token" and modifier == "of-type":  # type-system|type-code|value of an Identifier
         type_system, type_code, wanted = raw.split("|")
 
@@ -946,6 +948,29 @@ def test_type_restricted_references_match_versioned_and_absolute_urls(api: httpx
     assert audit.status_code == 201, audit.text
     found = api.get("/AuditEvent", params={"patient": pid, "_tag": f"urn:reference-test|{tag}"}).json()
     assert [e["resource"]["id"] for e in found.get("entry", [])] == [audit.json()["id"]]
+
+
+def test_token_text_finds_chinese_anywhere_and_other_words_by_prefix(api: httpx.Client) -> None:
+    """``code:text`` is indexed (each word of a code's text, and each tail of a Chinese run): a Chinese value
+    is found anywhere in the text, any other value at the start of a word."""
+    tag = f"t{random.randrange(10**9)}"
+    made = api.post("/Condition", json={
+        "resourceType": "Condition", "meta": {"tag": [{"system": "urn:text-test", "code": tag}]},
+        "subject": {"reference": "Patient/example"},
+        "code": {"text": "原发性肺癌（右上叶）", "coding": [{"system": "http://snomed.info/sct", "code": "93880001",
+                                                      "display": "Primary malignant neoplasm of lung"}]}})
+    assert made.status_code == 201, made.text
+
+    def found(value: str) -> bool:
+        answer = api.get("/Condition", params={"code:text": value, "_tag": f"urn:text-test|{tag}"})
+        assert answer.status_code == 200, answer.text
+        return [e["resource"]["id"] for e in answer.json().get("entry", [])] == [made.json()["id"]]
+
+    for value in ("肺癌", "原发性", "右上叶", "MALIGNANT", "neoplasm of", "Prim", "malignant,乳腺癌"):
+        assert found(value), value
+    for value in ("alignant", "乳腺癌", "lung cancer", "肺 癌"):
+        assert not found(value), value
+    assert api.get("/Condition", params={"code:text": " "}).status_code == 400
 
 
 def test_composite_parameters_hold_within_one_element(search_hub: Hub,

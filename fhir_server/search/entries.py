@@ -25,9 +25,9 @@ from zoneinfo import ZoneInfo
 from fhir_server.search.paths import compile_path
 from fhir_server.search.registry import SearchParameter, parameters_for
 
-__all__ = ["ANY_SYSTEM", "date_range", "entries_for", "entries_of", "entries_of_parameter", "entries_of_values",
-           "normalize_string",
-           "reference_type", "strings_of", "tokens_of", "values_of"]
+__all__ = ["ANY_SYSTEM", "code_texts", "date_range", "entries_for", "entries_of", "entries_of_parameter",
+           "entries_of_values", "normalize_string", "reference_type", "strings_of", "text_match", "text_words",
+           "tokens_of", "values_of"]
 
 ANY_SYSTEM = "\u0000"
 _UTC = ZoneInfo("UTC")
@@ -51,6 +51,43 @@ def strings_of(value: Any) -> list[str]:
     for key in ("given", "prefix", "suffix", "line"):
         out.extend(v for v in value.get(key) or [] if isinstance(v, str))
     return out
+
+
+def code_texts(value: Any) -> list[str]:
+    """The text that goes with a code (token ``:text``): CodeableConcept.text, a Coding's display (also each
+    of a CodeableConcept's codings), and the same of an Identifier's type."""
+    if not isinstance(value, dict):
+        return []
+    out = [value[k] for k in ("text", "display") if isinstance(value.get(k), str)]
+    for coding in value.get("coding") or []:
+        if isinstance(coding, dict) and isinstance(coding.get("display"), str):
+            out.append(coding["display"])
+    return out + code_texts(value.get("type"))
+
+
+def _is_cjk(ch: str) -> bool:
+    """A character of a script written without spaces between words: Chinese (and Japanese kana, Korean)."""
+    o = ord(ch)
+    return (0x3400 <= o <= 0x4DBF or 0x4E00 <= o <= 0x9FFF or 0xF900 <= o <= 0xFAFF or 0x20000 <= o <= 0x3134F
+            or 0x3040 <= o <= 0x30FF or 0xAC00 <= o <= 0xD7AF)
+
+
+def text_match(text: str, wanted: str) -> bool:
+    """Token ``:text`` on normalized strings: ``wanted`` starts a word of ``text``; or, when it begins with a
+    Chinese character, it occurs anywhere in it (Chinese has no spaces: ``肺癌`` is found in ``原发性肺癌``)."""
+    text = " ".join(text.split())
+    return text.startswith(wanted) or f" {wanted}" in text or (_is_cjk(wanted[0]) and wanted in text)
+
+
+def text_words(texts: list[str]) -> list[str]:
+    """What ``:text`` is indexed under: each word of the normalized texts, and each tail of a word that begins
+    with a Chinese character. A value is then found by a prefix scan of its first word (``text_match``)."""
+    out: set[str] = set()
+    for text in texts:
+        for word in normalize_string(text).split():
+            out.add(word)
+            out.update(word[i:] for i in range(1, len(word)) if _is_cjk(word[i]))
+    return sorted(out)
 
 
 def _token(system: Any, code: Any) -> list[str]:

@@ -9,7 +9,8 @@ FerretDB's SQLite backend, ``_id`` ranges of such strings use the ``_id`` index 
 Encodings (``hex`` is the hex of the UTF-8 bytes, ``n`` a sortable 16-hex-digit number):
 
 - string: ``hex(normalized text)`` (case and accents folded, at most ``MAX_TEXT`` characters)
-- token: ``hex(code).hex(system)`` (``hex(code).`` when the code has no system)
+- token: ``hex(code).hex(system)`` (``hex(code).`` when the code has no system); for ``:text``, each word of
+  the code's text (and each tail of a word from a Chinese character on) under ``<code>:text``
 - reference: ``hex(Type/id)`` for resources on this server, ``hex(url)`` otherwise; the reference's
   identifier as a token of the parameter ``<code>:identifier``
 - date: ``L n(low).n(high)``, and ``H n(high).n(low)`` when the value spans a day or more (microseconds)
@@ -25,7 +26,7 @@ from collections.abc import Iterable
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from fhir_server.search.entries import ANY_SYSTEM, entries_of_values, tokens_of, values_of
+from fhir_server.search.entries import ANY_SYSTEM, code_texts, entries_of_values, text_words, tokens_of, values_of
 from fhir_server.search.registry import SearchParameter, indexed_as, parameters_for
 
 __all__ = [
@@ -173,4 +174,7 @@ def entry_keys(resource: dict[str, Any], *, zone: ZoneInfo, base_url: str,
         if parameter.type == "reference":
             for enc in _reference_identifiers(values):
                 found.add(f"{code}:identifier|{enc}|")
+        elif parameter.type == "token":
+            for word in text_words([t for v in values for t in code_texts(v)]):
+                found.add(f"{code}:text|{hexs(word[:MAX_TEXT])}|")
     return sorted(found)

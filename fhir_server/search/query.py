@@ -21,11 +21,13 @@ from zoneinfo import ZoneInfo
 from fhir_server.errors import BadRequest, Issue
 from fhir_server.model.types import ID_RE, SUPPORTED_TYPES
 from fhir_server.search.entries import (
+    code_texts,
     date_range,
     entries_of_values,
     normalize_string,
     reference_type,
     strings_of,
+    text_match,
     values_of,
 )
 from fhir_server.search.keys import (
@@ -352,20 +354,9 @@ def _string_check(parameter: SearchParameter, wanted: list[str]) -> Callable[[di
 
 def _text_check(parameter: SearchParameter, wanted: list[str]) -> Callable[[dict[str, Any]], bool]:
     """``:text`` on tokens: the text of a CodeableConcept, a Coding's display or an Identifier's type text."""
-    def texts(value: Any) -> list[str]:
-        if not isinstance(value, dict):
-            return []
-        out = [value[k] for k in ("text", "display") if isinstance(value.get(k), str)]
-        for coding in value.get("coding") or []:
-            if isinstance(coding, dict) and isinstance(coding.get("display"), str):
-                out.append(coding["display"])
-        if isinstance(value.get("type"), dict):
-            out += texts(value["type"])
-        return out
-
     def check(resource: dict[str, Any]) -> bool:
-        found = [normalize_string(t) for v in values_of(parameter, resource) for t in texts(v)]
-        return any(t.startswith(w) or f" {w}" in t for t in found for w in wanted)
+        found = [normalize_string(t) for v in values_of(parameter, resource) for t in code_texts(v)]
+        return any(text_match(t, w) for t in found for w in wanted)
     return check
 
 
@@ -541,8 +532,12 @@ class _Parser:
             if modifier in ("in", "not-in", "above", "below"):
                 raise _bad(f"The modifier :{modifier} needs a terminology server; none is loaded in this hub",
                            code="not-supported", where=name)
-            if modifier == "text":
-                return Clause(name, check=_text_check(parameter, [normalize_string(v) for v in values]))
+            if modifier == "text":  # driven by the first word of each value (keys.py), checked on the text
+                texts = [" ".join(normalize_string(v).split()) for v in values]
+                if not all(texts):
+                    raise _bad(f"Search parameter '{name}' has no value", where=name)
+                keys = KeySet(tuple(_starting(f"{code}:text|{hexs(t.split()[0][:MAX_TEXT])}") for t in texts))
+                return Clause(name, keys=keys, check=_text_check(parameter, texts))
             if modifier == "of-type":
                 wanted = []
                 for v in values:
