@@ -537,7 +537,10 @@ class _Parser:
                 if not all(texts):
                     raise _bad(f"Search parameter '{name}' has no value", where=name)
                 keys = KeySet(tuple(_starting(f"{code}:text|{hexs(t.split()[0][:MAX_TEXT])}") for t in texts))
-                return Clause(name, keys=keys, check=_text_check(parameter, texts))
+                # a value of one word (up to MAX_TEXT characters) matches exactly when an entry of the current
+                # version starts with it (entries.text_words): only longer values need the text read
+                whole = all(" " not in t and len(t) <= MAX_TEXT for t in texts)
+                return Clause(name, keys=keys, check=None if whole else _text_check(parameter, texts))
             if modifier == "of-type":
                 wanted = []
                 for v in values:
