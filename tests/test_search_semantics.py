@@ -598,6 +598,59 @@ def test_chains_has_and_includes(search_hub: Hub, stored: dict[str, list[dict[st
         assert [e["resource"]["id"] for e in page["entry"] if e["search"]["mode"] == "include"] == ["p0000004"]
 
 
+def test_include_and_revinclude_of_every_reference_parameter(search_hub: Hub,
+                                                             stored: dict[str, list[dict[str, Any]]]) -> None:
+    """``T?_include=T:p`` must add exactly the stored resources that the matches name in ``p``, and
+    ``U?_revinclude=T:p`` exactly the T that name a match in ``p``, for every reference parameter p of every
+    type (derived ones such as Observation ``patient`` included), over the official examples."""
+    base = search_hub.base
+    stored_keys = {f"{t}/{r['id']}" for t, rs in stored.items() for r in rs}
+
+    def named(resource: dict[str, Any], code: str) -> set[str]:
+        out = set()
+        for v in values(resource, code):
+            ref = v.get("reference") if isinstance(v, dict) else v
+            if isinstance(ref, str):
+                out.add(local(ref, base))
+        return out
+
+    def run(api: httpx.Client, rtype: str, params: list[tuple[str, str]]) -> tuple[set[str], set[str]]:
+        matched: set[str] = set()
+        included: set[str] = set()
+        answer = api.get(f"/{rtype}", params=[*params, ("_count", "1000")])
+        while True:
+            assert answer.status_code == 200, (rtype, params, answer.text)
+            page = answer.json()
+            for e in page.get("entry", []):
+                key = f"{e['resource']['resourceType']}/{e['resource']['id']}"
+                (matched if e["search"]["mode"] == "match" else included).add(key)
+            nxt = next((link["url"] for link in page["link"] if link["relation"] == "next"), None)
+            if nxt is None:
+                return matched, included
+            answer = api.get(nxt.replace(base, ""))
+
+    failures: list[str] = []
+    checked = 0
+    with search_hub.client() as api:
+        for rtype in TYPES:
+            for code, definition in sorted(_definitions()[rtype].items()):
+                if definition["type"] != "reference" or not stored.get(rtype):
+                    continue
+                matched, included = run(api, rtype, [("_include", f"{rtype}:{code}")])
+                want = {k for r in stored[rtype] for k in named(r, code)} & stored_keys - matched
+                failures += _differences(f"{rtype}?_include={rtype}:{code}", sorted(included), sorted(want))
+                for target in definition.get("target") or []:
+                    if stored.get(target):
+                        matched, included = run(api, target, [("_revinclude", f"{rtype}:{code}")])
+                        want = {f"{rtype}/{r['id']}" for r in stored[rtype] if named(r, code) & matched} - matched
+                        failures += _differences(f"{target}?_revinclude={rtype}:{code}", sorted(included),
+                                                 sorted(want))
+                        checked += 1
+                checked += 1
+    assert not failures, f"{len(failures)} of {checked} cases differ:\n" + "\n".join(failures[:40])
+    assert checked > 300, checked
+
+
 def test_sort_total_count_and_system_search(search_hub: Hub, stored: dict[str, list[dict[str, Any]]]) -> None:
     base = search_hub.base
     generated = [r for r in stored["Patient"] if re.fullmatch(r"p\d{7}", r["id"])]
