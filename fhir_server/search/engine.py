@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from fhir_server.errors import BadRequest, Issue
+from fhir_server.search.entries import reference_type
 from fhir_server.search.keys import PRESENT, decode_hex, decode_number, hexs, split_date
 from fhir_server.search.query import TOP, Clause, KeySet, SearchQuery, exact_entry
 from fhir_server.search.registry import indexed_as, parameters_for
@@ -647,9 +648,10 @@ def _sort_values(query: SearchQuery, version: Version) -> list[Any]:
         if code not in params:  # a search over several types, sorted by a parameter this type lacks
             out.append(None)
             continue
-        kind = params[code].type
-        values = [_sort_value(kind, e[len(code) + 1:-1], descending) for e in entries if e.startswith(f"{code}|")]
-        values = [v for v in values if v is not None]
+        base, only = indexed_as(version.rtype, code)  # Observation patient: subject's entries, Patient ones only
+        kind = params[base].type
+        values = [_sort_value(kind, e[len(base) + 1:-1], descending) for e in entries if e.startswith(f"{base}|")]
+        values = [v for v in values if v is not None and (only is None or reference_type(v) == only)]
         out.append((max(values) if descending else min(values)) if values else None)
     out.append(version.key)  # last: Type/id, unique across the types of a search over several
     return out

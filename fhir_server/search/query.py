@@ -798,7 +798,7 @@ def parse_search(rtype: str, pairs: list[tuple[str, str]], *, zone: ZoneInfo, ba
                     continue
                 if code not in parameters_for(rtype) or parameters_for(rtype)[code].type in ("composite", "special"):
                     raise _bad(f"_sort: '{code}' is not a search parameter of {rtype}", where="_sort")
-                query.sort.append((indexed_as(rtype, code)[0], desc))
+                query.sort.append((code, desc))
             continue
         if name == "_total":
             if value not in ("none", "estimate", "accurate"):
