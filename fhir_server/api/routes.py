@@ -58,15 +58,11 @@ def _if_match(request: Request) -> int | None:
 def _not_modified(request: Request, version: Version) -> bool:
     """If-None-Match, or else If-Modified-Since (an HTTP date: a whole second; without a zone, UTC)."""
     modified_by = None
-    ims = request.headers.get("if-modified-since")
-    if ims is not None:
-        try:
-            since = parsedate_to_datetime(ims)
-        except (TypeError, ValueError):
-            since = None
-        if since is not None:
-            since = since if since.tzinfo is not None else since.replace(tzinfo=UTC)
-            modified_by = int(since.timestamp()) * 1_000_000 + 999_999
+    try:
+        since = parsedate_to_datetime(request.headers.get("if-modified-since", ""))
+        modified_by = int(since.replace(tzinfo=since.tzinfo or UTC).timestamp()) * 1_000_000 + 999_999
+    except (TypeError, ValueError):  # absent or not a date: no condition
+        pass
     return not_modified(version, if_none_match=request.headers.get("if-none-match"), modified_by=modified_by)
 
 

@@ -165,16 +165,12 @@ class BundleService:
         if method not in _ORDER or not isinstance(url, str) or not url:
             raise BadRequest(f"{where}.request needs a method (GET, POST, PUT, PATCH, DELETE) and a url", issues=[
                 Issue(code="required", diagnostics="request needs method and url", expression=(f"{where}.request",))])
-        if_none_match, modified_by = self._read_conditions(where, method, request)
         base = self.settings.fhir_base + "/"
         if url.startswith(base):
             url = url[len(base):]
         path, _, query = url.partition("?")
         parts = [p for p in path.split("/") if p]
-        if (if_none_match is not None or modified_by is not None) and len(parts) not in (2, 4):
-            raise BadRequest(f"{where}.request: ifNoneMatch and ifModifiedSince apply to reads, not searches",
-                             issues=[Issue(code="not-supported", diagnostics="a conditional search",
-                                           expression=(f"{where}.request",))])
+        if_none_match, modified_by = self._read_conditions(where, method, request, reads=len(parts) in (2, 4))
         if method == "GET" and (not parts or (len(parts) == 3 and parts[2] != "_history")):
             return self._parse_search(index, parts, query)
         if not parts:
@@ -195,9 +191,11 @@ class BundleService:
                       if_none_exist=ine if isinstance(ine, str) and ine else None,
                       if_match=if_match, if_none_match=if_none_match, modified_by=modified_by)
 
-    def _read_conditions(self, where: str, method: str, request: dict[str, Any]) -> tuple[str | None, int | None]:
+    def _read_conditions(self, where: str, method: str, request: dict[str, Any], *,
+                         reads: bool) -> tuple[str | None, int | None]:
         """A read entry's ifNoneMatch (ETags) and ifModifiedSince (an instant; as the last microsecond it
-        covers); on any other entry they are an error, not silently ignored."""
+        covers); on any other entry (``reads``: the url names a resource or a version) they are an error, not
+        silently ignored."""
         inm, ims = request.get("ifNoneMatch"), request.get("ifModifiedSince")
         for name, value in (("ifNoneMatch", inm), ("ifModifiedSince", ims)):
             if value is None:
@@ -206,6 +204,10 @@ class BundleService:
                 raise BadRequest(f"{where}.request.{name} applies to GET entries (a conditional read), not to "
                                  f"{method}", issues=[Issue(code="not-supported", diagnostics=f"{name} on {method}",
                                                             expression=(f"{where}.request.{name}",))])
+            if not reads:
+                raise BadRequest(f"{where}.request: ifNoneMatch and ifModifiedSince apply to reads, not searches",
+                                 issues=[Issue(code="not-supported", diagnostics="a conditional search",
+                                               expression=(f"{where}.request",))])
             if not isinstance(value, str) or not value.strip():
                 raise BadRequest(f"{where}.request.{name} must be a string", issues=[Issue(
                     code="value", diagnostics=f"{name} is not a string", expression=(f"{where}.request.{name}",))])
