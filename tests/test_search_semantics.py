@@ -60,26 +60,29 @@ def values(resource: dict[str, Any], code: str) -> list[Any]:
     return _VALUES[key]
 
 
-def _values(resource: dict[str, Any], code: str) -> list[Any]:
+def _values(resource: dict[str, Any], code: str, *, typed: bool = True) -> list[Any]:
+    """``typed``: apply ``where(resolve() is T)`` (False: a reference by identifier alone names no type)."""
     definition = _definitions()[resource["resourceType"]][code]
     out: list[Any] = []
     for part in definition["paths"]:
         # "(X.y as T)" means every X.y of type T (fhirpathpy wants a singleton left of "as")
         expression = _AS.sub(r"\g<path>.ofType(\g<type>)", part["expression"])
         found = evaluate(resource, expression, model=models["r4"])
-        if part.get("is"):
+        if typed and part.get("is"):
             found = [v for v in found if isinstance(v, dict)
                      and str(v.get("reference", "")).split("/_history/")[0].split("/")[-2:-1] == [part["is"]]]
         out += [v for v in found if v is not None]
     return out
 
 
-def _plain_values(resource: dict[str, Any], code: str) -> list[Any]:
-    """``values`` without ``where(resolve() is T)``: a reference by identifier alone names no type."""
-    definition = _definitions()[resource["resourceType"]][code]
-    return [v for part in definition["paths"]
-            for v in evaluate(resource, _AS.sub(r"\g<path>.ofType(\g<type>)", part["expression"]), model=models["r4"])
-            if v is not None]
+def references(resource: dict[str, Any], code: str, base: str) -> list[str]:
+    """The references a reference parameter selects, as written (this server's as ``Type/id``)."""
+    out = []
+    for v in values(resource, code):
+        ref = v.get("reference") if isinstance(v, dict) else v
+        if isinstance(ref, str):
+            out.append(local(ref, base))
+    return out
 
 
 def norm(text: str) -> str:
@@ -223,7 +226,7 @@ def matcher(code: str, modifier: str, raw: str, kind: str, base: str, rtype: str
             ident = v.get("identifier") if isinstance(v, dict) else None
             return isinstance(ident, dict) and ident.get("value") == wanted and (
                 not bar or (ident.get("system") or "") == system)
-        return lambda r: any(named(v) for v in _plain_values(r, code))
+        return lambda r: any(named(v) for v in _values(r, code, typed=False))
     if kind == "token":
         if "|" in raw:
             system, _, code_ = raw.partition("|")
@@ -239,9 +242,7 @@ def matcher(code: str, modifier: str, raw: str, kind: str, base: str, rtype: str
         return (lambda r: not hit(r)) if modifier == "not" else hit
     if kind == "reference":
         def refs(r: dict[str, Any]) -> list[str]:
-            return [local(v["reference"], base) for v in values(r, code)
-                    if isinstance(v, dict) and isinstance(v.get("reference"), str)] + \
-                [local(v, base) for v in values(r, code) if isinstance(v, str)]
+            return references(r, code, base)
         if "/" in raw:
             return lambda r: raw in refs(r)
         # a bare id stands for that id on any of the parameter's target types (FHIR R4 search.html#reference)
@@ -316,7 +317,7 @@ def cases_for(resource: dict[str, Any], code: str, kind: str, rng: random.Random
             out.append((code, ref))
             if ref.count("/") == 1 and not ref.startswith(("http", "urn")):
                 out.append((code, ref.split("/")[1]))
-        named = [x.get("identifier") for x in _plain_values(resource, code) if isinstance(x, dict)]
+        named = [x.get("identifier") for x in _values(resource, code, typed=False) if isinstance(x, dict)]
         named = [i for i in named if isinstance(i, dict) and isinstance(i.get("value"), str)]
         if named:
             ident = rng.choice(named)
@@ -497,8 +498,7 @@ def test_chains_and_has_over_every_kind_of_case(search_hub: Hub, stored: dict[st
     patients = {r["id"] for r in stored["Patient"]}
 
     def subjects(r: dict[str, Any]) -> set[str]:
-        ref = r.get("subject", {}).get("reference") if isinstance(r.get("subject"), dict) else None
-        return {local(ref, base)} if isinstance(ref, str) else set()
+        return set(references(r, "subject", base))
 
     failures: list[str] = []
     checked = 0
@@ -608,12 +608,7 @@ def test_include_and_revinclude_of_every_reference_parameter(search_hub: Hub,
     stored_keys = {f"{t}/{r['id']}" for t, rs in stored.items() for r in rs}
 
     def named(resource: dict[str, Any], code: str) -> set[str]:
-        out = set()
-        for v in values(resource, code):
-            ref = v.get("reference") if isinstance(v, dict) else v
-            if isinstance(ref, str):
-                out.add(local(ref, base))
-        return out
+        return set(references(resource, code, base))
 
     def run(api: httpx.Client, rtype: str, params: list[tuple[str, str]]) -> tuple[set[str], set[str]]:
         matched: set[str] = set()
@@ -916,12 +911,10 @@ def _sort_key(resource: dict[str, Any], code: str, kind: str, descending: bool, 
             found.append(float(v))
         elif kind == "quantity" and isinstance(v, dict) and isinstance(v.get("value"), int | float | Decimal):
             found.append(float(v["value"]))
-        elif kind == "reference":
-            ref = v.get("reference") if isinstance(v, dict) else v
-            if isinstance(ref, str):  # as written: a contained "#x" too
-                found.append(local(ref, base))
         elif kind == "uri" and isinstance(v, str):
             found.append(v)
+    if kind == "reference":  # as written: a contained "#x" too
+        found = references(resource, code, base)
     return (max(found) if descending else min(found)) if found else None
 
 
