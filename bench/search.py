@@ -237,7 +237,43 @@ async def main(patients: int, seconds: float, clients: int, store_dir: Path | No
             print(f"page 50 / page 1 at p50: {fiftieth.pct(50) / first.pct(50):.2f}x (search), "
                   f"{results[rows[-1][0]].pct(50) / results[rows[-2][0]].pct(50):.2f}x (history); "
                   f"hub RSS {hub_rss(hub.pid):.0f} MB")
+            await substring_scans(http, hub.base, store)
             await client.close()
+
+
+async def substring_scans(http: aiohttp.ClientSession, base: str, store: ResourceStore) -> None:
+    """Searches that read a whole parameter's keys for a substring (string ``:contains``, token ``system|``)
+    and match nothing, from one client (median of 3): the hub, the store's filtered scan (the same ``$regex``
+    on the ``_id`` range) and the range read whole and filtered in Python (what the hub did before the scan
+    was filtered in the store)."""
+    async def median(op: Callable[[], Awaitable[Any]]) -> float:
+        times = []
+        for _ in range(3):
+            started = time.perf_counter()
+            await op()
+            times.append((time.perf_counter() - started) * 1000)
+        return sorted(times)[1]
+
+    async def hub_get(url: str) -> None:
+        async with http.get(base + url) as answer:
+            assert answer.status == 200, await answer.text()
+            await answer.read()
+
+    async def read_whole(low: str, wanted: str) -> int:
+        keys = store.search_index.find({"_id": {"$gte": f"Patient|{low}", "$lt": f"Patient|{low}~"}})
+        return sum([wanted in d["_id"] async for d in keys])
+
+    nowhere = "http://nowhere.example/mrn"
+    print(f"{'no match, one client (median of 3)':55} {'hub':>7} {'store, filtered':>16} {'store, read whole':>18}")
+    for name, url, low, wanted in (
+            ("Patient?name:contains=qqq", "/Patient?name:contains=qqq", "name|", hexs("qqq")),
+            ("Patient?identifier=<unknown system>|", f"/Patient?identifier={quote(nowhere)}|", "identifier|",
+             f".{hexs(nowhere)}|")):
+        hub_ms = await median(lambda url=url: hub_get(url))
+        filtered = await median(lambda low=low, wanted=wanted: store.scan_index(
+            "Patient", low, low + "~", after=None, limit=21, containing=(wanted,)))
+        whole = await median(lambda low=low, wanted=wanted: read_whole(low, wanted))
+        print(f"{name:55} {hub_ms:6.0f}ms {filtered:15.0f}ms {whole:17.0f}ms", flush=True)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ set -euo pipefail
 VERSION="${FERRETDB_VERSION:-v1.24.2}"
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 BIN="$ROOT/.cache/bin/ferretdb"
-if [[ -x "$BIN" ]] && "$BIN" --version 2>/dev/null | grep -q "package: medunion-idx9"; then
+if [[ -x "$BIN" ]] && "$BIN" --version 2>/dev/null | grep -q "package: medunion-idx10"; then
   exit 0
 fi
 if ! command -v go >/dev/null 2>&1; then
@@ -28,7 +28,7 @@ mkdir -p "$ROOT/.cache"
 cp -r "$SRC" "$WORK"
 chmod -R u+w "$WORK"
 echo "${VERSION}" > "$WORK/build/version/version.txt"
-echo "medunion-idx9" > "$WORK/build/version/package.txt"
+echo "medunion-idx10" > "$WORK/build/version/package.txt"
 # Our patches (scripts/ferretdb-*.patch), applied in name order (each file says why at its top):
 # - sqlite-id-pushdown: two changes to the SQLite backend.
 #   1. The _id lookup was written `sjson->'$._id'` while the _id index is built on `sjson->"_id"`; SQLite uses
@@ -58,11 +58,14 @@ echo "medunion-idx9" > "$WORK/build/version/package.txt"
 #   search index from concurrent requests, in one command) is one SQL UNION of each range read by the _id index
 #   in order, at most `limit` keys from each; FerretDB pushed no $or down and scanned the whole table. Explain
 #   shows the same query (tests/test_embedded_store.py checks plan and results).
+# - sqlite-id-substring: a filter {_id: {<range>, $regex: <literals>}} (the hub's substring scans of the search
+#   index: string :contains, token system|) was a scan of the whole table; the range and an instr() test of
+#   each literal now go to SQLite, which evaluates them on the _id index alone (8.4 s -> 72 ms for 500,000 keys).
 for p in "$ROOT"/scripts/ferretdb-*.patch; do
   (cd "$WORK" && patch -p1 --quiet < "$p") || { echo "medunion: the FerretDB patch $(basename "$p") did not apply" >&2; exit 1; }
 done
 # FerretDB's test helpers look for the repository root (.git); these packages' tests cover our patches too
-(cd "$WORK" && mkdir -p .git && go test -count=1 ./internal/handler/sjson/ ./internal/handler/common/ >&2) \
+(cd "$WORK" && mkdir -p .git && go test -count=1 ./internal/handler/sjson/ ./internal/handler/common/ ./internal/backends/sqlite/ >&2) \
   || { echo "medunion: FerretDB's tests failed with our patches" >&2; exit 1; }
 mkdir -p "$ROOT/.cache/bin"
 echo "medunion: building FerretDB ${VERSION} (first time only, about a minute)..." >&2

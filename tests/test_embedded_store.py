@@ -103,3 +103,47 @@ async def test_documents_come_back_as_stored_and_nan_is_refused(store_uri: str) 
     finally:
         await client.drop_database(coll.database.name)
         await client.close()
+
+async def test_a_substring_filter_on_an_id_range_is_read_by_the_index(store_uri: str) -> None:
+    """Patched (ferretdb-sqlite-id-substring): {_id: {<range>, $regex: <literals>}} (the hub's substring scans) is
+    the range read by the _id index with the literals tested by SQLite, alone and in a union of ranges; the
+    reply is what the regular expression selects, in order and limited, even where a literal also occurs in the
+    stored row's other text (its schema), and a pattern that is not literals is still answered right."""
+    client: AsyncMongoClient = AsyncMongoClient(store_uri)
+    coll = client[f"sub{uuid.uuid4().hex[:8]}"]["entries"]
+    try:
+        names = ["wang", "wangfang", "li", "liu", "王小东", "huang.string"]
+        await coll.insert_many([{"_id": f"Patient|name|{name.encode().hex()}.{i % 3}|p{i:04d}|1"}
+                                for i in range(300) for name in [names[i % len(names)]]])
+        every = sorted([d["_id"] async for d in coll.find({})])
+        low, high = "Patient|name|", "Patient|name|~"
+        for pattern, wanted in (("616e67", ("616e67",)),  # "ang": wang, wangfang, huang
+                                ("6c69|e5b08f", ("6c69", "e5b08f")),  # "li" (li, liu) or 小
+                                (r"\.2\|", (".2|",)),  # the literal "." and "|" of a token's system
+                                ("string", ("string",)),  # in every row's schema, in no key
+                                ("7a7a7a", ("7a7a7a",))):  # nothing
+            matching = [k for k in every if any(t in k for t in wanted)]
+            ranged = {"_id": {"$gte": low, "$lt": high, "$regex": pattern}}
+            for order, limit in ((1, 10), (-1, 10), (1, 1000)):
+                plan = await coll.database.command("explain", {"find": "entries", "filter": ranged,
+                                                               "sort": {"_id": order}, "limit": limit})
+                assert plan["filterPushdown"] is True and "USING INDEX" in plan["queryPlanner"]["Plan"][-1]
+                found = [d["_id"] async for d in coll.find(ranged).sort("_id", order).limit(limit)]
+                assert found == (matching if order == 1 else matching[::-1])[:limit], pattern
+            li, wang = f"Patient|name|{b'li'.hex()}~", f"Patient|name|{b'wang'.hex()}"
+            union = {"$or": [{"_id": {"$gte": low, "$lt": li, "$regex": pattern}},
+                             {"_id": {"$gte": wang, "$lt": high, "$regex": pattern}}]}
+            plan = await coll.database.command("explain", {"find": "entries", "filter": union,
+                                                           "sort": {"_id": 1}, "limit": 50})
+            assert plan["filterPushdown"] is True and not any("SCAN entries" in s for s in plan["queryPlanner"]["Plan"])
+            in_union = [k for k in matching if k < li or k >= wang]
+            assert [d["_id"] async for d in coll.find(union).sort("_id", 1).limit(50)] == in_union[:50]
+        # a regular expression that is not literals: FerretDB filters what it reads, as before
+        anchored = {"_id": {"$gte": low, "$lt": high, "$regex": "^Patient\\|name\\|6c"}}
+        plan = await coll.database.command("explain", {"find": "entries", "filter": anchored})
+        assert plan["filterPushdown"] is False
+        assert [d["_id"] async for d in coll.find(anchored).sort("_id", 1)] == [
+            k for k in every if k.startswith("Patient|name|6c")]
+    finally:
+        await client.drop_database(coll.database.name)
+        await client.close()

@@ -23,7 +23,7 @@ import orjson
 from fhir_server.errors import BadRequest, Issue
 from fhir_server.search.entries import reference_type
 from fhir_server.search.keys import PRESENT, decode_hex, decode_number, hexs, split_date
-from fhir_server.search.query import TOP, Clause, KeySet, SearchQuery, exact_entry
+from fhir_server.search.query import TOP, Clause, KeySet, SearchQuery, Span, exact_entry
 from fhir_server.search.registry import indexed_as, parameters_for
 from fhir_server.settings import Settings
 from fhir_server.storage import ResourceStore, Version
@@ -298,11 +298,13 @@ class SearchEngine:
         10,000); otherwise the exact count when it is under 1,000; None beyond."""
         if len(clauses) == 1 and clauses[0].keys is not None and not clauses[0].negate and not clauses[0].check:
             rids: set[str] = set()
-            for low, high in clauses[0].keys.spans:
+            held = clauses[0].keys
+            for low, high, containing in held.spans:
                 after = None
                 while len(rids) <= 10_000:
-                    keys = await self.store.scan_index(query.rtype, low, high, after=after, limit=1000)
-                    rids.update(split_index_key(k)[1] for k in keys)
+                    keys = await self.store.scan_index(query.rtype, low, high, after=after, limit=1000,
+                                                       containing=containing)
+                    rids.update(rid for entry, rid in map(split_index_key, keys) if held.holds(entry))
                     if len(keys) < 1000:
                         break
                     after = keys[-1]
@@ -352,8 +354,9 @@ class SearchEngine:
                 return [""] * min(len(clause.ids), limit + 1)  # sized, not read: ids are looked up directly
             assert clause.keys is not None
             found: list[str] = []
-            for low, high in clause.keys.spans:
-                found += await self.store.scan_index(rtype, low, high, after=None, limit=limit + 1 - len(found))
+            for low, high, containing in clause.keys.spans:
+                found += await self.store.scan_index(rtype, low, high, after=None, limit=limit + 1 - len(found),
+                                                     containing=containing)
                 if len(found) > limit:
                     break
             return found
@@ -465,8 +468,8 @@ class SearchEngine:
         """``known``: every key of the driver (its probe read them all), so no scan is needed."""
         keys = clauses[driver].keys
         assert keys is not None
-        spans = [("", TOP)] if known is not None else keys.spans
-        for low, high in reversed(spans) if backward else spans:
+        spans = [Span("", TOP)] if known is not None else keys.spans
+        for low, high, containing in reversed(spans) if backward else spans:
             if start is not None and (start <= f"{rtype}|{low}" if backward else start >= f"{rtype}|{high}"):
                 continue
             position = start
@@ -477,7 +480,7 @@ class SearchEngine:
                     known = None
                 else:
                     found = await self.store.scan_index(rtype, low, high, after=position, limit=batch,
-                                                        backward=backward)
+                                                        backward=backward, containing=containing)
                 if not found:
                     break
                 position = found[-1]

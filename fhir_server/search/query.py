@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
 from zoneinfo import ZoneInfo
 
@@ -46,7 +46,7 @@ from fhir_server.search.keys import (
 from fhir_server.search.paths import children
 from fhir_server.search.registry import SearchParameter, indexed_as, parameters_for, split_union
 
-__all__ = ["MODIFIERS", "Chain", "Clause", "Include", "KeyRange", "KeySet", "SearchQuery", "parse_search",
+__all__ = ["MODIFIERS", "Chain", "Clause", "Include", "KeyRange", "KeySet", "SearchQuery", "Span", "parse_search",
            "query_pairs", "refuse_ignored", "types_named"]
 
 # parameters that shape the result and select nothing (FHIR R4 search.html#other)
@@ -63,14 +63,26 @@ MICROS_PER_DAY = 86_400_000_000
 
 @dataclass(frozen=True, slots=True)
 class KeyRange:
-    """Entries ``lo <= e < hi`` (strings in ``param|enc|`` space) that pass ``accept`` (if given)."""
+    """Entries ``lo <= e < hi`` (strings in ``param|enc|`` space) that pass ``accept`` (if given).
+
+    ``containing``: texts of which every entry ``accept`` passes contains one; the store filters a scan by them
+    (a substring test on the index, not a read of every key of the range): ``accept`` still decides."""
 
     lo: str
     hi: str
     accept: Callable[[str], bool] | None = None
+    containing: tuple[str, ...] = ()
 
     def holds(self, entry: str) -> bool:
         return self.lo <= entry < self.hi and (self.accept is None or self.accept(entry))
+
+
+class Span(NamedTuple):
+    """A stretch of keys to scan: ``low <= e < high``; ``containing`` as in ``KeyRange`` (empty: every key)."""
+
+    low: str
+    high: str
+    containing: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,13 +102,18 @@ class KeySet:
         return any(r.holds(entry) for r in self.ranges)
 
     @property
-    def spans(self) -> list[tuple[str, str]]:
-        out: list[tuple[str, str]] = []
+    def spans(self) -> list[Span]:
+        """The disjoint stretches that cover the ranges, in order; a stretch filters by ``containing`` only when
+        every range in it does (then by any of their texts)."""
+        out: list[Span] = []
         for r in sorted(self.ranges, key=lambda r: r.lo):
-            if out and r.lo <= out[-1][1]:
-                out[-1] = (out[-1][0], max(out[-1][1], r.hi))
+            texts = r.containing if all(r.containing) else ()  # an empty text: every entry contains it
+            if out and r.lo <= out[-1].high:
+                last = out[-1]
+                both = tuple(dict.fromkeys(last.containing + texts)) if last.containing and texts else ()
+                out[-1] = Span(last.low, max(last.high, r.hi), both)
             else:
-                out.append((r.lo, r.hi))
+                out.append(Span(r.lo, r.hi, texts))
         return out
 
 
@@ -200,8 +217,9 @@ def exact_entry(prefix: str) -> KeyRange:
     return KeyRange(prefix + "|", prefix + "|" + TOP)
 
 
-def _starting(prefix: str, accept: Callable[[str], bool] | None = None) -> KeyRange:
-    return KeyRange(prefix, prefix + TOP, accept)
+def _starting(prefix: str, accept: Callable[[str], bool] | None = None,
+              containing: tuple[str, ...] = ()) -> KeyRange:
+    return KeyRange(prefix, prefix + TOP, accept, containing)
 
 
 # ---- value types ------------------------------------------------------------------------------------------
@@ -313,7 +331,7 @@ def _token_ranges(p: str, value: str) -> list[KeyRange]:
     system, _, code = value.partition("|")
     if code == "":  # "system|": any code in that system
         want = hexs(system)
-        return [_starting(f"{p}|", lambda e: e.rstrip("|").rsplit(".", 1)[-1] == want)]
+        return [_starting(f"{p}|", lambda e: e.rstrip("|").rsplit(".", 1)[-1] == want, (f".{want}|",))]
     return [exact_entry(f"{p}|{token_enc(system, code)}")]
 
 
@@ -523,7 +541,7 @@ class _Parser:
                 def contains(e: str, parts: list[str] = normalized) -> bool:
                     text = decode_hex(e.split("|", 2)[1])
                     return any(part in text for part in parts)
-                return Clause(name, keys=KeySet((_starting(f"{code}|", contains),)))
+                return Clause(name, keys=KeySet((_starting(f"{code}|", contains, tuple(hexs(n) for n in normalized)),)))
             if modifier == "exact":
                 return Clause(name, keys=KeySet(tuple(exact_entry(f"{code}|{hexs(n)}") for n in normalized)),
                               check=_string_check(parameter, values))

@@ -199,7 +199,7 @@ def id_ordered(collection: AsyncCollection[dict[str, Any]], filt: dict[str, Any]
     return found.sort("_id", DESCENDING if backward else ASCENDING).limit(limit)
 
 
-Bounds = dict[str, str]  # an _id range: {"$gte" or "$gt": low, "$lt": high}
+Bounds = dict[str, str]  # an _id range: {"$gte" or "$gt": low, "$lt": high}, and a "$regex" filter or not
 Scan = tuple[Bounds, int, bool]  # a range, how many of its first keys are wanted, and whether it is read alone
 
 
@@ -230,7 +230,7 @@ class ScanBatcher(_Batcher[Scan, tuple[list[str], Bounds | None]]):
         """The first ``limit`` keys within ``bounds``, in this batcher's order."""
         if limit <= 0:
             return []
-        if limit <= self._MAX_SHARED:
+        if limit <= self._MAX_SHARED and "$regex" not in bounds:  # a filtered scan reads its range whole: alone
             keys, rest = await self._submit([(bounds, limit, self._fills.get(family, 0.0) >= 0.25)])
             if rest is not None:
                 keys += await self._alone(rest, limit - len(keys))

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -241,16 +242,20 @@ class ResourceStore:
                 id_ordered(self.resources, {"_id": bounds}, backward=backward, limit=limit)]
 
     async def scan_index(self, rtype: str, low: str, high: str, *, after: str | None, limit: int,
-                         backward: bool = False) -> list[str]:
+                         backward: bool = False, containing: tuple[str, ...] = ()) -> list[str]:
         """Keys of ``search_index`` from ``rtype|low`` (inclusive) to ``rtype|high`` (exclusive), in key order
-        after the key ``after`` (``backward``: in reverse order before it). Scans of concurrent requests share
-        commands (``ScanBatcher``)."""
+        after the key ``after`` (``backward``: in reverse order before it); with ``containing``, only keys that
+        contain one of those texts (a ``$regex`` of literals, which the hub's FerretDB patch
+        ``ferretdb-sqlite-id-substring`` tests on the ``_id`` index). Scans of concurrent requests share commands
+        (``ScanBatcher``)."""
         bounds: dict[str, str] = {"$gte": f"{rtype}|{low}", "$lt": f"{rtype}|{high}"}
         if after is not None and backward and after < bounds["$lt"]:
             bounds["$lt"] = after
         elif after is not None and not backward and after >= bounds["$gte"]:
             del bounds["$gte"]
             bounds["$gt"] = after
+        if containing and all(containing):
+            bounds["$regex"] = "|".join(re.escape(text) for text in containing)
         batcher = self._scans_back if backward else self._scans
         return await batcher.scan(bounds, limit, family=f"{rtype}|{low.split('|', 1)[0]}|")
 
