@@ -242,10 +242,10 @@ async def main(patients: int, seconds: float, clients: int, store_dir: Path | No
 
 
 async def substring_scans(http: aiohttp.ClientSession, base: str, store: ResourceStore) -> None:
-    """Searches that read a whole parameter's keys for a substring (string ``:contains``, token ``system|``)
-    and match nothing, from one client (median of 3): the hub, the store's filtered scan (the same ``$regex``
-    on the ``_id`` range) and the range read whole and filtered in Python (what the hub did before the scan
-    was filtered in the store)."""
+    """Searches that read a whole parameter's keys for a substring (string ``:contains``, token ``system|``,
+    ``_content``) and match nothing, from one client (median of 3): the hub, the store's filtered scan (the
+    same ``$regex`` on the ``_id`` range) and the range read whole and filtered in Python (what the hub did
+    before the scan was filtered in the store)."""
     async def median(op: Callable[[], Awaitable[Any]]) -> float:
         times = []
         for _ in range(3):
@@ -268,7 +268,8 @@ async def substring_scans(http: aiohttp.ClientSession, base: str, store: Resourc
     for name, url, low, wanted in (
             ("Patient?name:contains=qqq", "/Patient?name:contains=qqq", "name|", hexs("qqq")),
             ("Patient?identifier=<unknown system>|", f"/Patient?identifier={quote(nowhere)}|", "identifier|",
-             f".{hexs(nowhere)}|")):
+             f".{hexs(nowhere)}|"),
+            ("Patient?_content=qqq", "/Patient?_content=qqq", "_content|", hexs("qqq"))):
         hub_ms = await median(lambda url=url: hub_get(url))
         filtered = await median(lambda low=low, wanted=wanted: store.scan_index(
             "Patient", low, low + "~", after=None, limit=21, containing=(wanted,)))

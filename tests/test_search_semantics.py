@@ -808,6 +808,11 @@ def test_sort_totals_and_includes_span_every_type_of_a_search_over_several(
 
 def test_text_and_content_match_words_of_the_narrative_and_of_the_whole_resource(
         search_hub: Hub, stored: dict[str, list[dict[str, Any]]]) -> None:
+    """_text: the narrative as read (markup removed, character references decoded); _content: every string of the
+    resource, with that narrative instead of its XHTML. Short texts are found by their index entry alone, longer
+    ones (over 1,024 bytes) by reading the resource: both kinds are among the matches."""
+    import html
+    import random
     import re
     import unicodedata
 
@@ -815,30 +820,54 @@ def test_text_and_content_match_words_of_the_narrative_and_of_the_whole_resource
         return "".join(c for c in unicodedata.normalize("NFKD", text.casefold()) if not unicodedata.combining(c))
 
     def narrative(r: dict[str, Any]) -> str:
-        return folded(re.sub(r"<[^>]*>", " ", (r.get("text") or {}).get("div", "")))
+        return folded(html.unescape(re.sub(r"<[^>]*>", " ", (r.get("text") or {}).get("div", ""))))
 
-    def everything(r: Any) -> str:
-        if isinstance(r, str):
-            return folded(r)
-        if isinstance(r, list):
-            return "\n".join(everything(v) for v in r)
-        if isinstance(r, dict):
-            return "\n".join(everything(v) for k, v in r.items() if k != "resourceType")
+    def strings(v: Any) -> str:
+        if isinstance(v, str):
+            return folded(v)
+        if isinstance(v, list):
+            return "\n".join(strings(x) for x in v)
+        if isinstance(v, dict):
+            return "\n".join(strings(x) for k, x in v.items() if k != "resourceType")
         return ""
+
+    def everything(r: dict[str, Any]) -> str:
+        return strings({k: v for k, v in r.items() if k != "text"}) + "\n" + narrative(r)
+
+    def expected(rtype: str, code: str, value: str) -> list[str]:
+        text_of = narrative if code == "_text" else everything
+        return sorted(r["id"] for r in stored[rtype] if any(
+            all(folded(w) in text_of(r) for w in alternative.split()) for alternative in value.split(",")))
 
     base = search_hub.base
     cases = [("Patient", "_content", "王"), ("Patient", "_content", "CHEN,李"), ("Patient", "_text", "Peter"),
              ("Observation", "_text", "hemoglobin"), ("Observation", "_content", "2345-7 MMOL"),
-             ("Patient", "_content", "no-such-word-anywhere")]
+             ("Patient", "_content", "小东"), ("Patient", "_content", "no-such-word-anywhere"),
+             ("Patient", "_content", "xhtml")]  # in the markup only
+    rng = random.Random(7)
+    typed = [t for t in sorted(stored) if len(stored[t]) >= 3]
+    while len(cases) < 60:  # a piece of some resource's text, searched in its type
+        rtype, code = rng.choice(typed), rng.choice(["_text", "_content", "_content"])
+        words = (narrative if code == "_text" else everything)(rng.choice(stored[rtype])).split()
+        words = [w for w in words if len(w) >= 2 and "," not in w and "\\" not in w]
+        if words:
+            word = rng.choice(words)
+            start = rng.randrange(len(word) - 1)
+            cases.append((rtype, code, word[start:start + rng.randint(2, 8)]))
     with search_hub.client() as api:
-        sizes = []
+        long_found = short_found = 0
         for rtype, code, value in cases:
+            want = expected(rtype, code, value)
+            assert sorted(search_all(api, base, rtype, [(code, value)])) == want, (rtype, code, value)
             text_of = narrative if code == "_text" else everything
-            expected = sorted(r["id"] for r in stored[rtype] if any(
-                all(folded(w) in text_of(r) for w in alternative.split()) for alternative in value.split(",")))
-            assert sorted(search_all(api, base, rtype, [(code, value)])) == expected, (rtype, code, value)
-            sizes.append(len(expected))
-        assert all(sizes[:-1]) and sizes[-1] == 0, sizes  # each case matches something, but the last
+            for r in stored[rtype]:
+                if r["id"] in want:
+                    long_text = len(text_of(r).strip().encode()) > 1024
+                    long_found += long_text
+                    short_found += not long_text
+        assert expected("Patient", "_content", "王") and not expected("Patient", "_content", "no-such-word-anywhere")
+        assert not expected("Patient", "_content", "xhtml")
+        assert long_found and short_found, (long_found, short_found)
         combined = search_all(api, base, "Patient", [("gender", "female"), ("_content", "王")])  # gender drives
         assert sorted(combined) == sorted(r["id"] for r in stored["Patient"] if r.get("gender") == "female"
                                           and "王" in everything(r))

@@ -16,6 +16,8 @@ Composite parameters are left to the query side (their components are ordinary p
 
 from __future__ import annotations
 
+import html
+import re
 import unicodedata
 from datetime import date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -25,9 +27,9 @@ from zoneinfo import ZoneInfo
 from fhir_server.search.paths import compile_path
 from fhir_server.search.registry import SearchParameter, parameters_for
 
-__all__ = ["ANY_SYSTEM", "code_texts", "date_range", "entries_for", "entries_of", "entries_of_parameter",
-           "entries_of_values", "normalize_string", "reference_type", "strings_of", "text_match", "text_words",
-           "tokens_of", "values_of"]
+__all__ = ["ANY_SYSTEM", "FULL_TEXT", "code_texts", "date_range", "entries_for", "entries_of", "entries_of_parameter",
+           "entries_of_values", "full_text", "full_text_match", "normalize_string", "reference_type", "strings_of",
+           "text_match", "text_words", "tokens_of", "values_of"]
 
 ANY_SYSTEM = "\u0000"
 _UTC = ZoneInfo("UTC")
@@ -88,6 +90,39 @@ def text_words(texts: list[str]) -> list[str]:
             out.add(word)
             out.update(word[i:] for i in range(1, len(word)) if _is_cjk(word[i]))
     return sorted(out)
+
+
+FULL_TEXT = ("_text", "_content")  # FHIR R4 search.html#text: the narrative; the whole resource
+_TAG = re.compile(r"<[^>]*>")
+
+
+def _all_strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [s for v in value for s in _all_strings(v)]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() if k != "resourceType" for s in _all_strings(v)]
+    return []
+
+
+def full_text(resource: dict[str, Any], code: str) -> str:
+    """What ``_text`` searches (the narrative as read: markup removed, character references decoded) or
+    ``_content`` (every string of the resource, the narrative as read instead of its XHTML), normalized, each
+    string on a line of its own."""
+    narrative = resource.get("text")
+    div = narrative.get("div") if isinstance(narrative, dict) else None
+    read = html.unescape(_TAG.sub(" ", div)) if isinstance(div, str) else ""
+    if code == "_text":
+        return normalize_string(read)
+    parts = [s for k, v in resource.items() if k not in ("resourceType", "text") for s in _all_strings(v)]
+    return normalize_string("\n".join([*parts, read]))
+
+
+def full_text_match(text: str, wanted: list[list[str]]) -> bool:
+    """``_text``/``_content`` on a ``full_text``: one of the values (OR, by commas) whose every word (AND, by
+    spaces; normalized) occurs in it. Words are substrings, so Chinese, written without spaces, matches too."""
+    return any(all(word in text for word in words) for words in wanted)
 
 
 def _token(system: Any, code: Any) -> list[str]:

@@ -21,9 +21,12 @@ from zoneinfo import ZoneInfo
 from fhir_server.errors import BadRequest, Issue
 from fhir_server.model.types import ID_RE, SUPPORTED_TYPES
 from fhir_server.search.entries import (
+    FULL_TEXT,
     code_texts,
     date_range,
     entries_of_values,
+    full_text,
+    full_text_match,
     normalize_string,
     reference_type,
     strings_of,
@@ -403,7 +406,6 @@ def _uri_above(p: str, value: str) -> list[KeyRange]:
     return out
 
 
-_TAG = re.compile(r"<[^>]*>")
 _KM = {"km": 1.0, "m": 0.001, "[mi_i]": 1.609344, "mi": 1.609344}
 NEAR_DEFAULT_KM = 10.0
 
@@ -445,28 +447,19 @@ def _near_check(parameter: SearchParameter, points: list[tuple[float, float, flo
     return check
 
 
-def _full_text_check(code: str, wanted: list[list[str]]) -> Callable[[dict[str, Any]], bool]:
-    """``_text`` (the narrative) and ``_content`` (every string of the resource): one of the values (OR, by
-    commas) whose every word (AND, by spaces) occurs in the text, case- and accent-insensitively; words are
-    substrings, so Chinese, written without spaces, matches too. Not indexed: a check on each candidate."""
-    def strings(value: Any) -> list[str]:
-        if isinstance(value, str):
-            return [value]
-        if isinstance(value, list):
-            return [s for v in value for s in strings(v)]
-        if isinstance(value, dict):
-            return [s for k, v in value.items() if k != "resourceType" for s in strings(v)]
-        return []
+def _full_text_clause(name: str, code: str, wanted: list[list[str]]) -> Clause:
+    """``_text`` and ``_content``: a scan of the parameter's entries (keys.py), which the store filters by the hex
+    of the longest word of each value, each entry then matched on the text it holds; the entries of texts too long
+    to hold (``~``) are all candidates. Every candidate is also checked on its body."""
+    def accept(e: str) -> bool:
+        return full_text_match(decode_hex(e.split("|", 2)[1]), wanted)
 
     def check(resource: dict[str, Any]) -> bool:
-        if code == "_text":
-            div = resource.get("text", {}).get("div") if isinstance(resource.get("text"), dict) else None
-            found = [_TAG.sub(" ", div)] if isinstance(div, str) else []
-        else:
-            found = strings(resource)
-        text = normalize_string("\n".join(found))
-        return any(all(word in text for word in words) for words in wanted)
-    return check
+        return full_text_match(full_text(resource, code), wanted)
+
+    literals = tuple(hexs(max(words, key=len)) for words in wanted)
+    return Clause(name, keys=KeySet((_starting(f"{code}|", accept, literals), exact_entry(f"{code}|{PRESENT}"))),
+                  check=check)
 
 
 # ---- parameters -------------------------------------------------------------------------------------------
@@ -485,13 +478,13 @@ class _Parser:
         if "." in name:
             head, _, chained = name.partition(".")
             code, _, modifier = head.partition(":")
-        if code in ("_text", "_content") and not chained:
+        if code in FULL_TEXT and not chained:
             if modifier:
                 raise _bad(f"{code} takes no modifier", code="not-supported", where=name)
             words = [[normalize_string(w) for w in v.split()] for v in _split_values(value)]
             if not any(words):
                 raise _bad(f"Search parameter '{name}' has no value", where=name)
-            return Clause(name, check=_full_text_check(code, [w for w in words if w]))
+            return _full_text_clause(name, code, [w for w in words if w])
         params = parameters_for(rtype)
         parameter = params.get(code)
         if parameter is None:
