@@ -75,6 +75,27 @@ def test_custom_search_parameter_and_reindex(api: httpx.Client, hub: Hub) -> Non
         assert reader.post("/Patient/$reindex").status_code == 403
 
 
+def test_reindex_restores_a_lost_index_entry(api: httpx.Client, hub: Hub) -> None:
+    """$reindex inserts the entries a resource's index lacks (it reads which exist first, and writes nothing for a
+    resource whose entries are all there): an index document lost by hand comes back, and the search finds the
+    resource again, still at version 1."""
+    family = f"周{uuid.uuid4().hex[:6]}"
+    pid = api.post("/Patient", json={"resourceType": "Patient", "name": [{"family": family}]}).json()["id"]
+    settings = hub.settings
+    assert settings.mongodb_uri is not None
+    with MongoClient(settings.mongodb_uri) as mongo:
+        index = mongo[settings.mongodb_database]["search_index"]
+        lost = [d["_id"] for d in index.find({"_id": {"$regex": f"^Patient\\|family\\|[0-9a-f]+\\|{pid}\\|"}})]
+        assert len(lost) == 1
+        index.delete_one({"_id": lost[0]})
+        assert api.get("/Patient", params={"family": family}).json()["entry"] == []
+        status = _job_status(api, api.post("/Patient/$reindex").headers["content-location"].rsplit("/", 1)[1])
+        assert status["status"] == "completed"
+        assert index.count_documents({"_id": lost[0]}) == 1
+    found = api.get("/Patient", params={"family": family}).json()["entry"]
+    assert [(e["resource"]["id"], e["resource"]["meta"]["versionId"]) for e in found] == [(pid, "1")]
+
+
 def test_near_finds_locations_within_the_distance(api: httpx.Client) -> None:
     sites = {"center": (31.1935, 121.4420), "xuhui": (31.1880, 121.4370), "suzhou": (31.2990, 120.5853),
              "hangzhou": (30.2741, 120.1551)}

@@ -29,6 +29,9 @@ __all__ = ["Reindexer"]
 
 log = logging.getLogger("medunion.reindex")
 _BATCH = 200
+# resources re-indexed at once: their store commands go out together (the store's batchers), as those of 16
+# clients writing would
+_AT_ONCE = 16
 
 
 class Reindexer:
@@ -103,16 +106,17 @@ class Reindexer:
                 after = start[1] if start is not None and rtype == start[0] else None
                 while True:
                     batch = await self.store.scan_type(rtype, after=after, limit=_BATCH)
-                    for version in batch:
-                        if version.body is None:
-                            continue
-                        index = self.resources.index_for(orjson.loads(version.body), vid=version.vid,
-                                                         base=version)
-                        if await self.store.reindex(version, index):
-                            changed += set(index) != set(version.index)
-                        else:
-                            skipped += 1
-                        done += 1
+                    stored = [v for v in batch if v.body is not None]
+                    for first in range(0, len(stored), _AT_ONCE):
+                        chunk = stored[first:first + _AT_ONCE]
+                        indexes = [self.resources.index_for(orjson.loads(v.body or b""), vid=v.vid, base=v)
+                                   for v in chunk]
+                        written = await asyncio.gather(*(self.store.reindex(v, index)
+                                                         for v, index in zip(chunk, indexes, strict=True)))
+                        for version, index, ok in zip(chunk, indexes, written, strict=True):
+                            changed += ok and set(index) != set(version.index)
+                            skipped += not ok
+                        done += len(chunk)
                     if batch:
                         after = batch[-1].rid
                     await self.jobs.update_one({"_id": job}, {"$set": {

@@ -186,8 +186,10 @@ class ResourceStore:
         self.search_index: AsyncCollection[dict[str, Any]] = db["search_index"]
         self._index_inserts = InsertBatcher(self.search_index)
         self._index_deletes = DeleteBatcher(self.search_index)
+        self._index_reads = FindBatcher(self.search_index)
         self._creates = InsertBatcher(self.resources)
         self._claims = InsertBatcher(self.history)
+        self._releases = DeleteBatcher(self.history)
         self._reads = FindBatcher(self.resources)
         self._history_reads = FindBatcher(self.history)
         self._scans = ScanBatcher(self.search_index)
@@ -471,17 +473,26 @@ class ResourceStore:
     async def reindex(self, current: Version, index: tuple[str, ...]) -> bool:
         """Give the current version ``current`` the index entries ``index`` without a new version ($reindex).
 
-        Under the same claim as a write (no writer can commit meanwhile); every entry's document is inserted
-        (missing ones repaired), the version document replaced with the same version and new ``ix``, the claim
-        released, dropped entries deleted. False if a writer holds the resource (its write indexes anew).
+        The entries' documents that are missing are found first (one read); when none is and ``index`` is the
+        version's own, there is nothing to write. Otherwise, under the same claim as a write (no writer can
+        commit meanwhile), the missing documents are inserted (new entries, and any lost), the version document
+        replaced with the same version and new ``ix``, the claim released, dropped entries deleted. False if a
+        writer holds the resource (its write indexes anew). Inserting only what is missing matters: FerretDB
+        answers a batch with a duplicate by inserting each document in a transaction of its own (an unchanged
+        resource took 5 ms of its CPU).
         """
         new = dataclasses.replace(current, index=index)
+        keys = [index_key(new.rtype, new.rid, item) for item in index]
+        present = await self._index_reads.find(keys)  # with those of the other resources re-indexed at once
+        missing = [k for k in keys if k not in present]
+        if not missing and set(index) == set(current.index):
+            return True
         try:
             await self._hold(current, until=current.ts)
         except VersionConflict:
             return False
         try:
-            await self._add_entries([{"_id": index_key(new.rtype, new.rid, item)} for item in index], [])
+            await self._add_entries([{"_id": k} for k in missing], [])
             await self._replaces.replace(new.key, {**new._fields(), "ix": _ix(index)})
         finally:
             await asyncio.shield(self._release([(new, current)]))
@@ -622,9 +633,11 @@ class ResourceStore:
 
     async def _release(self, claimed: list[tuple[Version, Version]]) -> None:
         """Give back claims of a write that did not happen: ``resources`` still holds each base version."""
-        for _, base in claimed:
-            await self.history.delete_one({"_id": base.version_key})
-            self._in_flight.discard(base.version_key)
+        try:
+            await self._releases.delete([base.version_key for _, base in claimed])  # with concurrent releases
+        finally:  # a claim left in the store is then ours and not in flight: the next writer here takes it over
+            for _, base in claimed:
+                self._in_flight.discard(base.version_key)
 
     async def _claim(self, base: Version, *, until: int) -> None:
         """Insert the copy of ``base``: the right to write the version after it (``until``: its timestamp)."""
