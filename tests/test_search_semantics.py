@@ -12,6 +12,7 @@ import json
 import random
 import re
 import unicodedata
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime, timedelta
@@ -828,7 +829,7 @@ def test_text_and_content_match_words_of_the_narrative_and_of_the_whole_resource
         if isinstance(v, list):
             return "\n".join(strings(x) for x in v)
         if isinstance(v, dict):
-            return "\n".join(strings(x) for k, x in v.items() if k != "resourceType")
+            return "\n".join(strings(x) for k, x in v.items() if k not in ("resourceType", "data"))  # base64
         return ""
 
     def everything(r: dict[str, Any]) -> str:
@@ -872,6 +873,34 @@ def test_text_and_content_match_words_of_the_narrative_and_of_the_whole_resource
         assert sorted(combined) == sorted(r["id"] for r in stored["Patient"] if r.get("gender") == "female"
                                           and "王" in everything(r))
         assert api.get("/Patient", params={"_text:exact": "x"}).status_code == 400
+
+
+def test_content_skips_base64_and_finds_long_texts_by_reading_them(api: httpx.Client) -> None:
+    """``data`` (an attachment's base64) is not searched; a text too long for its index entry (here 5,000
+    characters of Chinese) is found by reading the resource, a short one by its entry: each only by what it
+    says, in the middle of a word too."""
+    tag = uuid.uuid4().hex[:10]
+    long_report = "病理诊断：" + "肺腺癌伴淋巴结转移，" * 500 + f"标记{tag}"
+    made = {}
+    for name, conclusion, data in (("short", f"右肺结节 {tag}", "aGVsbG8gd29ybGQ="), ("long", long_report, None)):
+        report: dict[str, Any] = {"resourceType": "DiagnosticReport", "status": "final", "code": {"text": "病理"},
+                                  "conclusion": conclusion}
+        if data:
+            report["presentedForm"] = [{"contentType": "text/plain", "data": data}]
+        answer = api.post("/DiagnosticReport", json=report)
+        assert answer.status_code == 201, answer.text
+        made[name] = answer.json()["id"]
+
+    def found(value: str) -> set[str]:
+        answer = api.get("/DiagnosticReport", params={"_content": value, "_count": "100"})
+        assert answer.status_code == 200, answer.text
+        return {e["resource"]["id"] for e in answer.json().get("entry", []) if e["search"]["mode"] == "match"}
+
+    assert found(tag) == {made["short"], made["long"]}
+    assert found(f"肺结节 {tag}") == {made["short"]}
+    assert found(f"淋巴结转移 {tag}") == {made["long"]}
+    assert found(f"{tag[2:8]},aGVsbG8") == {made["short"], made["long"]}  # by the middle of the tag, not the base64
+    assert not found("aGVsbG8gd29ybGQ")
 
 
 def test_bad_search_input_is_a_clear_error(search_hub: Hub) -> None:

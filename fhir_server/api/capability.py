@@ -65,10 +65,10 @@ def _resources(registry_generation: int) -> list[dict[str, Any]]:
             "searchRevInclude": _reverse_includes(rtype),
             "searchParam": [*_search_params(rtype),
                             {"name": "_has", "type": "special", "documentation": "reverse chaining, nested"},
-                            {"name": "_text", "type": "string", "documentation": "words in the narrative (not "
-                             "indexed: combine with an indexed parameter on large types)"},
-                            {"name": "_content", "type": "string", "documentation": "words anywhere in the "
-                             "resource (not indexed: combine with an indexed parameter on large types)"}],
+                            {"name": "_text", "type": "string", "documentation": "words (substrings, any "
+                             "case and accents) in the narrative as read, without its markup"},
+                            {"name": "_content", "type": "string", "documentation": "words (substrings, any "
+                             "case and accents) in any string of the resource or its narrative as read"}],
             "operation": [{"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"},
                           *([{"name": "everything",
                               "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}]

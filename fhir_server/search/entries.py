@@ -97,26 +97,31 @@ _TAG = re.compile(r"<[^>]*>")
 
 
 def _all_strings(value: Any) -> list[str]:
+    """Every string in ``value`` but ``resourceType`` and ``data`` (base64 of Attachment, Binary and Signature;
+    SampledData's numbers): not text anyone searches, and megabytes of it would be normalized at each write."""
     if isinstance(value, str):
         return [value]
     if isinstance(value, list):
         return [s for v in value for s in _all_strings(v)]
     if isinstance(value, dict):
-        return [s for k, v in value.items() if k != "resourceType" for s in _all_strings(v)]
+        return [s for k, v in value.items() if k not in ("resourceType", "data") for s in _all_strings(v)]
     return []
 
 
-def full_text(resource: dict[str, Any], code: str) -> str:
+def full_text(resource: dict[str, Any], code: str, *, longest: int | None = None) -> str | None:
     """What ``_text`` searches (the narrative as read: markup removed, character references decoded) or
     ``_content`` (every string of the resource, the narrative as read instead of its XHTML), normalized, each
-    string on a line of its own."""
+    string on a line of its own. With ``longest``: None, without normalizing it, when the text has more than
+    four times that many characters (its normalized form is then longer than ``longest`` bytes, or nearly all
+    accents)."""
     narrative = resource.get("text")
     div = narrative.get("div") if isinstance(narrative, dict) else None
     read = html.unescape(_TAG.sub(" ", div)) if isinstance(div, str) else ""
-    if code == "_text":
-        return normalize_string(read)
-    parts = [s for k, v in resource.items() if k not in ("resourceType", "text") for s in _all_strings(v)]
-    return normalize_string("\n".join([*parts, read]))
+    parts = [read] if code == "_text" else [
+        *(s for k, v in resource.items() if k not in ("resourceType", "text") for s in _all_strings(v)), read]
+    if longest is not None and sum(map(len, parts)) > 4 * longest:
+        return None
+    return normalize_string("\n".join(parts))
 
 
 def full_text_match(text: str, wanted: list[list[str]]) -> bool:

@@ -195,7 +195,9 @@ def entry_keys(resource: dict[str, Any], *, zone: ZoneInfo, base_url: str,
             for word in text_words([t for v in values for t in code_texts(v)]):
                 found.add(f"{code}:text|{hexs(word[:MAX_TEXT])}|")
     for code in FULL_TEXT:
-        text = full_text(resource, code)
-        if text:
-            found.add(f"{code}|{hexs(text) if len(text.encode()) <= MAX_FULL_TEXT else PRESENT}|")
+        text = full_text(resource, code, longest=MAX_FULL_TEXT)
+        if text is None or len(text.encode()) > MAX_FULL_TEXT:
+            found.add(f"{code}|{PRESENT}|")  # too long to hold: found by reading the resource
+        elif text:
+            found.add(f"{code}|{hexs(text)}|")
     return sorted(found)

@@ -455,7 +455,7 @@ def _full_text_clause(name: str, code: str, wanted: list[list[str]]) -> Clause:
         return full_text_match(decode_hex(e.split("|", 2)[1]), wanted)
 
     def check(resource: dict[str, Any]) -> bool:
-        return full_text_match(full_text(resource, code), wanted)
+        return full_text_match(full_text(resource, code) or "", wanted)
 
     literals = tuple(hexs(max(words, key=len)) for words in wanted)
     return Clause(name, keys=KeySet((_starting(f"{code}|", accept, literals), exact_entry(f"{code}|{PRESENT}"))),
