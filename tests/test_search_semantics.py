@@ -811,7 +811,7 @@ def test_text_and_content_match_words_of_the_narrative_and_of_the_whole_resource
         search_hub: Hub, stored: dict[str, list[dict[str, Any]]]) -> None:
     """_text: the narrative as read (markup removed, character references decoded); _content: every string of the
     resource, with that narrative instead of its XHTML. Short texts are found by their index entry alone, longer
-    ones (over 1,024 bytes) by reading the resource: both kinds are among the matches."""
+    ones (over 4,096 bytes) by reading the resource: both kinds are among the matches."""
     import html
     import random
     import re
@@ -863,7 +863,7 @@ def test_text_and_content_match_words_of_the_narrative_and_of_the_whole_resource
             text_of = narrative if code == "_text" else everything
             for r in stored[rtype]:
                 if r["id"] in want:
-                    long_text = len(text_of(r).strip().encode()) > 1024
+                    long_text = len(text_of(r).strip().encode()) > 4096
                     long_found += long_text
                     short_found += not long_text
         assert expected("Patient", "_content", "王") and not expected("Patient", "_content", "no-such-word-anywhere")
@@ -877,8 +877,8 @@ def test_text_and_content_match_words_of_the_narrative_and_of_the_whole_resource
 
 def test_content_skips_base64_and_finds_long_texts_by_reading_them(api: httpx.Client) -> None:
     """``data`` (an attachment's base64) is not searched; a text too long for its index entry (here 5,000
-    characters of Chinese) is found by reading the resource, a short one by its entry: each only by what it
-    says, in the middle of a word too."""
+    characters of Chinese, 15,000 bytes) is found by reading the resource, a short one by its entry: each only
+    by what it says, in the middle of a word too."""
     tag = uuid.uuid4().hex[:10]
     long_report = "病理诊断：" + "肺腺癌伴淋巴结转移，" * 500 + f"标记{tag}"
     made = {}
