@@ -204,6 +204,9 @@ async def main(patients: int, seconds: float, clients: int, store_dir: Path | No
             # the hub gives the versions of a store loaded by an older hub their history keys (another process)
             while not await store.history_keys_complete():  # noqa: ASYNC110
                 await asyncio.sleep(1)
+            # and re-indexes a store loaded by a hub of an older index layout (service/reindex.py, upgrade)
+            while await store.db["jobs"].find_one({"kind": "reindex", "status": "running"}):  # noqa: ASYNC110
+                await asyncio.sleep(1)
             history_pages = await page_urls("/Patient/_history?_count=20")
 
             async def history_raw(rng: random.Random) -> bool:

@@ -86,6 +86,7 @@ def create_app(settings: Settings, *, mongodb_uri: str | None = None) -> Any:
         app.state.reindexer = Reindexer(resources=app.state.service, settings=settings)
         await app.state.service.refresh_search_parameters()
         await app.state.reindexer.resume()  # this instance's jobs that a stop interrupted
+        await app.state.reindexer.upgrade()  # a store indexed by an older hub: re-indexed in the background
         refresher = asyncio.create_task(_housekeeping(app.state.service))
         backfill = asyncio.create_task(_backfill_history_keys(store))
         app.state.tokens = TokenCache(TokenVerifier(settings))

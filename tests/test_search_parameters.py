@@ -75,6 +75,47 @@ def test_custom_search_parameter_and_reindex(api: httpx.Client, hub: Hub) -> Non
         assert reader.post("/Patient/$reindex").status_code == 403
 
 
+def test_a_store_indexed_by_an_older_hub_is_reindexed_at_start(store_uri: str, tmp_path: Path) -> None:
+    """Resources whose index lacks entries of the current layout (here: _text and _content, as an older hub wrote
+    them) are re-indexed by a job the first hub to start launches by itself; the store then records the layout,
+    and the next start launches nothing."""
+    home, database, tag = tmp_path / "home", f"layout{uuid.uuid4().hex[:8]}", uuid.uuid4().hex[:10]
+    hub = start_hub(store_uri, home, database=database)
+    try:
+        with hub.client() as client:
+            ids = sorted(client.post("/DiagnosticReport", json={
+                "resourceType": "DiagnosticReport", "status": "final", "code": {"text": "病理"},
+                "conclusion": f"肺腺癌 {tag}"}).json()["id"] for _ in range(3))
+            assert len(client.get("/DiagnosticReport", params={"_content": tag}).json()["entry"]) == 3
+    finally:
+        stop_hub(hub)
+    with MongoClient(store_uri) as mongo:
+        db = mongo[database]
+        assert db["jobs"].find_one({"_id": "index-layout"})["layout"] >= 3  # an empty store was up to date
+        db["jobs"].delete_one({"_id": "index-layout"})  # what an older hub left: no layout, no full-text entries
+        for doc in db["resources"].find({}, {"ix": 1}):
+            kept = [i for i in doc["ix"].split(" ") if not i.startswith(("_text|", "_content|"))]
+            db["resources"].update_one({"_id": doc["_id"]}, {"$set": {"ix": " ".join(kept)}})
+        db["search_index"].delete_many({"_id": {"$regex": r"^[A-Za-z]+\|_(text|content)\|"}})
+    restarted = start_hub(store_uri, home, database=database)
+    try:
+        with MongoClient(store_uri) as mongo:
+            jobs = list(mongo[database]["jobs"].find({"kind": "reindex"}))
+        assert len(jobs) == 1 and jobs[0]["layout"] >= 3
+        with restarted.client() as client:
+            status = _job_status(client, jobs[0]["_id"])
+            assert status["status"] == "completed" and status["resourcesChanged"] == 3
+            found = client.get("/DiagnosticReport", params={"_content": tag}).json()["entry"]
+            assert sorted(e["resource"]["id"] for e in found) == ids
+    finally:
+        stop_hub(restarted)
+    again = start_hub(store_uri, home, database=database)
+    stop_hub(again)
+    with MongoClient(store_uri) as mongo:
+        assert mongo[database]["jobs"].count_documents({"kind": "reindex"}) == 1
+        assert mongo[database]["jobs"].find_one({"_id": "index-layout"})["layout"] >= 3
+
+
 def test_reindex_restores_a_lost_index_entry(api: httpx.Client, hub: Hub) -> None:
     """$reindex inserts the entries a resource's index lacks (it reads which exist first, and writes nothing for a
     resource whose entries are all there): an index document lost by hand comes back, and the search finds the

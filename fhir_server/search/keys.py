@@ -42,6 +42,7 @@ from fhir_server.search.entries import (
 from fhir_server.search.registry import SearchParameter, indexed_as, parameters_for
 
 __all__ = [
+    "INDEX_LAYOUT",
     "LONG_SPAN",
     "MAX_FULL_TEXT",
     "MAX_TEXT",
@@ -58,6 +59,10 @@ __all__ = [
     "token_enc",
 ]
 
+# The index layout: raised whenever ``entry_keys`` gives resources already stored entries they lack. A hub whose
+# store was indexed under an older layout re-indexes it by itself, in the background (service/reindex.py).
+# 2: token ``:text`` entries; 3: ``_text`` and ``_content`` entries.
+INDEX_LAYOUT = 3
 LONG_SPAN = 86_400_000_000  # µs: dates spanning a day or more also get an entry ordered by their high bound
 PRESENT = "~"  # the entry of a parameter that is present without a searchable value
 log = logging.getLogger("medunion.search")

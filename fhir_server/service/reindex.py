@@ -7,6 +7,10 @@ document in ``jobs`` (status, counts, the type it is at), so its progress is vis
 it anew. The job document also records the last id done (``after``), so when a hub instance starts it resumes
 its own jobs that were ``running`` when it stopped, from where they were (``resume``). A job of an instance
 that never comes back stays ``running`` with a stale ``updated`` time; start another.
+
+A store indexed by an older hub (``INDEX_LAYOUT`` in ``search/keys.py``: entries added since) is brought up to
+date by a job of all types that the first instance to start after the upgrade launches by itself
+(``upgrade``); when it completes, the store records the layout, so it runs once.
 """
 
 from __future__ import annotations
@@ -17,10 +21,12 @@ import uuid
 from typing import Any
 
 import orjson
+from pymongo.errors import DuplicateKeyError
 
 from fhir_server.auth.scopes import Principal
 from fhir_server.errors import NotFound
 from fhir_server.model.types import SUPPORTED_TYPES, require_supported_type
+from fhir_server.search.keys import INDEX_LAYOUT
 from fhir_server.service.resources import ResourceService, instant
 from fhir_server.settings import Settings
 from fhir_server.storage import ResourceStore, now_micros
@@ -29,6 +35,7 @@ __all__ = ["Reindexer"]
 
 log = logging.getLogger("medunion.reindex")
 _BATCH = 200
+_LAYOUT = "index-layout"  # in ``jobs``: {"layout": n}, the INDEX_LAYOUT the store's resources are indexed under
 # resources re-indexed at once: their store commands go out together (the store's batchers), as those of 16
 # clients writing would
 _AT_ONCE = 16
@@ -47,13 +54,48 @@ class Reindexer:
         chosen = sorted(SUPPORTED_TYPES) if not types else [require_supported_type(t) for t in types]
         for rtype in chosen:
             principal.require("u", rtype)  # re-indexing rewrites the index of every resource of the type
+        await self.resources.refresh_search_parameters()
+        return await self._new_job(chosen)
+
+    async def upgrade(self) -> str | None:
+        """At start-up: if the store's resources were indexed under an older ``INDEX_LAYOUT``, start the job that
+        re-indexes every type (unless another instance has started it); returns its id. An empty store is
+        marked as up to date at once."""
+        marker = await self.jobs.find_one({"_id": _LAYOUT})
+        if marker is not None and int(marker.get("layout", 0)) >= INDEX_LAYOUT:
+            return None
+        if not await self.store.any_resource():
+            await self._layout_done(INDEX_LAYOUT)
+            return None
+        try:  # one instance starts the job
+            await self.jobs.insert_one({"_id": f"{_LAYOUT}-{INDEX_LAYOUT}", "o": self.store.owner,
+                                        "started": now_micros()})
+        except DuplicateKeyError:
+            return None
+        job = await self._new_job(sorted(SUPPORTED_TYPES), layout=INDEX_LAYOUT)
+        log.info("search index: the stored resources were indexed by an older hub; re-indexing them in the "
+                 "background (job %s, GET [base]/$reindex/%s)", job, job)
+        return job
+
+    async def _new_job(self, types: list[str], *, layout: int | None = None) -> str:
         job = uuid.uuid4().hex
         await self.jobs.insert_one({"_id": job, "kind": "reindex", "o": self.store.owner, "status": "running",
-                                    "types": chosen, "type": None, "done": 0, "changed": 0, "skipped": 0,
-                                    "started": now_micros(), "updated": now_micros(), "finished": None})
-        await self.resources.refresh_search_parameters()
-        self._launch(job, chosen, start=None, counts=(0, 0, 0))
+                                    "types": types, "type": None, "done": 0, "changed": 0, "skipped": 0,
+                                    "started": now_micros(), "updated": now_micros(), "finished": None,
+                                    "layout": layout})
+        self._launch(job, types, start=None, counts=(0, 0, 0), layout=layout)
         return job
+
+    async def _layout_done(self, layout: int) -> None:
+        marker = await self.jobs.find_one({"_id": _LAYOUT})
+        if marker is None:
+            try:
+                await self.jobs.insert_one({"_id": _LAYOUT, "layout": layout})
+                return
+            except DuplicateKeyError:  # another instance wrote it meanwhile
+                marker = await self.jobs.find_one({"_id": _LAYOUT}) or {}
+        if int(marker.get("layout", 0)) < layout:
+            await self.jobs.replace_one({"_id": _LAYOUT}, {"_id": _LAYOUT, "layout": layout})
 
     async def resume(self) -> int:
         """Resume this instance's jobs that were running when it stopped; returns how many."""
@@ -61,7 +103,8 @@ class Reindexer:
         for doc in jobs:
             start = (doc["type"], doc.get("after")) if doc.get("type") in doc["types"] else None
             self._launch(doc["_id"], doc["types"], start=start,
-                         counts=(doc.get("done", 0), doc.get("changed", 0), doc.get("skipped", 0)))
+                         counts=(doc.get("done", 0), doc.get("changed", 0), doc.get("skipped", 0)),
+                         layout=doc.get("layout"))
             log.info("reindex job %s resumed at %s", doc["_id"], start[0] if start else "its start")
         return len(jobs)
 
@@ -73,8 +116,8 @@ class Reindexer:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def _launch(self, job: str, types: list[str], *, start: tuple[str, str | None] | None,
-                counts: tuple[int, int, int]) -> None:
-        task = asyncio.create_task(self._run(job, types, start=start, counts=counts))
+                counts: tuple[int, int, int], layout: int | None) -> None:
+        task = asyncio.create_task(self._run(job, types, start=start, counts=counts, layout=layout))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -96,8 +139,9 @@ class Reindexer:
         return {"resourceType": "Parameters", "parameter": parameters}
 
     async def _run(self, job: str, types: list[str], *, start: tuple[str, str | None] | None,
-                   counts: tuple[int, int, int]) -> None:
-        """Walk ``types`` in order; ``start``: the type to begin with and the id after which to go on."""
+                   counts: tuple[int, int, int], layout: int | None) -> None:
+        """Walk ``types`` in order; ``start``: the type to begin with and the id after which to go on. ``layout``:
+        the index layout the store is at when this job completes (an upgrade's job)."""
         done, changed, skipped = counts
         if start is not None:
             types = types[types.index(start[0]):]
@@ -126,6 +170,8 @@ class Reindexer:
                         break
             await self.jobs.update_one({"_id": job}, {"$set": {"status": "completed", "type": None,
                                                                "finished": now_micros(), "updated": now_micros()}})
+            if layout is not None:
+                await self._layout_done(layout)
             log.info("reindex job %s completed: %d resources, %d changed, %d skipped", job, done, changed, skipped)
         except Exception as exc:  # the job's status says failed; the log names the error type, never data
             log.error("reindex job %s failed: %s", job, type(exc).__name__)

@@ -232,6 +232,12 @@ class ResourceStore:
                 found[version.rid] = version
         return found
 
+    async def any_resource(self) -> bool:
+        """Whether the store holds any resource (current or deleted): one ``_id`` range read of one key."""
+        found = id_ordered(self.resources, {"_id": {"$gte": "A", "$lt": "["}}, backward=False, limit=1,
+                           projection={"_id": 1})
+        return any([d async for d in found])
+
     async def scan_type(self, rtype: str, *, after: str | None, limit: int, backward: bool = False) -> list[Version]:
         """Versions of one type (deleted ones too) in id order after id ``after`` (``backward``: in reverse order
         before it): an ``_id`` range scan."""
