@@ -69,3 +69,31 @@ async def test_a_wrong_guess_costs_a_probe_not_a_result(service) -> None:
     found, index_reads = await _ids(service, reads, "family=李&birthdate=1990-05-05")
     assert len(found) == 4
     assert index_reads == 2  # birthdate alone (9 keys: not selective this time), then family, which drives
+
+
+def _regex_scans(reads: CommandCounter, since: int) -> list[dict[str, Any]]:
+    """The substring-filtered scans among the search-index reads after the first ``since``."""
+    def filtered(f: dict[str, Any]) -> bool:
+        return "$regex" in f.get("_id", {}) or any("$regex" in b.get("_id", {}) for b in f.get("$or", []))
+    return [f for f in reads.filters[since:] if filtered(f)]
+
+
+async def test_a_substring_scan_is_probed_only_when_no_other_clause_is_selective(service) -> None:
+    """``_content`` (a scan of every ``_content`` key, filtered in the store) beside ``family``: when the family
+    has few keys, the ``_content`` range is not read at all; when it has more than 256, the substring scan is
+    probed, and drives if it holds fewer. Either way the matches are the same."""
+    service, reads = service
+    for n in range(300):  # 300 Wangs; three of them with a note naming a rare word
+        resource = _patient(n, "王", "1970-01-01")
+        if n % 100 == 7:
+            resource["extension"] = [{"url": "http://example.cn/note", "valueString": f"罕见病例 {n}"}]
+        await service.create(principal=ADMIN, rtype="Patient", resource=resource)
+    note = [{"url": "http://example.cn/note", "valueString": "罕见病例"}]
+    await service.create(principal=ADMIN, rtype="Patient", resource={**_patient(999, "欧阳", "1970-01-01"),
+                                                                       "extension": note})
+    before = len(reads.filters)
+    found, _ = await _ids(service, reads, "family=欧阳&_content=罕见病例")
+    assert len(found) == 1 and not _regex_scans(reads, before)  # family drives; _content is checked on the body
+    before = len(reads.filters)
+    found, _ = await _ids(service, reads, "family=王&_content=罕见病例")
+    assert len(found) == 3 and len(_regex_scans(reads, before)) == 1  # probed once, and its keys drive

@@ -341,13 +341,35 @@ class SearchEngine:
         those keys. The clause with the fewest keys wins; probes grow (8, 64, 256 keys) only while every
         candidate still has more, so a selective clause beside an unselective one costs a few keys to find.
         A clause whose parameter was selective in recent searches is probed alone first: when it is again, the
-        other probes are not read (one store command less for ``family=…&birthdate=…``)."""
+        other probes are not read (one store command less for ``family=…&birthdate=…``).
+
+        A clause scanned with a substring filter (``:contains``, ``system|``, ``_text``/``_content``) can cost a
+        read of its parameter's every key to probe, however few it holds: it is probed only when no other
+        clause has 256 keys or fewer (``family=…&_content=…`` reads a few ``family`` keys, not the ``_content``
+        range), and then once, at 256."""
         candidates = [i for i, c in enumerate(clauses) if c.drives]
         if not candidates:
             return -1, None
         if len(candidates) == 1:
             return candidates[0], None
+        filtered = [i for i in candidates if (held := clauses[i].keys) is not None
+                    and any(span.containing for span in held.spans)]
+        exact = [i for i in candidates if i not in filtered]
+        if not exact or not filtered:
+            chosen, keys, _ = await self._probe_for_driver(rtype, clauses, candidates, _PROBE_LIMITS)
+            return chosen, keys
+        chosen, keys, complete = await self._probe_for_driver(rtype, clauses, exact, _PROBE_LIMITS)
+        if not complete:  # every other clause has more than 256 keys: a substring scan may have fewer
+            other, other_keys, other_complete = await self._probe_for_driver(rtype, clauses, filtered,
+                                                                             _PROBE_LIMITS[-1:])
+            if other_complete:
+                return other, other_keys
+        return chosen, keys
 
+    async def _probe_for_driver(self, rtype: str, clauses: list[Clause], candidates: list[int],
+                                limits: tuple[int, ...]) -> tuple[int, list[str] | None, bool]:
+        """``_choose_driver`` among ``candidates`` with probes of ``limits`` keys; also whether the chosen clause
+        has at most the last limit of keys."""
         async def probe(i: int, limit: int) -> list[str]:
             clause = clauses[i]
             if clause.ids is not None:
@@ -363,13 +385,13 @@ class SearchEngine:
 
         read: dict[int, list[str]] = {}  # the probes read at the current limit, by clause
         guess = self.selectivity.likely(rtype, [clauses[i] for i in candidates])
-        if guess is not None:  # usually selective: probe it alone, and stop there if it is
+        if guess is not None and len(limits) > 1:  # usually selective: probe it alone, and stop there if it is
             chosen = candidates[guess]
-            read[chosen] = await probe(chosen, _PROBE_LIMITS[0])
+            read[chosen] = await probe(chosen, limits[0])
             self.selectivity.learn(rtype, clauses[chosen], len(read[chosen]))
-            if len(read[chosen]) <= _PROBE_LIMITS[0]:
-                return chosen, read[chosen] if clauses[chosen].ids is None else None
-        for limit in _PROBE_LIMITS:
+            if len(read[chosen]) <= limits[0]:
+                return chosen, read[chosen] if clauses[chosen].ids is None else None, True
+        for limit in limits:
             missing = [i for i in candidates if i not in read]
             read.update(zip(missing, await asyncio.gather(*(probe(i, limit) for i in missing)), strict=True))
             if limit == _PROBE_LIMITS[0]:
@@ -377,11 +399,11 @@ class SearchEngine:
                     self.selectivity.learn(rtype, clauses[i], len(read[i]))
             probes = [read.pop(i) for i in candidates]
             complete = [k for k, keys in enumerate(probes) if len(keys) <= limit]
-            if complete or limit == _PROBE_LIMITS[-1]:
+            if complete or limit == limits[-1]:
                 best = min(complete or range(len(candidates)), key=lambda k: len(probes[k]))
                 chosen = candidates[best]
                 keys = probes[best] if best in complete and clauses[chosen].ids is None else None
-                return chosen, keys
+                return chosen, keys, best in complete
         raise AssertionError("unreachable")
 
     async def _scan(self, rtype: str, clauses: list[Clause], *, want: int,
