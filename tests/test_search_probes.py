@@ -97,3 +97,22 @@ async def test_a_substring_scan_is_probed_only_when_no_other_clause_is_selective
     before = len(reads.filters)
     found, _ = await _ids(service, reads, "family=王&_content=罕见病例")
     assert len(found) == 3 and len(_regex_scans(reads, before)) == 1  # probed once, and its keys drive
+
+
+async def test_a_counted_search_over_several_types_resolves_its_chain_once_per_type(service) -> None:
+    """``_type=Observation,DiagnosticReport`` with a chain and ``_total=accurate``: each type's chain is resolved
+    (a scan of the Patients' family keys) once, for the page and the count alike (it was twice)."""
+    service, reads = service
+    made = await service.create(principal=ADMIN, rtype="Patient", resource=_patient(1, "司马", "1960-06-06"))
+    subject = {"reference": f"Patient/{made.version.rid}"}
+    for rtype in ("Observation", "DiagnosticReport"):
+        for _ in range(2):
+            await service.create(principal=ADMIN, rtype=rtype, resource={
+                "resourceType": rtype, "status": "final", "code": {"text": "x"}, "subject": subject})
+    before = len(reads.filters)
+    _, page = await service.search_many(principal=ADMIN, types=["Observation", "DiagnosticReport"],
+                                        pairs=[("subject:Patient.family", "司马"), ("_total", "accurate")],
+                                        count=3, cursor=None)
+    assert page.total == 4 and len(page.matches) == 3
+    family = "Patient|family|" + "司马".encode().hex()
+    assert sum(family in str(f) for f in reads.filters[before:]) == 2

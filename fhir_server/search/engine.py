@@ -149,9 +149,12 @@ class SearchEngine:
 
     # ---- entry points -------------------------------------------------------------------------------------
 
-    async def page(self, query: SearchQuery, *, count: int, cursor: str | None, from_end: bool = False) -> SearchPage:
-        """A page from ``cursor`` (None: the first page; ``from_end``: the last page)."""
-        clauses = await self._resolve(query)
+    async def page(self, query: SearchQuery, *, count: int, cursor: str | None, from_end: bool = False,
+                   clauses: list[Clause] | None = None) -> SearchPage:
+        """A page from ``cursor`` (None: the first page; ``from_end``: the last page). ``clauses``: the query's,
+        resolved already."""
+        if clauses is None:
+            clauses = await self._resolve(query)
         warnings: list[str] = []
         if query.sort:
             page = await self._sorted_page([query], count=count, cursor=cursor, from_end=from_end, clauses=[clauses])
@@ -191,26 +194,30 @@ class SearchEngine:
                     page.warnings += [w for w in warnings if w not in page.warnings]
         else:
             counted = head.total in ("accurate", "estimate")
+            # counted: every search is resolved (chains, _has) once, for the page and the count alike
+            resolved = [await self._resolve(q) for q in queries] if counted else None
             page = await self._page_of_many([replace(q, total="none") if counted else q for q in queries],
-                                            count=count, cursor=cursor)
+                                            count=count, cursor=cursor, resolved=resolved)
             if counted:
-                page.total = await self._total(queries, head.total or "accurate")
+                page.total = await self._total(queries, head.total or "accurate", resolved)
         matched = {v.key for v in page.matches}
         page.included = list({v.key: v for v in page.included if v.key not in matched}.values())
         return page
 
-    async def _total(self, queries: list[SearchQuery], kind: str) -> int | None:
+    async def _total(self, queries: list[SearchQuery], kind: str,
+                     resolved: list[list[Clause]] | None = None) -> int | None:
         """The matches of all ``queries`` (``kind``: accurate or estimate; None when one estimate is)."""
         total = 0
-        for query in queries:
-            clauses = await self._resolve(query)
+        for i, query in enumerate(queries):
+            clauses = resolved[i] if resolved is not None else await self._resolve(query)
             found = await self.count(query, clauses) if kind == "accurate" else await self._estimate(query, clauses)
             if found is None:
                 return None
             total += found
         return total
 
-    async def _page_of_many(self, queries: list[SearchQuery], *, count: int, cursor: str | None) -> SearchPage:
+    async def _page_of_many(self, queries: list[SearchQuery], *, count: int, cursor: str | None,
+                            resolved: list[list[Clause]] | None = None) -> SearchPage:
         """Searches in turn. Cursors are ``[i, inner]`` (from the position ``inner`` of search ``i``, None: its
         start) and ``[i, inner, "prev"]`` (the page that ends before the position of the previous-cursor ``inner``
         of search ``i``, None: before its end)."""
@@ -222,11 +229,13 @@ class SearchEngine:
         if count <= 0:
             return SearchPage([], None)
         if len(state) == 3:
-            return await self._page_of_many_before(queries, count=count, index=state[0], inner=state[1])
+            return await self._page_of_many_before(queries, count=count, index=state[0], inner=state[1],
+                                                   resolved=resolved)
         index, inner = state
         out = SearchPage([], None)
         while index < len(queries) and len(out.matches) < count:
-            page = await self.page(queries[index], count=count - len(out.matches), cursor=inner)
+            page = await self.page(queries[index], count=count - len(out.matches), cursor=inner,
+                                   clauses=None if resolved is None else resolved[index])
             if not out.matches and page.matches and cursor is not None:  # the page before ends before this match
                 before = [index, page.previous_cursor, "prev"] if page.previous_cursor is not None else \
                     [index - 1, None, "prev"] if index > 0 else None
@@ -245,13 +254,14 @@ class SearchEngine:
         return out
 
     async def _page_of_many_before(self, queries: list[SearchQuery], *, count: int, index: int,
-                                   inner: str | None) -> SearchPage:
+                                   inner: str | None, resolved: list[list[Clause]] | None = None) -> SearchPage:
         """The page of ``page_of_many`` that ends before a position: read backward, search by search."""
         pages: list[tuple[int, SearchPage]] = []
         need = count
         before: list[Any] | None = None
         while index >= 0 and need > 0:
-            page = await self.page(queries[index], count=need, cursor=inner, from_end=inner is None)
+            page = await self.page(queries[index], count=need, cursor=inner, from_end=inner is None,
+                                   clauses=None if resolved is None else resolved[index])
             pages.insert(0, (index, page))
             need -= len(page.matches)
             if page.previous_cursor is not None:
