@@ -87,6 +87,8 @@ async def test_a_substring_scan_is_probed_only_when_no_other_clause_is_selective
         resource = _patient(n, "王", "1970-01-01")
         if n % 100 == 7:
             resource["extension"] = [{"url": "http://example.cn/note", "valueString": f"罕见病例 {n}"}]
+        elif n % 3 == 0:  # 99 of them
+            resource["extension"] = [{"url": "http://example.cn/note", "valueString": f"常见病例 {n}"}]
         await service.create(principal=ADMIN, rtype="Patient", resource=resource)
     note = [{"url": "http://example.cn/note", "valueString": "罕见病例"}]
     await service.create(principal=ADMIN, rtype="Patient", resource={**_patient(999, "欧阳", "1970-01-01"),
@@ -97,6 +99,9 @@ async def test_a_substring_scan_is_probed_only_when_no_other_clause_is_selective
     before = len(reads.filters)
     found, _ = await _ids(service, reads, "family=王&_content=罕见病例")
     assert len(found) == 3 and len(_regex_scans(reads, before)) == 1  # probed once, and its keys drive
+    before = len(reads.filters)
+    found, _ = await _ids(service, reads, "_content=常见病例&family:contains=王")  # two substring scans alone
+    assert len(found) == 99 and len(_regex_scans(reads, before)) == 2  # one probe each, at 256 keys (not 8, 64)
 
 
 async def test_a_counted_search_over_several_types_resolves_its_chain_once_per_type(service) -> None:

@@ -356,7 +356,7 @@ class SearchEngine:
         A clause scanned with a substring filter (``:contains``, ``system|``, ``_text``/``_content``) can cost a
         read of its parameter's every key to probe, however few it holds: it is probed only when no other
         clause has 256 keys or fewer (``family=…&_content=…`` reads a few ``family`` keys, not the ``_content``
-        range), and then once, at 256."""
+        range), and then once, at 256 (so are several such clauses without another)."""
         candidates = [i for i, c in enumerate(clauses) if c.drives]
         if not candidates:
             return -1, None
@@ -365,8 +365,9 @@ class SearchEngine:
         filtered = [i for i in candidates if (held := clauses[i].keys) is not None
                     and any(span.containing for span in held.spans)]
         exact = [i for i in candidates if i not in filtered]
-        if not exact or not filtered:
-            chosen, keys, _ = await self._probe_for_driver(rtype, clauses, candidates, _PROBE_LIMITS)
+        if not exact or not filtered:  # substring scans alone: one probe each (a growing one could read it thrice)
+            limits = _PROBE_LIMITS if exact else _PROBE_LIMITS[-1:]
+            chosen, keys, _ = await self._probe_for_driver(rtype, clauses, candidates, limits)
             return chosen, keys
         chosen, keys, complete = await self._probe_for_driver(rtype, clauses, exact, _PROBE_LIMITS)
         if not complete:  # every other clause has more than 256 keys: a substring scan may have fewer
