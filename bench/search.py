@@ -181,6 +181,15 @@ async def main(patients: int, seconds: float, clients: int, store_dir: Path | No
                 word = hexs(rng.choice(words))
                 return bool(await raw("ServiceRequest", f"code:text|{word}", f"code:text|{word}~", limit=21))
 
+            def content(rng: random.Random) -> str:  # a family name, found anywhere in the Patients' text
+                return f"/Patient?_content={quote(birth(pick(rng))[0])}&_count=20"
+
+            async def content_raw(rng: random.Random) -> bool:
+                word = hexs(birth(pick(rng))[0].lower())
+                keys = await store.scan_index("Patient", "_content|", "_content|~", after=None, limit=21,
+                                              containing=(word,))
+                return bool(await store.current_many("Patient", sorted({split_index_key(k)[1] for k in keys})))
+
             async def page_urls(first: str) -> dict[int, Url]:
                 """Pages 1 and 50 of a result (each as a constant Url), following its next links."""
                 urls: dict[int, str] = {}
@@ -221,6 +230,7 @@ async def main(patients: int, seconds: float, clients: int, store_dir: Path | No
                 ("chained: DiagnosticReport?subject:Patient.identifier", chained, chained_raw),
                 ("_has: Patient?_has:ServiceRequest:subject:authored", has, has_raw),
                 ("ServiceRequest?code:text=<word> page 1 (_count=20)", sr_text, sr_text_raw),
+                ("Patient?_content=<family name> page 1 (_count=20)", content, content_raw),
                 ("ServiceRequest?status=active page 1 (_count=20)", pages[1], page_raw),
                 ("ServiceRequest?status=active page 50 (_count=20)", pages[50], page_raw),
                 ("Patient/_history page 1 (_count=20)", history_pages[1], history_raw),
