@@ -847,14 +847,24 @@ def test_text_and_content_match_words_of_the_narrative_and_of_the_whole_resource
              ("Patient", "_content", "xhtml")]  # in the markup only
     rng = random.Random(7)
     typed = [t for t in sorted(stored) if len(stored[t]) >= 3]
-    while len(cases) < 60:  # a piece of some resource's text, searched in its type
-        rtype, code = rng.choice(typed), rng.choice(["_text", "_content", "_content"])
+    def piece(rtype: str, code: str) -> str | None:  # a piece of a word of some resource's text
         words = (narrative if code == "_text" else everything)(rng.choice(stored[rtype])).split()
         words = [w for w in words if len(w) >= 2 and "," not in w and "\\" not in w]
-        if words:
-            word = rng.choice(words)
-            start = rng.randrange(len(word) - 1)
-            cases.append((rtype, code, word[start:start + rng.randint(2, 8)]))
+        if not words:
+            return None
+        word = rng.choice(words)
+        start = rng.randrange(len(word) - 1)
+        return word[start:start + rng.randint(2, 8)]
+
+    while len(cases) < 60:  # a piece of some resource's text, searched in its type
+        rtype, code = rng.choice(typed), rng.choice(["_text", "_content", "_content"])
+        if (first := piece(rtype, code)) is not None:
+            cases.append((rtype, code, first))
+    while len(cases) < 80:  # two pieces (AND), often of two resources: some match, some do not
+        rtype, code = rng.choice(typed), rng.choice(["_text", "_content"])
+        first, second = piece(rtype, code), piece(rtype, code)
+        if first is not None and second is not None:
+            cases.append((rtype, code, f"{first} {second}"))
     with search_hub.client() as api:
         long_found = short_found = 0
         for rtype, code, value in cases:
@@ -898,6 +908,7 @@ def test_content_skips_base64_and_finds_long_texts_by_reading_them(api: httpx.Cl
 
     assert found(tag) == {made["short"], made["long"]}
     assert found(f"肺结节 {tag}") == {made["short"]}
+    assert not found(f"肺结节 {tag} 淋巴结")  # every word must be there (AND), not the first one only
     assert found(f"淋巴结转移 {tag}") == {made["long"]}
     assert found(f"{tag[2:8]},aGVsbG8") == {made["short"], made["long"]}  # by the middle of the tag, not the base64
     assert not found("aGVsbG8gd29ybGQ")

@@ -85,7 +85,7 @@ def _passes(clauses: list[Clause], version: Version, *, held: KeySet | None = No
             ok = version.rid in clause.ids
         if ok and clause.keys is not None and (clause.keys is not held or clause.negate):
             ok = bool(_held(clause.keys, version))
-        if ok and clause.check is not None:
+        if ok and clause.check is not None and (clause.check_if is None or _held(clause.check_if, version)):
             if body is None:
                 body = orjson.loads(version.body)
             ok = clause.check(body)

@@ -147,6 +147,7 @@ class Clause:
     negate: bool = False
     chain: Chain | None = None
     has: Has | None = None
+    check_if: KeySet | None = None  # ``check`` only a version holding one of these entries (None: every one)
 
     @property
     def drives(self) -> bool:
@@ -449,8 +450,8 @@ def _near_check(parameter: SearchParameter, points: list[tuple[float, float, flo
 
 def _full_text_clause(name: str, code: str, wanted: list[list[str]]) -> Clause:
     """``_text`` and ``_content``: a scan of the parameter's entries (keys.py), which the store filters by the hex
-    of the longest word of each value, each entry then matched on the text it holds; the entries of texts too long
-    to hold (``~``) are all candidates. Every candidate is also checked on its body."""
+    of the longest word of each value, each entry then matched on the text it holds (exactly: the resource's
+    whole text); the entries of texts too long to hold (``~``) are all candidates, checked on their body."""
     def accept(e: str) -> bool:
         return full_text_match(decode_hex(e.split("|", 2)[1]), wanted)
 
@@ -458,8 +459,9 @@ def _full_text_clause(name: str, code: str, wanted: list[list[str]]) -> Clause:
         return full_text_match(full_text(resource, code) or "", wanted)
 
     literals = tuple(hexs(max(words, key=len)) for words in wanted)
-    return Clause(name, keys=KeySet((_starting(f"{code}|", accept, literals), exact_entry(f"{code}|{PRESENT}"))),
-                  check=check)
+    too_long = exact_entry(f"{code}|{PRESENT}")
+    return Clause(name, keys=KeySet((_starting(f"{code}|", accept, literals), too_long)), check=check,
+                  check_if=KeySet((too_long,)))
 
 
 # ---- parameters -------------------------------------------------------------------------------------------
