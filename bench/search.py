@@ -98,8 +98,9 @@ async def main(patients: int, seconds: float, clients: int, store_dir: Path | No
             store = ResourceStore(client["medunion"])
             zone = Settings().zone
 
-            async def raw(rtype: str, low: str, high: str, limit: int = 51) -> list[Any]:
-                keys = await store.scan_index(rtype, low, high, after=None, limit=limit)
+            async def raw(rtype: str, low: str, high: str, limit: int = 51,
+                          containing: tuple[str, ...] = ()) -> list[Any]:
+                keys = await store.scan_index(rtype, low, high, after=None, limit=limit, containing=containing)
                 rids = sorted({split_index_key(k)[1] for k in keys})
                 return list((await store.current_many(rtype, rids)).values())
 
@@ -186,9 +187,7 @@ async def main(patients: int, seconds: float, clients: int, store_dir: Path | No
 
             async def content_raw(rng: random.Random) -> bool:
                 word = hexs(birth(pick(rng))[0].lower())
-                keys = await store.scan_index("Patient", "_content|", "_content|~", after=None, limit=21,
-                                              containing=(word,))
-                return bool(await store.current_many("Patient", sorted({split_index_key(k)[1] for k in keys})))
+                return bool(await raw("Patient", "_content|", "_content|~", limit=21, containing=(word,)))
 
             async def page_urls(first: str) -> dict[int, Url]:
                 """Pages 1 and 50 of a result (each as a constant Url), following its next links."""

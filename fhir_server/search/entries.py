@@ -28,8 +28,8 @@ from fhir_server.search.paths import compile_path
 from fhir_server.search.registry import SearchParameter, parameters_for
 
 __all__ = ["ANY_SYSTEM", "FULL_TEXT", "code_texts", "date_range", "entries_for", "entries_of", "entries_of_parameter",
-           "entries_of_values", "full_text", "full_text_match", "normalize_string", "reference_type", "strings_of",
-           "text_match", "text_words", "tokens_of", "values_of"]
+           "entries_of_values", "full_text", "full_text_match", "narrative_text", "normalize_string",
+           "reference_type", "strings_of", "text_match", "text_words", "tokens_of", "values_of"]
 
 ANY_SYSTEM = "\u0000"
 _UTC = ZoneInfo("UTC")
@@ -108,15 +108,21 @@ def _all_strings(value: Any) -> list[str]:
     return []
 
 
-def full_text(resource: dict[str, Any], code: str, *, longest: int | None = None) -> str | None:
-    """What ``_text`` searches (the narrative as read: markup removed, character references decoded) or
-    ``_content`` (every string of the resource, the narrative as read instead of its XHTML), normalized, each
-    string on a line of its own. With ``longest``: None, without normalizing it, when the text has more than
-    four times that many characters (its normalized form is then longer than ``longest`` bytes, or nearly all
-    accents)."""
+def narrative_text(resource: dict[str, Any]) -> str:
+    """The narrative as read: markup removed, character references decoded (not normalized)."""
     narrative = resource.get("text")
     div = narrative.get("div") if isinstance(narrative, dict) else None
-    read = html.unescape(_TAG.sub(" ", div)) if isinstance(div, str) else ""
+    return html.unescape(_TAG.sub(" ", div)) if isinstance(div, str) else ""
+
+
+def full_text(resource: dict[str, Any], code: str, *, longest: int | None = None,
+              narrative: str | None = None) -> str | None:
+    """What ``_text`` searches (the narrative as read) or ``_content`` (every string of the resource, the
+    narrative as read instead of its XHTML), normalized, each string on a line of its own. With ``longest``:
+    None, without normalizing it, when the text has more than four times that many characters (its normalized
+    form is then longer than ``longest`` bytes, or nearly all accents). ``narrative``: ``narrative_text`` of the
+    resource, when the caller has it."""
+    read = narrative_text(resource) if narrative is None else narrative
     parts = [read] if code == "_text" else [
         *(s for k, v in resource.items() if k not in ("resourceType", "text") for s in _all_strings(v)), read]
     if longest is not None and sum(map(len, parts)) > 4 * longest:

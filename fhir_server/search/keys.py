@@ -35,6 +35,7 @@ from fhir_server.search.entries import (
     code_texts,
     entries_of_values,
     full_text,
+    narrative_text,
     text_words,
     tokens_of,
     values_of,
@@ -201,8 +202,9 @@ def entry_keys(resource: dict[str, Any], *, zone: ZoneInfo, base_url: str,
         elif parameter.type == "token":
             for word in text_words([t for v in values for t in code_texts(v)]):
                 found.add(f"{code}:text|{hexs(word[:MAX_TEXT])}|")
+    narrative = narrative_text(resource)  # in both texts: read once
     for code in FULL_TEXT:
-        text = full_text(resource, code, longest=MAX_FULL_TEXT)
+        text = full_text(resource, code, longest=MAX_FULL_TEXT, narrative=narrative)
         if text is None or len(text.encode()) > MAX_FULL_TEXT:
             found.add(f"{code}|{PRESENT}|")  # too long to hold: found by reading the resource
         elif text:

@@ -150,14 +150,14 @@ class Reindexer:
                 after = start[1] if start is not None and rtype == start[0] else None
                 while True:
                     batch = await self.store.scan_type(rtype, after=after, limit=_BATCH)
-                    stored = [v for v in batch if v.body is not None]
+                    stored = [(v, v.body) for v in batch if v.body is not None]
                     for first in range(0, len(stored), _AT_ONCE):
                         chunk = stored[first:first + _AT_ONCE]
-                        indexes = [self.resources.index_for(orjson.loads(v.body or b""), vid=v.vid, base=v)
-                                   for v in chunk]
+                        indexes = [self.resources.index_for(orjson.loads(body), vid=v.vid, base=v)
+                                   for v, body in chunk]
                         written = await asyncio.gather(*(self.store.reindex(v, index)
-                                                         for v, index in zip(chunk, indexes, strict=True)))
-                        for version, index, ok in zip(chunk, indexes, written, strict=True):
+                                                         for (v, _), index in zip(chunk, indexes, strict=True)))
+                        for (version, _), index, ok in zip(chunk, indexes, written, strict=True):
                             changed += ok and set(index) != set(version.index)
                             skipped += not ok
                         done += len(chunk)
