@@ -683,6 +683,14 @@ def test_sort_total_count_and_system_search(search_hub: Hub, stored: dict[str, l
         assert posted.status_code == 200
         assert sorted(e["resource"]["id"] for e in posted.json()["entry"]) == sorted(
             search_all(api, base, "Patient", [("family", "王"), ("gender", "male")]))
+        # the result parameters of a form apply as in a query: _elements and _summary shape the resources
+        form = {"Content-Type": "application/x-www-form-urlencoded"}
+        shaped = api.post("/Patient/_search", content="family=王&_elements=gender&_count=2", headers=form).json()
+        assert {tuple(sorted(e["resource"])) for e in shaped["entry"]} == {("gender", "id", "meta", "resourceType")}
+        summary = api.post("/Patient/_search", content="family=王&_summary=true&_count=2", headers=form).json()
+        assert all("SUBSETTED" in str(e["resource"]["meta"]) for e in summary["entry"]), summary["entry"][0]
+        bad = api.post("/Patient/_search", content="family=王&_summary=nonsense", headers=form)
+        assert bad.status_code == 400 and "_summary" in bad.json()["issue"][0]["diagnostics"]
 
 
 def test_compartment_search_and_everything(search_hub: Hub, stored: dict[str, list[dict[str, Any]]]) -> None:

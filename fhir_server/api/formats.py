@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import orjson
@@ -46,8 +47,10 @@ def _media(value: str) -> str:
     return value.split(";", 1)[0].strip().lower()
 
 
-def rendering_of(request: Request) -> Rendering:
-    q = request.query_params
+def rendering_of(request: Request, params: list[tuple[str, str]] | None = None) -> Rendering:
+    """The rendering asked for by the query, or by ``params`` (a ``POST _search`` form's and the query's: FHIR R4
+    search.html, the result parameters may come in the body)."""
+    q: Mapping[str, str] = request.query_params if params is None else dict(params)
     fmt_param = q.get("_format")
     fmt: Format
     if fmt_param is not None:

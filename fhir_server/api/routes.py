@@ -266,7 +266,7 @@ def _strict(request: Request) -> bool:
 def _searchset(request: Request, path: str, params: list[tuple[str, str]], page: SearchPage,
                ignored: list[str], *, summary_count: bool = False) -> Response:
     settings = settings_of(request)
-    rendering = rendering_of(request)
+    rendering = rendering_of(request, params)
     # plain JSON: each stored resource goes into the Bundle as its stored bytes, neither parsed nor re-serialised
     resource_of: Callable[[Version], Any] = (
         (lambda v: orjson.Fragment(v.body or b"{}")) if rendering.plain
