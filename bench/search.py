@@ -99,8 +99,9 @@ async def main(patients: int, seconds: float, clients: int, store_dir: Path | No
             zone = Settings().zone
 
             async def raw(rtype: str, low: str, high: str, limit: int = 51,
-                          containing: tuple[str, ...] = ()) -> list[Any]:
-                keys = await store.scan_index(rtype, low, high, after=None, limit=limit, containing=containing)
+                          containing: tuple[str, ...] = (), backward: bool = False) -> list[Any]:
+                keys = await store.scan_index(rtype, low, high, after=None, limit=limit, containing=containing,
+                                              backward=backward)
                 rids = sorted({split_index_key(k)[1] for k in keys})
                 return list((await store.current_many(rtype, rids)).values())
 
@@ -209,6 +210,12 @@ async def main(patients: int, seconds: float, clients: int, store_dir: Path | No
             async def page_raw(rng: random.Random) -> bool:
                 return bool(await raw("ServiceRequest", *exact("status", token_enc(None, "active")), limit=21))
 
+            # a worklist: every active order, latest first; read in the order of the authored entries
+            worklist = await page_urls("/ServiceRequest?status=active&_sort=-authored&_count=20")
+
+            async def worklist_raw(rng: random.Random) -> bool:  # the latest 21 authored entries and their orders
+                return bool(await raw("ServiceRequest", "authored|L", "authored|M", limit=21, backward=True))
+
             # the hub gives the versions of a store loaded by an older hub their history keys (another process)
             while not await store.history_keys_complete():  # noqa: ASYNC110
                 await asyncio.sleep(1)
@@ -230,6 +237,8 @@ async def main(patients: int, seconds: float, clients: int, store_dir: Path | No
                 ("_has: Patient?_has:ServiceRequest:subject:authored", has, has_raw),
                 ("ServiceRequest?code:text=<word> page 1 (_count=20)", sr_text, sr_text_raw),
                 ("Patient?_content=<family name> page 1 (_count=20)", content, content_raw),
+                ("ServiceRequest?status=active&_sort=-authored page 1", worklist[1], worklist_raw),
+                ("ServiceRequest?status=active&_sort=-authored page 50", worklist[50], worklist_raw),
                 ("ServiceRequest?status=active page 1 (_count=20)", pages[1], page_raw),
                 ("ServiceRequest?status=active page 50 (_count=20)", pages[50], page_raw),
                 ("Patient/_history page 1 (_count=20)", history_pages[1], history_raw),
@@ -247,6 +256,7 @@ async def main(patients: int, seconds: float, clients: int, store_dir: Path | No
                       f"   store: {store_time.pct(50):5.1f}ms {store_time.pct(95):5.1f}ms", flush=True)
             first, fiftieth = results[rows[-4][0]], results[rows[-3][0]]
             print(f"page 50 / page 1 at p50: {fiftieth.pct(50) / first.pct(50):.2f}x (search), "
+                  f"{results[rows[-5][0]].pct(50) / results[rows[-6][0]].pct(50):.2f}x (sorted), "
                   f"{results[rows[-1][0]].pct(50) / results[rows[-2][0]].pct(50):.2f}x (history); "
                   f"hub RSS {hub_rss(hub.pid):.0f} MB")
             await substring_scans(http, hub.base, store)

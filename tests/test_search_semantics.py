@@ -7,6 +7,7 @@ examples of the types below and a generated union data set (Chinese names, MRNs,
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import random
@@ -389,11 +390,11 @@ def stored(search_hub: Hub) -> dict[str, list[dict[str, Any]]]:
 
 
 def search_all(api: httpx.Client, base: str, rtype: str, params: list[tuple[str, str]], *,
-               typed: bool = False) -> list[str]:
-    """Ids of every match (``typed``: as ``Type/id``), following next links to the end. ``rtype`` is the path
-    searched: a type, ``""`` (the system) or ``Patient/[id]/*``."""
+               typed: bool = False, count: int = 100) -> list[str]:
+    """Ids of every match (``typed``: as ``Type/id``), following next links to the end, ``count`` a page. ``rtype``
+    is the path searched: a type, ``""`` (the system) or ``Patient/[id]/*``."""
     ids: list[str] = []
-    answer = api.get(f"/{rtype}", params=[*params, ("_count", "100")])
+    answer = api.get(f"/{rtype}", params=[*params, ("_count", str(count))])
     while True:
         assert answer.status_code == 200, (params, answer.text)
         page = answer.json()
@@ -932,6 +933,11 @@ def test_bad_search_input_is_a_clear_error(search_hub: Hub) -> None:
             assert answer.status_code == 400, (params, answer.text)
             issue = answer.json()["issue"][0]
             assert issue["diagnostics"] and issue.get("expression", [where])[0] == where, issue
+        for walk in (["k", "Patient|birthdate|Lzz|p1|1"], ["k", "Patient|gender|6d616c65.|p1|1"], ["t", 5], ["x", "a"],
+                     ["k", "Patient|birthdate|H8000000000000000.8000000000000000|p1|1"], "k"):
+            cursor = base64.urlsafe_b64encode(json.dumps({"w": walk}).encode()).decode().rstrip("=")
+            answer = api.get("/Patient", params={"_sort": "birthdate", "_cursor": cursor})  # made up, or another's
+            assert answer.status_code == 400 and "cursor" in answer.json()["issue"][0]["diagnostics"], answer.text
 
 
 def test_paging_to_the_end_while_writes_continue(api: httpx.Client, hub: Hub) -> None:
@@ -997,8 +1003,10 @@ def _sort_key(resource: dict[str, Any], code: str, kind: str, descending: bool, 
 
 def test_every_parameter_sorts_the_official_examples(search_hub: Hub, stored: dict[str, list[dict[str, Any]]]) -> None:
     """``_sort`` by each parameter of each type, both ways, over the official examples and the generated data,
-    paged to the end, must give the evaluator's order (ties by id; resources without a value last), even with
-    odd data such as an element present without a sortable value."""
+    paged to the end 7 at a time, must give the evaluator's order (resources without a value last), even with
+    odd data such as an element present without a sortable value. Without another parameter, a sort by a date,
+    number, quantity or token is read in index order (index_order.py), which orders equal values by their
+    entries: the values must come in the evaluator's order, each resource once."""
     failures: list[str] = []
     base = search_hub.base
     checked = 0
@@ -1020,19 +1028,96 @@ def test_every_parameter_sorts_the_official_examples(search_hub: Hub, stored: di
                             return (1 if a[0] > b[0] else -1) * (-1 if descending else 1)
                         return (a[1] > b[1]) - (a[1] < b[1])
                     expected = [rid for _, rid in sorted(keyed, key=functools.cmp_to_key(order))]
+                    value_of = {rid: value for value, rid in keyed}
                     try:
-                        got = search_all(api, base, rtype, [("_sort", sort), ("_elements", "id")])
+                        got = search_all(api, base, rtype, [("_sort", sort), ("_elements", "id")], count=7)
                     except AssertionError as exc:
                         failures.append(f"{rtype}?_sort={sort}: {str(exc)[:200]}")
                         continue
                     checked += 1
-                    if got != expected:
+                    if sorted(got) != sorted(expected) or \
+                            [value_of[r] for r in got] != [value_of[r] for r in expected]:
                         at = next((i for i, (x, y) in enumerate(zip(got, expected, strict=False)) if x != y),
                                   min(len(got), len(expected)))
                         failures.append(f"{rtype}?_sort={sort}: from position {at} got {got[at:at + 3]}, "
                                         f"expected {expected[at:at + 3]} ({len(got)} of {len(expected)})")
     assert not failures, f"{len(failures)} of {checked} sorts differ:\n" + "\n".join(failures[:40])
     assert checked > 700, checked
+
+
+def test_a_large_sort_by_date_holds_every_precision_in_order_across_pages(api: httpx.Client, hub: Hub) -> None:
+    """A sort no clause narrows is read in index order: descending dates by their end, short ones read by their
+    start and held until none still unread can end later. Dates of every precision around one day (a day ends
+    after the same day's times, a month and a period span it), ties and resources without a date must come in
+    the evaluator's order on pages of 3, both ways, and the previous links must give back the same pages."""
+    tag = uuid.uuid4().hex[:8]
+    rng = random.Random(7)
+    dated: list[Any] = ["2031-05-01", "2031-05-01T10:00:00+08:00", "2031-05-01T23:30:00+08:00", "2031-05", "2031",
+                        {"start": "2031-04-30", "end": "2031-05-02"}, "2031-05-01T10:00:00+08:00",
+                        {"start": "2031-05-01T09:00:00+08:00", "end": "2031-05-01T11:00:00+08:00"},
+                        "2031-05-01T10:00:00.123+08:00", "2031-05-02", "2031-04-30T23:59:59+08:00",
+                        "2030-12-31T20:00:00-08:00", {"start": "2031-05-01T22:00:00+08:00"}, None, None]
+    for _ in range(25):
+        moment = datetime(2031, 4, 29, tzinfo=ZONE) + timedelta(seconds=rng.randrange(5 * 86400))
+        dated.append(rng.choice([moment.date().isoformat(), moment.isoformat(timespec="seconds"),
+                                 moment.isoformat(timespec="milliseconds"), moment.isoformat()[:7]]))
+    mine: dict[str, dict[str, Any]] = {}
+    for i, when in enumerate(dated):
+        body: dict[str, Any] = {"resourceType": "Observation", "status": "final",
+                                "code": {"coding": [{"system": f"urn:sort-test:{tag}", "code": str(i)}]}}
+        if isinstance(when, dict):
+            body["effectivePeriod"] = when
+        elif when is not None:
+            body["effectiveDateTime"] = when
+        created = api.post("/Observation", json=body)
+        assert created.status_code == 201, created.text
+        mine[created.json()["id"]] = created.json()
+
+    def link(page: dict[str, Any], relation: str) -> str | None:
+        return next((x["url"].replace(hub.base, "") for x in page["link"] if x["relation"] == relation), None)
+
+    for descending in (True, False):
+        # code:not drives no scan, so the walk covers every Observation of the store: ours are checked in it
+        url: str | None = f"/Observation?_sort={'-' if descending else ''}date&code:not=urn:none|x&_count=3"
+        pages: list[list[str]] = []
+        page: dict[str, Any] = {}
+        while url:
+            answer = api.get(url)
+            assert answer.status_code == 200, answer.text
+            page = answer.json()
+            pages.append([e["resource"]["id"] for e in page.get("entry", [])])
+            url = link(page, "next")
+        got = [rid for ids in pages for rid in ids if rid in mine]
+        assert sorted(got) == sorted(mine) and len(got) == len(mine)
+        keyed = {rid: _sort_key(r, "date", "date", descending, hub.base) for rid, r in mine.items()}
+        dated_ones = [keyed[rid] for rid in got if keyed[rid] is not None]
+        assert dated_ones == sorted(dated_ones, reverse=descending), (descending, dated_ones)
+        assert all(keyed[rid] is None for rid in got[len(dated_ones):]), "a resource without a date came before"
+        back = [pages[-1]]
+        url = link(page, "previous")
+        while url:
+            page = api.get(url).json()
+            back.append([e["resource"]["id"] for e in page.get("entry", [])])
+            url = link(page, "previous")
+        assert back[::-1] == pages
+
+    # several values: a resource sorts by its lowest ascending, its highest descending, and comes once
+    coded: dict[str, list[str]] = {}
+    for codes in (["m"], ["a", "z"], ["k", "b"], ["n", "c"], ["y"], ["d"], ["x", "e", "l"]):
+        body = {"resourceType": "Observation", "status": "final", "code": {"text": tag},
+                "category": [{"coding": [{"system": f"urn:sort-test:{tag}", "code": f"{tag}{c}"}]} for c in codes]}
+        created = api.post("/Observation", json=body)
+        assert created.status_code == 201, created.text
+        coded[created.json()["id"]] = codes
+    for descending in (False, True):
+        url = f"/Observation?_sort={'-' if descending else ''}category&code:not=urn:none|x&_count=4"
+        got = []
+        while url:
+            page = api.get(url).json()
+            got += [e["resource"]["id"] for e in page.get("entry", []) if e["resource"]["id"] in coded]
+            url = link(page, "next")
+        expected = sorted(coded, key=lambda rid: max(coded[rid]) if descending else min(coded[rid]), reverse=descending)
+        assert got == expected, descending
 
 
 def test_elements_present_without_a_searchable_value_break_no_search(api: httpx.Client) -> None:
@@ -1171,7 +1256,11 @@ def test_previous_links_walk_back_over_the_same_pages(search_hub: Hub, stored: d
                       "/Patient?identifier=urn:oid:2.16.156.10011.1.1|&_sort=-birthdate,_id&_count=6",  # sorted
                       "/Patient/p0000007/$everything?_count=2",  # several types in turn
                       "?_type=Organization,Patient&identifier=H01,H02,H03,MRN00000001,MRN00000002&_count=2",
-                      "?_type=Organization,Patient&_count=25"):
+                      "?_type=Organization,Patient&_count=25",
+                      # read in index order (index_order.py): no clause drives a scan
+                      "/Patient?_sort=-birthdate&_count=7", "/Observation?_sort=date&_count=5",
+                      "/Patient?_sort=gender&_count=9", "/Patient?_sort=-_lastUpdated&_count=11",
+                      "/Patient?_sort=-_id&_count=8", "/Patient?_sort=birthdate&gender:not=male&_count=6"):
             pages: list[list[str]] = []
             url: str | None = start
             page: dict[str, Any] = {}

@@ -4,8 +4,9 @@ A page is read by one *driver* (the most selective clause that can be scanned, o
 id order) from its position in the ``search_index``; each candidate is re-checked against the current
 version's entries, so orphans and stale entries never match. A resource with several entries in the driver's
 ranges is emitted at its smallest one only. The cursor of the next page is the last key read: pages cost the
-same at any depth and do not shift while writes happen. ``_sort`` collects the matches (up to
-``search_sort_max``) and pages through them with a keyset cursor.
+same at any depth and do not shift while writes happen. ``_sort`` by one parameter over many matches walks that
+parameter's entries in value order (index_order.py); other sorts collect the matches (up to ``search_sort_max``)
+and page through them with a keyset cursor.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ import functools
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
 from fhir_server.errors import BadRequest, Issue
 from fhir_server.search.entries import reference_type
+from fhir_server.search.index_order import IndexOrder, index_order
 from fhir_server.search.keys import PRESENT, decode_hex, decode_number, hexs, split_date
 from fhir_server.search.query import TOP, Clause, KeySet, SearchQuery, Span, exact_entry
 from fhir_server.search.registry import indexed_as, parameters_for
@@ -30,6 +32,8 @@ from fhir_server.storage import ResourceStore, Version
 from fhir_server.storage.versions import index_key, split_index_key, split_item
 
 __all__ = ["SearchEngine", "SearchPage", "TooManyMatches", "compartment_clause", "entries_of_version"]
+
+_T = TypeVar("_T")
 
 
 class TooManyMatches(BadRequest):
@@ -115,6 +119,9 @@ def _merge(out: SearchPage, page: SearchPage) -> None:
 
 
 _PROBE_LIMITS = (8, 64, 256)
+# a sorted search whose most selective clause has at most this many keys reads and sorts its matches for each page;
+# with more, one sort parameter whose entries sort by value is read in their order (index_order.py)
+_SORT_IN_MEMORY = 1000
 
 
 class _Selectivity:
@@ -442,13 +449,8 @@ class SearchEngine:
                     and (len(state) == 2 or state[2] == "prev")):
                 raise BadRequest("The page cursor does not belong to this search; start again from the first page")
             driver, position, backward = state[0], state[1], len(state) == 3
-        items: list[tuple[str, Version]] = []
-        async with aclosing(self._walk(rtype, clauses, driver, start=position, backward=backward, known=known,
-                                       batch=min(max(want + 1, 20), 1000))) as walk:
-            async for item in walk:
-                items.append(item)
-                if len(items) > want:
-                    break
+        items = await _first(self._walk(rtype, clauses, driver, start=position, backward=backward, known=known,
+                                        batch=min(max(want + 1, 20), 1000)), want + 1)
         more = len(items) > want
         items = items[:want]
         if backward:
@@ -549,8 +551,21 @@ class SearchEngine:
     async def _sorted_page(self, queries: list[SearchQuery], *, count: int, cursor: str | None,
                            from_end: bool = False, clauses: list[list[Clause]] | None = None) -> SearchPage:
         """``_sort``: every match of the searches (up to ``search_sort_max`` in all), in one order, paged by a
-        keyset cursor (the sort values and ``Type/id`` of the last match). ``clauses``: resolved already."""
+        keyset cursor (the sort values and ``Type/id`` of the last match). ``clauses``: resolved already.
+
+        One search sorted by one parameter whose entries sort by value (index_order.py), with more than
+        ``_SORT_IN_MEMORY`` matches (its most selective clause has more keys), is read in the order of those
+        entries instead: pages cost the same at any depth, and any number of matches can be sorted."""
         query = queries[0]  # the searches share _sort
+        if len(queries) == 1 and len(query.sort) == 1 and not from_end:
+            by_index = index_order(query.rtype, *query.sort[0])
+            mark = _decode_cursor(cursor) if cursor else None
+            walked = isinstance(mark, dict) and "w" in mark
+            if by_index is not None and (walked or mark is None):
+                resolved = clauses[0] if clauses is not None else await self._resolve(query)
+                clauses = [resolved]
+                if walked or await self._many(query.rtype, resolved):
+                    return await self._ordered_page(by_index, resolved, count=count, mark=mark)
         cap = self.settings.search_sort_max
         keyed: list[tuple[list[Any], Version]] = []
         for i, q in enumerate(queries):
@@ -579,6 +594,88 @@ class SearchEngine:
         nxt = _encode_cursor(chunk[-1][0]) if chunk and start + len(chunk) < len(keyed) else None
         previous = _encode_cursor({"b": chunk[0][0]}) if chunk and start > 0 else None
         return SearchPage([v for _, v in chunk], nxt, total=len(keyed), previous_cursor=previous)
+
+    async def _many(self, rtype: str, clauses: list[Clause]) -> bool:
+        """Whether a search may match more than ``_SORT_IN_MEMORY`` resources: no clause drives a scan, or the
+        most selective has more keys than that (the probes of ``_choose_driver``, up to that many keys)."""
+        candidates = [i for i, c in enumerate(clauses) if c.drives]
+        if not candidates:
+            return True
+        _, _, complete = await self._probe_for_driver(rtype, clauses, candidates, (_PROBE_LIMITS[0], _SORT_IN_MEMORY))
+        return not complete
+
+    async def _ordered_page(self, order: IndexOrder, clauses: list[Clause], *, count: int,
+                            mark: dict[str, Any] | None) -> SearchPage:
+        """A page of a search in index order from the cursor ``mark``: ``{"w": [phase, position]}``, after that
+        position, or with ``"p"``, the page that ends before it. Phase ``k``: the walk of the parameter's pairs,
+        the position a key; ``t``: the resources without a sortable value (or every resource, for ``_id``), the
+        position an id."""
+        phase, position, back = "k", None, False
+        if mark is not None:
+            walk = mark.get("w")
+            if not (isinstance(walk, list) and len(walk) == 2 and walk[0] in ("k", "t") and isinstance(walk[1], str)
+                    and (walk[0] == "t" or order.holds(walk[1]))):
+                raise BadRequest("The page cursor does not belong to this search; start again from the first page")
+            phase, position, back = walk[0], walk[1], bool(mark.get("p"))
+        items = await _first(self._in_order(order, clauses, phase, position, back=back,
+                                            batch=min(max(count + 1, 20), 1000)), count + 1)
+        more = len(items) > count
+        items = items[:count]
+        if back:
+            items.reverse()
+        first = {"w": list(items[0][:2]), "p": 1} if items else None
+        last = {"w": list(items[-1][:2])} if items else None
+        nxt = last if (more or back) else None
+        previous = first if (more if back else mark is not None) else None
+        return SearchPage([v for _, _, v in items], None if nxt is None else _encode_cursor(nxt),
+                          total=len(items) if mark is None and nxt is None else None,  # all on the first page
+                          previous_cursor=None if previous is None else _encode_cursor(previous))
+
+    async def _in_order(self, order: IndexOrder, clauses: list[Clause], phase: str, position: str | None, *,
+                        back: bool, batch: int) -> AsyncGenerator[tuple[str, str, Version], None]:
+        """The matches in index order (``back``: reversed) from ``position`` of ``phase`` on, with their phase and
+        position: the pairs' walk, then the resources without a sortable value by id (reversed: the other way)."""
+        rtype = order.rtype
+        if order.kind == "id":
+            async for rid, version in self._walk_type(rtype, clauses, start=position, backward=order.descending != back,
+                                                      batch=batch):
+                yield "t", rid, version
+            return
+        tail = not order.instants  # every resource has a _lastUpdated: no need to look for those without
+        if phase == "t" and back and tail:
+            async for rid, version in self._walk_type(rtype, clauses, start=position, backward=True, batch=batch):
+                if order.canonical(version) is None:
+                    yield "t", rid, version
+            phase, position = "k", None
+        if phase == "k":
+            chunk: list[tuple[Any, str]] = []
+            size = batch
+            async with aclosing(order.walk(self.store, after=position, rising=order.descending == back,
+                                           batch=batch)) as pairs:
+                done = False
+                while not done:
+                    chunk.clear()
+                    async for pair in pairs:
+                        chunk.append(pair)
+                        if len(chunk) >= size:
+                            break
+                    else:
+                        done = True
+                    size = min(size * 2, 1000)
+                    keyed = [(key, split_index_key(key)[1]) for _, key in chunk]
+                    versions = await self.store.current_many(rtype, sorted({rid for _, rid in keyed}))
+                    for key, rid in keyed:
+                        found = versions.get(rid)
+                        if found is not None and order.canonical(found) == key and _passes(clauses, found):
+                            yield "k", key, found
+            if back:
+                return
+            position = None
+        if not tail:
+            return
+        async for rid, version in self._walk_type(rtype, clauses, start=position, backward=False, batch=batch):
+            if order.canonical(version) is None:
+                yield "t", rid, version
 
     # ---- _include and _revinclude -------------------------------------------------------------------------
 
@@ -636,6 +733,17 @@ class SearchEngine:
         wanted = {f"{inc.param}|{hexs(t.key)}|" for t in targets}
         return [v for v in found.values()
                 if v.body is not None and any(e in wanted for e in entries_of_version(v))]
+
+
+async def _first(found: AsyncGenerator[_T, None], n: int) -> list[_T]:
+    """The first ``n`` items of ``found`` (closed after: a walk stops reading the store)."""
+    out: list[_T] = []
+    async with aclosing(found):
+        async for item in found:
+            out.append(item)
+            if len(out) >= n:
+                break
+    return out
 
 
 def _references(version: Version, param: str) -> list[str]:

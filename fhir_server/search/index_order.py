@@ -1,0 +1,235 @@
+"""``_sort`` by one parameter read in the order of its index entries.
+
+A sorted search over many matches is then paged like an unsorted one: a page reads the parameter's entries from
+its cursor on and the resources they name, at any depth and however many resources match, instead of every
+match being read and sorted for each page (engine.py keeps that for a few matches and for several sort keys).
+
+The entries of the kinds served here sort by value in the store (search/keys.py): numbers (``n(value)``),
+quantities (``N n(value)``), tokens (``hex(code).hex(system)``: the ``.`` after the code sorts below every hex
+digit, so a code sorts before its extensions) and dates by their low bound (``L n(low).n(high)``). FHIR R4
+search.html#sort orders a resource by its lowest value ascending and its highest descending, a date by its start
+ascending and its end descending, so a resource is emitted at one entry, its first in the order of the walk's
+*pairs* (value, key); its other entries are passed over (``canonical``). A descending date is ordered by its
+high bound: a date spanning a day or more has an entry in that order (``H n(high).n(low)``); a shorter one is read
+by its low bound and held until no entry still to be read can end later (it ends less than a day after it
+starts). ``_lastUpdated`` holds instants (low = high: the hub writes them to the millisecond, search/entries.py
+gives a fractional second no span), read by their low bound both ways.
+
+Resources with the same value come in the order of their entries' keys (for one code or instant, by id), which
+FHIR leaves open. Resources without a sortable value come last in either order, by id (``_id`` itself is the
+order of the resources' own keys).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from typing import Any
+
+from fhir_server.search.keys import LONG_SPAN, PRESENT, decode_hex, decode_number, sortable_int, split_date
+from fhir_server.search.registry import indexed_as, parameters_for
+from fhir_server.storage import ResourceStore, Version
+from fhir_server.storage.versions import index_key, split_item
+
+__all__ = ["IndexOrder", "index_order"]
+
+_KINDS = ("date", "number", "quantity", "token")
+Pair = tuple[Any, str]  # (sort value, index key)
+
+
+def index_order(rtype: str, code: str, descending: bool) -> IndexOrder | None:
+    """The index order of ``_sort=code`` (``-code``: descending) on ``rtype``, or None when its entries do not sort
+    by value (strings, references and uris: a value sorts after its extensions there)."""
+    if code == "_id":
+        return IndexOrder(rtype, "_id", "id", descending)
+    params = parameters_for(rtype)
+    if code not in params:
+        return None
+    base, only = indexed_as(rtype, code)
+    kind = params[base].type
+    if only is not None or kind not in _KINDS:
+        return None
+    return IndexOrder(rtype, base, kind, descending, instants=base == "_lastUpdated")
+
+
+@dataclass(frozen=True, slots=True)
+class IndexOrder:
+    rtype: str
+    param: str
+    kind: str  # date | number | quantity | token | id
+    descending: bool
+    instants: bool = False  # _lastUpdated: one instant per resource, which every resource has
+
+    @property
+    def windowed(self) -> bool:
+        """Whether the walk orders dates by their high bound (short ones read by their low bound, held a day)."""
+        return self.kind == "date" and self.descending and not self.instants
+
+    def value(self, enc: str) -> Any | None:
+        """The sort value of the entry ``param|enc|``, None when it does not stand for its resource in this order
+        (no sortable value; a long date's ``L`` entry when its ``H`` entry does; an ``H`` entry ascending)."""
+        if enc == PRESENT:
+            return None
+        if self.kind == "date":
+            if enc[0] == "H":
+                return split_date(enc)[1] if self.windowed else None
+            low, high = split_date(enc)
+            if not self.windowed:
+                return high if self.descending else low  # instants: high = low
+            return high if high - low < LONG_SPAN else None
+        if self.kind == "number":
+            return decode_number(enc)
+        if self.kind == "quantity":
+            return decode_number(enc[1:]) if enc[0] == "N" else None
+        return decode_hex(enc.split(".", 1)[0])  # token: its code
+
+    def holds(self, key: str) -> bool:
+        """Whether ``key`` is a key of this order's parameter that stands for a resource (a cursor's position)."""
+        if not key.startswith(f"{self.rtype}|{self.param}|") or key.count("|") < 4:
+            return False
+        try:
+            return self._pair(key) is not None
+        except (ValueError, IndexError):  # not an encoding of this kind: a cursor made up or of another search
+            return False
+
+    def _pair(self, key: str) -> Pair | None:
+        entry_end = key.rindex("|", 0, key.rindex("|"))  # Type|param|enc|rid|vid: the | before rid
+        enc = key[len(self.rtype) + len(self.param) + 2:entry_end]
+        value = self.value(enc)
+        return None if value is None else (value, key)
+
+    def canonical(self, version: Version) -> str | None:
+        """The key of the version's entry that stands for it in this order (its first: the lowest pair ascending,
+        the highest descending), or None when it has no sortable value."""
+        prefix = f"{self.param}|"
+        pairs = []
+        for item in version.index:
+            if item.startswith(prefix):
+                value = self.value(split_item(item)[0][len(prefix):-1])
+                if value is not None:
+                    pairs.append((value, index_key(self.rtype, version.rid, item)))
+        if not pairs:
+            return None
+        return (max(pairs) if self.descending else min(pairs))[1]
+
+    def _range(self, first: str) -> tuple[str, str]:
+        """The entries whose encodings start at ``first`` (a letter) or, with "", every entry with a value."""
+        if not first:
+            return f"{self.param}|", f"{self.param}|~"
+        return f"{self.param}|{first}", f"{self.param}|{chr(ord(first) + 1)}"
+
+    async def walk(self, store: ResourceStore, *, after: str | None, rising: bool,
+                   batch: int) -> AsyncGenerator[Pair, None]:
+        """The pairs after the key ``after`` (None: from the start), values rising or falling (the sort's order,
+        or its reverse for a previous page); ``batch``: keys read by the first scan, doubling after."""
+        if self.windowed:
+            async for pair in self._windowed(store, after=after, rising=rising, batch=batch):
+                yield pair
+            return
+        low, high = self._range({"date": "L", "quantity": "N"}.get(self.kind, ""))
+        position = after
+        while True:
+            keys = await store.scan_index(self.rtype, low, high, after=position, limit=batch, backward=not rising)
+            for key in keys:
+                found = self._pair(key)
+                if found is not None:
+                    yield found
+            if len(keys) < batch:
+                return
+            position = keys[-1]
+            batch = min(batch * 2, 1000)
+
+    async def _windowed(self, store: ResourceStore, *, after: str | None, rising: bool,
+                        batch: int) -> AsyncGenerator[Pair, None]:
+        """Descending dates: pairs ordered by (high bound, key), merged from the ``H`` entries (in that order in
+        the store) and the short dates' ``L`` entries (in the order of their low bounds: a pair is released once
+        every ``L`` entry still unread has a low bound that puts its high bound on the far side)."""
+        mark = self._pair(after) if after is not None else None
+
+        def beyond(pair: Pair) -> bool:  # strictly after the cursor in the walk's order
+            return mark is None or (pair > mark if rising else pair < mark)
+
+        h_low, h_high = self._range("H")
+        l_low, l_high = self._range("L")
+        if mark is not None:  # only entries that can lie beyond the cursor: H by its high bound, L by its low
+            if rising:
+                h_low = f"{self.param}|H{sortable_int(mark[0])}"
+                l_low = f"{self.param}|L{sortable_int(mark[0] - LONG_SPAN + 1)}"
+            else:
+                h_high = f"{self.param}|H{sortable_int(mark[0] + 1)}"
+                l_high = f"{self.param}|L{sortable_int(mark[0] + 1)}"
+        ends = _Keys(store, self.rtype, h_low, h_high, rising, batch)
+        starts = _Keys(store, self.rtype, l_low, l_high, rising, batch)
+        held: list[Pair] = []  # short dates read, sorted by pair
+        low_read: int | None = None  # the low bound of the last L entry read
+        while True:
+            ahead = await ends.peek()
+            candidate = ahead
+            if held:
+                nearest = held[0] if rising else held[-1]
+                if candidate is None or (nearest < candidate if rising else nearest > candidate):
+                    candidate = nearest
+            # an unread L entry starts at or past low_read (rising: at or before, falling), so its high bound is
+            # at least low_read (rising) or below low_read + LONG_SPAN (falling)
+            safe = starts.done or (candidate is not None and low_read is not None and (
+                candidate[0] < low_read if rising else candidate[0] >= low_read + LONG_SPAN))
+            if candidate is not None and safe:
+                if candidate is ahead:  # an H entry: its pair is (high bound, key)
+                    await ends.take()
+                else:
+                    held.pop(0 if rising else -1)
+                if beyond(candidate):
+                    yield candidate
+                continue
+            if starts.done:
+                return
+            key = await starts.take()
+            if key is None:
+                continue
+            low_read = split_date(key[len(self.rtype) + len(self.param) + 2:])[0]
+            short = self._pair(key)
+            if short is not None and beyond(short):
+                bisect.insort(held, short)
+
+
+class _Keys:
+    """The keys of one range of the index, read in batches (doubling up to 1,000) in one direction."""
+
+    def __init__(self, store: ResourceStore, rtype: str, low: str, high: str, rising: bool, batch: int) -> None:
+        self.store, self.rtype, self.low, self.high, self.rising, self.batch = store, rtype, low, high, rising, batch
+        self.keys: list[str] = []
+        self.at = 0
+        self.position: str | None = None
+        self.exhausted = False  # nothing more in the store
+
+    @property
+    def done(self) -> bool:
+        return self.exhausted and self.at >= len(self.keys)
+
+    async def _fill(self) -> None:
+        if self.at < len(self.keys) or self.exhausted:
+            return
+        self.keys = await self.store.scan_index(self.rtype, self.low, self.high, after=self.position,
+                                                limit=self.batch, backward=not self.rising)
+        self.at = 0
+        self.exhausted = len(self.keys) < self.batch
+        if self.keys:
+            self.position = self.keys[-1]
+        self.batch = min(self.batch * 2, 1000)
+
+    async def peek(self) -> Pair | None:
+        """The next key as a pair of (its high bound, key), or None when there is none (an ``H`` range)."""
+        await self._fill()
+        if self.at >= len(self.keys):
+            return None
+        key = self.keys[self.at]
+        enc = key.split("|", 2)[2]
+        return split_date(enc)[1], key
+
+    async def take(self) -> str | None:
+        await self._fill()
+        if self.at >= len(self.keys):
+            return None
+        self.at += 1
+        return self.keys[self.at - 1]
