@@ -10,10 +10,10 @@ digit, so a code sorts before its extensions) and dates by their low bound (``L 
 search.html#sort orders a resource by its lowest value ascending and its highest descending, a date by its start
 ascending and its end descending, so a resource is emitted at one entry, its first in the order of the walk's
 *pairs* (value, key); its other entries are passed over (``canonical``). A descending date is ordered by its
-high bound: a date spanning a day or more has an entry in that order (``H n(high).n(low)``); a shorter one is read
-by its low bound and held until no entry still to be read can end later (it ends less than a day after it
-starts). ``_lastUpdated`` holds instants (low = high: the hub writes them to the millisecond, search/entries.py
-gives a fractional second no span), read by their low bound both ways.
+high bound: a date spanning a second or more (``LONG_SPAN``) has an entry in that order (``H n(high).n(low)``); a
+shorter one is read by its low bound and held until no entry still to be read can end later (it ends less than a
+second after it starts). ``_lastUpdated`` holds instants (low = high: the hub writes them to the millisecond,
+search/entries.py gives a fractional second no span), read by their low bound both ways.
 
 Resources with the same value come in the order of their entries' keys (for one code or instant, by id), which
 FHIR leaves open. Resources without a sortable value come last in either order, by id (``_id`` itself is the
@@ -63,7 +63,7 @@ class IndexOrder:
 
     @property
     def windowed(self) -> bool:
-        """Whether the walk orders dates by their high bound (short ones read by their low bound, held a day)."""
+        """Whether the walk orders dates by their high bound (short ones read by their low bound, held a second)."""
         return self.kind == "date" and self.descending and not self.instants
 
     def value(self, enc: str) -> Any | None:

@@ -13,7 +13,7 @@ Encodings (``hex`` is the hex of the UTF-8 bytes, ``n`` a sortable 16-hex-digit 
   the code's text (and each tail of a word from a Chinese character on) under ``<code>:text``
 - reference: ``hex(Type/id)`` for resources on this server, ``hex(url)`` otherwise; the reference's
   identifier as a token of the parameter ``<code>:identifier``
-- date: ``L n(low).n(high)``, and ``H n(high).n(low)`` when the value spans a day or more (microseconds)
+- date: ``L n(low).n(high)``, and ``H n(high).n(low)`` when the value spans a second or more (microseconds)
 - number: ``n(value)``; quantity: ``N n(value)`` and ``C hex(code or unit).n(value).hex(system)``
 - uri: ``hex(uri)``
 - ``_text`` and ``_content``: ``hex(full text)`` (entries.full_text) when it has at most ``MAX_FULL_TEXT`` bytes,
@@ -62,9 +62,15 @@ __all__ = [
 
 # The index layout: raised whenever ``entry_keys`` gives resources already stored entries they lack. A hub whose
 # store was indexed under an older layout re-indexes it by itself, in the background (service/reindex.py).
-# 2: token ``:text`` entries; 3: ``_text`` and ``_content`` entries.
-INDEX_LAYOUT = 3
-LONG_SPAN = 86_400_000_000  # µs: dates spanning a day or more also get an entry ordered by their high bound
+# 2: token ``:text`` entries; 3: ``_text`` and ``_content`` entries; 4: ``H`` entries of dates spanning a second or more
+# (a day or more before).
+INDEX_LAYOUT = 4
+# µs: dates spanning this or more (a minute, an hour, a day... precision) also get an entry ordered by their high
+# bound; the others (seconds and finer, instants) are read by their low bound, less than this before their high one:
+# a search for dates ending after a moment (query.py) and a descending sort by dates (index_order.py) read this
+# much of the low bounds ahead. It was a day: a descending sort then held a day of entries (300 orders of the
+# benchmark's day, thousands a day in a hospital); day-precision values (birthDate) now get the second entry.
+LONG_SPAN = 1_000_000
 PRESENT = "~"  # the entry of a parameter that is present without a searchable value
 log = logging.getLogger("medunion.search")
 MAX_TEXT = 100  # characters of a string value that are indexed (longer values match on these)
@@ -145,7 +151,7 @@ def encode(parameter: SearchParameter, values: list[Any], base_url: str) -> list
         for low, high in values:
             lo, hi = sortable_int(low), sortable_int(high)
             out.append(f"L{lo}.{hi}")
-            if high - low >= LONG_SPAN:  # short values are found by their low bound (query.py widens by a day)
+            if high - low >= LONG_SPAN:  # short values are found by their low bound (query.py widens by LONG_SPAN)
                 out.append(f"H{hi}.{lo}")
         return out
     if kind == "number":

@@ -267,8 +267,8 @@ def _high(e: str) -> int:
 
 
 def _ends_after(p: str, b: int) -> list[KeyRange]:
-    """Dates whose high bound is after ``b``: long ones by their H entry, short ones (under a day, no H
-    entry, keys.py) by their low bound, which is then less than a day before ``b``."""
+    """Dates whose high bound is after ``b``: long ones by their H entry, short ones (under ``LONG_SPAN``, a
+    second, no H entry, keys.py) by their low bound, which is then less than that before ``b``."""
     return [KeyRange(f"{p}|H{sortable_int(b + 1)}", f"{p}|H{TOP}"),
             KeyRange(f"{p}|L{sortable_int(b + 1 - LONG_SPAN)}", f"{p}|L{TOP}", lambda e: _high(e) > b)]
 
