@@ -1120,6 +1120,48 @@ def test_a_large_sort_by_date_holds_every_precision_in_order_across_pages(api: h
         assert got == expected, descending
 
 
+def test_a_sort_that_reads_too_much_in_index_order_is_sorted_in_memory(store_uri: str, tmp_path: Any) -> None:
+    """Past ``search_sort_in_memory`` keys a sort walks its parameter's entries; when the first page reads more
+    than ``search_order_budget`` resources to fill (a filter selective beside the type), the search is sorted in
+    memory instead. Both plans give the evaluator's order, page after page; the cursor tells which ran."""
+    hub = start_hub(store_uri, tmp_path / "home", database=f"order_{uuid.uuid4().hex[:8]}",
+                    extra={"MEDUNION_SEARCH_SORT_IN_MEMORY": "5", "MEDUNION_SEARCH_ORDER_BUDGET": "40"})
+    try:
+        with hub.client() as api:
+            made: dict[str, tuple[str, str]] = {}
+            for i in range(90):  # the rare ones are the oldest: the descending walk meets them last
+                kind = "rare" if i < 8 else "common"
+                body = {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                        "category": [{"coding": [{"system": "urn:order-test", "code": kind}]}],
+                        "effectiveDateTime": (datetime(2030, 1, 1, tzinfo=ZONE) + timedelta(hours=i)).isoformat()}
+                created = api.post("/Observation", json=body)
+                assert created.status_code == 201, created.text
+                made[created.json()["id"]] = (kind, body["effectiveDateTime"])
+
+            def walk(kind: str) -> tuple[list[str], list[str]]:
+                url: str | None = f"/Observation?category=urn:order-test|{kind}&_sort=-date&_count=3"
+                ids: list[str] = []
+                plans: list[str] = []
+                while url:
+                    page = api.get(url).json()
+                    ids += [e["resource"]["id"] for e in page.get("entry", [])]
+                    url = next((x["url"].replace(hub.base, "") for x in page["link"] if x["relation"] == "next"), None)
+                    if url:
+                        cursor = url.split("_cursor=")[1].split("&")[0]
+                        mark = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+                        plans.append("index" if isinstance(mark, dict) and "w" in mark else "memory")
+                return ids, plans
+
+            for kind, plan in (("common", "index"), ("rare", "memory")):
+                ids, plans = walk(kind)
+                mine = [r for r, (k, _) in made.items() if k == kind]
+                expected = sorted(mine, key=lambda r: made[r][1], reverse=True)
+                assert ids == expected, kind
+                assert plans and set(plans) == {plan}, (kind, plans)
+    finally:
+        stop_hub(hub)
+
+
 def test_elements_present_without_a_searchable_value_break_no_search(api: httpx.Client) -> None:
     """A Reference with only a display, a CodeableConcept with only text, an Address with only a use: each is
     indexed as present without a value (for :missing). Includes, _has, _sort and :contains must pass over

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
@@ -38,6 +38,10 @@ _T = TypeVar("_T")
 
 class TooManyMatches(BadRequest):
     pass
+
+
+class _OverBudget(Exception):
+    """The first page of a search walked in index order read more resources than ``search_order_budget``."""
 
 
 def entries_of_version(version: Version) -> list[str]:
@@ -119,9 +123,6 @@ def _merge(out: SearchPage, page: SearchPage) -> None:
 
 
 _PROBE_LIMITS = (8, 64, 256)
-# a sorted search whose most selective clause has at most this many keys reads and sorts its matches for each page;
-# with more, one sort parameter whose entries sort by value is read in their order (index_order.py)
-_SORT_IN_MEMORY = 1000
 
 
 class _Selectivity:
@@ -471,9 +472,13 @@ class SearchEngine:
         return self._walk_keys(rtype, clauses, driver, start=start, backward=backward, known=known, batch=batch)
 
     async def _walk_type(self, rtype: str, clauses: list[Clause], *, start: str | None, backward: bool,
-                         batch: int) -> AsyncGenerator[tuple[str, Version], None]:
+                         batch: int, spend: Callable[[int], None] | None = None
+                         ) -> AsyncGenerator[tuple[str, Version], None]:
+        """The type's resources that pass ``clauses``, in id order; ``spend`` is told how many each read holds."""
         while True:
             versions = await self.store.scan_type(rtype, after=start, limit=batch, backward=backward)
+            if spend is not None:
+                spend(len(versions))
             for version in versions:
                 if _passes(clauses, version):
                     yield version.rid, version
@@ -554,8 +559,10 @@ class SearchEngine:
         keyset cursor (the sort values and ``Type/id`` of the last match). ``clauses``: resolved already.
 
         One search sorted by one parameter whose entries sort by value (index_order.py), with more than
-        ``_SORT_IN_MEMORY`` matches (its most selective clause has more keys), is read in the order of those
-        entries instead: pages cost the same at any depth, and any number of matches can be sorted."""
+        ``search_sort_in_memory`` matches (its most selective clause has more keys), is read in the order of those
+        entries instead: pages cost the same at any depth, and any number of matches can be sorted. When its first
+        page reads more than ``search_order_budget`` resources to fill (a filter selective beside the type's
+        size), it is sorted in memory after all."""
         query = queries[0]  # the searches share _sort
         if len(queries) == 1 and len(query.sort) == 1 and not from_end:
             by_index = index_order(query.rtype, *query.sort[0])
@@ -564,8 +571,14 @@ class SearchEngine:
             if by_index is not None and (walked or mark is None):
                 resolved = clauses[0] if clauses is not None else await self._resolve(query)
                 clauses = [resolved]
-                if walked or await self._many(query.rtype, resolved):
+                if walked:
                     return await self._ordered_page(by_index, resolved, count=count, mark=mark)
+                if await self._many(query.rtype, resolved):
+                    try:  # a first page that reads too many resources to fill is sorted in memory, as a few matches are
+                        return await self._ordered_page(by_index, resolved, count=count, mark=None,
+                                                        budget=self.settings.search_order_budget)
+                    except _OverBudget:
+                        pass
         cap = self.settings.search_sort_max
         keyed: list[tuple[list[Any], Version]] = []
         for i, q in enumerate(queries):
@@ -596,20 +609,22 @@ class SearchEngine:
         return SearchPage([v for _, v in chunk], nxt, total=len(keyed), previous_cursor=previous)
 
     async def _many(self, rtype: str, clauses: list[Clause]) -> bool:
-        """Whether a search may match more than ``_SORT_IN_MEMORY`` resources: no clause drives a scan, or the
-        most selective has more keys than that (the probes of ``_choose_driver``, up to that many keys)."""
+        """Whether a search may match more than ``search_sort_in_memory`` resources: no clause drives a scan, or
+        the most selective has more keys than that (the probes of ``_choose_driver``, up to that many keys)."""
         candidates = [i for i, c in enumerate(clauses) if c.drives]
         if not candidates:
             return True
-        _, _, complete = await self._probe_for_driver(rtype, clauses, candidates, (_PROBE_LIMITS[0], _SORT_IN_MEMORY))
+        bound = self.settings.search_sort_in_memory
+        limits = (_PROBE_LIMITS[0], bound) if bound > _PROBE_LIMITS[0] else (bound,)
+        _, _, complete = await self._probe_for_driver(rtype, clauses, candidates, limits)
         return not complete
 
     async def _ordered_page(self, order: IndexOrder, clauses: list[Clause], *, count: int,
-                            mark: dict[str, Any] | None) -> SearchPage:
+                            mark: dict[str, Any] | None, budget: int | None = None) -> SearchPage:
         """A page of a search in index order from the cursor ``mark``: ``{"w": [phase, position]}``, after that
         position, or with ``"p"``, the page that ends before it. Phase ``k``: the walk of the parameter's pairs,
         the position a key; ``t``: the resources without a sortable value (or every resource, for ``_id``), the
-        position an id."""
+        position an id. ``budget``: resources it may read (raises ``_OverBudget`` beyond)."""
         phase, position, back = "k", None, False
         if mark is not None:
             walk = mark.get("w")
@@ -618,7 +633,7 @@ class SearchEngine:
                 raise BadRequest("The page cursor does not belong to this search; start again from the first page")
             phase, position, back = walk[0], walk[1], bool(mark.get("p"))
         items = await _first(self._in_order(order, clauses, phase, position, back=back,
-                                            batch=min(max(count + 1, 20), 1000)), count + 1)
+                                            batch=min(max(count + 1, 20), 1000), budget=budget), count + 1)
         more = len(items) > count
         items = items[:count]
         if back:
@@ -632,18 +647,28 @@ class SearchEngine:
                           previous_cursor=None if previous is None else _encode_cursor(previous))
 
     async def _in_order(self, order: IndexOrder, clauses: list[Clause], phase: str, position: str | None, *,
-                        back: bool, batch: int) -> AsyncGenerator[tuple[str, str, Version], None]:
+                        back: bool, batch: int, budget: int | None = None
+                        ) -> AsyncGenerator[tuple[str, str, Version], None]:
         """The matches in index order (``back``: reversed) from ``position`` of ``phase`` on, with their phase and
-        position: the pairs' walk, then the resources without a sortable value by id (reversed: the other way)."""
+        position: the pairs' walk, then the resources without a sortable value by id (reversed: the other way).
+        ``budget``: resources it may read before it raises ``_OverBudget``."""
         rtype = order.rtype
+        read = 0
+
+        def spend(n: int) -> None:
+            nonlocal read
+            read += n
+            if budget is not None and read > budget:
+                raise _OverBudget
         if order.kind == "id":
             async for rid, version in self._walk_type(rtype, clauses, start=position, backward=order.descending != back,
-                                                      batch=batch):
+                                                      batch=batch, spend=spend):
                 yield "t", rid, version
             return
         tail = not order.instants  # every resource has a _lastUpdated: no need to look for those without
         if phase == "t" and back and tail:
-            async for rid, version in self._walk_type(rtype, clauses, start=position, backward=True, batch=batch):
+            async for rid, version in self._walk_type(rtype, clauses, start=position, backward=True, batch=batch,
+                                                      spend=spend):
                 if order.canonical(version) is None:
                     yield "t", rid, version
             phase, position = "k", None
@@ -663,6 +688,7 @@ class SearchEngine:
                         done = True
                     size = min(size * 2, 1000)
                     keyed = [(key, split_index_key(key)[1]) for _, key in chunk]
+                    spend(len(keyed))
                     versions = await self.store.current_many(rtype, sorted({rid for _, rid in keyed}))
                     for key, rid in keyed:
                         found = versions.get(rid)
@@ -673,7 +699,8 @@ class SearchEngine:
             position = None
         if not tail:
             return
-        async for rid, version in self._walk_type(rtype, clauses, start=position, backward=False, batch=batch):
+        async for rid, version in self._walk_type(rtype, clauses, start=position, backward=False, batch=batch,
+                                                  spend=spend):
             if order.canonical(version) is None:
                 yield "t", rid, version
 
