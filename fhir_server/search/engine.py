@@ -673,20 +673,9 @@ class SearchEngine:
                     yield "t", rid, version
             phase, position = "k", None
         if phase == "k":
-            chunk: list[tuple[Any, str]] = []
-            size = batch
-            async with aclosing(order.walk(self.store, after=position, rising=order.descending == back,
-                                           batch=batch)) as pairs:
-                done = False
-                while not done:
-                    chunk.clear()
-                    async for pair in pairs:
-                        chunk.append(pair)
-                        if len(chunk) >= size:
-                            break
-                    else:
-                        done = True
-                    size = min(size * 2, 1000)
+            pairs = order.walk(self.store, after=position, rising=order.descending == back, batch=batch)
+            async with aclosing(_chunks(pairs, batch)) as chunks:  # a page's worth of pairs, then doubling
+                async for chunk in chunks:
                     keyed = [(key, split_index_key(key)[1]) for _, key in chunk]
                     spend(len(keyed))
                     versions = await self.store.current_many(rtype, sorted({rid for _, rid in keyed}))
@@ -760,6 +749,19 @@ class SearchEngine:
         wanted = {f"{inc.param}|{hexs(t.key)}|" for t in targets}
         return [v for v in found.values()
                 if v.body is not None and any(e in wanted for e in entries_of_version(v))]
+
+
+async def _chunks(found: AsyncGenerator[_T, None], size: int) -> AsyncGenerator[list[_T], None]:
+    """The items of ``found`` in lists of ``size``, doubling up to 1,000 (``found`` closed after)."""
+    chunk: list[_T] = []
+    async with aclosing(found):
+        async for item in found:
+            chunk.append(item)
+            if len(chunk) >= size:
+                yield chunk
+                chunk, size = [], min(size * 2, 1000)
+    if chunk:
+        yield chunk
 
 
 async def _first(found: AsyncGenerator[_T, None], n: int) -> list[_T]:

@@ -93,10 +93,12 @@ class IndexOrder:
         except (ValueError, IndexError):  # not an encoding of this kind: a cursor made up or of another search
             return False
 
+    def _enc(self, key: str) -> str:
+        """The encoding of a key of this order's parameter (``Type|param|enc|rid|vid``)."""
+        return key[len(self.rtype) + len(self.param) + 2:key.rindex("|", 0, key.rindex("|"))]
+
     def _pair(self, key: str) -> Pair | None:
-        entry_end = key.rindex("|", 0, key.rindex("|"))  # Type|param|enc|rid|vid: the | before rid
-        enc = key[len(self.rtype) + len(self.param) + 2:entry_end]
-        value = self.value(enc)
+        value = self.value(self._enc(key))
         return None if value is None else (value, key)
 
     def canonical(self, version: Version) -> str | None:
@@ -164,7 +166,8 @@ class IndexOrder:
         held: list[Pair] = []  # short dates read, sorted by pair
         low_read: int | None = None  # the low bound of the last L entry read
         while True:
-            ahead = await ends.peek()
+            ahead_key = await ends.peek()
+            ahead = None if ahead_key is None else self._pair(ahead_key)  # an H entry: (high bound, key)
             candidate = ahead
             if held:
                 nearest = held[0] if rising else held[-1]
@@ -175,7 +178,7 @@ class IndexOrder:
             safe = starts.done or (candidate is not None and low_read is not None and (
                 candidate[0] < low_read if rising else candidate[0] >= low_read + LONG_SPAN))
             if candidate is not None and safe:
-                if candidate is ahead:  # an H entry: its pair is (high bound, key)
+                if candidate is ahead:
                     await ends.take()
                 else:
                     held.pop(0 if rising else -1)
@@ -187,7 +190,7 @@ class IndexOrder:
             key = await starts.take()
             if key is None:
                 continue
-            low_read = split_date(key[len(self.rtype) + len(self.param) + 2:])[0]
+            low_read = split_date(self._enc(key))[0]
             short = self._pair(key)
             if short is not None and beyond(short):
                 bisect.insort(held, short)
@@ -218,14 +221,10 @@ class _Keys:
             self.position = self.keys[-1]
         self.batch = min(self.batch * 2, 1000)
 
-    async def peek(self) -> Pair | None:
-        """The next key as a pair of (its high bound, key), or None when there is none (an ``H`` range)."""
+    async def peek(self) -> str | None:
+        """The next key, or None when there is none."""
         await self._fill()
-        if self.at >= len(self.keys):
-            return None
-        key = self.keys[self.at]
-        enc = key.split("|", 2)[2]
-        return split_date(enc)[1], key
+        return self.keys[self.at] if self.at < len(self.keys) else None
 
     async def take(self) -> str | None:
         await self._fill()
