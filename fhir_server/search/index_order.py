@@ -129,18 +129,12 @@ class IndexOrder:
             async for pair in self._windowed(store, after=after, rising=rising, batch=batch):
                 yield pair
             return
-        low, high = self._range({"date": "L", "quantity": "N"}.get(self.kind, ""))
-        position = after
-        while True:
-            keys = await store.scan_index(self.rtype, low, high, after=position, limit=batch, backward=not rising)
-            for key in keys:
-                found = self._pair(key)
-                if found is not None:
-                    yield found
-            if len(keys) < batch:
-                return
-            position = keys[-1]
-            batch = min(batch * 2, 1000)
+        keys = _Keys(store, self.rtype, *self._range({"date": "L", "quantity": "N"}.get(self.kind, "")), rising, batch,
+                     after=after)
+        while (key := await keys.take()) is not None:
+            found = self._pair(key)
+            if found is not None:
+                yield found
 
     async def _windowed(self, store: ResourceStore, *, after: str | None, rising: bool,
                         batch: int) -> AsyncGenerator[Pair, None]:
@@ -199,11 +193,12 @@ class IndexOrder:
 class _Keys:
     """The keys of one range of the index, read in batches (doubling up to 1,000) in one direction."""
 
-    def __init__(self, store: ResourceStore, rtype: str, low: str, high: str, rising: bool, batch: int) -> None:
+    def __init__(self, store: ResourceStore, rtype: str, low: str, high: str, rising: bool, batch: int, *,
+                 after: str | None = None) -> None:
         self.store, self.rtype, self.low, self.high, self.rising, self.batch = store, rtype, low, high, rising, batch
         self.keys: list[str] = []
         self.at = 0
-        self.position: str | None = None
+        self.position = after  # the last key read (None: none yet)
         self.exhausted = False  # nothing more in the store
 
     @property
