@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from pymongo import AsyncMongoClient
+from pymongo import AsyncMongoClient, monitoring
 
 from fhir_server.storage import ResourceStore, Version, now_micros
-from fhir_server.storage.batching import FindBatcher, ReplaceBatcher, ScanBatcher
+from fhir_server.storage.batching import FindBatcher, InsertBatcher, ReplaceBatcher, ScanBatcher
 from tests.conftest import CommandCounter, fresh_store
 
 
@@ -191,3 +191,39 @@ async def test_scans_of_a_family_that_fills_its_limits_are_read_alone(store_uri:
         assert sorted(str(f) for f in sent if "$or" not in f) == sorted(
             str({"_id": {"$gte": f"Observation|status|{v}|", "$lt": f"Observation|status|{v}|~"}})
             for v in ("000", "001"))
+
+
+class _InsertedIds(monitoring.CommandListener):
+    """The ``_id``s of each ``insert`` command sent to one collection, in the order they were sent."""
+
+    def __init__(self, collection: str) -> None:
+        self.collection = collection
+        self.commands: list[list[str]] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name == "insert" and event.command.get("insert") == self.collection:
+            self.commands.append([d["_id"] for d in event.command["documents"]])
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+async def test_concurrent_inserts_leave_in_key_order_and_each_caller_gets_its_own_duplicates(store_uri: str) -> None:
+    inserted = _InsertedIds("entries")
+    client: AsyncMongoClient = AsyncMongoClient(store_uri, event_listeners=[inserted])
+    try:
+        collection = client["insertorder"]["entries"]
+        await collection.drop()
+        await collection.insert_many([{"_id": f"k{n:02d}"} for n in (12, 3, 9)])  # there already: duplicates
+        batcher = InsertBatcher(collection)
+        # each caller's keys out of order and interleaved with the others': caller n has k<n+10>, k<n>, k<n+5>
+        asked = [[f"k{n + 10:02d}", f"k{n:02d}", f"k{n + 5:02d}"] for n in range(5)]
+        results = await asyncio.gather(*(batcher.insert([{"_id": k} for k in keys]) for keys in asked))
+        assert results == [set(), set(), {0}, {1}, {2}]  # k12 is caller 2's first key, k03 caller 3's second...
+        assert inserted.commands[1:] == [[f"k{n:02d}" for n in range(15)]]  # in one command, in key order
+        assert sorted([d["_id"] async for d in collection.find({})]) == [f"k{n:02d}" for n in range(15)]
+    finally:
+        await client.close()

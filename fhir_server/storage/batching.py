@@ -97,11 +97,15 @@ class InsertBatcher(_Batcher[dict[str, Any], set[int]]):
         return await self._submit(docs) if docs else set()
 
     async def _send(self, batch: Batch[dict[str, Any], set[int]]) -> None:
-        errors: dict[int, int] = {}
+        # In _id order: the store's B-tree takes them leaf by leaf instead of jumping between random pages (FerretDB
+        # wrote ~20 % fewer pages to its WAL for the index entries of 100-entry transactions; docs/benchmarks.md).
+        flat = [d for docs, _ in batch for d in docs]
+        order = sorted(range(len(flat)), key=lambda i: flat[i]["_id"])
+        errors: dict[int, int] = {}  # position in ``flat``: error code
         try:
-            await self.collection.insert_many([d for docs, _ in batch for d in docs], ordered=False)
+            await self.collection.insert_many([flat[i] for i in order], ordered=False)
         except BulkWriteError as exc:
-            errors = {int(e["index"]): int(e.get("code", 0)) for e in exc.details.get("writeErrors", [])}
+            errors = {order[int(e["index"])]: int(e.get("code", 0)) for e in exc.details.get("writeErrors", [])}
         except BaseException as exc:
             self._fail(batch, exc)
             return
