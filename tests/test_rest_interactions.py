@@ -45,6 +45,25 @@ def test_create_ignores_client_id_and_meta_version(api: httpx.Client) -> None:
     assert r.json()["meta"]["tag"] == [{"code": "x"}]  # client meta elements other than server-owned kept
 
 
+def test_assigned_ids_are_version_7_uuids_in_the_order_they_were_made(api: httpx.Client) -> None:
+    """POST and transaction POST entries get RFC 9562 version 7 UUIDs: their time is the creation's, and each
+    sorts after the one before (the store's B-trees take new keys at their right edge)."""
+    start_ms = time.time_ns() // 1_000_000
+    ids = [api.post("/Patient", json=patient()).json()["id"] for _ in range(5)]
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": patient(), "request": {"method": "POST", "url": "Patient"}}
+        for _ in range(20)]}
+    answer = api.post("", json=bundle)
+    assert answer.status_code == 200, answer.text
+    ids += [e["response"]["location"].split("/")[1] for e in answer.json()["entry"]]
+    end_ms = time.time_ns() // 1_000_000
+    assert ids == sorted(ids) and len(set(ids)) == 25
+    for rid in ids:
+        made = uuid.UUID(rid)
+        assert str(made) == rid and made.version == 7 and made.variant == uuid.RFC_4122
+        assert start_ms <= made.int >> 80 <= end_ms
+
+
 def test_read_vread_update_versions(api: httpx.Client) -> None:
     pid = new_id()
     assert api.put(f"/Patient/{pid}", json=patient(pid)).status_code == 201  # create-on-update

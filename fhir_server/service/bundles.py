@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import re
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +33,7 @@ from fhir_server.model.validation import validate_resource
 from fhir_server.search import query_pairs, types_named
 from fhir_server.search.entries import date_range
 from fhir_server.service.etag import etag, not_modified, version_of_etag
+from fhir_server.service.ids import new_id
 from fhir_server.service.patching import apply_patch
 from fhir_server.service.resources import ResourceService, WriteResult, instant
 from fhir_server.service.searchset import page_size, searchset
@@ -376,7 +376,7 @@ class BundleService:
                             raise PreconditionFailed(f"ifNoneExist matched {len(found)} {e.rtype} resources")
                         if found:
                             e.target, e.result, e.status = found[0].rid, found[0], "200 OK"
-                    e.target = e.target or str(uuid.uuid4())
+                    e.target = e.target or new_id()
                 elif e.rid is not None:
                     if not ID_RE.match(e.rid):
                         raise BadRequest(f"'{e.rid}' is not a valid FHIR id")
@@ -389,7 +389,7 @@ class BundleService:
                     if found:
                         e.target = found[0].rid
                     elif e.method == "PUT":
-                        e.target = body_id if isinstance(body_id, str) else str(uuid.uuid4())
+                        e.target = body_id if isinstance(body_id, str) else new_id()
                     else:
                         e.status = "204 No Content"  # conditional delete that matched nothing
                         continue

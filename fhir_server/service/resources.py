@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -46,6 +45,7 @@ from fhir_server.search.paths import check_syntax
 from fhir_server.search.query import MODIFIERS
 from fhir_server.search.registry import set_custom
 from fhir_server.service.etag import etag
+from fhir_server.service.ids import new_id
 from fhir_server.service.patching import apply_patch
 from fhir_server.settings import Settings
 from fhir_server.storage import LockBusy, ResourceStore, Version, VersionConflict, now_micros
@@ -275,7 +275,7 @@ class ResourceService:
         validate_resource(resource, expected_type=rtype)
         _keep_body_to_compartment(patient, resource)
         if if_none_exist is None:
-            return await self._write(rtype=rtype, rid=str(uuid.uuid4()), resource=resource, method="POST",
+            return await self._write(rtype=rtype, rid=new_id(), resource=resource, method="POST",
                                      expected=None, must_be_new=True)
         _no_search_for_patient_scopes(principal.require("s", rtype), "Conditional create")
         criteria = self.criteria(principal, rtype, if_none_exist)
@@ -285,7 +285,7 @@ class ResourceService:
                 raise PreconditionFailed(f"If-None-Exist matched {len(matches)} {rtype} resources; be more specific")
             if matches:  # FHIR R4 http.html#ccreate: one match -> 200 OK, nothing created
                 return WriteResult(matches[0], created=False, changed=False)
-            return await self._write(rtype=rtype, rid=str(uuid.uuid4()), resource=resource, method="POST",
+            return await self._write(rtype=rtype, rid=new_id(), resource=resource, method="POST",
                                      expected=None, must_be_new=True)
 
     async def update(self, *, principal: Principal, rtype: str, rid: str, resource: Any,
@@ -323,7 +323,7 @@ class ResourceService:
                 return await self._write(rtype=rtype, rid=rid, resource=resource, method="PUT", expected=if_match,
                                          principal=principal)
             principal.require("c", rtype)
-            rid = body_id if isinstance(body_id, str) else str(uuid.uuid4())
+            rid = body_id if isinstance(body_id, str) else new_id()
             return await self._write(rtype=rtype, rid=rid, resource=resource, method="PUT", expected=if_match,
                                      principal=principal)
 
