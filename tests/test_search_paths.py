@@ -86,10 +86,19 @@ def test_where_and_as_paths_agree_with_fhirpathpy_on_edge_cases() -> None:
     conditions = [{"resourceType": "Condition", "onsetAge": {"value": 52, "unit": "a"}},
                   {"resourceType": "Condition", "onsetString": "childhood"},
                   {"resourceType": "Condition", "onsetDateTime": "2020-01-02"}]
+    observations = [{"resourceType": "Observation",
+                     "valueCodeableConcept": {"text": "阳性", "coding": [{"code": "x"}]}},
+                    {"resourceType": "Observation", "valueCodeableConcept": {"coding": [{"code": "x"}]}},
+                    {"resourceType": "Observation", "valueString": "text"},
+                    {"resourceType": "Observation", "valueQuantity": {"value": 1}, "text": {"status": "generated"}},
+                    {"resourceType": "Observation", "component": [{"valueCodeableConcept": {"text": "c"}}]}]
     compared = non_empty = 0
     for resources, paths in ((patients, expressions),
                              (conditions, ["Condition.onset.as(Age)", "Condition.onset.as(string)",
-                                           "Condition.onset.as(dateTime)", "Condition.onset.as(Period)"])):
+                                           "Condition.onset.as(dateTime)", "Condition.onset.as(Period)"]),
+                             (observations, ["(Observation.value as CodeableConcept).text",
+                                             "(Observation.value as CodeableConcept).coding.code",
+                                             "(Observation.component.value as CodeableConcept).text"])):
         for expression in paths:
             assert is_fast(expression), expression
             for resource in resources:
@@ -97,4 +106,4 @@ def test_where_and_as_paths_agree_with_fhirpathpy_on_edge_cases() -> None:
                 assert fast == _normal(compile_path(expression, general=True)(resource)), (expression, resource)
                 compared += 1
                 non_empty += bool(fast)
-    assert compared == 37 and non_empty == 7
+    assert compared == 52 and non_empty == 11

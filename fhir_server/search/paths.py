@@ -1,10 +1,11 @@
 """FHIRPath expressions of search parameters, compiled to functions from a resource (parsed JSON) to values.
 
 Simple paths (``Patient.name``, ``Observation.effective``, ``(Observation.value as Quantity)``,
-``Condition.onset.as(Age)``) and paths with equality filters on a primitive
-(``Patient.telecom.where(system='phone')``, ``PlanDefinition.relatedArtifact.where(type='composed-of').resource``)
-compile to plain dictionary walks; everything else is evaluated by fhirpathpy with the R4 model. The two must
-agree on every official example and on the edge cases of ``where`` (tests/test_search_paths.py).
+``(Observation.value as CodeableConcept).text``, ``Condition.onset.as(Age)``) and paths with equality filters
+on a primitive (``Patient.telecom.where(system='phone')``,
+``PlanDefinition.relatedArtifact.where(type='composed-of').resource``) compile to plain dictionary walks;
+everything else is evaluated by fhirpathpy with the R4 model. The two must agree on every official example and
+on the edge cases of ``where`` and casts (tests/test_search_paths.py).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ Extractor = Callable[[dict[str, Any]], list[Any]]
 
 _STEPS = r"(?:\.where\([a-z][A-Za-z]*='[^'\\]*'\)|\.[a-z][A-Za-z]*)+"
 _SIMPLE = re.compile(rf"^(?P<path>[A-Z][A-Za-z]*{_STEPS})(?:\.as\((?P<type>[A-Za-z]+)\))?$")
-_CAST = re.compile(r"^\((?P<path>[A-Z][A-Za-z]*(?:\.[a-z][A-Za-z]*)+) as (?P<type>[A-Za-z]+)\)$")
+_CAST = re.compile(rf"^\((?P<path>[A-Z][A-Za-z]*(?:\.[a-z][A-Za-z]*)+) as (?P<type>[A-Za-z]+)\)(?P<then>{_STEPS})?$")
 _STEP = re.compile(r"\.(?:where\((?P<field>[a-z][A-Za-z]*)='(?P<value>[^'\\]*)'\)|(?P<name>[a-z][A-Za-z]*))")
 
 
@@ -102,19 +103,25 @@ def _fast(expression: str) -> Extractor | None:
     if m is None:
         return None
     rtype, _, rest = m.group("path").partition(".")
-    steps: list[_Step] = []
-    for step in _STEP.finditer("." + rest):
-        if step.group("name") is not None:
-            steps.append((step.group("name"), None, None))
-        else:
-            steps.append((None, (step.group("field"), step.group("value")), None))
+    steps = _steps("." + rest)
     cast = m.group("type")
     if cast is not None:
         name, where, _ = steps[-1]
         if name is None:  # X.where(...).as(T): not a choice element; leave it to fhirpathpy
             return None
         steps[-1] = (name, where, cast)
-    return _walker(rtype, steps)
+    then = m.groupdict().get("then")  # (X as T).text: steps into the cast value
+    return _walker(rtype, steps + _steps(then) if then else steps)
+
+
+def _steps(path: str) -> list[_Step]:
+    out: list[_Step] = []
+    for step in _STEP.finditer(path):
+        if step.group("name") is not None:
+            out.append((step.group("name"), None, None))
+        else:
+            out.append((None, (step.group("field"), step.group("value")), None))
+    return out
 
 
 def is_fast(expression: str) -> bool:
