@@ -117,12 +117,20 @@ def test_batch_entries_succeed_or_fail_alone(api: httpx.Client) -> None:
         _entry("POST", "Patient", {"resourceType": "Patient", "birthDate": "bad"}),
         _entry("GET", f"Basic/{uuid.uuid4().hex}"),
         _entry("DELETE", "NotAType/1"),
+        _entry("get", "Basic/x"),  # http-verb codes are upper case
+        {"request": {"method": ["GET"], "url": "Basic/x"}},
     ]}
     out = api.post("/", json=bundle).json()
     assert out["type"] == "batch-response"
     statuses = [e["response"]["status"] for e in out["entry"]]
-    assert statuses[0] == "201 Created" and statuses[1:] == ["400", "404", "404"]
+    assert statuses[0] == "201 Created" and statuses[1:] == ["400", "404", "404", "400", "400"]
     assert out["entry"][1]["response"]["outcome"]["issue"][0]["expression"] == ["Patient.birthDate"]
+    for n in (4, 5):
+        assert out["entry"][n]["response"]["outcome"]["issue"][0]["expression"] == [f"Bundle.entry[{n}].request.method"]
+    refused = api.post("/", json=_transaction(_entry("POST", "Basic", {"resourceType": "Basic", "code": {"text": "x"}}),
+                                              _entry("Put", "Basic/y", {"resourceType": "Basic", "id": "y"})))
+    assert refused.status_code == 400
+    assert refused.json()["issue"][0]["expression"] == ["Bundle.entry[1].request.method"]
 
 
 def test_bundle_limits_and_type(api: httpx.Client, hub: Hub) -> None:

@@ -160,9 +160,13 @@ class BundleService:
             raise BadRequest(f"{where}.request is missing", issues=[
                 Issue(code="required", diagnostics="request is missing", expression=(f"{where}.request",))])
         request = raw["request"]
-        method = str(request.get("method", "")).upper()
+        method = request.get("method")
+        if method is not None and (not isinstance(method, str) or method not in _ORDER):  # http-verb: not "get"
+            raise BadRequest(f"{where}.request.method must be one of {', '.join(_ORDER)}", issues=[
+                Issue(code="code-invalid", diagnostics=f"request.method must be one of {', '.join(_ORDER)}",
+                      expression=(f"{where}.request.method",))])
         url = request.get("url")
-        if method not in _ORDER or not isinstance(url, str) or not url:
+        if method is None or not isinstance(url, str) or not url:
             raise BadRequest(f"{where}.request needs a method (GET, POST, PUT, PATCH, DELETE) and a url", issues=[
                 Issue(code="required", diagnostics="request needs method and url", expression=(f"{where}.request",))])
         base = self.settings.fhir_base + "/"
