@@ -126,7 +126,7 @@ def test_reindex_restores_a_lost_index_entry(api: httpx.Client, hub: Hub) -> Non
     assert settings.mongodb_uri is not None
     with MongoClient(settings.mongodb_uri) as mongo:
         index = mongo[settings.mongodb_database]["search_index"]
-        lost = [d["_id"] for d in index.find({"_id": {"$regex": f"^Patient\\|family\\|[0-9a-f]+\\|{pid}\\|"}})]
+        lost = [d["_id"] for d in index.find({"_id": {"$regex": f"^Patient\\|family\\|[0-9a-f]+\\.\\|{pid}\\|"}})]
         assert len(lost) == 1
         index.delete_one({"_id": lost[0]})
         assert api.get("/Patient", params={"family": family}).json()["entry"] == []

@@ -805,7 +805,7 @@ def _sort_value(kind: str, enc: str, descending: bool) -> Any:
         return decode_number(enc)
     if kind == "quantity":
         return decode_number(enc[1:]) if enc.startswith("N") else None
-    if kind == "token":
+    if kind in ("token", "string"):  # a token's code; a string's value before its "."
         return decode_hex(enc.split(".", 1)[0])
     return decode_hex(enc)
 

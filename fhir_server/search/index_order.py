@@ -6,7 +6,10 @@ match being read and sorted for each page (engine.py keeps that for a few matche
 
 The entries of the kinds served here sort by value in the store (search/keys.py): numbers (``n(value)``),
 quantities (``N n(value)``), tokens (``hex(code).hex(system)``: the ``.`` after the code sorts below every hex
-digit, so a code sorts before its extensions) and dates by their low bound (``L n(low).n(high)``). FHIR R4
+digit, so a code sorts before its extensions), strings (``hex(normalized value).``, likewise; the order of the
+normalized values, case and accents folded, as the sort in memory) and dates by their low bound
+(``L n(low).n(high)``). References and uris end with nothing below the hex digits: their key order is not
+their values' order, and they are sorted in memory. FHIR R4
 search.html#sort orders a resource by its lowest value ascending and its highest descending, a date by its start
 ascending and its end descending, so a resource is emitted at one entry, its first in the order of the walk's
 *pairs* (value, key); its other entries are passed over (``canonical``). A descending date is ordered by its
@@ -34,13 +37,13 @@ from fhir_server.storage.versions import index_key, split_item
 
 __all__ = ["IndexOrder", "index_order"]
 
-_KINDS = ("date", "number", "quantity", "token")
+_KINDS = ("date", "number", "quantity", "token", "string")
 Pair = tuple[Any, str]  # (sort value, index key)
 
 
 def index_order(rtype: str, code: str, descending: bool) -> IndexOrder | None:
     """The index order of ``_sort=code`` (``-code``: descending) on ``rtype``, or None when its entries do not sort
-    by value (strings, references and uris: a value sorts after its extensions there)."""
+    by value (references and uris: a value sorts after its extensions there)."""
     if code == "_id":
         return IndexOrder(rtype, "_id", "id", descending)
     params = parameters_for(rtype)
@@ -57,7 +60,7 @@ def index_order(rtype: str, code: str, descending: bool) -> IndexOrder | None:
 class IndexOrder:
     rtype: str
     param: str
-    kind: str  # date | number | quantity | token | id
+    kind: str  # date | number | quantity | token | string | id
     descending: bool
     instants: bool = False  # _lastUpdated: one instant per resource, which every resource has
 
@@ -82,7 +85,7 @@ class IndexOrder:
             return decode_number(enc)
         if self.kind == "quantity":
             return decode_number(enc[1:]) if enc[0] == "N" else None
-        return decode_hex(enc.split(".", 1)[0])  # token: its code
+        return decode_hex(enc.split(".", 1)[0])  # token: its code; string: its value (which ends with ".")
 
     def holds(self, key: str) -> bool:
         """Whether ``key`` is a key of this order's parameter that stands for a resource (a cursor's position)."""

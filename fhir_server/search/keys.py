@@ -8,7 +8,8 @@ FerretDB's SQLite backend, ``_id`` ranges of such strings use the ``_id`` index 
 
 Encodings (``hex`` is the hex of the UTF-8 bytes, ``n`` a sortable 16-hex-digit number):
 
-- string: ``hex(normalized text)`` (case and accents folded, at most ``MAX_TEXT`` characters)
+- string: ``hex(normalized text).`` (case and accents folded, at most ``MAX_TEXT`` characters; the ``.``, below
+  every hex digit, puts a value before its extensions: ``wang`` before ``wangx``, as ``_sort`` orders them)
 - token: ``hex(code).hex(system)`` (``hex(code).`` when the code has no system); for ``:text``, each word of
   the code's text (and each tail of a word from a Chinese character on) under ``<code>:text``
 - reference: ``hex(Type/id)`` for resources on this server, ``hex(url)`` otherwise; the reference's
@@ -57,14 +58,15 @@ __all__ = [
     "num",
     "sortable_int",
     "split_date",
+    "string_enc",
     "token_enc",
 ]
 
 # The index layout: raised whenever ``entry_keys`` gives resources already stored entries they lack. A hub whose
 # store was indexed under an older layout re-indexes it by itself, in the background (service/reindex.py).
 # 2: token ``:text`` entries; 3: ``_text`` and ``_content`` entries; 4: ``H`` entries of dates spanning a second or more
-# (a day or more before).
-INDEX_LAYOUT = 4
+# (a day or more before); 5: string values end with ``.`` (their keys sort in value order).
+INDEX_LAYOUT = 5
 # µs: dates spanning this or more (a minute, an hour, a day... precision) also get an entry ordered by their high
 # bound; the others (seconds and finer, instants) are read by their low bound, less than this before their high one:
 # a search for dates ending after a moment (query.py) and a descending sort by dates (index_order.py) read this
@@ -115,6 +117,11 @@ def split_date(enc: str) -> tuple[int, int]:
     return (first, second) if enc[0] == "L" else (second, first)
 
 
+def string_enc(normalized: str) -> str:
+    """The encoding of a normalized string value (``entries.normalize_string``)."""
+    return f"{hexs(normalized[:MAX_TEXT])}."
+
+
 def token_enc(system: str | None, code: str) -> str:
     return f"{hexs(code)}.{hexs(system or '')}"
 
@@ -141,7 +148,7 @@ def _tokens(entries: Iterable[str]) -> list[str]:
 def encode(parameter: SearchParameter, values: list[Any], base_url: str) -> list[str]:
     kind = parameter.type
     if kind == "string":
-        return [hexs(v[:MAX_TEXT]) for v in values]
+        return [string_enc(v) for v in values]
     if kind == "token":
         return _tokens(values)
     if kind == "reference":

@@ -44,6 +44,7 @@ from fhir_server.search.keys import (
     num,
     sortable_int,
     split_date,
+    string_enc,
     token_enc,
 )
 from fhir_server.search.paths import children
@@ -534,11 +535,11 @@ class _Parser:
             normalized = [normalize_string(v)[:MAX_TEXT] for v in values]
             if modifier == "contains":
                 def contains(e: str, parts: list[str] = normalized) -> bool:
-                    text = decode_hex(e.split("|", 2)[1])
+                    text = decode_hex(e.split("|", 2)[1].split(".", 1)[0])
                     return any(part in text for part in parts)
                 return Clause(name, keys=KeySet((_starting(f"{code}|", contains, tuple(hexs(n) for n in normalized)),)))
             if modifier == "exact":
-                return Clause(name, keys=KeySet(tuple(exact_entry(f"{code}|{hexs(n)}") for n in normalized)),
+                return Clause(name, keys=KeySet(tuple(exact_entry(f"{code}|{string_enc(n)}") for n in normalized)),
                               check=_string_check(parameter, values))
             return Clause(name, keys=KeySet(tuple(_starting(f"{code}|{hexs(n)}") for n in normalized)))
         if kind == "token":
