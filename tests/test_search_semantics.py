@@ -1045,6 +1045,31 @@ def test_every_parameter_sorts_the_official_examples(search_hub: Hub, stored: di
     assert checked > 700, checked
 
 
+def _pages_both_ways(api: httpx.Client, hub: Hub, url: str) -> list[list[str]]:
+    """The ids of every page of a search, following its ``next`` links from ``url``; the ``previous`` links from
+    the last page must give back the same pages."""
+    def link(page: dict[str, Any], relation: str) -> str | None:
+        return next((x["url"].replace(hub.base, "") for x in page["link"] if x["relation"] == relation), None)
+
+    pages: list[list[str]] = []
+    page: dict[str, Any] = {}
+    at: str | None = url
+    while at:
+        answer = api.get(at)
+        assert answer.status_code == 200, answer.text
+        page = answer.json()
+        pages.append([e["resource"]["id"] for e in page.get("entry", [])])
+        at = link(page, "next")
+    back = [pages[-1]]
+    at = link(page, "previous")
+    while at:
+        page = api.get(at).json()
+        back.append([e["resource"]["id"] for e in page.get("entry", [])])
+        at = link(page, "previous")
+    assert back[::-1] == pages, url
+    return pages
+
+
 def test_a_large_sort_by_date_holds_every_precision_in_order_across_pages(api: httpx.Client, hub: Hub) -> None:
     """A sort no clause narrows is read in index order: descending dates by their end, short ones read by their
     start and held until none still unread can end later. Dates of every precision around one day (a day ends
@@ -1073,33 +1098,16 @@ def test_a_large_sort_by_date_holds_every_precision_in_order_across_pages(api: h
         assert created.status_code == 201, created.text
         mine[created.json()["id"]] = created.json()
 
-    def link(page: dict[str, Any], relation: str) -> str | None:
-        return next((x["url"].replace(hub.base, "") for x in page["link"] if x["relation"] == relation), None)
-
     for descending in (True, False):
         # code:not drives no scan, so the walk covers every Observation of the store: ours are checked in it
-        url: str | None = f"/Observation?_sort={'-' if descending else ''}date&code:not=urn:none|x&_count=3"
-        pages: list[list[str]] = []
-        page: dict[str, Any] = {}
-        while url:
-            answer = api.get(url)
-            assert answer.status_code == 200, answer.text
-            page = answer.json()
-            pages.append([e["resource"]["id"] for e in page.get("entry", [])])
-            url = link(page, "next")
+        pages = _pages_both_ways(api, hub, f"/Observation?_sort={'-' if descending else ''}date&code:not=urn:none|x"
+                                           "&_count=3")
         got = [rid for ids in pages for rid in ids if rid in mine]
         assert sorted(got) == sorted(mine) and len(got) == len(mine)
         keyed = {rid: _sort_key(r, "date", "date", descending, hub.base) for rid, r in mine.items()}
         dated_ones = [keyed[rid] for rid in got if keyed[rid] is not None]
         assert dated_ones == sorted(dated_ones, reverse=descending), (descending, dated_ones)
         assert all(keyed[rid] is None for rid in got[len(dated_ones):]), "a resource without a date came before"
-        back = [pages[-1]]
-        url = link(page, "previous")
-        while url:
-            page = api.get(url).json()
-            back.append([e["resource"]["id"] for e in page.get("entry", [])])
-            url = link(page, "previous")
-        assert back[::-1] == pages
 
     # several values: a resource sorts by its lowest ascending, its highest descending, and comes once
     coded: dict[str, list[str]] = {}
@@ -1111,11 +1119,7 @@ def test_a_large_sort_by_date_holds_every_precision_in_order_across_pages(api: h
         coded[created.json()["id"]] = codes
     for descending in (False, True):
         url = f"/Observation?_sort={'-' if descending else ''}category&code:not=urn:none|x&_count=4"
-        got = []
-        while url:
-            page = api.get(url).json()
-            got += [e["resource"]["id"] for e in page.get("entry", []) if e["resource"]["id"] in coded]
-            url = link(page, "next")
+        got = [rid for ids in _pages_both_ways(api, hub, url) for rid in ids if rid in coded]
         expected = sorted(coded, key=lambda rid: max(coded[rid]) if descending else min(coded[rid]), reverse=descending)
         assert got == expected, descending
 
@@ -1140,19 +1144,8 @@ def test_a_large_sort_by_a_string_puts_each_value_before_its_extensions(api: htt
         assert created.status_code == 201, created.text
         mine[created.json()["id"]] = created.json()
 
-    def link(page: dict[str, Any], relation: str) -> str | None:
-        return next((x["url"].replace(hub.base, "") for x in page["link"] if x["relation"] == relation), None)
-
     for descending in (False, True):
-        url: str | None = f"/Patient?_sort={'-' if descending else ''}family&gender:not=none&_count=3"
-        pages: list[list[str]] = []
-        page: dict[str, Any] = {}
-        while url:
-            answer = api.get(url)
-            assert answer.status_code == 200, answer.text
-            page = answer.json()
-            pages.append([e["resource"]["id"] for e in page.get("entry", [])])
-            url = link(page, "next")
+        pages = _pages_both_ways(api, hub, f"/Patient?_sort={'-' if descending else ''}family&gender:not=none&_count=3")
         got = [rid for ids in pages for rid in ids if rid in mine]
         assert sorted(got) == sorted(mine) and len(got) == len(mine)
         keyed = {rid: _sort_key(r, "family", "string", descending, hub.base) for rid, r in mine.items()}
@@ -1160,13 +1153,6 @@ def test_a_large_sort_by_a_string_puts_each_value_before_its_extensions(api: htt
         assert len(named) == len(families) - 1  # only the last has no name
         assert named == sorted(named, reverse=descending), (descending, named)
         assert all(keyed[rid] is None for rid in got[len(named):]), "a Patient without a family name came before"
-        back = [pages[-1]]
-        url = link(page, "previous")
-        while url:
-            page = api.get(url).json()
-            back.append([e["resource"]["id"] for e in page.get("entry", [])])
-            url = link(page, "previous")
-        assert back[::-1] == pages
 
 
 def test_a_sort_that_reads_too_much_in_index_order_is_sorted_in_memory(store_uri: str, tmp_path: Any) -> None:
