@@ -210,6 +210,12 @@ async def main(patients: int, seconds: float, clients: int, store_dir: Path | No
             async def page_raw(rng: random.Random) -> bool:
                 return bool(await raw("ServiceRequest", *exact("status", token_enc(None, "active")), limit=21))
 
+            # a patient list by name: every Patient, read in the order of the family entries
+            by_name = await page_urls("/Patient?_sort=family&_count=20")
+
+            async def by_name_raw(rng: random.Random) -> bool:  # the first 21 family entries and their Patients
+                return bool(await raw("Patient", "family|", "family|~", limit=21))
+
             # a worklist: every active order, latest first; read in the order of the authored entries
             worklist = await page_urls("/ServiceRequest?status=active&_sort=-authored&_count=20")
 
@@ -237,6 +243,8 @@ async def main(patients: int, seconds: float, clients: int, store_dir: Path | No
                 ("_has: Patient?_has:ServiceRequest:subject:authored", has, has_raw),
                 ("ServiceRequest?code:text=<word> page 1 (_count=20)", sr_text, sr_text_raw),
                 ("Patient?_content=<family name> page 1 (_count=20)", content, content_raw),
+                ("Patient?_sort=family page 1 (_count=20)", by_name[1], by_name_raw),
+                ("Patient?_sort=family page 50 (_count=20)", by_name[50], by_name_raw),
                 ("ServiceRequest?status=active&_sort=-authored page 1", worklist[1], worklist_raw),
                 ("ServiceRequest?status=active&_sort=-authored page 50", worklist[50], worklist_raw),
                 ("ServiceRequest?status=active page 1 (_count=20)", pages[1], page_raw),
