@@ -24,7 +24,7 @@ import orjson
 from fhir_server.errors import BadRequest, Issue
 from fhir_server.search.entries import reference_type
 from fhir_server.search.index_order import IndexOrder, index_order
-from fhir_server.search.keys import PRESENT, decode_hex, decode_number, hexs, split_date
+from fhir_server.search.keys import PRESENT, decode_hex, hexs, sort_value
 from fhir_server.search.query import TOP, Clause, KeySet, SearchQuery, Span, exact_entry
 from fhir_server.search.registry import indexed_as, parameters_for
 from fhir_server.settings import Settings
@@ -795,21 +795,6 @@ def _references(version: Version, param: str) -> list[str]:
     return out
 
 
-def _sort_value(kind: str, enc: str, descending: bool) -> Any:
-    if enc == PRESENT:  # present without a value (a CodeableConcept with text only): sorts as no value
-        return None
-    if kind == "date":
-        low, high = split_date(enc)
-        return high if descending else low
-    if kind == "number":
-        return decode_number(enc)
-    if kind == "quantity":
-        return decode_number(enc[1:]) if enc.startswith("N") else None
-    if kind in ("token", "string"):  # a token's code; a string's value before its "."
-        return decode_hex(enc.split(".", 1)[0])
-    return decode_hex(enc)
-
-
 def _sort_values(query: SearchQuery, version: Version) -> list[Any]:
     params = parameters_for(version.rtype)
     entries = entries_of_version(version)
@@ -823,7 +808,7 @@ def _sort_values(query: SearchQuery, version: Version) -> list[Any]:
             continue
         base, only = indexed_as(version.rtype, code)  # Observation patient: subject's entries, Patient ones only
         kind = params[base].type
-        values = [_sort_value(kind, e[len(base) + 1:-1], descending) for e in entries if e.startswith(f"{base}|")]
+        values = [sort_value(kind, e[len(base) + 1:-1], descending) for e in entries if e.startswith(f"{base}|")]
         values = [v for v in values if v is not None and (only is None or reference_type(v) == only)]
         out.append((max(values) if descending else min(values)) if values else None)
     out.append(version.key)  # last: Type/id, unique across the types of a search over several

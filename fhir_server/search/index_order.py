@@ -30,7 +30,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
-from fhir_server.search.keys import LONG_SPAN, PRESENT, decode_hex, decode_number, sortable_int, split_date
+from fhir_server.search.keys import LONG_SPAN, PRESENT, sort_value, sortable_int, split_date
 from fhir_server.search.registry import indexed_as, parameters_for
 from fhir_server.storage import ResourceStore, Version
 from fhir_server.storage.versions import index_key, split_item
@@ -72,20 +72,13 @@ class IndexOrder:
     def value(self, enc: str) -> Any | None:
         """The sort value of the entry ``param|enc|``, None when it does not stand for its resource in this order
         (no sortable value; a long date's ``L`` entry when its ``H`` entry does; an ``H`` entry ascending)."""
-        if enc == PRESENT:
-            return None
-        if self.kind == "date":
+        if self.kind == "date" and enc != PRESENT:
             if enc[0] == "H":
                 return split_date(enc)[1] if self.windowed else None
-            low, high = split_date(enc)
-            if not self.windowed:
-                return high if self.descending else low  # instants: high = low
-            return high if high - low < LONG_SPAN else None
-        if self.kind == "number":
-            return decode_number(enc)
-        if self.kind == "quantity":
-            return decode_number(enc[1:]) if enc[0] == "N" else None
-        return decode_hex(enc.split(".", 1)[0])  # token: its code; string: its value (which ends with ".")
+            if self.windowed:
+                low, high = split_date(enc)
+                return high if high - low < LONG_SPAN else None
+        return sort_value(self.kind, enc, self.descending)  # as the sort in memory (instants: high = low)
 
     def holds(self, key: str) -> bool:
         """Whether ``key`` is a key of this order's parameter that stands for a resource (a cursor's position)."""

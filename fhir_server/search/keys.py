@@ -56,6 +56,7 @@ __all__ = [
     "hexs",
     "local_reference",
     "num",
+    "sort_value",
     "sortable_int",
     "split_date",
     "string_enc",
@@ -115,6 +116,24 @@ def split_date(enc: str) -> tuple[int, int]:
     """``(low, high)`` of a date encoding (either form)."""
     first, second = int(enc[1:17], 16) - _INT_OFFSET, int(enc[18:34], 16) - _INT_OFFSET
     return (first, second) if enc[0] == "L" else (second, first)
+
+
+def sort_value(kind: str, enc: str, descending: bool) -> Any:
+    """What ``_sort`` orders an entry ``param|enc|`` of a parameter of type ``kind`` by (FHIR R4 search.html#sort:
+    a date by its start ascending, its end descending), None for no value (``PRESENT``: an element present without
+    a searchable value; a quantity's ``C`` entry)."""
+    if enc == PRESENT:
+        return None
+    if kind == "date":
+        low, high = split_date(enc)
+        return high if descending else low
+    if kind == "number":
+        return decode_number(enc)
+    if kind == "quantity":
+        return decode_number(enc[1:]) if enc.startswith("N") else None
+    if kind in ("token", "string"):  # a token's code; a string's value before its "."
+        return decode_hex(enc.split(".", 1)[0])
+    return decode_hex(enc)
 
 
 def string_enc(normalized: str) -> str:
