@@ -205,6 +205,13 @@ async def main(patients: int, seconds: float, clients: int, store_dir: Path | No
                                None)
                 return {number: (lambda _rng, fixed=urls[number]: fixed) for number in (1, 50)}
 
+            # the hub gives the versions of a store loaded by an older hub their history keys (another process)
+            while not await store.history_keys_complete():  # noqa: ASYNC110
+                await asyncio.sleep(1)
+            # and re-indexes a store loaded by a hub of an older index layout (service/reindex.py, upgrade): before
+            # any page is followed, as the sorted pages walk the index entries the job rewrites
+            while await store.db["jobs"].find_one({"kind": "reindex", "status": "running"}):  # noqa: ASYNC110
+                await asyncio.sleep(1)
             pages = await page_urls("/ServiceRequest?status=active&_count=20")
 
             async def page_raw(rng: random.Random) -> bool:
@@ -222,12 +229,6 @@ async def main(patients: int, seconds: float, clients: int, store_dir: Path | No
             async def worklist_raw(rng: random.Random) -> bool:  # the latest 21 authored entries and their orders
                 return bool(await raw("ServiceRequest", "authored|L", "authored|M", limit=21, backward=True))
 
-            # the hub gives the versions of a store loaded by an older hub their history keys (another process)
-            while not await store.history_keys_complete():  # noqa: ASYNC110
-                await asyncio.sleep(1)
-            # and re-indexes a store loaded by a hub of an older index layout (service/reindex.py, upgrade)
-            while await store.db["jobs"].find_one({"kind": "reindex", "status": "running"}):  # noqa: ASYNC110
-                await asyncio.sleep(1)
             history_pages = await page_urls("/Patient/_history?_count=20")
 
             async def history_raw(rng: random.Random) -> bool:
