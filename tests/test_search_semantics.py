@@ -1060,6 +1060,7 @@ def _pages_both_ways(api: httpx.Client, hub: Hub, url: str) -> list[list[str]]:
         page = answer.json()
         pages.append([e["resource"]["id"] for e in page.get("entry", [])])
         at = link(page, "next")
+        assert len(pages) <= 1000, f"{url}: next links past 1,000 pages (a cursor that does not advance?)"
     back = [pages[-1]]
     at = link(page, "previous")
     while at:
@@ -1153,6 +1154,75 @@ def test_a_large_sort_by_a_string_puts_each_value_before_its_extensions(api: htt
         assert len(named) == len(families) - 1  # only the last has no name
         assert named == sorted(named, reverse=descending), (descending, named)
         assert all(keyed[rid] is None for rid in got[len(named):]), "a Patient without a family name came before"
+
+
+def test_a_large_sort_by_several_keys_orders_each_value_of_the_first_by_the_others(store_uri: str,
+                                                                                   tmp_path: Any) -> None:
+    """A sort by several keys over more matches than it may sort in memory (``search_sort_max`` 6 here) is read
+    in index order of its first key, the Patients sharing a value of it ordered by the others: ties of the first
+    key across pages of 3, both ways, case folded into one value, several names, Patients without a family (a
+    group of their own, last) and full ties by id. More Patients with one family than it may sort in memory are a
+    400 that says so, at the page that reaches them."""
+    hub = start_hub(store_uri, tmp_path / "home", database=f"multisort_{uuid.uuid4().hex[:8]}",
+                    extra={"MEDUNION_SEARCH_SORT_IN_MEMORY": "5", "MEDUNION_SEARCH_SORT_MAX": "6"})
+    people: list[tuple[list[str] | None, list[str] | None, str | None]] = [  # families, givens, birthDate
+        (["li"], ["wei"], "1960-03-01"), (["li"], ["Ai"], "1970"), (["li"], None, "1955-01-02"), (["Li"], ["bo"], None),
+        (["liu"], ["z"], "1980-05"), (["LIU"], ["b"], "1980-05-06"), (["王"], ["小东"], "1990-01-01"),
+        (["王"], ["小"], "1990-01-01"), (["王"], ["小"], "1990-01-01"), (["li", "zhou"], ["m"], "1961"),
+        (None, ["c"], "2000"), (None, ["a"], None), (None, None, "1999-12-31"), (["Émile"], ["x"], "1975-07-07")]
+    try:
+        with hub.client() as api:
+            mine: dict[str, dict[str, Any]] = {}
+            for families, givens, born in people:
+                names = [{"family": f, "given": givens} for f in families or [None]]
+                body: dict[str, Any] = {"resourceType": "Patient"}
+                if families or givens:
+                    body["name"] = [{k: v for k, v in n.items() if v is not None} for n in names]
+                if born:
+                    body["birthDate"] = born
+                created = api.post("/Patient", json=body)
+                assert created.status_code == 201, created.text
+                mine[created.json()["id"]] = created.json()
+
+            def expected(sort: list[tuple[str, str, bool]]) -> list[str]:
+                def compare(a: str, b: str) -> int:
+                    for code, kind, descending in sort:
+                        x, y = (_sort_key(mine[r], code, kind, descending, hub.base) for r in (a, b))
+                        if x != y:
+                            if x is None or y is None:
+                                return 1 if x is None else -1
+                            return (1 if x < y else -1) if descending else (-1 if x < y else 1)
+                    return (a > b) - (a < b)
+                return sorted(mine, key=functools.cmp_to_key(compare))
+
+            for sort in ([("family", "string", False), ("given", "string", False)],
+                         [("family", "string", True), ("given", "string", False)],
+                         [("family", "string", False), ("given", "string", True), ("birthdate", "date", False)],
+                         [("birthdate", "date", True), ("family", "string", False)],
+                         [("birthdate", "date", False), ("given", "string", True)]):
+                text = ",".join(("-" if descending else "") + code for code, _, descending in sort)
+                pages = _pages_both_ways(api, hub, f"/Patient?_sort={text}&_count=3")
+                assert [rid for ids in pages for rid in ids] == expected(sort), text
+                first = api.get(f"/Patient?_sort={text}&_count=3").json()
+                link = next(x["url"] for x in first["link"] if x["relation"] == "next")
+                cursor = link.split("_cursor=")[1].split("&")[0]
+                mark = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+                assert isinstance(mark, dict) and "w" in mark and "s" in mark, (text, mark)  # read in index order
+
+            for n in range(7):  # more Patients named zhou than a sort may order in memory
+                created = api.post("/Patient", json={"resourceType": "Patient", "name": [{"family": "zhou",
+                                                                                         "given": [str(n)]}]})
+                assert created.status_code == 201, created.text
+            url: str | None = "/Patient?_sort=family,given&_count=3"
+            answer = api.get(url)
+            while answer.status_code == 200 and url:
+                url = next((x["url"].replace(hub.base, "") for x in answer.json()["link"] if x["relation"] == "next"),
+                           None)
+                answer = api.get(url) if url else answer
+            assert answer.status_code == 400, "the zhou Patients were sorted past search_sort_max"
+            assert "share one value of the first _sort key" in answer.json()["issue"][0]["diagnostics"]
+    finally:
+        stop_hub(hub)
 
 
 def test_a_sort_that_reads_too_much_in_index_order_is_sorted_in_memory(store_uri: str, tmp_path: Any) -> None:

@@ -4,9 +4,9 @@ A page is read by one *driver* (the most selective clause that can be scanned, o
 id order) from its position in the ``search_index``; each candidate is re-checked against the current
 version's entries, so orphans and stale entries never match. A resource with several entries in the driver's
 ranges is emitted at its smallest one only. The cursor of the next page is the last key read: pages cost the
-same at any depth and do not shift while writes happen. ``_sort`` by one parameter over many matches walks that
-parameter's entries in value order (index_order.py); other sorts collect the matches (up to ``search_sort_max``)
-and page through them with a keyset cursor.
+same at any depth and do not shift while writes happen. ``_sort`` over many matches walks the entries of its first
+key in value order (index_order.py; the matches sharing a value of it sorted by the other keys); other sorts
+collect the matches (up to ``search_sort_max``) and page through them with a keyset cursor.
 """
 
 from __future__ import annotations
@@ -38,6 +38,14 @@ _T = TypeVar("_T")
 
 class TooManyMatches(BadRequest):
     pass
+
+
+@dataclass(frozen=True, slots=True)
+class _Placed:
+    """A match of a search in index order with the cursors of the page after it and of the page before it."""
+    version: Version
+    ahead: dict[str, Any]
+    behind: dict[str, Any]
 
 
 class _OverBudget(Exception):
@@ -558,13 +566,14 @@ class SearchEngine:
         """``_sort``: every match of the searches (up to ``search_sort_max`` in all), in one order, paged by a
         keyset cursor (the sort values and ``Type/id`` of the last match). ``clauses``: resolved already.
 
-        One search sorted by one parameter whose entries sort by value (index_order.py), with more than
+        One search whose first sort key is a parameter whose entries sort by value (index_order.py), with more than
         ``search_sort_in_memory`` matches (its most selective clause has more keys), is read in the order of those
-        entries instead: pages cost the same at any depth, and any number of matches can be sorted. When its first
-        page reads more than ``search_order_budget`` resources to fill (a filter selective beside the type's
-        size), it is sorted in memory after all."""
+        entries instead (the matches that share a value of the first key sorted in memory by the others): pages
+        cost the same at any depth, and any number of matches can be sorted. When its first page reads more than
+        ``search_order_budget`` resources to fill (a filter selective beside the type's size), it is sorted in
+        memory after all."""
         query = queries[0]  # the searches share _sort
-        if len(queries) == 1 and len(query.sort) == 1 and not from_end:
+        if len(queries) == 1 and not from_end:
             by_index = index_order(query.rtype, *query.sort[0])
             mark = _decode_cursor(cursor) if cursor else None
             walked = isinstance(mark, dict) and "w" in mark
@@ -572,10 +581,10 @@ class SearchEngine:
                 resolved = clauses[0] if clauses is not None else await self._resolve(query)
                 clauses = [resolved]
                 if walked:
-                    return await self._ordered_page(by_index, resolved, count=count, mark=mark)
+                    return await self._ordered_page(by_index, query, resolved, count=count, mark=mark)
                 if await self._many(query.rtype, resolved):
                     try:  # a first page that reads too many resources to fill is sorted in memory, as a few matches are
-                        return await self._ordered_page(by_index, resolved, count=count, mark=None,
+                        return await self._ordered_page(by_index, query, resolved, count=count, mark=None,
                                                         budget=self.settings.search_order_budget)
                     except _OverBudget:
                         pass
@@ -588,10 +597,7 @@ class SearchEngine:
                 msg = f"The search matches more than {cap} resources, more than _sort handles; narrow it"
                 raise TooManyMatches(msg, issues=[Issue(code="too-costly", diagnostics=msg)])
 
-        def order(a: tuple[list[Any], Version], b: tuple[list[Any], Version]) -> int:
-            return _compare(query, a[0], b[0])
-
-        keyed.sort(key=functools.cmp_to_key(order))
+        keyed.sort(key=_by_sort_values(query))
         start, end = (max(0, len(keyed) - count), len(keyed)) if from_end and not cursor else (0, len(keyed))
         if cursor:
             mark = _decode_cursor(cursor)
@@ -619,32 +625,88 @@ class SearchEngine:
         _, _, complete = await self._probe_for_driver(rtype, clauses, candidates, limits)
         return not complete
 
-    async def _ordered_page(self, order: IndexOrder, clauses: list[Clause], *, count: int,
+    async def _ordered_page(self, order: IndexOrder, query: SearchQuery, clauses: list[Clause], *, count: int,
                             mark: dict[str, Any] | None, budget: int | None = None) -> SearchPage:
         """A page of a search in index order from the cursor ``mark``: ``{"w": [phase, position]}``, after that
         position, or with ``"p"``, the page that ends before it. Phase ``k``: the walk of the parameter's pairs,
         the position a key; ``t``: the resources without a sortable value (or every resource, for ``_id``), the
-        position an id. ``budget``: resources it may read (raises ``_OverBudget`` beyond)."""
-        phase, position, back = "k", None, False
+        position an id. Sorted by more keys (``_in_groups``), the position is where the last match's group starts
+        (with ``"p"``, the first match's group ends) and ``"s"`` holds that match's sort values. ``budget``:
+        resources it may read (raises ``_OverBudget`` beyond)."""
+        grouped = len(query.sort) > 1 and order.kind != "id"  # ids are unique: no other key can order them
+        phase, position, back, seen = "k", None, False, None
         if mark is not None:
-            walk = mark.get("w")
+            walk, seen = mark.get("w"), mark.get("s")
             if not (isinstance(walk, list) and len(walk) == 2 and walk[0] in ("k", "t") and isinstance(walk[1], str)
-                    and (walk[0] == "t" or order.holds(walk[1]))):
+                    and (walk[0] == "t" or order.holds(walk[1]))
+                    and (isinstance(seen, list) and len(seen) == len(query.sort) + 1 if grouped else seen is None)):
                 raise BadRequest("The page cursor does not belong to this search; start again from the first page")
             phase, position, back = walk[0], walk[1], bool(mark.get("p"))
-        items = await _first(self._in_order(order, clauses, phase, position, back=back,
-                                            batch=min(max(count + 1, 20), 1000), budget=budget), count + 1)
+        batch = min(max(count + 1, 20), 1000)
+        found = (self._in_groups(order, query, clauses, phase, position, seen, back=back, batch=batch, budget=budget)
+                 if grouped else _one_by_one(self._in_order(order, clauses, phase, position, back=back, batch=batch,
+                                                            budget=budget)))
+        items = await _first(found, count + 1)
         more = len(items) > count
         items = items[:count]
         if back:
             items.reverse()
-        first = {"w": list(items[0][:2]), "p": 1} if items else None
-        last = {"w": list(items[-1][:2])} if items else None
-        nxt = last if (more or back) else None
-        previous = first if (more if back else mark is not None) else None
-        return SearchPage([v for _, _, v in items], None if nxt is None else _encode_cursor(nxt),
+        nxt = items[-1].ahead if items and (more or back) else None
+        previous = items[0].behind if items and (more if back else mark is not None) else None
+        return SearchPage([item.version for item in items], None if nxt is None else _encode_cursor(nxt),
                           total=len(items) if mark is None and nxt is None else None,  # all on the first page
                           previous_cursor=None if previous is None else _encode_cursor(previous))
+
+    async def _in_groups(self, order: IndexOrder, query: SearchQuery, clauses: list[Clause], phase: str,
+                         anchor: str | None, seen: list[Any] | None, *, back: bool, batch: int,
+                         budget: int | None) -> AsyncGenerator[_Placed, None]:
+        """The matches of a sort by several keys: in index order of the first (``_in_order``), each run of matches
+        with one value of it (a group; those without one are a group, last) sorted in memory by all the keys.
+        From the group whose first match in the walk's direction is at ``anchor`` (None: from the start), past the
+        match whose sort values are ``seen``. A group of more than ``search_sort_max`` matches is a 400."""
+        cap = self.settings.search_sort_max
+
+        async def walked() -> AsyncGenerator[tuple[str, str, Version], None]:
+            if anchor is not None:  # the anchor itself, then what lies beyond it
+                rid = anchor if phase == "t" else split_index_key(anchor)[1]
+                version = (await self.store.current_many(order.rtype, [rid])).get(rid)
+                if (version is not None and order.canonical(version) == (None if phase == "t" else anchor)
+                        and _passes(clauses, version)):
+                    yield phase, anchor, version
+            async with aclosing(self._in_order(order, clauses, phase, anchor, back=back, batch=batch,
+                                               budget=budget)) as rest:
+                async for item in rest:
+                    yield item
+
+        def ordered(group: list[tuple[str, str, Version]], first: bool) -> list[_Placed]:
+            keyed = [(_sort_values(query, version), version) for _, _, version in group]
+            keyed.sort(key=_by_sort_values(query), reverse=back)
+            if first and seen is not None:  # the rest of the cursor's group
+                keyed = [(values, v) for values, v in keyed if _compare(query, values, seen) == (-1 if back else 1)]
+            start, end = list(group[0][:2]), list(group[-1][:2])  # the group's ends in the walk's direction
+            head, tail = (end, start) if back else (start, end)  # and in the sort's
+            return [_Placed(version, {"w": head, "s": values}, {"w": tail, "s": values, "p": 1})
+                    for values, version in keyed]
+
+        group: list[tuple[str, str, Version]] = []
+        value: Any = None
+        first = True
+        async with aclosing(walked()) as found:
+            async for item in found:
+                here = order.key_value(item[1]) if item[0] == "k" else None
+                if group and (here != value or item[0] != group[0][0]):
+                    for placed in ordered(group, first):
+                        yield placed
+                    group, first = [], False
+                if len(group) >= cap:
+                    msg = (f"More than {cap} resources share one value of the first _sort key, more than _sort "
+                           "handles; narrow the search or sort by a more selective key first")
+                    raise TooManyMatches(msg, issues=[Issue(code="too-costly", diagnostics=msg)])
+                group.append(item)
+                value = here
+        if group:
+            for placed in ordered(group, first):
+                yield placed
 
     async def _in_order(self, order: IndexOrder, clauses: list[Clause], phase: str, position: str | None, *,
                         back: bool, batch: int, budget: int | None = None
@@ -764,6 +826,13 @@ async def _chunks(found: AsyncGenerator[_T, None], size: int) -> AsyncGenerator[
         yield chunk
 
 
+async def _one_by_one(found: AsyncGenerator[tuple[str, str, Version], None]) -> AsyncGenerator[_Placed, None]:
+    """The matches of a sort by one key in index order, each a position of the walk (``_in_order``)."""
+    async with aclosing(found):
+        async for phase, position, version in found:
+            yield _Placed(version, {"w": [phase, position]}, {"w": [phase, position], "p": 1})
+
+
 async def _first(found: AsyncGenerator[_T, None], n: int) -> list[_T]:
     """The first ``n`` items of ``found`` (closed after: a walk stops reading the store)."""
     out: list[_T] = []
@@ -813,6 +882,13 @@ def _sort_values(query: SearchQuery, version: Version) -> list[Any]:
         out.append((max(values) if descending else min(values)) if values else None)
     out.append(version.key)  # last: Type/id, unique across the types of a search over several
     return out
+
+
+def _by_sort_values(query: SearchQuery) -> Any:
+    """The sort key of (sort values, version) pairs in the order of ``query``'s ``_sort``."""
+    def compare(a: tuple[list[Any], Version], b: tuple[list[Any], Version]) -> int:
+        return _compare(query, a[0], b[0])
+    return functools.cmp_to_key(compare)
 
 
 def _compare(query: SearchQuery, a: list[Any], b: list[Any]) -> int:

@@ -2,7 +2,8 @@
 
 A sorted search over many matches is then paged like an unsorted one: a page reads the parameter's entries from
 its cursor on and the resources they name, at any depth and however many resources match, instead of every
-match being read and sorted for each page (engine.py keeps that for a few matches and for several sort keys).
+match being read and sorted for each page (engine.py keeps that for a few matches; with several sort keys it
+walks the first here and sorts each run of one value of it by the others).
 
 The entries of the kinds served here sort by value in the store (search/keys.py): numbers (``n(value)``),
 quantities (``N n(value)``), tokens (``hex(code).hex(system)``: the ``.`` after the code sorts below every hex
@@ -80,6 +81,10 @@ class IndexOrder:
                 return high if high - low < LONG_SPAN else None
         return sort_value(self.kind, enc, self.descending)  # as the sort in memory (instants: high = low)
 
+    def key_value(self, key: str) -> Any | None:
+        """The sort value of a key of this order's parameter (``value`` of its encoding)."""
+        return self.value(self._enc(key))
+
     def holds(self, key: str) -> bool:
         """Whether ``key`` is a key of this order's parameter that stands for a resource (a cursor's position)."""
         if not key.startswith(f"{self.rtype}|{self.param}|") or key.count("|") < 4:
@@ -94,7 +99,7 @@ class IndexOrder:
         return key[len(self.rtype) + len(self.param) + 2:key.rindex("|", 0, key.rindex("|"))]
 
     def _pair(self, key: str) -> Pair | None:
-        value = self.value(self._enc(key))
+        value = self.key_value(key)
         return None if value is None else (value, key)
 
     def canonical(self, version: Version) -> str | None:
