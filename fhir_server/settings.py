@@ -46,8 +46,9 @@ class Settings(BaseSettings):
     search_sort_max: int = Field(default=10_000, ge=1, description="matches a _sort search may order")
     search_sort_in_memory: int = Field(default=1000, ge=1, description="keys of a sorted search's most selective "
                                        "clause up to which its matches are sorted in memory, not walked in index order")
-    search_order_budget: int = Field(default=2000, ge=1, description="resources the first page of a search walked in "
-                                     "index order may read before the search is sorted in memory instead")
+    search_order_budget: int = Field(default=2000, ge=1, description="resources that do not match the first page of a "
+                                     "search walked in index order may read before the search is sorted in memory "
+                                     "instead (unless it has more matches than search_sort_max)")
     search_chain_max: int = Field(default=1000, ge=1, description="matches of a chained or _has sub-search")
     search_total_max: int = Field(default=100_000, ge=1, description="matches _total=accurate may count")
     write_retry_seconds: float = 10.0

@@ -49,7 +49,8 @@ class _Placed:
 
 
 class _OverBudget(Exception):
-    """The first page of a search walked in index order read more resources than ``search_order_budget``."""
+    """The first page of a search walked in index order read more resources that do not match than
+    ``search_order_budget``."""
 
 
 def entries_of_version(version: Version) -> list[str]:
@@ -482,14 +483,14 @@ class SearchEngine:
     async def _walk_type(self, rtype: str, clauses: list[Clause], *, start: str | None, backward: bool,
                          batch: int, spend: Callable[[int], None] | None = None
                          ) -> AsyncGenerator[tuple[str, Version], None]:
-        """The type's resources that pass ``clauses``, in id order; ``spend`` is told how many each read holds."""
+        """The type's resources that pass ``clauses``, in id order; ``spend`` is told of each one that does not."""
         while True:
             versions = await self.store.scan_type(rtype, after=start, limit=batch, backward=backward)
-            if spend is not None:
-                spend(len(versions))
             for version in versions:
                 if _passes(clauses, version):
                     yield version.rid, version
+                elif spend is not None:
+                    spend(1)
             if len(versions) < batch:
                 return
             start = versions[-1].rid
@@ -570,8 +571,8 @@ class SearchEngine:
         ``search_sort_in_memory`` matches (its most selective clause has more keys), is read in the order of those
         entries instead (the matches that share a value of the first key sorted in memory by the others): pages
         cost the same at any depth, and any number of matches can be sorted. When its first page reads more than
-        ``search_order_budget`` resources to fill (a filter selective beside the type's size), it is sorted in
-        memory after all."""
+        ``search_order_budget`` resources that do not match (a filter selective beside the type's size), it is
+        sorted in memory after all, unless it matches more than ``search_sort_max``."""
         query = queries[0]  # the searches share _sort
         if len(queries) == 1 and not from_end:
             by_index = index_order(query.rtype, *query.sort[0])
@@ -583,11 +584,21 @@ class SearchEngine:
                 if walked:
                     return await self._ordered_page(by_index, query, resolved, count=count, mark=mark)
                 if await self._many(query.rtype, resolved):
-                    try:  # a first page that reads too many resources to fill is sorted in memory, as a few matches are
+                    try:  # a first page that passes over too many resources is sorted in memory, as a few matches are
                         return await self._ordered_page(by_index, query, resolved, count=count, mark=None,
                                                         budget=self.settings.search_order_budget)
                     except _OverBudget:
-                        pass
+                        try:
+                            return await self._sorted_in_memory(queries, count=count, cursor=None, from_end=False,
+                                                                clauses=clauses)
+                        except TooManyMatches:  # too many for memory after all: in index order, however slow
+                            return await self._ordered_page(by_index, query, resolved, count=count, mark=None)
+        return await self._sorted_in_memory(queries, count=count, cursor=cursor, from_end=from_end, clauses=clauses)
+
+    async def _sorted_in_memory(self, queries: list[SearchQuery], *, count: int, cursor: str | None, from_end: bool,
+                                clauses: list[list[Clause]] | None) -> SearchPage:
+        """``_sort`` by reading every match of the searches (up to ``search_sort_max``) and sorting them."""
+        query = queries[0]
         cap = self.settings.search_sort_max
         keyed: list[tuple[list[Any], Version]] = []
         for i, q in enumerate(queries):
@@ -713,14 +724,14 @@ class SearchEngine:
                         ) -> AsyncGenerator[tuple[str, str, Version], None]:
         """The matches in index order (``back``: reversed) from ``position`` of ``phase`` on, with their phase and
         position: the pairs' walk, then the resources without a sortable value by id (reversed: the other way).
-        ``budget``: resources it may read before it raises ``_OverBudget``."""
+        ``budget``: resources it may read and pass over (not matches) before it raises ``_OverBudget``."""
         rtype = order.rtype
-        read = 0
+        passed_over = 0
 
-        def spend(n: int) -> None:
-            nonlocal read
-            read += n
-            if budget is not None and read > budget:
+        def spend(n: int) -> None:  # n more resources read that are not matches
+            nonlocal passed_over
+            passed_over += n
+            if budget is not None and passed_over > budget:
                 raise _OverBudget
         if order.kind == "id":
             async for rid, version in self._walk_type(rtype, clauses, start=position, backward=order.descending != back,
@@ -733,18 +744,21 @@ class SearchEngine:
                                                       spend=spend):
                 if order.canonical(version) is None:
                     yield "t", rid, version
+                else:
+                    spend(1)
             phase, position = "k", None
         if phase == "k":
             pairs = order.walk(self.store, after=position, rising=order.descending == back, batch=batch)
             async with aclosing(_chunks(pairs, batch)) as chunks:  # a page's worth of pairs, then doubling
                 async for chunk in chunks:
                     keyed = [(key, split_index_key(key)[1]) for _, key in chunk]
-                    spend(len(keyed))
                     versions = await self.store.current_many(rtype, sorted({rid for _, rid in keyed}))
                     for key, rid in keyed:
                         found = versions.get(rid)
                         if found is not None and order.canonical(found) == key and _passes(clauses, found):
                             yield "k", key, found
+                        else:
+                            spend(1)
             if back:
                 return
             position = None
@@ -754,6 +768,8 @@ class SearchEngine:
                                                   spend=spend):
             if order.canonical(version) is None:
                 yield "t", rid, version
+            else:
+                spend(1)
 
     # ---- _include and _revinclude -------------------------------------------------------------------------
 
