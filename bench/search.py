@@ -25,7 +25,7 @@ from pymongo import AsyncMongoClient
 from bench.harness import Result, drive, drive_urls, hub_rss, machine_line, running_hub
 from bench.synthetic import SR_CODES, mrn_system, organizations, patient_group, patient_id, transaction
 from fhir_server.search.entries import date_range
-from fhir_server.search.keys import hexs, sortable_int, token_enc
+from fhir_server.search.keys import hexs, sortable_int, string_enc, token_enc
 from fhir_server.search.query import MICROS_PER_DAY
 from fhir_server.settings import Settings
 from fhir_server.storage import ResourceStore
@@ -223,6 +223,14 @@ async def main(patients: int, seconds: float, clients: int, store_dir: Path | No
             async def by_name_raw(rng: random.Random) -> bool:  # the first 21 family entries and their Patients
                 return bool(await raw("Patient", "family|", "family|~", limit=21))
 
+            # a patient index by family and given name: each family a group of ~5,500 (18 families), read whole by
+            # the first page of a group, kept by the hub for the pages after it inside the group
+            by_names = await page_urls("/Patient?_sort=family,given&_count=20")
+            first_family = f"family|{string_enc('chen')}|"  # "chen" is the first family in this order
+
+            async def by_names_raw(rng: random.Random) -> bool:  # the first family's entries and Patients
+                return bool(await raw("Patient", first_family, f"{first_family}~", limit=10_000))
+
             # a worklist: every active order, latest first; read in the order of the authored entries
             worklist = await page_urls("/ServiceRequest?status=active&_sort=-authored&_count=20")
 
@@ -246,6 +254,8 @@ async def main(patients: int, seconds: float, clients: int, store_dir: Path | No
                 ("Patient?_content=<family name> page 1 (_count=20)", content, content_raw),
                 ("Patient?_sort=family page 1 (_count=20)", by_name[1], by_name_raw),
                 ("Patient?_sort=family page 50 (_count=20)", by_name[50], by_name_raw),
+                ("Patient?_sort=family,given page 1 (_count=20)", by_names[1], by_names_raw),
+                ("Patient?_sort=family,given page 50 (_count=20)", by_names[50], by_name_raw),
                 ("ServiceRequest?status=active&_sort=-authored page 1", worklist[1], worklist_raw),
                 ("ServiceRequest?status=active&_sort=-authored page 50", worklist[50], worklist_raw),
                 ("ServiceRequest?status=active page 1 (_count=20)", pages[1], page_raw),

@@ -1001,6 +1001,20 @@ def _sort_key(resource: dict[str, Any], code: str, kind: str, descending: bool, 
     return (max(found) if descending else min(found)) if found else None
 
 
+def _sorted_by(resources: dict[str, dict[str, Any]], sort: list[tuple[str, str, bool]], base: str) -> list[str]:
+    """The ids of ``resources`` in the order of a ``_sort`` by several keys (code, kind, descending): each key's
+    value as ``_sort_key`` gives it, a resource without one after those with one, full ties by id."""
+    def compare(a: str, b: str) -> int:
+        for code, kind, descending in sort:
+            x, y = (_sort_key(resources[r], code, kind, descending, base) for r in (a, b))
+            if x != y:
+                if x is None or y is None:
+                    return 1 if x is None else -1
+                return (1 if x < y else -1) if descending else (-1 if x < y else 1)
+        return (a > b) - (a < b)
+    return sorted(resources, key=functools.cmp_to_key(compare))
+
+
 def test_every_parameter_sorts_the_official_examples(search_hub: Hub, stored: dict[str, list[dict[str, Any]]]) -> None:
     """``_sort`` by each parameter of each type, both ways, over the official examples and the generated data,
     paged to the end 7 at a time, must give the evaluator's order (resources without a value last), even with
@@ -1197,15 +1211,7 @@ def test_a_large_sort_by_several_keys_orders_each_value_of_the_first_by_the_othe
 
             def expected(sort: list[tuple[str, str, bool]], only: Callable[[dict[str, Any]], bool] = bool
                          ) -> list[str]:
-                def compare(a: str, b: str) -> int:
-                    for code, kind, descending in sort:
-                        x, y = (_sort_key(mine[r], code, kind, descending, hub.base) for r in (a, b))
-                        if x != y:
-                            if x is None or y is None:
-                                return 1 if x is None else -1
-                            return (1 if x < y else -1) if descending else (-1 if x < y else 1)
-                    return (a > b) - (a < b)
-                return sorted((r for r in mine if only(mine[r])), key=functools.cmp_to_key(compare))
+                return _sorted_by({rid: r for rid, r in mine.items() if only(r)}, sort, hub.base)
 
             for sort in ([("family", "string", False), ("given", "string", False)],
                          [("family", "string", True), ("given", "string", False)],
@@ -1240,6 +1246,68 @@ def test_a_large_sort_by_several_keys_orders_each_value_of_the_first_by_the_othe
                 answer = api.get(url) if url else answer
             assert answer.status_code == 400, "the zhou Patients were sorted past search_sort_max"
             assert "share one value of the first _sort key" in answer.json()["issue"][0]["diagnostics"]
+    finally:
+        stop_hub(hub)
+
+
+def test_pages_inside_a_large_group_of_a_sort_by_several_keys_come_in_order_while_writes_happen(
+        store_uri: str, tmp_path: Any) -> None:
+    """A group of 120 Patients with one family, sorted by given name (ties and no given among them) on pages of 7,
+    both ways: the pages after the first inside the group are taken from the group as the first page read it
+    (engine ``_Groups``), each Patient read again. Between two pages, a Patient deleted, one moved to another
+    family and one given another name: the deleted one never comes, none comes twice, the moved one comes with
+    its new family only, and the order stays the evaluator's."""
+    hub = start_hub(store_uri, tmp_path / "home", database=f"groups_{uuid.uuid4().hex[:8]}",
+                    extra={"MEDUNION_SEARCH_SORT_IN_MEMORY": "5"})
+    rng = random.Random(11)
+    givens = ["an", "bo", "Chen", "de", "fang", "gang", "hui", "王", "小东", None]
+    people = [("zhao", rng.choice(givens)) for _ in range(120)]
+    people += [("li", "a"), ("li", None), ("wu", "x"), ("Zhao", "b")]
+    try:
+        with hub.client() as api:
+            entries = [{"resource": {"resourceType": "Patient",
+                                     "identifier": [{"system": "urn:groups", "value": str(n)}],
+                                     "name": [{"family": family, **({"given": [given]} if given else {})}]},
+                        "request": {"method": "POST", "url": "Patient"}}
+                       for n, (family, given) in enumerate(people)]
+            done = api.post("", json={"resourceType": "Bundle", "type": "transaction", "entry": entries})
+            assert done.status_code == 200, done.text
+
+            def current() -> dict[str, dict[str, Any]]:
+                found = api.get("/Patient?identifier=urn:groups|&_count=1000").json()
+                return {e["resource"]["id"]: e["resource"] for e in found["entry"]}
+
+            def expected(mine: dict[str, dict[str, Any]], descending: bool) -> list[str]:
+                return _sorted_by(mine, [("family", "string", descending), ("given", "string", descending)], hub.base)
+
+            mine = current()
+            for descending in (False, True):
+                sort = "-family,-given" if descending else "family,given"
+                url = f"/Patient?identifier=urn:groups|&_sort={sort}&_count=7"
+                pages = _pages_both_ways(api, hub, url)
+                assert [rid for ids in pages for rid in ids] == expected(mine, descending), sort
+                assert len(pages) == 18
+
+            url = "/Patient?identifier=urn:groups|&_sort=family,given&_count=7"
+            seen: list[str] = []
+            for _ in range(2):
+                page = api.get(url).json()
+                seen += [e["resource"]["id"] for e in page["entry"]]
+                url = next(x["url"].replace(hub.base, "") for x in page["link"] if x["relation"] == "next")
+            ahead = [rid for rid in expected(mine, False) if rid not in seen]
+            gone, moved, renamed = ahead[20], ahead[30], ahead[40]
+            assert api.delete(f"/Patient/{gone}").status_code in (200, 204)
+            for rid, change in ((moved, {"family": "li"}), (renamed, {"given": ["aaa"]})):
+                body = {**mine[rid], "name": [{**mine[rid]["name"][0], **change}]}
+                assert api.put(f"/Patient/{rid}", json=body).status_code == 200
+            while url:
+                page = api.get(url).json()
+                seen += [e["resource"]["id"] for e in page.get("entry", [])]
+                url = next((x["url"].replace(hub.base, "") for x in page["link"] if x["relation"] == "next"), None)
+            assert gone not in seen and moved not in seen and len(seen) == len(set(seen))
+            now = current()
+            assert [r for r in seen if r != renamed] == [r for r in expected(now, False) if r in seen and r != renamed]
+            assert set(seen) >= set(now) - {moved, renamed}
     finally:
         stop_hub(hub)
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
+import time
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
@@ -38,6 +40,54 @@ _T = TypeVar("_T")
 
 class TooManyMatches(BadRequest):
     pass
+
+
+@dataclass(frozen=True, slots=True)
+class _Group:
+    """The matches of a sort by several keys that share one value of its first key, in the sort's order, with the
+    positions of the walk where the group starts and ends in that order (``_in_groups``)."""
+    made: float
+    items: list[tuple[list[Any], str]]  # (sort values, id)
+    head: tuple[str, str]  # (phase, position)
+    tail: tuple[str, str]
+
+
+class _Groups:
+    """Large groups of recent sorts by several keys, kept ``TTL`` seconds (at most ``MAX_ITEMS`` matches in all,
+    the least recently used dropped first), so that a page inside a group of thousands reads its own resources
+    only, not the whole group again. Each is found by its search and the position a cursor names (the head for
+    the pages after, the tail for the pages before). A page re-reads every resource it takes from a kept group;
+    a resource written into the group since it was kept is missed until the group is read again."""
+
+    LARGE = 100  # matches
+    TTL = 30.0  # seconds
+    MAX_ITEMS = 200_000
+
+    def __init__(self) -> None:
+        self.kept: OrderedDict[tuple[Any, ...], _Group] = OrderedDict()
+        self.size = 0
+
+    def get(self, key: tuple[Any, ...]) -> _Group | None:
+        group = self.kept.get(key)
+        if group is None:
+            return None
+        if time.monotonic() - group.made > self.TTL:
+            self._drop(key)
+            return None
+        self.kept.move_to_end(key)
+        return group
+
+    def put(self, shape: tuple[Any, ...], group: _Group) -> None:
+        for key in ((shape, False, *group.head), (shape, True, *group.tail)):
+            if key in self.kept:
+                self._drop(key)
+            self.kept[key] = group
+            self.size += len(group.items)
+        while self.size > self.MAX_ITEMS:
+            self._drop(next(iter(self.kept)))
+
+    def _drop(self, key: tuple[Any, ...]) -> None:
+        self.size -= len(self.kept.pop(key).items)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +213,7 @@ class SearchEngine:
         self.store = store
         self.settings = settings
         self.selectivity = _Selectivity()
+        self.groups = _Groups()
 
     # ---- entry points -------------------------------------------------------------------------------------
 
@@ -674,11 +725,19 @@ class SearchEngine:
         """The matches of a sort by several keys: in index order of the first (``_in_order``), each run of matches
         with one value of it (a group; those without one are a group, last) sorted in memory by all the keys.
         From the group whose first match in the walk's direction is at ``anchor`` (None: from the start), past the
-        match whose sort values are ``seen``. A group of more than ``search_sort_max`` matches is a 400."""
+        match whose sort values are ``seen``. A group of more than ``search_sort_max`` matches is a 400. A large
+        group is kept a while (``_Groups``): the next pages inside it read only their own resources."""
         cap = self.settings.search_sort_max
+        shape = (query.text, tuple(query.sort), tuple(c.name for c in clauses))  # c.name: a compartment's too
+        kept = self.groups.get((shape, back, phase, anchor)) if anchor is not None else None
+        if kept is not None:
+            async for placed in self._from_group(order, query, clauses, kept, seen, back=back, batch=batch):
+                yield placed
+            phase, anchor = kept.head if back else kept.tail  # on from the group's far end
+            seen = None
 
         async def walked() -> AsyncGenerator[tuple[str, str, Version], None]:
-            if anchor is not None:  # the anchor itself, then what lies beyond it
+            if anchor is not None and kept is None:  # the anchor itself, then what lies beyond it
                 rid = anchor if phase == "t" else split_index_key(anchor)[1]
                 version = (await self.store.current_many(order.rtype, [rid])).get(rid)
                 if (version is not None and order.canonical(version) == (None if phase == "t" else anchor)
@@ -692,16 +751,19 @@ class SearchEngine:
         def ordered(group: list[tuple[str, str, Version]], first: bool) -> list[_Placed]:
             keyed = [(_sort_values(query, version), version) for _, _, version in group]
             keyed.sort(key=_by_sort_values(query), reverse=back)
+            start, end = group[0][:2], group[-1][:2]  # the group's ends in the walk's direction
+            head, tail = (end, start) if back else (start, end)  # and in the sort's
+            if len(group) >= _Groups.LARGE:
+                rising = keyed[::-1] if back else keyed
+                self.groups.put(shape, _Group(time.monotonic(), [(values, v.rid) for values, v in rising], head, tail))
             if first and seen is not None:  # the rest of the cursor's group
                 keyed = [(values, v) for values, v in keyed if _compare(query, values, seen) == (-1 if back else 1)]
-            start, end = list(group[0][:2]), list(group[-1][:2])  # the group's ends in the walk's direction
-            head, tail = (end, start) if back else (start, end)  # and in the sort's
-            return [_Placed(version, {"w": head, "s": values}, {"w": tail, "s": values, "p": 1})
+            return [_Placed(version, {"w": list(head), "s": values}, {"w": list(tail), "s": values, "p": 1})
                     for values, version in keyed]
 
         group: list[tuple[str, str, Version]] = []
         value: Any = None
-        first = True
+        first = kept is None
         async with aclosing(walked()) as found:
             async for item in found:
                 here = order.key_value(item[1]) if item[0] == "k" else None
@@ -718,6 +780,23 @@ class SearchEngine:
         if group:
             for placed in ordered(group, first):
                 yield placed
+
+    async def _from_group(self, order: IndexOrder, query: SearchQuery, clauses: list[Clause], kept: _Group,
+                          seen: list[Any] | None, *, back: bool, batch: int) -> AsyncGenerator[_Placed, None]:
+        """The matches of a kept group past ``seen``, each read again: one that no longer matches or no longer
+        sorts where it did (written since) is passed over (it is where its values now put it)."""
+        beyond = -1 if back else 1
+        items = [(values, rid) for values, rid in (reversed(kept.items) if back else kept.items)
+                 if seen is None or _compare(query, values, seen) == beyond]
+        for at in range(0, len(items), batch):
+            chunk = items[at:at + batch]
+            versions = await self.store.current_many(order.rtype, sorted({rid for _, rid in chunk}))
+            for values, rid in chunk:
+                version = versions.get(rid)
+                if (version is not None and _passes(clauses, version) and order.canonical(version) is not None
+                        and _sort_values(query, version) == values):
+                    yield _Placed(version, {"w": list(kept.head), "s": values},
+                                  {"w": list(kept.tail), "s": values, "p": 1})
 
     async def _in_order(self, order: IndexOrder, clauses: list[Clause], phase: str, position: str | None, *,
                         back: bool, batch: int, budget: int | None = None
