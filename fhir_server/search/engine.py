@@ -694,7 +694,7 @@ class SearchEngine:
         the position a key; ``t``: the resources without a sortable value (or every resource, for ``_id``), the
         position an id. Sorted by more keys (``_in_groups``), the position is where the last match's group starts
         (with ``"p"``, the first match's group ends) and ``"s"`` holds that match's sort values. ``budget``:
-        resources it may read (raises ``_OverBudget`` beyond)."""
+        resources that do not match it may read (raises ``_OverBudget`` beyond)."""
         grouped = len(query.sort) > 1 and order.kind != "id"  # ids are unique: no other key can order them
         phase, position, back, seen = "k", None, False, None
         if mark is not None:
