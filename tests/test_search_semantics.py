@@ -1223,6 +1223,15 @@ def test_a_large_sort_by_several_keys_orders_each_value_of_the_first_by_the_othe
                 assert [rid for ids in pages for rid in ids] == expected(sort), text
                 assert plan(f"/Patient?_sort={text}&_count=3") == "index", text
 
+            # pages asked for at once from one cursor: those that find its group being read wait for that read
+            first = api.get("/Patient?_sort=family,given&_count=3").json()
+            second = next(x["url"] for x in first["link"] if x["relation"] == "next").replace(hub.base, "")
+            alone = [e["resource"]["id"] for e in api.get(second).json()["entry"]]
+            with ThreadPoolExecutor(8) as pool:
+                together = list(pool.map(lambda _: api.get(second), range(16)))
+            assert all(r.status_code == 200 and [e["resource"]["id"] for e in r.json()["entry"]] == alone
+                       for r in together)
+
             by_name = [("family", "string", False), ("given", "string", False)]
             female = "gender=female&_sort=family,given&_count=2"  # 7 matches: more than memory takes
             pages = _pages_both_ways(api, hub, f"/Patient?{female}")

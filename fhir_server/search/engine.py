@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import bisect
 import functools
 import time
 from collections import OrderedDict
@@ -66,6 +67,7 @@ class _Groups:
     def __init__(self) -> None:
         self.kept: OrderedDict[tuple[Any, ...], _Group] = OrderedDict()
         self.size = 0
+        self.reading: dict[tuple[Any, ...], asyncio.Event] = {}  # a group being read by a page: the others wait
 
     def get(self, key: tuple[Any, ...]) -> _Group | None:
         group = self.kept.get(key)
@@ -726,10 +728,33 @@ class SearchEngine:
         with one value of it (a group; those without one are a group, last) sorted in memory by all the keys.
         From the group whose first match in the walk's direction is at ``anchor`` (None: from the start), past the
         match whose sort values are ``seen``. A group of more than ``search_sort_max`` matches is a 400. A large
-        group is kept a while (``_Groups``): the next pages inside it read only their own resources."""
-        cap = self.settings.search_sort_max
+        group is kept a while (``_Groups``): the next pages inside it read only their own resources, and a page
+        that finds its group being read by another waits for it."""
         shape = (query.text, tuple(query.sort), tuple(c.name for c in clauses))  # c.name: a compartment's too
-        kept = self.groups.get((shape, back, phase, anchor)) if anchor is not None else None
+        at = (shape, back, phase, anchor)
+        kept, reading = None, None
+        if anchor is not None:
+            kept = self.groups.get(at)
+            while kept is None and at in self.groups.reading:  # another page reads this group: wait for it
+                await self.groups.reading[at].wait()
+                kept = self.groups.get(at)
+            if kept is None:
+                reading = self.groups.reading[at] = asyncio.Event()
+        try:
+            async with aclosing(self._groups_from(order, query, clauses, phase, anchor, seen, kept, shape,
+                                                  back=back, batch=batch, budget=budget)) as found:
+                async for placed in found:
+                    yield placed
+        finally:
+            if reading is not None:
+                del self.groups.reading[at]
+                reading.set()
+
+    async def _groups_from(self, order: IndexOrder, query: SearchQuery, clauses: list[Clause], phase: str,
+                           anchor: str | None, seen: list[Any] | None, kept: _Group | None, shape: tuple[Any, ...],
+                           *, back: bool, batch: int, budget: int | None) -> AsyncGenerator[_Placed, None]:
+        """``_in_groups`` once it knows whether the cursor's group is kept (``kept``)."""
+        cap = self.settings.search_sort_max
         if kept is not None:
             async for placed in self._from_group(order, query, clauses, kept, seen, back=back, batch=batch):
                 yield placed
@@ -785,9 +810,13 @@ class SearchEngine:
                           seen: list[Any] | None, *, back: bool, batch: int) -> AsyncGenerator[_Placed, None]:
         """The matches of a kept group past ``seen``, each read again: one that no longer matches or no longer
         sorts where it did (written since) is passed over (it is where its values now put it)."""
-        beyond = -1 if back else 1
-        items = [(values, rid) for values, rid in (reversed(kept.items) if back else kept.items)
-                 if seen is None or _compare(query, values, seen) == beyond]
+        order_of = _by_sort_values(query)
+        items = kept.items
+        if back:
+            end = len(items) if seen is None else bisect.bisect_left(items, order_of((seen, "")), key=order_of)
+            items = items[:end][::-1]
+        elif seen is not None:
+            items = items[bisect.bisect_right(items, order_of((seen, "")), key=order_of):]
         for at in range(0, len(items), batch):
             chunk = items[at:at + batch]
             versions = await self.store.current_many(order.rtype, sorted({rid for _, rid in chunk}))
