@@ -990,7 +990,6 @@ def _references(version: Version, param: str) -> list[str]:
 
 def _sort_values(query: SearchQuery, version: Version) -> list[Any]:
     params = parameters_for(version.rtype)
-    entries = entries_of_version(version)
     out: list[Any] = []
     for code, descending in query.sort:
         if code == "_id":
@@ -1001,7 +1000,9 @@ def _sort_values(query: SearchQuery, version: Version) -> list[Any]:
             continue
         base, only = indexed_as(version.rtype, code)  # Observation patient: subject's entries, Patient ones only
         kind = params[base].type
-        values = [sort_value(kind, e[len(base) + 1:-1], descending) for e in entries if e.startswith(f"{base}|")]
+        prefix = f"{base}|"  # the ix items (param|enc|vid) of this parameter, decoded: few of the version's
+        values = [sort_value(kind, item[len(prefix):item.rindex("|")], descending) for item in version.index
+                  if item.startswith(prefix)]
         values = [v for v in values if v is not None and (only is None or reference_type(v) == only)]
         out.append((max(values) if descending else min(values)) if values else None)
     out.append(version.key)  # last: Type/id, unique across the types of a search over several
