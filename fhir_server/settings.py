@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     search_order_budget: int = Field(default=2000, ge=1, description="resources that do not match the first page of a "
                                      "search walked in index order may read before the search is sorted in memory "
                                      "instead (unless it has more matches than search_sort_max)")
+    search_sort_keep: float = Field(default=30.0, ge=0, description="seconds a large group of a sort by several "
+                                    "keys is kept for the pages after its first (0: none kept)")
     search_chain_max: int = Field(default=1000, ge=1, description="matches of a chained or _has sub-search")
     search_total_max: int = Field(default=100_000, ge=1, description="matches _total=accurate may count")
     write_retry_seconds: float = 10.0

@@ -1259,15 +1259,18 @@ def test_a_large_sort_by_several_keys_orders_each_value_of_the_first_by_the_othe
         stop_hub(hub)
 
 
+@pytest.mark.parametrize("keep", ["30", "0"])
 def test_pages_inside_a_large_group_of_a_sort_by_several_keys_come_in_order_while_writes_happen(
-        store_uri: str, tmp_path: Any) -> None:
+        store_uri: str, tmp_path: Any, keep: str) -> None:
     """A group of 120 Patients with one family, sorted by given name (ties and no given among them) on pages of 7,
     both ways: the pages after the first inside the group are taken from the group as the first page read it
-    (engine ``_Groups``), each Patient read again. Between two pages, a Patient deleted, one moved to another
-    family and one given another name: the deleted one never comes, none comes twice, the moved one comes with
-    its new family only, and the order stays the evaluator's."""
+    (engine ``_Groups``; with ``search_sort_keep`` 0, each page reads the group again), each Patient read again.
+    Between two pages, a Patient deleted, one moved to another family, one given another name and one added to
+    the group ahead of the cursor: the deleted one never comes, none comes twice, the moved one comes with its new
+    family only, and the order stays the evaluator's; the added one comes when each page reads the group again,
+    and not when the group is kept (it comes once the group is read again)."""
     hub = start_hub(store_uri, tmp_path / "home", database=f"groups_{uuid.uuid4().hex[:8]}",
-                    extra={"MEDUNION_SEARCH_SORT_IN_MEMORY": "5"})
+                    extra={"MEDUNION_SEARCH_SORT_IN_MEMORY": "5", "MEDUNION_SEARCH_SORT_KEEP": keep})
     rng = random.Random(11)
     givens = ["an", "bo", "Chen", "de", "fang", "gang", "hui", "王", "小东", None]
     people = [("zhao", rng.choice(givens)) for _ in range(120)]
@@ -1309,6 +1312,11 @@ def test_pages_inside_a_large_group_of_a_sort_by_several_keys_come_in_order_whil
             for rid, change in ((moved, {"family": "li"}), (renamed, {"given": ["aaa"]})):
                 body = {**mine[rid], "name": [{**mine[rid]["name"][0], **change}]}
                 assert api.put(f"/Patient/{rid}", json=body).status_code == 200
+            created = api.post("/Patient", json={"resourceType": "Patient",
+                                                 "name": [{"family": "zhao", "given": ["zzz"]}],
+                                                 "identifier": [{"system": "urn:groups", "value": "added"}]})
+            assert created.status_code == 201, created.text
+            added = created.json()["id"]
             while url:
                 page = api.get(url).json()
                 seen += [e["resource"]["id"] for e in page.get("entry", [])]
@@ -1316,7 +1324,8 @@ def test_pages_inside_a_large_group_of_a_sort_by_several_keys_come_in_order_whil
             assert gone not in seen and moved not in seen and len(seen) == len(set(seen))
             now = current()
             assert [r for r in seen if r != renamed] == [r for r in expected(now, False) if r in seen and r != renamed]
-            assert set(seen) >= set(now) - {moved, renamed}
+            assert set(seen) >= set(now) - {moved, renamed, added}
+            assert (added in seen) == (keep == "0"), "a kept group was read again, or a group was kept with keep 0"
     finally:
         stop_hub(hub)
 

@@ -54,17 +54,18 @@ class _Group:
 
 
 class _Groups:
-    """Large groups of recent sorts by several keys, kept ``TTL`` seconds (at most ``MAX_ITEMS`` matches in all,
-    the least recently used dropped first), so that a page inside a group of thousands reads its own resources
-    only, not the whole group again. Each is found by its search and the position a cursor names (the head for
-    the pages after, the tail for the pages before). A page re-reads every resource it takes from a kept group;
-    a resource written into the group since it was kept is missed until the group is read again."""
+    """Large groups of recent sorts by several keys, kept ``ttl`` seconds (``search_sort_keep``; at most
+    ``MAX_ITEMS`` matches in all, the least recently used dropped first), so that a page inside a group of
+    thousands reads its own resources only, not the whole group again. Each is found by its search and the
+    position a cursor names (the head for the pages after, the tail for the pages before). A page re-reads every
+    resource it takes from a kept group; a resource written into the group since it was kept is missed until the
+    group is read again."""
 
     LARGE = 100  # matches
-    TTL = 30.0  # seconds
     MAX_ITEMS = 200_000
 
-    def __init__(self) -> None:
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl  # 0: none kept
         self.kept: OrderedDict[tuple[Any, ...], _Group] = OrderedDict()
         self.size = 0
         self.reading: dict[tuple[Any, ...], asyncio.Event] = {}  # a group being read by a page: the others wait
@@ -73,13 +74,15 @@ class _Groups:
         group = self.kept.get(key)
         if group is None:
             return None
-        if time.monotonic() - group.made > self.TTL:
+        if time.monotonic() - group.made > self.ttl:
             self._drop(key)
             return None
         self.kept.move_to_end(key)
         return group
 
     def put(self, shape: tuple[Any, ...], group: _Group) -> None:
+        if self.ttl <= 0:
+            return
         for key in ((shape, False, *group.head), (shape, True, *group.tail)):
             if key in self.kept:
                 self._drop(key)
@@ -215,7 +218,7 @@ class SearchEngine:
         self.store = store
         self.settings = settings
         self.selectivity = _Selectivity()
-        self.groups = _Groups()
+        self.groups = _Groups(settings.search_sort_keep)
 
     # ---- entry points -------------------------------------------------------------------------------------
 
@@ -755,9 +758,11 @@ class SearchEngine:
                            *, back: bool, batch: int, budget: int | None) -> AsyncGenerator[_Placed, None]:
         """``_in_groups`` once it knows whether the cursor's group is kept (``kept``)."""
         cap = self.settings.search_sort_max
-        if kept is not None:
+        served = None  # the kept group's (phase, first-key value): its members met beyond its far end are passed
+        if kept is not None:  # over (written into it since it was kept: they come once the group is read again)
             async for placed in self._from_group(order, query, clauses, kept, seen, back=back, batch=batch):
                 yield placed
+            served = (kept.head[0], order.key_value(kept.head[1]) if kept.head[0] == "k" else None)
             phase, anchor = kept.head if back else kept.tail  # on from the group's far end
             seen = None
 
@@ -792,6 +797,8 @@ class SearchEngine:
         async with aclosing(walked()) as found:
             async for item in found:
                 here = order.key_value(item[1]) if item[0] == "k" else None
+                if (item[0], here) == served:
+                    continue
                 if group and (here != value or item[0] != group[0][0]):
                     for placed in ordered(group, first):
                         yield placed
