@@ -1263,7 +1263,8 @@ def test_a_large_sort_by_several_keys_orders_each_value_of_the_first_by_the_othe
 def test_pages_inside_a_large_group_of_a_sort_by_several_keys_come_in_order_while_writes_happen(
         store_uri: str, tmp_path: Any, keep: str) -> None:
     """A group of 120 Patients with one family, sorted by given name (ties and no given among them) on pages of 7,
-    both ways: the pages after the first inside the group are taken from the group as the first page read it
+    both ways (and all 124 sorted by birth date, which none has, then given name: one group without a value):
+    the pages after the first inside the group are taken from the group as the first page read it
     (engine ``_Groups``; with ``search_sort_keep`` 0, each page reads the group again), each Patient read again.
     Between two pages, a Patient deleted, one moved to another family, one given another name and one added to
     the group ahead of the cursor: the deleted one never comes, none comes twice, the moved one comes with its new
@@ -1299,6 +1300,10 @@ def test_pages_inside_a_large_group_of_a_sort_by_several_keys_come_in_order_whil
                 pages = _pages_both_ways(api, hub, url)
                 assert [rid for ids in pages for rid in ids] == expected(mine, descending), sort
                 assert len(pages) == 18
+            # none has a birth date: all are the group of those without a value of the first key, kept likewise
+            pages = _pages_both_ways(api, hub, "/Patient?identifier=urn:groups|&_sort=-birthdate,given&_count=7")
+            assert [rid for ids in pages for rid in ids] == _sorted_by(
+                mine, [("birthdate", "date", True), ("given", "string", False)], hub.base)
 
             url = "/Patient?identifier=urn:groups|&_sort=family,given&_count=7"
             seen: list[str] = []

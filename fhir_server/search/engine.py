@@ -829,8 +829,7 @@ class SearchEngine:
             versions = await self.store.current_many(order.rtype, sorted({rid for _, rid in chunk}))
             for values, rid in chunk:
                 version = versions.get(rid)
-                if (version is not None and _passes(clauses, version) and order.canonical(version) is not None
-                        and _sort_values(query, version) == values):
+                if version is not None and _passes(clauses, version) and _sort_values(query, version) == values:
                     yield _Placed(version, {"w": list(kept.head), "s": values},
                                   {"w": list(kept.tail), "s": values, "p": 1})
 
