@@ -102,6 +102,17 @@ class _Placed:
     ahead: dict[str, Any]
     behind: dict[str, Any]
 
+    @classmethod
+    def at(cls, version: Version, phase: str, position: str) -> _Placed:
+        """A match of a sort by one key, at a position of the walk (``_in_order``)."""
+        return cls(version, {"w": [phase, position]}, {"w": [phase, position], "p": 1})
+
+    @classmethod
+    def in_group(cls, version: Version, values: list[Any], head: tuple[str, str], tail: tuple[str, str]) -> _Placed:
+        """A match of a group of a sort by several keys (``_in_groups``), with its sort values: the pages after it
+        start from the group's head, those before it from its tail."""
+        return cls(version, {"w": list(head), "s": values}, {"w": list(tail), "s": values, "p": 1})
+
 
 class _OverBudget(Exception):
     """The first page of a search walked in index order read more resources that do not match than
@@ -762,7 +773,7 @@ class SearchEngine:
         if kept is not None:  # over (written into it since it was kept: they come once the group is read again)
             async for placed in self._from_group(order, query, clauses, kept, seen, back=back, batch=batch):
                 yield placed
-            served = (kept.head[0], order.key_value(kept.head[1]) if kept.head[0] == "k" else None)
+            served = (kept.head[0], _first_key_value(order, *kept.head))
             phase, anchor = kept.head if back else kept.tail  # on from the group's far end
             seen = None
 
@@ -788,15 +799,14 @@ class SearchEngine:
                 self.groups.put(shape, _Group(time.monotonic(), [(values, v.rid) for values, v in rising], head, tail))
             if first and seen is not None:  # the rest of the cursor's group
                 keyed = [(values, v) for values, v in keyed if _compare(query, values, seen) == (-1 if back else 1)]
-            return [_Placed(version, {"w": list(head), "s": values}, {"w": list(tail), "s": values, "p": 1})
-                    for values, version in keyed]
+            return [_Placed.in_group(version, values, head, tail) for values, version in keyed]
 
         group: list[tuple[str, str, Version]] = []
         value: Any = None
         first = kept is None
         async with aclosing(walked()) as found:
             async for item in found:
-                here = order.key_value(item[1]) if item[0] == "k" else None
+                here = _first_key_value(order, item[0], item[1])
                 if (item[0], here) == served:
                     continue
                 if group and (here != value or item[0] != group[0][0]):
@@ -830,8 +840,7 @@ class SearchEngine:
             for values, rid in chunk:
                 version = versions.get(rid)
                 if version is not None and _passes(clauses, version) and _sort_values(query, version) == values:
-                    yield _Placed(version, {"w": list(kept.head), "s": values},
-                                  {"w": list(kept.tail), "s": values, "p": 1})
+                    yield _Placed.in_group(version, values, kept.head, kept.tail)
 
     async def _in_order(self, order: IndexOrder, clauses: list[Clause], phase: str, position: str | None, *,
                         back: bool, batch: int, budget: int | None = None
@@ -960,7 +969,12 @@ async def _one_by_one(found: AsyncGenerator[tuple[str, str, Version], None]) -> 
     """The matches of a sort by one key in index order, each a position of the walk (``_in_order``)."""
     async with aclosing(found):
         async for phase, position, version in found:
-            yield _Placed(version, {"w": [phase, position]}, {"w": [phase, position], "p": 1})
+            yield _Placed.at(version, phase, position)
+
+
+def _first_key_value(order: IndexOrder, phase: str, position: str) -> Any:
+    """The value of the first sort key at a position of the walk: its key's, None in the tail (phase ``t``)."""
+    return order.key_value(position) if phase == "k" else None
 
 
 async def _first(found: AsyncGenerator[_T, None], n: int) -> list[_T]:
