@@ -1085,6 +1085,18 @@ def _pages_both_ways(api: httpx.Client, hub: Hub, url: str) -> list[list[str]]:
     return pages
 
 
+def _last_page(api: httpx.Client, hub: Hub, url: str) -> httpx.Response:
+    """The answer for the last page of a search, following its ``next`` links from ``url``, or the first answer
+    that is not a 200."""
+    answer = api.get(url)
+    while answer.status_code == 200:
+        nxt = next((x["url"] for x in answer.json()["link"] if x["relation"] == "next"), None)
+        if nxt is None:
+            break
+        answer = api.get(nxt.replace(hub.base, ""))
+    return answer
+
+
 def test_a_large_sort_by_date_holds_every_precision_in_order_across_pages(api: httpx.Client, hub: Hub) -> None:
     """A sort no clause narrows is read in index order: descending dates by their end, short ones read by their
     start and held until none still unread can end later. Dates of every precision around one day (a day ends
@@ -1247,12 +1259,7 @@ def test_a_large_sort_by_several_keys_orders_each_value_of_the_first_by_the_othe
                 created = api.post("/Patient", json={"resourceType": "Patient", "name": [{"family": "zhou",
                                                                                          "given": [str(n)]}]})
                 assert created.status_code == 201, created.text
-            url: str | None = "/Patient?_sort=family,given&_count=3"
-            answer = api.get(url)
-            while answer.status_code == 200 and url:
-                url = next((x["url"].replace(hub.base, "") for x in answer.json()["link"] if x["relation"] == "next"),
-                           None)
-                answer = api.get(url) if url else answer
+            answer = _last_page(api, hub, "/Patient?_sort=family,given&_count=3")
             assert answer.status_code == 400, "the zhou Patients were sorted past search_sort_max"
             assert "share one value of the first _sort key" in answer.json()["issue"][0]["diagnostics"]
     finally:
@@ -1331,6 +1338,88 @@ def test_pages_inside_a_large_group_of_a_sort_by_several_keys_come_in_order_whil
             assert [r for r in seen if r != renamed] == [r for r in expected(now, False) if r in seen and r != renamed]
             assert set(seen) >= set(now) - {moved, renamed, added}
             assert (added in seen) == (keep == "0"), "a kept group was read again, or a group was kept with keep 0"
+    finally:
+        stop_hub(hub)
+
+
+@pytest.mark.parametrize("keep", ["30", "0"])
+def test_a_group_larger_than_memory_takes_pages_in_the_order_of_the_second_key(store_uri: str, tmp_path: Any,
+                                                                               keep: str) -> None:
+    """130 Patients with one family (spelled three ways) where ``search_sort_max`` is 40: a sort by several keys
+    walks the second key's entries inside that group (a string, a date, a token; both ways) instead of sorting
+    it in memory, so every page comes, on pages of 7 both ways, in the evaluator's order: ties of the second key
+    ordered by the third and by id, several given names, a Patient with two families (in the group descending
+    only), the members without a given name last. More members without a value of the second key than
+    ``search_sort_max`` are a 400 that says so, at the page that reaches them."""
+    hub = start_hub(store_uri, tmp_path / "home", database=f"bysecond_{uuid.uuid4().hex[:8]}",
+                    extra={"MEDUNION_SEARCH_SORT_IN_MEMORY": "5", "MEDUNION_SEARCH_SORT_MAX": "40",
+                           "MEDUNION_SEARCH_SORT_KEEP": keep})
+    rng = random.Random(5)
+    givens: list[list[str]] = [["an"], ["bo"], ["Chen"], ["de"], ["王"], ["小东"], ["li"], ["li", "an"], ["zz", "bo"],
+                               []]
+    born = [None, "1960", "1960-03-01", "1971-05", "1971-05-02", "1980-01-01", "1990"]
+    names = [[{"family": rng.choice(["chen", "Chen", "CHÉN"]), "given": rng.choice(givens)}] for _ in range(130)]
+    names += [[{"family": "bai", "given": ["x"]}, {"family": "chen", "given": ["a"]}]]  # bai ascending, chen descending
+    names += [[{"family": "bai", "given": [g]}] for g in ("c", "b")]
+    names += [[{"family": "zhou", "given": [g]}] for g in ("a", "b")]
+    try:
+        with hub.client() as api:
+            entries = [{"resource": {"resourceType": "Patient",
+                                     "identifier": [{"system": "urn:big", "value": f"{n:03d}"}],
+                                     "name": [{k: v for k, v in name.items() if v} for name in patient],
+                                     **({"birthDate": b} if (b := rng.choice(born)) else {})},
+                        "request": {"method": "POST", "url": "Patient"}}
+                       for n, patient in enumerate(names)]
+            done = api.post("", json={"resourceType": "Bundle", "type": "transaction", "entry": entries})
+            assert done.status_code == 200, done.text
+            found = api.get("/Patient?_count=1000").json()
+            mine = {e["resource"]["id"]: e["resource"] for e in found["entry"]}
+
+            for sort in ([("family", "string", False), ("given", "string", False)],
+                         [("family", "string", True), ("given", "string", True), ("birthdate", "date", False)],
+                         [("family", "string", False), ("birthdate", "date", False), ("given", "string", False)],
+                         [("family", "string", True), ("identifier", "token", True)]):
+                text = ",".join(("-" if descending else "") + code for code, _, descending in sort)
+                pages = _pages_both_ways(api, hub, f"/Patient?_sort={text}&_count=7")
+                assert [rid for ids in pages for rid in ids] == _sorted_by(mine, sort, hub.base), text
+
+            more = [{"resource": {"resourceType": "Patient", "name": [{"family": "chen"}]},
+                     "request": {"method": "POST", "url": "Patient"}} for _ in range(40)]
+            done = api.post("", json={"resourceType": "Bundle", "type": "transaction", "entry": more})
+            assert done.status_code == 200, done.text
+            answer = _last_page(api, hub, "/Patient?_sort=family,given&_count=7")
+            assert answer.status_code == 400, "more chen Patients without a given name were sorted than memory takes"
+            assert "have none of the second" in answer.json()["issue"][0]["diagnostics"]
+    finally:
+        stop_hub(hub)
+
+
+def test_a_group_sparse_among_the_second_keys_entries_is_read_whole(store_uri: str, tmp_path: Any) -> None:
+    """A large group whose members' second-key values lie past many other resources' (110 Patients named chen, given
+    names x to z, behind 1,100 named bai, given a) is read whole once the walk of the second key would read four
+    entries per member, and the pages, 100 at a time both ways, still come in the evaluator's order."""
+    hub = start_hub(store_uri, tmp_path / "home", database=f"sparse_{uuid.uuid4().hex[:8]}",
+                    extra={"MEDUNION_SEARCH_SORT_IN_MEMORY": "5"})
+    rng = random.Random(3)
+    names = [("bai", ["a"])] * 1100 + [("chen", rng.choice([["x"], ["y"], ["z"], []])) for _ in range(110)]
+    try:
+        with hub.client() as api:
+            for at in range(0, len(names), 500):
+                entries = [{"resource": {"resourceType": "Patient", "name": [{"family": f, "given": g} if g else
+                                                                             {"family": f}]},
+                            "request": {"method": "POST", "url": "Patient"}} for f, g in names[at:at + 500]]
+                done = api.post("", json={"resourceType": "Bundle", "type": "transaction", "entry": entries})
+                assert done.status_code == 200, done.text
+            mine: dict[str, dict[str, Any]] = {}
+            url: str | None = "/Patient?_count=1000"
+            while url:
+                page = api.get(url).json()
+                mine.update((e["resource"]["id"], e["resource"]) for e in page["entry"])
+                url = next((x["url"].replace(hub.base, "") for x in page["link"] if x["relation"] == "next"), None)
+            assert len(mine) == len(names)
+            sort = [("family", "string", False), ("given", "string", False)]
+            pages = _pages_both_ways(api, hub, "/Patient?_sort=family,given&_count=100")
+            assert [rid for ids in pages for rid in ids] == _sorted_by(mine, sort, hub.base)
     finally:
         stop_hub(hub)
 

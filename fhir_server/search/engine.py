@@ -15,6 +15,7 @@ import asyncio
 import base64
 import bisect
 import functools
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Callable
@@ -37,6 +38,7 @@ from fhir_server.storage.versions import index_key, split_index_key, split_item
 __all__ = ["SearchEngine", "SearchPage", "TooManyMatches", "compartment_clause", "entries_of_version"]
 
 _T = TypeVar("_T")
+log = logging.getLogger("medunion.search")
 
 
 class TooManyMatches(BadRequest):
@@ -51,6 +53,18 @@ class _Group:
     items: list[tuple[list[Any], str]]  # (sort values, id)
     head: tuple[str, str]  # (phase, position)
     tail: tuple[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class _Members:
+    """A large group of a sort by several keys as its first key's entries tell (``_large_group``): the value, the
+    position where the cursor enters the group (its head; for a page before, its tail), the last of its entries in
+    the walk's direction from there, and the ids its entries name: every member, and perhaps resources whose entry
+    is stale or is not the one that stands for them (each is checked when read)."""
+    value: Any
+    anchor: str
+    far: str
+    rids: frozenset[str]
 
 
 class _Groups:
@@ -230,6 +244,7 @@ class SearchEngine:
         self.settings = settings
         self.selectivity = _Selectivity()
         self.groups = _Groups(settings.search_sort_keep)
+        self.keeping: set[asyncio.Task[None]] = set()  # groups being read whole behind a page (``_keep_later``)
 
     # ---- entry points -------------------------------------------------------------------------------------
 
@@ -755,9 +770,21 @@ class SearchEngine:
             if kept is None:
                 reading = self.groups.reading[at] = asyncio.Event()
         try:
-            async with aclosing(self._groups_from(order, query, clauses, phase, anchor, seen, kept, shape,
-                                                  back=back, batch=batch, budget=budget)) as found:
-                async for placed in found:
+            large = None if kept is not None else await self._large_group(order, query, clauses, phase, anchor, seen,
+                                                                          back=back, batch=batch, budget=budget)
+            if large is not None:
+                second, members = large
+                if reading is not None:  # the pages that wait for this group now wait for its keeping, if any: it
+                    del self.groups.reading[at]  # is registered as the walk below starts, before anything else runs
+                    reading.set()
+                    reading = None
+                found = self._by_second_key(order, second, query, clauses, members, seen, shape, back=back,
+                                            batch=batch, budget=budget)
+            else:
+                found = self._groups_from(order, query, clauses, phase, anchor, seen, kept, shape, back=back,
+                                          batch=batch, budget=budget)
+            async with aclosing(found) as placed_in_order:
+                async for placed in placed_in_order:
                     yield placed
         finally:
             if reading is not None:
@@ -766,11 +793,15 @@ class SearchEngine:
 
     async def _groups_from(self, order: IndexOrder, query: SearchQuery, clauses: list[Clause], phase: str,
                            anchor: str | None, seen: list[Any] | None, kept: _Group | None, shape: tuple[Any, ...],
-                           *, back: bool, batch: int, budget: int | None) -> AsyncGenerator[_Placed, None]:
-        """``_in_groups`` once it knows whether the cursor's group is kept (``kept``)."""
+                           *, back: bool, batch: int, budget: int | None,
+                           served: tuple[str, Any] | None = None,
+                           whole: bool = False) -> AsyncGenerator[_Placed, None]:
+        """``_in_groups`` once it knows whether the cursor's group is kept (``kept``). ``served``: the (phase,
+        first-key value) of a group served already, whose members met from ``anchor`` on are passed over.
+        ``whole``: the group at ``anchor`` is read whole, not taken by its second key (``_by_second_key``)."""
         cap = self.settings.search_sort_max
-        served = None  # the kept group's (phase, first-key value): its members met beyond its far end are passed
-        if kept is not None:  # over (written into it since it was kept: they come once the group is read again)
+        # a kept group's members met beyond its far end are passed over likewise (written into it since it was
+        if kept is not None:  # kept: they come once the group is read again)
             async for placed in self._from_group(order, query, clauses, kept, seen, back=back, batch=batch):
                 yield placed
             served = (kept.head[0], _first_key_value(order, *kept.head))
@@ -813,6 +844,17 @@ class SearchEngine:
                     for placed in ordered(group, first):
                         yield placed
                     group, first = [], False
+                if (len(group) == min(_Groups.LARGE, cap) and group[0][0] == "k"
+                        and not (first and (seen is not None or whole))
+                        and (large := await self._large_group(order, query, clauses, "k", group[0][1], None,
+                                                              back=back, batch=batch, budget=budget)) is not None):
+                    # a large group met on the way: taken by its second key from its start, and on beyond it
+                    second, members = large
+                    async with aclosing(self._by_second_key(order, second, query, clauses, members, None, shape,
+                                                            back=back, batch=batch, budget=budget)) as rest:
+                        async for placed in rest:
+                            yield placed
+                    return
                 if len(group) >= cap:
                     msg = (f"More than {cap} resources share one value of the first _sort key, more than _sort "
                            "handles; narrow the search or sort by a more selective key first")
@@ -822,6 +864,190 @@ class SearchEngine:
         if group:
             for placed in ordered(group, first):
                 yield placed
+
+    async def _large_group(self, order: IndexOrder, query: SearchQuery, clauses: list[Clause], phase: str,
+                           anchor: str | None, seen: list[Any] | None, *, back: bool, batch: int,
+                           budget: int | None) -> tuple[IndexOrder, _Members] | None:
+        """The group a page enters at ``anchor`` (None: a first page, at the first match of the walk), when that
+        page can take it in the order of the second sort key's entries (``_by_second_key``) instead of reading it
+        whole: a second key walked in index order whose walk can start at a value (index_order.py: strings,
+        tokens, ascending dates) and at least ``_Groups.LARGE`` entries of the group's value."""
+        second = index_order(order.rtype, *query.sort[1]) if len(query.sort) > 1 else None
+        if second is None or not second.positioned or phase != "k" or (back and anchor is None):
+            return None
+        if seen is not None and seen[1] is not None and second.start_of(seen[1], rising=True) is None:
+            return None  # not a value of the second key: a cursor made up, or of another search
+        if anchor is None:  # a first page: the group of the first match
+            first = await _first(self._in_order(order, clauses, "k", None, back=False, batch=batch, budget=budget),
+                                 1)
+            if not first or first[0][0] != "k":
+                return None
+            anchor = first[0][1]
+        value, far = order.key_value(anchor), anchor
+        rids = {split_index_key(anchor)[1]}
+        bound = 10 * self.settings.search_sort_max  # entries of one value read to learn the group's members
+        async with aclosing(order.walk(self.store, after=anchor, rising=order.descending == back,
+                                       batch=_Groups.LARGE)) as pairs:
+            async for there, key in pairs:
+                if there != value:
+                    break
+                rids.add(split_index_key(key)[1])
+                far = key
+                if len(rids) > bound:
+                    msg = (f"More than {bound} resources share one value of the first _sort key, more than _sort "
+                           "handles; narrow the search or sort by a more selective key first")
+                    raise TooManyMatches(msg, issues=[Issue(code="too-costly", diagnostics=msg)])
+        if len(rids) < _Groups.LARGE:
+            return None
+        return second, _Members(value, anchor, far, frozenset(rids))
+
+    async def _by_second_key(self, order: IndexOrder, second: IndexOrder, query: SearchQuery,
+                             clauses: list[Clause], members: _Members, seen: list[Any] | None,
+                             shape: tuple[Any, ...], *, back: bool, batch: int,
+                             budget: int | None) -> AsyncGenerator[_Placed, None]:
+        """A large group (``_large_group``) past ``seen``, in the order of the second key's entries: the walk of
+        that key (from ``seen``'s value) takes the pairs of the group's members, each read and checked, and sorts
+        each run of one value by all the keys; the members without a value of the second key come last (read when
+        the walk has passed the others). A page costs about the group's entries of the first key and a page's worth
+        of the second's, however large the group and however deep the page. When the walk would read more than
+        four entries per member of the group, the group is read whole after all (``_groups_from``). Then the
+        walk goes on beyond the group."""
+        cap = self.settings.search_sort_max
+        order_of = _by_sort_values(query)
+        head, tail = ("k", members.far), ("k", members.anchor)
+        if not back:
+            head, tail = tail, head
+        passed_over = 0
+        last = seen  # the sort values of the last match yielded
+
+        def member(version: Version) -> bool:
+            nonlocal passed_over
+            if not _passes(clauses, version):
+                passed_over += 1
+                if budget is not None and passed_over > budget:
+                    raise _OverBudget
+                return False
+            key = order.canonical(version)
+            return key is not None and order.key_value(key) == members.value
+
+        def ordered(run: list[tuple[list[Any], Version]]) -> list[_Placed]:
+            run.sort(key=order_of, reverse=back)
+            return [_Placed.in_group(version, values, head, tail) for values, version in run
+                    if seen is None or _compare(query, values, seen) == (-1 if back else 1)]
+
+        met: set[str] = set()
+
+        async def valued() -> AsyncGenerator[_Placed | None, None]:  # None: too sparse, read the group whole
+            rising = second.descending == back
+            start = None if seen is None or seen[1] is None else second.start_of(seen[1], rising=rising)
+            limit, read = max(4 * len(members.rids), 1000), 0
+            run: list[tuple[list[Any], Version]] = []
+            run_value: Any = run  # no value yet
+            async with aclosing(_chunks(second.walk(self.store, after=start, rising=rising, batch=batch),
+                                        batch)) as chunks:
+                async for chunk in chunks:
+                    read += len(chunk)
+                    if read > limit:
+                        yield None
+                        return
+                    wanted = sorted({rid for _, key in chunk if (rid := split_index_key(key)[1]) in members.rids
+                                     and rid not in met})
+                    versions = await self.store.current_many(order.rtype, wanted) if wanted else {}
+                    for there, key in chunk:
+                        if there != run_value:
+                            for placed in ordered(run):
+                                yield placed
+                            run, run_value = [], there
+                        version = versions.get(split_index_key(key)[1])
+                        if (version is not None and version.rid not in met and second.canonical(version) == key
+                                and member(version)):
+                            met.add(version.rid)
+                            run.append((_sort_values(query, version), version))
+            for placed in ordered(run):
+                yield placed
+
+        async def without_value() -> AsyncGenerator[_Placed, None]:
+            versions = await self.store.current_many(order.rtype, sorted(members.rids - met))
+            run = [(_sort_values(query, v), v) for v in versions.values() if second.canonical(v) is None and member(v)]
+            if len(run) > cap:
+                msg = (f"More than {cap} resources share one value of the first _sort key and have none of the "
+                       "second, more than _sort handles; narrow the search or sort by a more selective key first")
+                raise TooManyMatches(msg, issues=[Issue(code="too-costly", diagnostics=msg)])
+            for placed in ordered(run):
+                yield placed
+
+        keep = self._keep_later(order, query, clauses, shape, members, back=back)
+        try:
+            # where the page enters the group: among the members without a second value (last in the sort), or not
+            in_tail = seen[1] is None if seen is not None else back
+            steps = ["tail", "valued"] if back else ["valued", "tail"]  # in the walk's direction
+            sparse = False  # the walk of the second key reads too much: the rest of the group is read whole
+            for step in steps[steps.index("tail"):] if in_tail else ["valued"] if back else steps:
+                if step == "tail":
+                    async with aclosing(without_value()) as found:
+                        async for placed in found:
+                            yield placed
+                    seen = None  # the members with a second value all lie before those without
+                    continue
+                async with aclosing(valued()) as walked:
+                    async for item in walked:
+                        if item is None:
+                            sparse = True
+                            break
+                        last = item.ahead["s"]
+                        yield item
+                if sparse:
+                    break
+            beyond = (self._groups_from(order, query, clauses, "k", members.anchor, last, None, shape, back=back,
+                                        batch=batch, budget=budget, whole=True) if sparse else
+                      self._groups_from(order, query, clauses, "k", members.far, None, None, shape, back=back,
+                                        batch=batch, budget=budget, served=("k", members.value)))
+            async with aclosing(beyond) as rest:
+                async for placed in rest:
+                    yield placed
+        finally:
+            if keep is not None:  # once the page has what it needs
+                keep()
+
+    def _keep_later(self, order: IndexOrder, query: SearchQuery, clauses: list[Clause], shape: tuple[Any, ...],
+                    members: _Members, *, back: bool) -> Callable[[], None] | None:
+        """For a group that a page takes by its second key (``_by_second_key``): what starts reading it whole and
+        keeping it (``_Groups``) for the pages after it, to be called once the page has been read (the read then
+        does not slow it down); from now on, those pages wait for that read as for a page's. None when groups are
+        not kept, for a page before (``back``: the group's head is not known), or when the group is kept or being
+        read already, or may be too large to sort in memory."""
+        at = (shape, False, "k", members.anchor)
+        if (back or self.groups.ttl <= 0 or len(members.rids) > self.settings.search_sort_max
+                or at in self.groups.reading or self.groups.get(at) is not None):
+            return None
+        reading = self.groups.reading[at] = asyncio.Event()
+        rising = not order.descending
+
+        async def keep() -> None:
+            try:
+                versions = await self.store.current_many(order.rtype, sorted(members.rids))
+                found = []
+                for version in versions.values():
+                    key = order.canonical(version)
+                    if key is not None and order.key_value(key) == members.value and _passes(clauses, version):
+                        found.append((key, _sort_values(query, version), version.rid))
+                if len(found) >= _Groups.LARGE:
+                    keys = sorted(key for key, _, _ in found)
+                    ends = (("k", keys[0]), ("k", keys[-1]))
+                    head, tail = ends if rising else ends[::-1]
+                    items = sorted(((values, rid) for _, values, rid in found), key=_by_sort_values(query))
+                    self.groups.put(shape, _Group(time.monotonic(), items, head, tail))
+            except Exception as exc:  # the pages after it read the group themselves
+                log.warning("A sort group was not kept: %s", type(exc).__name__)
+            finally:
+                del self.groups.reading[at]
+                reading.set()
+
+        def start() -> None:
+            task = asyncio.create_task(keep())
+            self.keeping.add(task)
+            task.add_done_callback(self.keeping.discard)
+        return start
 
     async def _from_group(self, order: IndexOrder, query: SearchQuery, clauses: list[Clause], kept: _Group,
                           seen: list[Any] | None, *, back: bool, batch: int) -> AsyncGenerator[_Placed, None]:

@@ -31,7 +31,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
-from fhir_server.search.keys import LONG_SPAN, PRESENT, sort_value, sortable_int, split_date
+from fhir_server.search.keys import LONG_SPAN, PRESENT, hexs, sort_value, sortable_int, split_date
 from fhir_server.search.registry import indexed_as, parameters_for
 from fhir_server.storage import ResourceStore, Version
 from fhir_server.storage.versions import index_key, split_item
@@ -84,6 +84,24 @@ class IndexOrder:
     def key_value(self, key: str) -> Any | None:
         """The sort value of a key of this order's parameter (``value`` of its encoding)."""
         return self.value(self._enc(key))
+
+    def start_of(self, value: Any, *, rising: bool) -> str | None:
+        """A position from which the walk (values ``rising`` or falling) meets first the pairs of sort value
+        ``value``, or None where the order has no such position (numbers, quantities, descending dates). Strings
+        and tokens are encoded as the hex of the value then ``.`` (a value's extensions sort after it, ``/`` just
+        after the ``.``); dates ascending by their low bound, ``L`` and its 16 digits then ``.``."""
+        if self.kind in ("string", "token") and isinstance(value, str):
+            prefix = hexs(value)
+        elif self.kind == "date" and not self.windowed and isinstance(value, int):
+            prefix = f"L{sortable_int(value)}"
+        else:
+            return None
+        return f"{self.rtype}|{self.param}|{prefix}{'' if rising else '/'}"
+
+    @property
+    def positioned(self) -> bool:
+        """Whether ``start_of`` gives positions in this order."""
+        return self.kind in ("string", "token") or (self.kind == "date" and not self.windowed)
 
     def holds(self, key: str) -> bool:
         """Whether ``key`` is a key of this order's parameter that stands for a resource (a cursor's position)."""
