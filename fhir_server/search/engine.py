@@ -937,11 +937,39 @@ class SearchEngine:
 
         met: set[str] = set()
 
+        by_id = len(query.sort) == 2  # a run of one second-key value is then ordered by id alone
+
+        async def run_of(value: Any, pairs: dict[str, set[str]]) -> AsyncGenerator[_Placed, None]:
+            """The members among the pairs of one value of the second key (each id with its keys there), in the
+            walk's order past ``seen``. Sorted by two keys, they are in id order before they are read, and are read
+            a page's worth at a time (a run of thousands costs its keys, and the resources the page takes)."""
+            rids = list(pairs)
+            size = len(rids)
+            if by_id:
+                rids.sort(key=lambda rid: f"{order.rtype}/{rid}", reverse=back)
+                if seen is not None and value == seen[1]:  # those the cursor's match precedes: not read at all
+                    rids = [rid for rid in rids if (f"{order.rtype}/{rid}" < seen[-1] if back
+                                                    else f"{order.rtype}/{rid}" > seen[-1])]
+                size = batch
+            at = 0
+            while at < len(rids):
+                chunk, at = rids[at:at + size], at + size
+                versions = await self.store.current_many(order.rtype, sorted(chunk))
+                found = []
+                for rid in chunk:
+                    version = versions.get(rid)
+                    if version is not None and second.canonical(version) in pairs[rid] and member(version):
+                        met.add(rid)
+                        found.append((_sort_values(query, version), version))
+                for placed in ordered(found):
+                    yield placed
+                size = min(size * 2, 1000)
+
         async def valued() -> AsyncGenerator[_Placed | None, None]:  # None: too sparse, read the group whole
             rising = second.descending == back
             start = None if seen is None or seen[1] is None else second.start_of(seen[1], rising=rising)
             limit, read = max(4 * len(members.rids), 1000), 0
-            run: list[tuple[list[Any], Version]] = []
+            run: dict[str, set[str]] = {}  # the members' pairs of one value of the second key: id -> keys
             run_value: Any = run  # no value yet
             async with aclosing(_chunks(second.walk(self.store, after=start, rising=rising, batch=batch),
                                         batch)) as chunks:
@@ -950,21 +978,18 @@ class SearchEngine:
                     if read > limit:
                         yield None
                         return
-                    wanted = sorted({rid for _, key in chunk if (rid := split_index_key(key)[1]) in members.rids
-                                     and rid not in met})
-                    versions = await self.store.current_many(order.rtype, wanted) if wanted else {}
                     for there, key in chunk:
                         if there != run_value:
-                            for placed in ordered(run):
-                                yield placed
-                            run, run_value = [], there
-                        version = versions.get(split_index_key(key)[1])
-                        if (version is not None and version.rid not in met and second.canonical(version) == key
-                                and member(version)):
-                            met.add(version.rid)
-                            run.append((_sort_values(query, version), version))
-            for placed in ordered(run):
-                yield placed
+                            async with aclosing(run_of(run_value, run)) as found:
+                                async for placed in found:
+                                    yield placed
+                            run, run_value = {}, there
+                        rid = split_index_key(key)[1]
+                        if rid in members.rids and rid not in met:
+                            run.setdefault(rid, set()).add(key)
+            async with aclosing(run_of(run_value, run)) as found:
+                async for placed in found:
+                    yield placed
 
         async def without_value() -> AsyncGenerator[_Placed, None]:
             versions = await self.store.current_many(order.rtype, sorted(members.rids - met))
