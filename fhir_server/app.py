@@ -100,6 +100,7 @@ def create_app(settings: Settings, *, mongodb_uri: str | None = None) -> Any:
             refresher.cancel()
             backfill.cancel()
             await app.state.reindexer.stop()
+            await app.state.service.engine.stop()
             await client.close()
 
     # Starlette directly, not FastAPI: its per-request dependency and middleware machinery cost 30 % of read

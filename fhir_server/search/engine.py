@@ -246,6 +246,12 @@ class SearchEngine:
         self.groups = _Groups(settings.search_sort_keep)
         self.keeping: set[asyncio.Task[None]] = set()  # groups being read whole behind a page (``_keep_later``)
 
+    async def stop(self) -> None:
+        """Stop the reads of groups still being kept (``_keep_later``): the hub is stopping."""
+        for task in list(self.keeping):
+            task.cancel()
+        await asyncio.gather(*self.keeping, return_exceptions=True)
+
     # ---- entry points -------------------------------------------------------------------------------------
 
     async def page(self, query: SearchQuery, *, count: int, cursor: str | None, from_end: bool = False,
