@@ -1270,8 +1270,9 @@ def test_a_large_sort_by_several_keys_orders_each_value_of_the_first_by_the_othe
 def test_pages_inside_a_large_group_of_a_sort_by_several_keys_come_in_order_while_writes_happen(
         store_uri: str, tmp_path: Any, keep: str) -> None:
     """A group of 120 Patients with one family, sorted by given name (ties and no given among them) on pages of 7,
-    both ways (and all 124 sorted by birth date, which none has, then given name: one group without a value):
-    the pages after the first inside the group are taken from the group as the first page read it
+    both ways (and all 124 sorted by birth date, which none has, then given name: one group without a value).
+    The second page asked 16 times at once right after the first comes to each (they wait for the group's read
+    behind the first page). The pages after the first inside the group are taken from the group as it was read
     (engine ``_Groups``; with ``search_sort_keep`` 0, each page reads the group again), each Patient read again.
     Between two pages, a Patient deleted, one moved to another family, one given another name and one added to
     the group ahead of the cursor: the deleted one never comes, none comes twice, the moved one comes with its new
@@ -1301,6 +1302,15 @@ def test_pages_inside_a_large_group_of_a_sort_by_several_keys_come_in_order_whil
                 return _sorted_by(mine, [("family", "string", descending), ("given", "string", descending)], hub.base)
 
             mine = current()
+            # the second page asked 16 times at once right after the first: while the group is read and kept
+            # behind the first page, they wait for that read (each gets the page, none hangs)
+            first = api.get("/Patient?identifier=urn:groups|&_sort=family,given&_count=7").json()
+            second = next(x["url"] for x in first["link"] if x["relation"] == "next").replace(hub.base, "")
+            with ThreadPoolExecutor(8) as pool:
+                together = list(pool.map(lambda _: api.get(second), range(16)))
+            assert all(r.status_code == 200 for r in together), [r.text for r in together if r.status_code != 200]
+            assert all([e["resource"]["id"] for e in r.json()["entry"]] == expected(mine, False)[7:14]
+                       for r in together)
             for descending in (False, True):
                 sort = "-family,-given" if descending else "family,given"
                 url = f"/Patient?identifier=urn:groups|&_sort={sort}&_count=7"
