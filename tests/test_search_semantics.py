@@ -1359,8 +1359,10 @@ def test_a_group_larger_than_memory_takes_pages_in_the_order_of_the_second_key(s
     walks the second key's entries inside that group (a string, a date, a token; both ways) instead of sorting
     it in memory, so every page comes, on pages of 7 both ways, in the evaluator's order: ties of the second key
     ordered by the third and by id, several given names, a Patient with two families (in the group descending
-    only), the members without a given name last. More members without a value of the second key than
-    ``search_sort_max`` are a 400 that says so, at the page that reaches them."""
+    only), the members without a given name last. The group's ids are kept for the pages after the first (with
+    ``search_sort_keep`` 30, not 0): a member added after the second page is missed by the later pages. More
+    members without a value of the second key than ``search_sort_max`` are a 400 that says so, at the page that
+    reaches them."""
     hub = start_hub(store_uri, tmp_path / "home", database=f"bysecond_{uuid.uuid4().hex[:8]}",
                     extra={"MEDUNION_SEARCH_SORT_IN_MEMORY": "5", "MEDUNION_SEARCH_SORT_MAX": "40",
                            "MEDUNION_SEARCH_SORT_KEEP": keep})
@@ -1392,6 +1394,24 @@ def test_a_group_larger_than_memory_takes_pages_in_the_order_of_the_second_key(s
                 text = ",".join(("-" if descending else "") + code for code, _, descending in sort)
                 pages = _pages_both_ways(api, hub, f"/Patient?_sort={text}&_count=7")
                 assert [rid for ids in pages for rid in ids] == _sorted_by(mine, sort, hub.base), text
+
+            # a chen Patient added after the second page: its ids kept (keep 30), the group's later pages miss it
+            url: str | None = "/Patient?_sort=family,given&_count=7"
+            seen: list[str] = []
+            for _ in range(2):
+                page = api.get(url).json()
+                seen += [e["resource"]["id"] for e in page["entry"]]
+                url = next(x["url"].replace(hub.base, "") for x in page["link"] if x["relation"] == "next")
+            added = api.post("/Patient", json={"resourceType": "Patient", "name": [{"family": "chen",
+                                                                                   "given": ["zzz"]}]})
+            assert added.status_code == 201, added.text
+            while url:
+                page = api.get(url).json()
+                seen += [e["resource"]["id"] for e in page.get("entry", [])]
+                url = next((x["url"].replace(hub.base, "") for x in page["link"] if x["relation"] == "next"), None)
+            assert [rid for rid in seen if rid in mine] == _sorted_by(mine, [("family", "string", False),
+                                                                            ("given", "string", False)], hub.base)
+            assert (added.json()["id"] in seen) == (keep == "0"), "members kept with keep 0, or not with keep 30"
 
             more = [{"resource": {"resourceType": "Patient", "name": [{"family": "chen"}]},
                      "request": {"method": "POST", "url": "Patient"}} for _ in range(40)]

@@ -54,6 +54,10 @@ class _Group:
     head: tuple[str, str]  # (phase, position)
     tail: tuple[str, str]
 
+    @property
+    def size(self) -> int:
+        return len(self.items)
+
 
 @dataclass(frozen=True, slots=True)
 class _Members:
@@ -65,6 +69,11 @@ class _Members:
     anchor: str
     far: str
     rids: frozenset[str]
+    made: float
+
+    @property
+    def size(self) -> int:
+        return len(self.rids)
 
 
 class _Groups:
@@ -73,40 +82,66 @@ class _Groups:
     thousands reads its own resources only, not the whole group again. Each is found by its search and the
     position a cursor names (the head for the pages after, the tail for the pages before). A page re-reads every
     resource it takes from a kept group; a resource written into the group since it was kept is missed until the
-    group is read again."""
+    group is read again.
+
+    Likewise the ids of the large groups that pages take by their second key (``_Members``), found by the first
+    key's order and the position a page enters the group at, so that the pages after the first do not read the
+    group's entries again (a resource written into the group since is missed by them likewise)."""
 
     LARGE = 100  # matches
-    MAX_ITEMS = 200_000
+    MAX_ITEMS = 200_000  # matches of the groups and ids of the members kept
 
     def __init__(self, ttl: float) -> None:
         self.ttl = ttl  # 0: none kept
-        self.kept: OrderedDict[tuple[Any, ...], _Group] = OrderedDict()
+        self.kept: OrderedDict[tuple[Any, ...], _Group | _Members] = OrderedDict()
         self.size = 0
         self.reading: dict[tuple[Any, ...], asyncio.Event] = {}  # a group being read by a page: the others wait
 
     def get(self, key: tuple[Any, ...]) -> _Group | None:
-        group = self.kept.get(key)
-        if group is None:
+        found = self._get(key)
+        return found if isinstance(found, _Group) else None
+
+    def members(self, key: tuple[Any, ...]) -> _Members | None:
+        found = self._get(key)
+        return found if isinstance(found, _Members) else None
+
+    def _get(self, key: tuple[Any, ...]) -> _Group | _Members | None:
+        found = self.kept.get(key)
+        if found is None:
             return None
-        if time.monotonic() - group.made > self.ttl:
+        if time.monotonic() - found.made > self.ttl:
             self._drop(key)
             return None
         self.kept.move_to_end(key)
-        return group
+        return found
 
     def put(self, shape: tuple[Any, ...], group: _Group) -> None:
+        self._put({(shape, False, *group.head): group, (shape, True, *group.tail): group})
+
+    def put_members(self, order: IndexOrder, back: bool, members: _Members) -> None:
+        """Members found from ``members.anchor`` in the walk's direction (``back``), kept for pages entering the
+        group at either end."""
+        reverse = replace(members, anchor=members.far, far=members.anchor)
+        self._put({self.members_key(order, back, members.anchor): members,
+                   self.members_key(order, not back, members.far): reverse})
+
+    @staticmethod
+    def members_key(order: IndexOrder, back: bool, anchor: str) -> tuple[Any, ...]:
+        return ("members", order, back, anchor)
+
+    def _put(self, entries: dict[tuple[Any, ...], _Group | _Members]) -> None:
         if self.ttl <= 0:
             return
-        for key in ((shape, False, *group.head), (shape, True, *group.tail)):
+        for key, value in entries.items():
             if key in self.kept:
                 self._drop(key)
-            self.kept[key] = group
-            self.size += len(group.items)
+            self.kept[key] = value
+            self.size += value.size
         while self.size > self.MAX_ITEMS:
             self._drop(next(iter(self.kept)))
 
     def _drop(self, key: tuple[Any, ...]) -> None:
-        self.size -= len(self.kept.pop(key).items)
+        self.size -= self.kept.pop(key).size
 
 
 @dataclass(frozen=True, slots=True)
@@ -777,7 +812,8 @@ class SearchEngine:
                 reading = self.groups.reading[at] = asyncio.Event()
         try:
             large = None if kept is not None else await self._large_group(order, query, clauses, phase, anchor, seen,
-                                                                          back=back, batch=batch, budget=budget)
+                                                                          back=back, batch=batch, budget=budget,
+                                                                          known=True)
             if large is not None:
                 second, members = large
                 if reading is not None:  # the pages that wait for this group now wait for its keeping, if any: it
@@ -873,22 +909,25 @@ class SearchEngine:
 
     async def _large_group(self, order: IndexOrder, query: SearchQuery, clauses: list[Clause], phase: str,
                            anchor: str | None, seen: list[Any] | None, *, back: bool, batch: int,
-                           budget: int | None) -> tuple[IndexOrder, _Members] | None:
+                           budget: int | None, known: bool = False) -> tuple[IndexOrder, _Members] | None:
         """The group a page enters at ``anchor`` (None: a first page, at the first match of the walk), when that
         page can take it in the order of the second sort key's entries (``_by_second_key``) instead of reading it
         whole: a second key walked in index order whose walk can start at a value (index_order.py: strings,
-        tokens, ascending dates) and at least ``_Groups.LARGE`` entries of the group's value."""
+        tokens, ascending dates) and at least ``_Groups.LARGE`` entries of the group's value. ``known``: the
+        members may be those kept for a page entering at ``anchor`` (``_Groups``; for a cursor's own group)."""
         second = index_order(order.rtype, *query.sort[1]) if len(query.sort) > 1 else None
         if second is None or not second.positioned or phase != "k" or (back and anchor is None):
             return None
         if seen is not None and seen[1] is not None and second.start_of(seen[1], rising=True) is None:
             return None  # not a value of the second key: a cursor made up, or of another search
-        if anchor is None:  # a first page: the group of the first match
+        if anchor is None:  # a first page: the group of the first match, its members read afresh
             first = await _first(self._in_order(order, clauses, "k", None, back=False, batch=batch, budget=budget),
                                  1)
             if not first or first[0][0] != "k":
                 return None
             anchor = first[0][1]
+        elif known and (kept := self.groups.members(_Groups.members_key(order, back, anchor))) is not None:
+            return second, kept
         value, far = order.key_value(anchor), anchor
         rids = {split_index_key(anchor)[1]}
         bound = 10 * self.settings.search_sort_max  # entries of one value read to learn the group's members
@@ -905,7 +944,9 @@ class SearchEngine:
                     raise TooManyMatches(msg, issues=[Issue(code="too-costly", diagnostics=msg)])
         if len(rids) < _Groups.LARGE:
             return None
-        return second, _Members(value, anchor, far, frozenset(rids))
+        members = _Members(value, anchor, far, frozenset(rids), time.monotonic())
+        self.groups.put_members(order, back, members)
+        return second, members
 
     async def _by_second_key(self, order: IndexOrder, second: IndexOrder, query: SearchQuery,
                              clauses: list[Clause], members: _Members, seen: list[Any] | None,
