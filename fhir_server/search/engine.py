@@ -801,9 +801,17 @@ class SearchEngine:
         group is kept a while (``_Groups``): the next pages inside it read only their own resources, and a page
         that finds its group being read by another waits for it."""
         shape = (query.text, tuple(query.sort), tuple(c.name for c in clauses))  # c.name: a compartment's too
+        fresh = anchor is None  # a first page: nothing kept is used, and it starts at the walk's first match
+        if fresh:
+            first = await _first(self._in_order(order, clauses, "k", None, back=False, batch=batch, budget=budget),
+                                 1)
+            if not first:
+                return
+            phase, anchor = first[0][:2]
+        assert anchor is not None
         at = (shape, back, phase, anchor)
         kept, reading = None, None
-        if anchor is not None:
+        if not fresh:
             kept = self.groups.get(at)
             while kept is None and at in self.groups.reading:  # another page reads this group: wait for it
                 await self.groups.reading[at].wait()
@@ -811,9 +819,8 @@ class SearchEngine:
             if kept is None:
                 reading = self.groups.reading[at] = asyncio.Event()
         try:
-            large = None if kept is not None else await self._large_group(order, query, clauses, phase, anchor, seen,
-                                                                          back=back, batch=batch, budget=budget,
-                                                                          known=True)
+            large = None if kept is not None else await self._large_group(order, query, phase, anchor, seen,
+                                                                          back=back, known=not fresh)
             if large is not None:
                 second, members = large
                 if reading is not None:  # the pages that wait for this group now wait for its keeping, if any: it
@@ -870,8 +877,8 @@ class SearchEngine:
             if len(group) >= _Groups.LARGE:
                 rising = keyed[::-1] if back else keyed
                 self.groups.put(shape, _Group(time.monotonic(), [(values, v.rid) for values, v in rising], head, tail))
-            if first and seen is not None:  # the rest of the cursor's group
-                keyed = [(values, v) for values, v in keyed if _compare(query, values, seen) == (-1 if back else 1)]
+            if first:  # the rest of the cursor's group
+                keyed = [(values, v) for values, v in keyed if _beyond(query, values, seen, back)]
             return [_Placed.in_group(version, values, head, tail) for values, version in keyed]
 
         group: list[tuple[str, str, Version]] = []
@@ -888,8 +895,8 @@ class SearchEngine:
                     group, first = [], False
                 if (len(group) == min(_Groups.LARGE, cap) and group[0][0] == "k"
                         and not (first and (seen is not None or whole))
-                        and (large := await self._large_group(order, query, clauses, "k", group[0][1], None,
-                                                              back=back, batch=batch, budget=budget)) is not None):
+                        and (large := await self._large_group(order, query, "k", group[0][1], None,
+                                                              back=back)) is not None):
                     # a large group met on the way: taken by its second key from its start, and on beyond it
                     second, members = large
                     async with aclosing(self._by_second_key(order, second, query, clauses, members, None, shape,
@@ -898,35 +905,27 @@ class SearchEngine:
                             yield placed
                     return
                 if len(group) >= cap:
-                    msg = (f"More than {cap} resources share one value of the first _sort key, more than _sort "
-                           "handles; narrow the search or sort by a more selective key first")
-                    raise TooManyMatches(msg, issues=[Issue(code="too-costly", diagnostics=msg)])
+                    raise _too_many_sharing(cap)
                 group.append(item)
                 value = here
         if group:
             for placed in ordered(group, first):
                 yield placed
 
-    async def _large_group(self, order: IndexOrder, query: SearchQuery, clauses: list[Clause], phase: str,
-                           anchor: str | None, seen: list[Any] | None, *, back: bool, batch: int,
-                           budget: int | None, known: bool = False) -> tuple[IndexOrder, _Members] | None:
-        """The group a page enters at ``anchor`` (None: a first page, at the first match of the walk), when that
-        page can take it in the order of the second sort key's entries (``_by_second_key``) instead of reading it
-        whole: a second key walked in index order whose walk can start at a value (index_order.py: strings,
-        tokens, ascending dates) and at least ``_Groups.LARGE`` entries of the group's value. ``known``: the
-        members may be those kept for a page entering at ``anchor`` (``_Groups``; for a cursor's own group)."""
+    async def _large_group(self, order: IndexOrder, query: SearchQuery, phase: str, anchor: str,
+                           seen: list[Any] | None, *, back: bool, known: bool = False
+                           ) -> tuple[IndexOrder, _Members] | None:
+        """The group a page enters at ``anchor``, when that page can take it in the order of the second sort key's
+        entries (``_by_second_key``) instead of reading it whole: a second key walked in index order whose walk
+        can start at a value (index_order.py: strings, tokens, ascending dates) and at least ``_Groups.LARGE``
+        entries of the group's value. ``known``: the members may be those kept for a page entering at ``anchor``
+        (``_Groups``; not for a first page)."""
         second = index_order(order.rtype, *query.sort[1]) if len(query.sort) > 1 else None
-        if second is None or not second.positioned or phase != "k" or (back and anchor is None):
+        if second is None or not second.positioned or phase != "k":
             return None
         if seen is not None and seen[1] is not None and second.start_of(seen[1], rising=True) is None:
             return None  # not a value of the second key: a cursor made up, or of another search
-        if anchor is None:  # a first page: the group of the first match, its members read afresh
-            first = await _first(self._in_order(order, clauses, "k", None, back=False, batch=batch, budget=budget),
-                                 1)
-            if not first or first[0][0] != "k":
-                return None
-            anchor = first[0][1]
-        elif known and (kept := self.groups.members(_Groups.members_key(order, back, anchor))) is not None:
+        if known and (kept := self.groups.members(_Groups.members_key(order, back, anchor))) is not None:
             return second, kept
         value, far = order.key_value(anchor), anchor
         rids = {split_index_key(anchor)[1]}
@@ -939,9 +938,7 @@ class SearchEngine:
                 rids.add(split_index_key(key)[1])
                 far = key
                 if len(rids) > bound:
-                    msg = (f"More than {bound} resources share one value of the first _sort key, more than _sort "
-                           "handles; narrow the search or sort by a more selective key first")
-                    raise TooManyMatches(msg, issues=[Issue(code="too-costly", diagnostics=msg)])
+                    raise _too_many_sharing(bound)
         if len(rids) < _Groups.LARGE:
             return None
         members = _Members(value, anchor, far, frozenset(rids), time.monotonic())
@@ -974,13 +971,12 @@ class SearchEngine:
                 if budget is not None and passed_over > budget:
                     raise _OverBudget
                 return False
-            key = order.canonical(version)
-            return key is not None and order.key_value(key) == members.value
+            return _in_group(order, members.value, version) is not None
 
         def ordered(run: list[tuple[list[Any], Version]]) -> list[_Placed]:
             run.sort(key=order_of, reverse=back)
             return [_Placed.in_group(version, values, head, tail) for values, version in run
-                    if seen is None or _compare(query, values, seen) == (-1 if back else 1)]
+                    if _beyond(query, values, seen, back)]
 
         met: set[str] = set()
 
@@ -1042,9 +1038,7 @@ class SearchEngine:
             versions = await self.store.current_many(order.rtype, sorted(members.rids - met))
             run = [(_sort_values(query, v), v) for v in versions.values() if second.canonical(v) is None and member(v)]
             if len(run) > cap:
-                msg = (f"More than {cap} resources share one value of the first _sort key and have none of the "
-                       "second, more than _sort handles; narrow the search or sort by a more selective key first")
-                raise TooManyMatches(msg, issues=[Issue(code="too-costly", diagnostics=msg)])
+                raise _too_many_sharing(cap, " and have none of the second")
             for placed in ordered(run):
                 yield placed
 
@@ -1100,8 +1094,8 @@ class SearchEngine:
                 versions = await self.store.current_many(order.rtype, sorted(members.rids))
                 found = []
                 for version in versions.values():
-                    key = order.canonical(version)
-                    if key is not None and order.key_value(key) == members.value and _passes(clauses, version):
+                    key = _in_group(order, members.value, version)
+                    if key is not None and _passes(clauses, version):
                         found.append((key, _sort_values(query, version), version.rid))
                 if len(found) >= _Groups.LARGE:
                     keys = sorted(key for key, _, _ in found)
@@ -1268,6 +1262,25 @@ async def _one_by_one(found: AsyncGenerator[tuple[str, str, Version], None]) -> 
     async with aclosing(found):
         async for phase, position, version in found:
             yield _Placed.at(version, phase, position)
+
+
+def _too_many_sharing(limit: int, also: str = "") -> TooManyMatches:
+    """The 400 of a sort by several keys whose matches sharing one value of the first key (``also``: and so on)
+    are more than it sorts in memory."""
+    msg = (f"More than {limit} resources share one value of the first _sort key{also}, more than _sort handles; "
+           "narrow the search or sort by a more selective key first")
+    return TooManyMatches(msg, issues=[Issue(code="too-costly", diagnostics=msg)])
+
+
+def _in_group(order: IndexOrder, value: Any, version: Version) -> str | None:
+    """The key at which ``version`` stands in the walk of ``order`` when that is in the group of ``value``."""
+    key = order.canonical(version)
+    return key if key is not None and order.key_value(key) == value else None
+
+
+def _beyond(query: SearchQuery, values: list[Any], seen: list[Any] | None, back: bool) -> bool:
+    """Whether sort values lie past the cursor's match (``seen``) in the walk's direction (``back``: before it)."""
+    return seen is None or _compare(query, values, seen) == (-1 if back else 1)
 
 
 def _first_key_value(order: IndexOrder, phase: str, position: str) -> Any:

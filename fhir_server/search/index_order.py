@@ -90,10 +90,10 @@ class IndexOrder:
         ``value``, or None where the order has no such position (numbers, quantities, descending dates). Strings
         and tokens are encoded as the hex of the value then ``.`` (a value's extensions sort after it, ``/`` just
         after the ``.``); dates ascending by their low bound, ``L`` and its 16 digits then ``.``."""
-        if self.kind in ("string", "token") and isinstance(value, str):
-            prefix = hexs(value)
-        elif self.kind == "date" and not self.windowed and isinstance(value, int):
+        if self.positioned and self.kind == "date" and isinstance(value, int):
             prefix = f"L{sortable_int(value)}"
+        elif self.positioned and self.kind != "date" and isinstance(value, str):
+            prefix = hexs(value)
         else:
             return None
         return f"{self.rtype}|{self.param}|{prefix}{'' if rising else '/'}"
