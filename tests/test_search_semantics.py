@@ -1085,6 +1085,26 @@ def _pages_both_ways(api: httpx.Client, hub: Hub, url: str) -> list[list[str]]:
     return pages
 
 
+def _create_all(api: httpx.Client, resources: list[dict[str, Any]]) -> None:
+    """POST ``resources`` in transactions of 500."""
+    for at in range(0, len(resources), 500):
+        entries = [{"resource": r, "request": {"method": "POST", "url": r["resourceType"]}}
+                   for r in resources[at:at + 500]]
+        done = api.post("", json={"resourceType": "Bundle", "type": "transaction", "entry": entries})
+        assert done.status_code == 200, done.text
+
+
+def _all_resources(api: httpx.Client, hub: Hub, url: str) -> dict[str, dict[str, Any]]:
+    """Every match of a search by id, following its ``next`` links from ``url``."""
+    found: dict[str, dict[str, Any]] = {}
+    at: str | None = url
+    while at:
+        page = api.get(at).json()
+        found.update((e["resource"]["id"], e["resource"]) for e in page.get("entry", []))
+        at = next((x["url"].replace(hub.base, "") for x in page["link"] if x["relation"] == "next"), None)
+    return found
+
+
 def _last_page(api: httpx.Client, hub: Hub, url: str) -> httpx.Response:
     """The answer for the last page of a search, following its ``next`` links from ``url``, or the first answer
     that is not a 200."""
@@ -1286,13 +1306,9 @@ def test_pages_inside_a_large_group_of_a_sort_by_several_keys_come_in_order_whil
     people += [("li", "a"), ("li", None), ("wu", "x"), ("Zhao", "b")]
     try:
         with hub.client() as api:
-            entries = [{"resource": {"resourceType": "Patient",
-                                     "identifier": [{"system": "urn:groups", "value": str(n)}],
-                                     "name": [{"family": family, **({"given": [given]} if given else {})}]},
-                        "request": {"method": "POST", "url": "Patient"}}
-                       for n, (family, given) in enumerate(people)]
-            done = api.post("", json={"resourceType": "Bundle", "type": "transaction", "entry": entries})
-            assert done.status_code == 200, done.text
+            _create_all(api, [{"resourceType": "Patient", "identifier": [{"system": "urn:groups", "value": str(n)}],
+                               "name": [{"family": family, **({"given": [given]} if given else {})}]}
+                              for n, (family, given) in enumerate(people)])
 
             def current() -> dict[str, dict[str, Any]]:
                 found = api.get("/Patient?identifier=urn:groups|&_count=1000").json()
@@ -1376,16 +1392,11 @@ def test_a_group_larger_than_memory_takes_pages_in_the_order_of_the_second_key(s
     names += [[{"family": "zhou", "given": [g]}] for g in ("a", "b")]
     try:
         with hub.client() as api:
-            entries = [{"resource": {"resourceType": "Patient",
-                                     "identifier": [{"system": "urn:big", "value": f"{n:03d}"}],
-                                     "name": [{k: v for k, v in name.items() if v} for name in patient],
-                                     **({"birthDate": b} if (b := rng.choice(born)) else {})},
-                        "request": {"method": "POST", "url": "Patient"}}
-                       for n, patient in enumerate(names)]
-            done = api.post("", json={"resourceType": "Bundle", "type": "transaction", "entry": entries})
-            assert done.status_code == 200, done.text
-            found = api.get("/Patient?_count=1000").json()
-            mine = {e["resource"]["id"]: e["resource"] for e in found["entry"]}
+            _create_all(api, [{"resourceType": "Patient", "identifier": [{"system": "urn:big", "value": f"{n:03d}"}],
+                               "name": [{k: v for k, v in name.items() if v} for name in patient],
+                               **({"birthDate": b} if (b := rng.choice(born)) else {})}
+                              for n, patient in enumerate(names)])
+            mine = _all_resources(api, hub, "/Patient?_count=1000")
 
             for sort in ([("family", "string", False), ("given", "string", False)],
                          [("family", "string", True), ("given", "string", True), ("birthdate", "date", False)],
@@ -1413,10 +1424,7 @@ def test_a_group_larger_than_memory_takes_pages_in_the_order_of_the_second_key(s
                                                                             ("given", "string", False)], hub.base)
             assert (added.json()["id"] in seen) == (keep == "0"), "members kept with keep 0, or not with keep 30"
 
-            more = [{"resource": {"resourceType": "Patient", "name": [{"family": "chen"}]},
-                     "request": {"method": "POST", "url": "Patient"}} for _ in range(40)]
-            done = api.post("", json={"resourceType": "Bundle", "type": "transaction", "entry": more})
-            assert done.status_code == 200, done.text
+            _create_all(api, [{"resourceType": "Patient", "name": [{"family": "chen"}]} for _ in range(40)])
             answer = _last_page(api, hub, "/Patient?_sort=family,given&_count=7")
             assert answer.status_code == 400, "more chen Patients without a given name were sorted than memory takes"
             assert "have none of the second" in answer.json()["issue"][0]["diagnostics"]
@@ -1434,18 +1442,9 @@ def test_a_group_sparse_among_the_second_keys_entries_is_read_whole(store_uri: s
     names = [("bai", ["a"])] * 1100 + [("chen", rng.choice([["x"], ["y"], ["z"], []])) for _ in range(110)]
     try:
         with hub.client() as api:
-            for at in range(0, len(names), 500):
-                entries = [{"resource": {"resourceType": "Patient", "name": [{"family": f, "given": g} if g else
-                                                                             {"family": f}]},
-                            "request": {"method": "POST", "url": "Patient"}} for f, g in names[at:at + 500]]
-                done = api.post("", json={"resourceType": "Bundle", "type": "transaction", "entry": entries})
-                assert done.status_code == 200, done.text
-            mine: dict[str, dict[str, Any]] = {}
-            url: str | None = "/Patient?_count=1000"
-            while url:
-                page = api.get(url).json()
-                mine.update((e["resource"]["id"], e["resource"]) for e in page["entry"])
-                url = next((x["url"].replace(hub.base, "") for x in page["link"] if x["relation"] == "next"), None)
+            _create_all(api, [{"resourceType": "Patient", "name": [{"family": f, "given": g} if g else {"family": f}]}
+                              for f, g in names])
+            mine = _all_resources(api, hub, "/Patient?_count=1000")
             assert len(mine) == len(names)
             sort = [("family", "string", False), ("given", "string", False)]
             pages = _pages_both_ways(api, hub, "/Patient?_sort=family,given&_count=100")
