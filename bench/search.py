@@ -217,8 +217,21 @@ async def main(patients: int, seconds: float, clients: int, store_dir: Path | No
             async def page_raw(rng: random.Random) -> bool:
                 return bool(await raw("ServiceRequest", *exact("status", token_enc(None, "active")), limit=21))
 
+            async def last_page(first: str) -> Url:
+                """The last page of a result (a constant Url), following its next links to the end."""
+                url, at = first, first
+                while at is not None:
+                    url = at
+                    async with http.get(hub.base + url) as answer:
+                        page = await answer.json(content_type=None)
+                    at = next((link["url"][len(hub.base):] for link in page["link"] if link["relation"] == "next"),
+                              None)
+                return lambda _rng, fixed=url: fixed
+
             # a patient list by name: every Patient, read in the order of the family entries
             by_name = await page_urls("/Patient?_sort=family&_count=20")
+            # its last page: where the walk finds no Patient without a family (their @absent and ~ entries)
+            by_name_last = await last_page("/Patient?_sort=family&_count=20")
 
             async def by_name_raw(rng: random.Random) -> bool:  # the first 21 family entries and their Patients
                 return bool(await raw("Patient", "family|", "family|~", limit=21))
@@ -269,6 +282,7 @@ async def main(patients: int, seconds: float, clients: int, store_dir: Path | No
                 ("Patient?_content=<family name> page 1 (_count=20)", content, content_raw),
                 ("Patient?_sort=family page 1 (_count=20)", by_name[1], by_name_raw),
                 ("Patient?_sort=family page 50 (_count=20)", by_name[50], by_name_raw),
+                ("Patient?_sort=family last page (_count=20)", by_name_last, by_name_raw),
                 ("Patient?_sort=family,given page 1 (_count=20)", by_names[1], by_names_raw),
                 ("Patient?_sort=family,given page 50 (_count=20)", by_names[50], by_name_raw),
                 ("ServiceRequest?status=active&_sort=-authored page 1", worklist[1], worklist_raw),
@@ -289,10 +303,12 @@ async def main(patients: int, seconds: float, clients: int, store_dir: Path | No
                 print(f"{name:55} {got.pct(50):6.1f}ms {got.pct(95):6.1f}ms {got.pct(99):6.1f}ms {got.rate:7.0f}"
                       f"   store: {store_time.pct(50):5.1f}ms {store_time.pct(95):5.1f}ms", flush=True)
             first, fiftieth = results[rows[-4][0]], results[rows[-3][0]]
+            last = (results["Patient?_sort=family last page (_count=20)"].pct(50)
+                    / results["Patient?_sort=family page 1 (_count=20)"].pct(50))
             print(f"page 50 / page 1 at p50: {fiftieth.pct(50) / first.pct(50):.2f}x (search), "
                   f"{results[rows[-5][0]].pct(50) / results[rows[-6][0]].pct(50):.2f}x (sorted), "
                   f"{results[rows[-1][0]].pct(50) / results[rows[-2][0]].pct(50):.2f}x (history); "
-                  f"hub RSS {hub_rss(hub.pid):.0f} MB")
+                  f"last page / page 1 of _sort=family: {last:.2f}x; hub RSS {hub_rss(hub.pid):.0f} MB")
             await substring_scans(http, hub.base, store)
             await client.close()
 

@@ -16,6 +16,7 @@ from fhir_server.service.resources import ResourceService
 from fhir_server.settings import Settings
 from fhir_server.storage import Version, now_micros
 from tests.conftest import Hub, fresh_store, start_hub, stop_hub
+from tests.test_search_semantics import _pages_both_ways
 
 EXT = "http://medunion.example.cn/fhir/StructureDefinition/referral-hospital"
 
@@ -215,3 +216,94 @@ async def test_a_search_parameter_written_during_a_refresh_is_kept(store_uri: st
             assert await refresh == 0 and code not in parameters_for("Patient")
         finally:
             set_custom([])
+
+
+def test_resources_without_a_value_are_read_from_their_absent_entries(store_uri: str, tmp_path: Path) -> None:
+    """Index layout 6: a parameter of which a resource has no element gets an ``@absent`` entry. ``:missing=true``
+    reads those entries, and a sort read in index order (``search_sort_in_memory`` 2 here) reads them and the
+    entries of elements present without a value for the resources it places last, a page at a time, both ways,
+    after updates that move Patients into and out of them and a deletion. An entry lost by hand loses its
+    Patient (the entries are read, not the type) until ``$reindex`` brings it back. On a store whose upgrade to
+    the layout has not run, both read the type's resources instead and miss nothing."""
+    home, database = tmp_path / "home", f"absent{uuid.uuid4().hex[:8]}"
+    extra = {"MEDUNION_SEARCH_SORT_IN_MEMORY": "2"}
+    language: dict[str, str | None] = {}  # id -> code; None: an element without a code (its text only)
+
+    def communication(code: str | None) -> list[dict[str, object]]:
+        concept = {"coding": [{"system": "urn:ietf:bcp:47", "code": code}]} if code else {"text": "Shanghainese"}
+        return [{"language": concept}]
+
+    def matches(client: httpx.Client, params: dict[str, str]) -> set[str]:
+        page = client.get("/Patient", params={**params, "_count": "100"}).json()
+        return {e["resource"]["id"] for e in page.get("entry", []) if e["search"]["mode"] == "match"}
+
+    def check_sorts(client: httpx.Client, running: Hub, absent: set[str]) -> None:
+        valued = {rid for rid, code in language.items() if code}
+        for descending in (False, True):
+            pages = _pages_both_ways(client, running, f"/Patient?_sort={'-' if descending else ''}language&_count=2")
+            got = [rid for page in pages for rid in page]
+            assert len(got) == len(set(got)) and set(got) == set(language) | absent, (descending, got)
+            codes = [language[rid] for rid in got[:len(valued)]]
+            assert codes == sorted(codes, reverse=descending)  # type: ignore[type-var]
+            assert set(got[len(valued):]) == set(language) - valued | absent
+        assert matches(client, {"language:missing": "true"}) == absent
+        assert matches(client, {"language:missing": "false"}) == set(language)
+
+    hub = start_hub(store_uri, home, database=database, extra=extra)
+    try:
+        with hub.client() as client:
+            absent: set[str] = set()
+            for code in ["zh", "en", "fr", "de", "zh", None, None, None, None, "", "", "", "", ""]:
+                body: dict[str, object] = {"resourceType": "Patient"}
+                if code != "":
+                    body["communication"] = communication(code)
+                rid = client.post("/Patient", json=body).json()["id"]
+                if code == "":
+                    absent.add(rid)
+                else:
+                    language[rid] = code
+            gains, loses, goes = sorted(absent)[0], next(r for r, c in language.items() if c == "en"), sorted(absent)[1]
+            assert client.put(f"/Patient/{gains}", json={"resourceType": "Patient", "id": gains,
+                                                         "communication": communication("ja")}).status_code == 200
+            assert client.put(f"/Patient/{loses}", json={"resourceType": "Patient", "id": loses}).status_code == 200
+            assert client.delete(f"/Patient/{goes}").status_code in (200, 204)
+            absent -= {gains, goes}
+            absent.add(loses)
+            language[gains] = "ja"
+            del language[loses]
+            check_sorts(client, hub, absent)
+
+            victim = sorted(absent)[0]
+            with MongoClient(store_uri) as mongo:
+                index = mongo[database]["search_index"]
+                mine = f"^Patient\\|@absent\\|language\\|{victim}\\|"
+                lost = [d["_id"] for d in index.find({"_id": {"$regex": mine}})]
+                assert len(lost) == 1
+                index.delete_one({"_id": lost[0]})
+            assert victim not in matches(client, {"language:missing": "true"})
+            pages = _pages_both_ways(client, hub, "/Patient?_sort=language&_count=2")
+            ascending = [rid for page in pages for rid in page]
+            assert victim not in ascending and len(ascending) == len(language) + len(absent) - 1
+            job = client.post("/Patient/$reindex").headers["content-location"].rsplit("/", 1)[1]
+            assert _job_status(client, job)["status"] == "completed"
+            check_sorts(client, hub, absent)
+    finally:
+        stop_hub(hub)
+    with MongoClient(store_uri) as mongo:  # what a hub of layout 5 left: no @absent entries, no upgrade yet
+        db = mongo[database]
+        assert db["jobs"].find_one({"_id": "index-layout"})["layout"] == 6
+        db["jobs"].replace_one({"_id": "index-layout"}, {"_id": "index-layout", "layout": 5})
+        db["jobs"].insert_one({"_id": "index-layout-6", "o": "another instance"})  # it starts the upgrade, not us
+        for doc in db["resources"].find({}, {"ix": 1}):
+            kept = [i for i in doc["ix"].split(" ") if not i.startswith("@absent|")]
+            db["resources"].update_one({"_id": doc["_id"]}, {"$set": {"ix": " ".join(kept)}})
+        assert db["search_index"].delete_many({"_id": {"$regex": r"^Patient\|@absent\|"}}).deleted_count > 13
+        jobs = db["jobs"].count_documents({"kind": "reindex"})
+    restarted = start_hub(store_uri, home, database=database, extra=extra)
+    try:
+        with restarted.client() as client:
+            check_sorts(client, restarted, absent)
+        with MongoClient(store_uri) as mongo:
+            assert mongo[database]["jobs"].count_documents({"kind": "reindex"}) == jobs
+    finally:
+        stop_hub(restarted)

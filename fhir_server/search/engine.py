@@ -28,7 +28,7 @@ import orjson
 from fhir_server.errors import BadRequest, Issue
 from fhir_server.search.entries import reference_type
 from fhir_server.search.index_order import IndexOrder, index_order
-from fhir_server.search.keys import PRESENT, decode_hex, hexs, sort_value
+from fhir_server.search.keys import ABSENT_LAYOUT, LAYOUT_MARKER, PRESENT, decode_hex, hexs, sort_value
 from fhir_server.search.query import TOP, Clause, KeySet, SearchQuery, Span, exact_entry
 from fhir_server.search.registry import indexed_as, parameters_for
 from fhir_server.settings import Settings
@@ -280,12 +280,23 @@ class SearchEngine:
         self.selectivity = _Selectivity()
         self.groups = _Groups(settings.search_sort_keep)
         self.keeping: set[asyncio.Task[None]] = set()  # groups being read whole behind a page (``_keep_later``)
+        self._absent_indexed = False  # once true, stays true (``_absent_entries``)
+        self._absent_asked = -1e9
 
     async def stop(self) -> None:
         """Stop the reads of groups still being kept (``_keep_later``): the hub is stopping."""
         for task in list(self.keeping):
             task.cancel()
         await asyncio.gather(*self.keeping, return_exceptions=True)
+
+    async def _absent_entries(self) -> bool:
+        """Whether every stored resource has its ``@absent`` entries (keys.py): the store records an index layout
+        that has them (service/reindex.py). Until it does, asked again at most every 5 s."""
+        if not self._absent_indexed and time.monotonic() - self._absent_asked >= 5:
+            self._absent_asked = time.monotonic()
+            marker = await self.store.db["jobs"].find_one({"_id": LAYOUT_MARKER})
+            self._absent_indexed = marker is not None and int(marker.get("layout", 0)) >= ABSENT_LAYOUT
+        return self._absent_indexed
 
     # ---- entry points -------------------------------------------------------------------------------------
 
@@ -469,6 +480,8 @@ class SearchEngine:
     async def _resolve(self, query: SearchQuery) -> list[Clause]:
         out = []
         for clause in query.clauses:
+            if clause.fallback is not None and not await self._absent_entries():
+                clause = clause.fallback
             if clause.chain is not None:
                 refs: list[str] = []
                 for sub in clause.chain.queries:
@@ -763,16 +776,18 @@ class SearchEngine:
                             mark: dict[str, Any] | None, budget: int | None = None) -> SearchPage:
         """A page of a search in index order from the cursor ``mark``: ``{"w": [phase, position]}``, after that
         position, or with ``"p"``, the page that ends before it. Phase ``k``: the walk of the parameter's pairs,
-        the position a key; ``t``: the resources without a sortable value (or every resource, for ``_id``), the
-        position an id. Sorted by more keys (``_in_groups``), the position is where the last match's group starts
-        (with ``"p"``, the first match's group ends) and ``"s"`` holds that match's sort values. ``budget``:
-        resources that do not match it may read (raises ``_OverBudget`` beyond)."""
+        the position a key; ``m``: the resources without a sortable value, the position a key of their entries
+        (``IndexOrder.tail``); ``t``: those resources on a store without those entries (or every resource, for
+        ``_id``), the position an id. Sorted by more keys (``_in_groups``), the position is where the last match's
+        group starts (with ``"p"``, the first match's group ends) and ``"s"`` holds that match's sort values.
+        ``budget``: resources that do not match it may read (raises ``_OverBudget`` beyond)."""
         grouped = len(query.sort) > 1 and order.kind != "id"  # ids are unique: no other key can order them
         phase, position, back, seen = "k", None, False, None
         if mark is not None:
             walk, seen = mark.get("w"), mark.get("s")
-            if not (isinstance(walk, list) and len(walk) == 2 and walk[0] in ("k", "t") and isinstance(walk[1], str)
-                    and (walk[0] == "t" or order.holds(walk[1]))
+            if not (isinstance(walk, list) and len(walk) == 2 and walk[0] in ("k", "t", "m")
+                    and isinstance(walk[1], str)
+                    and (walk[0] == "t" or (order.holds if walk[0] == "k" else order.holds_tail)(walk[1]))
                     and (isinstance(seen, list) and len(seen) == len(query.sort) + 1 if grouped else seen is None)):
                 raise BadRequest("The page cursor does not belong to this search; start again from the first page")
             phase, position, back = walk[0], walk[1], bool(mark.get("p"))
@@ -861,8 +876,7 @@ class SearchEngine:
             if anchor is not None and kept is None:  # the anchor itself, then what lies beyond it
                 rid = anchor if phase == "t" else split_index_key(anchor)[1]
                 version = (await self.store.current_many(order.rtype, [rid])).get(rid)
-                if (version is not None and order.canonical(version) == (None if phase == "t" else anchor)
-                        and _passes(clauses, version)):
+                if version is not None and _stands_at(order, phase, anchor, version) and _passes(clauses, version):
                     yield phase, anchor, version
             async with aclosing(self._in_order(order, clauses, phase, anchor, back=back, batch=batch,
                                                budget=budget)) as rest:
@@ -1154,13 +1168,27 @@ class SearchEngine:
                 yield "t", rid, version
             return
         tail = not order.instants  # every resource has a _lastUpdated: no need to look for those without
-        if phase == "t" and back and tail:
-            async for rid, version in self._walk_type(rtype, clauses, start=position, backward=True, batch=batch,
+        # the resources without a value: from their entries (phase m, positions are keys), or on a store without
+        # those entries and for a custom parameter, from the type's resources (phase t, positions are ids)
+        by_keys = phase == "m" or (tail and phase == "k" and order.absent and await self._absent_entries())
+
+        async def without_value(start: str | None, backward: bool) -> AsyncGenerator[tuple[str, str, Version], None]:
+            if by_keys:
+                async for key, version in self._walk_tail(order, clauses, start=start, backward=backward,
+                                                          batch=batch, spend=spend):
+                    yield "m", key, version
+                return
+            async for rid, version in self._walk_type(rtype, clauses, start=start, backward=backward, batch=batch,
                                                       spend=spend):
                 if order.canonical(version) is None:
                     yield "t", rid, version
                 else:
                     spend(1)
+
+        if phase in ("t", "m") and back and tail:
+            async with aclosing(without_value(position, True)) as tail_items:
+                async for item in tail_items:
+                    yield item
             phase, position = "k", None
         if phase == "k":
             pairs = order.walk(self.store, after=position, rising=order.descending == back, batch=batch)
@@ -1179,12 +1207,37 @@ class SearchEngine:
             position = None
         if not tail:
             return
-        async for rid, version in self._walk_type(rtype, clauses, start=position, backward=False, batch=batch,
-                                                  spend=spend):
-            if order.canonical(version) is None:
-                yield "t", rid, version
-            else:
-                spend(1)
+        async with aclosing(without_value(position, False)) as tail_items:
+            async for item in tail_items:
+                yield item
+
+    async def _walk_tail(self, order: IndexOrder, clauses: list[Clause], *, start: str | None, backward: bool,
+                         batch: int, spend: Callable[[int], None]) -> AsyncGenerator[tuple[str, Version], None]:
+        """The matches without a sortable value of ``order``, in the order of their entries in ``order.tail``
+        (reversed: ``backward``) after the key ``start``; each key checked against its resource's current version
+        (an orphan, or a resource that has a value now, is passed over)."""
+        rtype = order.rtype
+        spans = order.tail[::-1] if backward else order.tail
+        for low, high in spans:
+            if start is not None and (start <= f"{rtype}|{low}" if backward else start >= f"{rtype}|{high}"):
+                continue
+            position, size = start, batch
+            while True:
+                keys = await self.store.scan_index(rtype, low, high, after=position, limit=size, backward=backward)
+                if not keys:
+                    break
+                position = keys[-1]
+                versions = await self.store.current_many(rtype, sorted({split_index_key(k)[1] for k in keys}))
+                for key in keys:
+                    found = versions.get(split_index_key(key)[1])
+                    if (found is not None and found.body is not None and order.tail_key(found) == key
+                            and order.canonical(found) is None and _passes(clauses, found)):
+                        yield key, found
+                    else:
+                        spend(1)
+                if len(keys) < size:
+                    break
+                size = min(size * 2, 1000)
 
     # ---- _include and _revinclude -------------------------------------------------------------------------
 
@@ -1283,8 +1336,16 @@ def _beyond(query: SearchQuery, values: list[Any], seen: list[Any] | None, back:
     return seen is None or _compare(query, values, seen) == (-1 if back else 1)
 
 
+def _stands_at(order: IndexOrder, phase: str, position: str, version: Version) -> bool:
+    """Whether ``version`` stands at a position of the walk of ``order`` (``_in_order``)."""
+    if phase == "k":
+        return order.canonical(version) == position
+    return order.canonical(version) is None and (phase == "t" or order.tail_key(version) == position)
+
+
 def _first_key_value(order: IndexOrder, phase: str, position: str) -> Any:
-    """The value of the first sort key at a position of the walk: its key's, None in the tail (phase ``t``)."""
+    """The value of the first sort key at a position of the walk: its key's, None in the tail (phases ``t``,
+    ``m``)."""
     return order.key_value(position) if phase == "k" else None
 
 

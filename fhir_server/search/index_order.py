@@ -20,8 +20,11 @@ second after it starts). ``_lastUpdated`` holds instants (low = high: the hub wr
 search/entries.py gives a fractional second no span), read by their low bound both ways.
 
 Resources with the same value come in the order of their entries' keys (for one code or instant, by id), which
-FHIR leaves open. Resources without a sortable value come last in either order, by id (``_id`` itself is the
-order of the resources' own keys).
+FHIR leaves open. Resources without a sortable value come last in either order: those without the element
+(``@absent`` entries, keys.py) then those with it but no value (``~``), each by id, read from those entries
+(``tail``); on a store not yet indexed with ``@absent`` entries, and for a custom parameter (its entries come
+with its ``$reindex``), by id from the type's resources (engine.py). ``_id`` itself is the order of the
+resources' own keys.
 """
 
 from __future__ import annotations
@@ -31,14 +34,23 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
-from fhir_server.search.keys import LONG_SPAN, PRESENT, hexs, sort_value, sortable_int, split_date
-from fhir_server.search.registry import indexed_as, parameters_for
+from fhir_server.search.keys import (
+    ABSENT,
+    LONG_SPAN,
+    PRESENT,
+    SORTED_KINDS,
+    has_absent_entries,
+    hexs,
+    sort_value,
+    sortable_int,
+    split_date,
+)
+from fhir_server.search.registry import custom_codes, indexed_as, parameters_for
 from fhir_server.storage import ResourceStore, Version
 from fhir_server.storage.versions import index_key, split_item
 
 __all__ = ["IndexOrder", "index_order"]
 
-_KINDS = ("date", "number", "quantity", "token", "string")
 Pair = tuple[Any, str]  # (sort value, index key)
 
 
@@ -52,9 +64,10 @@ def index_order(rtype: str, code: str, descending: bool) -> IndexOrder | None:
         return None
     base, only = indexed_as(rtype, code)
     kind = params[base].type
-    if only is not None or kind not in _KINDS:
+    if only is not None or kind not in SORTED_KINDS:
         return None
-    return IndexOrder(rtype, base, kind, descending, instants=base == "_lastUpdated")
+    return IndexOrder(rtype, base, kind, descending, instants=base == "_lastUpdated",
+                      absent=has_absent_entries(base, params[base]) and base not in custom_codes(rtype))
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +77,7 @@ class IndexOrder:
     kind: str  # date | number | quantity | token | string | id
     descending: bool
     instants: bool = False  # _lastUpdated: one instant per resource, which every resource has
+    absent: bool = False  # the resources without the parameter have ``@absent`` entries (a store of layout 6 on)
 
     @property
     def windowed(self) -> bool:
@@ -133,6 +147,25 @@ class IndexOrder:
         if not pairs:
             return None
         return (max(pairs) if self.descending else min(pairs))[1]
+
+    @property
+    def tail(self) -> tuple[tuple[str, str], ...]:
+        """The entry ranges (low, high; in key order) that hold the resources without a sortable value: the
+        parameter's ``@absent`` entries and its ``~`` entries (present, no value), each range in id order."""
+        return tuple(sorted(((f"{ABSENT}|{self.param}|", f"{ABSENT}|{self.param}|~"),
+                             (f"{self.param}|{PRESENT}|", f"{self.param}|{PRESENT}|~"))))
+
+    def tail_key(self, version: Version) -> str | None:
+        """The key of the version's entry in ``tail`` (None if it has none: an older layout's resource)."""
+        entries = {low for low, _ in self.tail}
+        for item in version.index:
+            if split_item(item)[0] in entries:
+                return index_key(self.rtype, version.rid, item)
+        return None
+
+    def holds_tail(self, key: str) -> bool:
+        """Whether ``key`` is a key of ``tail`` (a cursor's position there)."""
+        return key.count("|") >= 4 and any(key.startswith(f"{self.rtype}|{low}") for low, _ in self.tail)
 
     def _range(self, first: str) -> tuple[str, str]:
         """The entries whose encodings start at ``first`` (a letter) or, with "", every entry with a value."""

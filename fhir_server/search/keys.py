@@ -20,6 +20,11 @@ Encodings (``hex`` is the hex of the UTF-8 bytes, ``n`` a sortable 16-hex-digit 
 - ``_text`` and ``_content``: ``hex(full text)`` (entries.full_text) when it has at most ``MAX_FULL_TEXT`` bytes,
   else ``~`` (found by reading the resource); searched by a scan of the parameter's keys that the store filters
   by the hex of a word
+- absence: ``@absent|<code>|`` for each parameter of the type that sorts in index order (``SORTED_KINDS``; not the
+  ``meta`` ones) of which the resource has no element (``@absent`` is no parameter code): ``:missing=true`` reads
+  these, and a sort by the parameter reads them (with its ``~`` entries) for the resources it places last, a
+  page at a time. Not for references and uris (sorted in memory), nor ``_tag``, ``_profile``, ``_security`` and
+  ``_source``: each absent entry is one more index document to write (``has_absent_entries``)
 """
 
 from __future__ import annotations
@@ -44,7 +49,10 @@ from fhir_server.search.entries import (
 from fhir_server.search.registry import SearchParameter, indexed_as, parameters_for
 
 __all__ = [
+    "ABSENT",
+    "ABSENT_LAYOUT",
     "INDEX_LAYOUT",
+    "LAYOUT_MARKER",
     "LONG_SPAN",
     "MAX_FULL_TEXT",
     "MAX_TEXT",
@@ -53,6 +61,7 @@ __all__ = [
     "decode_number",
     "encode",
     "entry_keys",
+    "has_absent_entries",
     "hexs",
     "local_reference",
     "num",
@@ -66,8 +75,11 @@ __all__ = [
 # The index layout: raised whenever ``entry_keys`` gives resources already stored entries they lack. A hub whose
 # store was indexed under an older layout re-indexes it by itself, in the background (service/reindex.py).
 # 2: token ``:text`` entries; 3: ``_text`` and ``_content`` entries; 4: ``H`` entries of dates spanning a second or more
-# (a day or more before); 5: string values end with ``.`` (their keys sort in value order).
-INDEX_LAYOUT = 5
+# (a day or more before); 5: string values end with ``.`` (their keys sort in value order); 6: ``@absent`` entries.
+INDEX_LAYOUT = 6
+ABSENT_LAYOUT = 6  # the first layout with ``@absent`` entries
+# the ``jobs`` document that records the layout the store's resources are indexed under (service/reindex.py)
+LAYOUT_MARKER = "index-layout"
 # µs: dates spanning this or more (a minute, an hour, a day... precision) also get an entry ordered by their high
 # bound; the others (seconds and finer, instants) are read by their low bound, less than this before their high one:
 # a search for dates ending after a moment (query.py) and a descending sort by dates (index_order.py) read this
@@ -75,6 +87,9 @@ INDEX_LAYOUT = 5
 # benchmark's day, thousands a day in a hospital); day-precision values (birthDate) now get the second entry.
 LONG_SPAN = 1_000_000
 PRESENT = "~"  # the entry of a parameter that is present without a searchable value
+ABSENT = "@absent"  # the entries ``@absent|<code>|``: the parameters of which a resource has no element
+SORTED_KINDS = ("date", "number", "quantity", "token", "string")  # entries that sort by value (index_order.py)
+_META = frozenset({"_tag", "_profile", "_security", "_source"})  # on few resources, rarely sorted by
 log = logging.getLogger("medunion.search")
 MAX_TEXT = 100  # characters of a string value that are indexed (longer values match on these)
 # bytes (UTF-8) of a resource's _text or _content held in its entry; a longer one is checked on its body. The
@@ -201,6 +216,12 @@ def _reference_identifiers(values: list[Any]) -> list[str]:
     return out
 
 
+def has_absent_entries(code: str, parameter: SearchParameter) -> bool:
+    """Whether a resource without an element of the parameter gets its ``@absent`` entry (the kinds a sort reads in
+    index order, the ``meta`` ones aside). A custom parameter's come with its ``$reindex``: callers check that."""
+    return parameter.type in SORTED_KINDS and code not in _META
+
+
 def entry_keys(resource: dict[str, Any], *, zone: ZoneInfo, base_url: str,
                parameters: dict[str, SearchParameter] | None = None) -> list[str]:
     """Every index entry (``param|enc|``) of ``resource``, sorted and unique.
@@ -209,8 +230,9 @@ def entry_keys(resource: dict[str, Any], *, zone: ZoneInfo, base_url: str,
     entries of their own, and a reference parameter that is another restricted to one type (``indexed_as``)
     has that one's entries. A parameter whose elements are present but give no searchable value (a
     CodeableConcept with text only, a Reference with display only) gets the entry ``param|~|``, so that
-    ``:missing`` tells present from absent (FHIR R4 search.html#missing). ``_text`` and ``_content`` have one
-    entry each (none without text).
+    ``:missing`` tells present from absent (FHIR R4 search.html#missing), and a parameter of which the resource
+    has no element gets ``@absent|param|`` (``ABSENT``; ``has_absent_entries``). ``_text`` and ``_content`` have
+    one entry each (none without text).
     """
     params = parameters if parameters is not None else parameters_for(resource.get("resourceType", ""))
     found: set[str] = set()
@@ -222,8 +244,11 @@ def entry_keys(resource: dict[str, Any], *, zone: ZoneInfo, base_url: str,
             values = values_of(parameter, resource)
         except Exception as exc:  # a FHIRPath engine error on odd data: the resource is stored, not indexed here
             log.warning("search parameter %s.%s could not be evaluated: %s", rtype, code, type(exc).__name__)
+            found.add(f"{code}|{PRESENT}|")  # something is there: not missing, and no value to sort it by
             continue
         if not values:
+            if has_absent_entries(code, parameter):
+                found.add(f"{ABSENT}|{code}|")
             continue
         encoded = encode(parameter, entries_of_values(parameter, values, zone), base_url)
         for enc in encoded or [PRESENT]:

@@ -34,11 +34,13 @@ from fhir_server.search.entries import (
     values_of,
 )
 from fhir_server.search.keys import (
+    ABSENT,
     LONG_SPAN,
     MAX_TEXT,
     PRESENT,
     decode_hex,
     encode,
+    has_absent_entries,
     hexs,
     local_reference,
     num,
@@ -48,7 +50,7 @@ from fhir_server.search.keys import (
     token_enc,
 )
 from fhir_server.search.paths import children
-from fhir_server.search.registry import SearchParameter, indexed_as, parameters_for, split_union
+from fhir_server.search.registry import SearchParameter, custom_codes, indexed_as, parameters_for, split_union
 
 __all__ = ["MODIFIERS", "Chain", "Clause", "Include", "KeyRange", "KeySet", "SearchQuery", "Span", "parse_search",
            "query_pairs", "refuse_ignored", "types_named"]
@@ -149,6 +151,9 @@ class Clause:
     chain: Chain | None = None
     has: Has | None = None
     check_if: KeySet | None = None  # ``check`` only a version holding one of these entries (None: every one)
+    # the clause to search by instead on a store whose resources are not all indexed under the layout that wrote
+    # ``@absent`` entries (keys.py), which this one reads (``:missing=true``)
+    fallback: Clause | None = None
 
     @property
     def drives(self) -> bool:
@@ -504,7 +509,10 @@ class _Parser:
                 raise _bad(f"{name} takes true or false, not '{value}'", where=name)
             present = (_starting(f"{code}|{hexs(only + '/')}"),) if only else (
                 _starting(f"{code}|"), exact_entry(f"{code}|{PRESENT}"))
-            return Clause(name, keys=KeySet(present), negate=value == "true")
+            scan = Clause(name, keys=KeySet(present), negate=value == "true")  # true: every resource read
+            if value == "false" or only or not has_absent_entries(code, parameter) or code in custom_codes(rtype):
+                return scan  # a custom parameter's absent entries are missing until its $reindex
+            return Clause(name, keys=KeySet((exact_entry(f"{ABSENT}|{code}"),)), fallback=scan)
         if code == "_id":
             if modifier:
                 raise _bad(f"The modifier :{modifier} is not supported on _id", code="not-supported", where=name)

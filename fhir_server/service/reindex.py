@@ -26,7 +26,7 @@ from pymongo.errors import DuplicateKeyError
 from fhir_server.auth.scopes import Principal
 from fhir_server.errors import NotFound
 from fhir_server.model.types import SUPPORTED_TYPES, require_supported_type
-from fhir_server.search.keys import INDEX_LAYOUT
+from fhir_server.search.keys import INDEX_LAYOUT, LAYOUT_MARKER
 from fhir_server.service.resources import ResourceService, instant
 from fhir_server.settings import Settings
 from fhir_server.storage import ResourceStore, now_micros
@@ -35,7 +35,7 @@ __all__ = ["Reindexer"]
 
 log = logging.getLogger("medunion.reindex")
 _BATCH = 200
-_LAYOUT = "index-layout"  # in ``jobs``: {"layout": n}, the INDEX_LAYOUT the store's resources are indexed under
+_LAYOUT = LAYOUT_MARKER  # in ``jobs``: {"layout": n}, the INDEX_LAYOUT the store's resources are indexed under
 # resources re-indexed at once: their store commands go out together (the store's batchers), as those of 16
 # clients writing would
 _AT_ONCE = 16
