@@ -934,7 +934,9 @@ def test_bad_search_input_is_a_clear_error(search_hub: Hub) -> None:
             issue = answer.json()["issue"][0]
             assert issue["diagnostics"] and issue.get("expression", [where])[0] == where, issue
         for walk in (["k", "Patient|birthdate|Lzz|p1|1"], ["k", "Patient|gender|6d616c65.|p1|1"], ["t", 5], ["x", "a"],
-                     ["k", "Patient|birthdate|H8000000000000000.8000000000000000|p1|1"], "k"):
+                     ["k", "Patient|birthdate|H8000000000000000.8000000000000000|p1|1"], "k",
+                     ["m", "Patient|@absent|gender|p1|1"], ["m", "Patient|birthdate|L8000000000000000.8|p1|1"],
+                     ["m", "Patient|@absent|birthdate|p1"], ["k", "Patient|@absent|birthdate|p1|1"]):
             cursor = base64.urlsafe_b64encode(json.dumps({"w": walk}).encode()).decode().rstrip("=")
             answer = api.get("/Patient", params={"_sort": "birthdate", "_cursor": cursor})  # made up, or another's
             assert answer.status_code == 400 and "cursor" in answer.json()["issue"][0]["diagnostics"], answer.text
