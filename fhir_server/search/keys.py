@@ -78,7 +78,8 @@ __all__ = [
 # (a day or more before); 5: string values end with ``.`` (their keys sort in value order); 6: ``@absent`` entries.
 INDEX_LAYOUT = 6
 ABSENT_LAYOUT = 6  # the first layout with ``@absent`` entries
-# the ``jobs`` document that records the layout the store's resources are indexed under (service/reindex.py)
+# the ``jobs`` document {"layout": n} that records the INDEX_LAYOUT the store's resources are indexed under
+# (service/reindex.py writes it, search/engine.py reads it)
 LAYOUT_MARKER = "index-layout"
 # µs: dates spanning this or more (a minute, an hour, a day... precision) also get an entry ordered by their high
 # bound; the others (seconds and finer, instants) are read by their low bound, less than this before their high one:

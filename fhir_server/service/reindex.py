@@ -35,7 +35,6 @@ __all__ = ["Reindexer"]
 
 log = logging.getLogger("medunion.reindex")
 _BATCH = 200
-_LAYOUT = LAYOUT_MARKER  # in ``jobs``: {"layout": n}, the INDEX_LAYOUT the store's resources are indexed under
 # resources re-indexed at once: their store commands go out together (the store's batchers), as those of 16
 # clients writing would
 _AT_ONCE = 16
@@ -61,14 +60,14 @@ class Reindexer:
         """At start-up: if the store's resources were indexed under an older ``INDEX_LAYOUT``, start the job that
         re-indexes every type (unless another instance has started it); returns its id. An empty store is
         marked as up to date at once."""
-        marker = await self.jobs.find_one({"_id": _LAYOUT})
+        marker = await self.jobs.find_one({"_id": LAYOUT_MARKER})
         if marker is not None and int(marker.get("layout", 0)) >= INDEX_LAYOUT:
             return None
         if not await self.store.any_resource():
             await self._layout_done(INDEX_LAYOUT)
             return None
         try:  # one instance starts the job
-            await self.jobs.insert_one({"_id": f"{_LAYOUT}-{INDEX_LAYOUT}", "o": self.store.owner,
+            await self.jobs.insert_one({"_id": f"{LAYOUT_MARKER}-{INDEX_LAYOUT}", "o": self.store.owner,
                                         "started": now_micros()})
         except DuplicateKeyError:
             return None
@@ -87,15 +86,15 @@ class Reindexer:
         return job
 
     async def _layout_done(self, layout: int) -> None:
-        marker = await self.jobs.find_one({"_id": _LAYOUT})
+        marker = await self.jobs.find_one({"_id": LAYOUT_MARKER})
         if marker is None:
             try:
-                await self.jobs.insert_one({"_id": _LAYOUT, "layout": layout})
+                await self.jobs.insert_one({"_id": LAYOUT_MARKER, "layout": layout})
                 return
             except DuplicateKeyError:  # another instance wrote it meanwhile
-                marker = await self.jobs.find_one({"_id": _LAYOUT}) or {}
+                marker = await self.jobs.find_one({"_id": LAYOUT_MARKER}) or {}
         if int(marker.get("layout", 0)) < layout:
-            await self.jobs.replace_one({"_id": _LAYOUT}, {"_id": _LAYOUT, "layout": layout})
+            await self.jobs.replace_one({"_id": LAYOUT_MARKER}, {"_id": LAYOUT_MARKER, "layout": layout})
 
     async def resume(self) -> int:
         """Resume this instance's jobs that were running when it stopped; returns how many."""
