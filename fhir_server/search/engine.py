@@ -29,7 +29,7 @@ from fhir_server.errors import BadRequest, Issue
 from fhir_server.search.entries import reference_type
 from fhir_server.search.index_order import IndexOrder, index_order
 from fhir_server.search.keys import ABSENT_LAYOUT, LAYOUT_MARKER, PRESENT, decode_hex, hexs, sort_value
-from fhir_server.search.query import TOP, Clause, KeySet, SearchQuery, Span, exact_entry
+from fhir_server.search.query import TOP, Clause, KeyRange, KeySet, SearchQuery, Span, exact_entry
 from fhir_server.search.registry import indexed_as, parameters_for
 from fhir_server.settings import Settings
 from fhir_server.storage import ResourceStore, Version
@@ -648,9 +648,10 @@ class SearchEngine:
                     yield rid, version
 
     async def _walk_keys(self, rtype: str, clauses: list[Clause], driver: int, *, start: str | None,
-                         backward: bool, known: list[str] | None,
-                         batch: int) -> AsyncGenerator[tuple[str, Version], None]:
-        """``known``: every key of the driver (its probe read them all), so no scan is needed."""
+                         backward: bool, known: list[str] | None, batch: int,
+                         spend: Callable[[int], None] | None = None) -> AsyncGenerator[tuple[str, Version], None]:
+        """``known``: every key of the driver (its probe read them all), so no scan is needed. ``spend`` is told
+        how many keys read were not matches."""
         keys = clauses[driver].keys
         assert keys is not None
         spans = [Span("", TOP)] if known is not None else keys.spans
@@ -669,7 +670,10 @@ class SearchEngine:
                 if not found:
                     break
                 position = found[-1]
-                for item in await self._candidates(rtype, clauses, keys, found):
+                matches = await self._candidates(rtype, clauses, keys, found)
+                if spend is not None:
+                    spend(len(found) - len(matches))
+                for item in matches:
                     yield item
                 if len(found) < batch:
                     break
@@ -1214,30 +1218,15 @@ class SearchEngine:
     async def _walk_tail(self, order: IndexOrder, clauses: list[Clause], *, start: str | None, backward: bool,
                          batch: int, spend: Callable[[int], None]) -> AsyncGenerator[tuple[str, Version], None]:
         """The matches without a sortable value of ``order``, in the order of their entries in ``order.tail``
-        (reversed: ``backward``) after the key ``start``; each key checked against its resource's current version
-        (an orphan, or a resource that has a value now, is passed over)."""
-        rtype = order.rtype
-        spans = order.tail[::-1] if backward else order.tail
-        for low, high in spans:
-            if start is not None and (start <= f"{rtype}|{low}" if backward else start >= f"{rtype}|{high}"):
-                continue
-            position, size = start, batch
-            while True:
-                keys = await self.store.scan_index(rtype, low, high, after=position, limit=size, backward=backward)
-                if not keys:
-                    break
-                position = keys[-1]
-                versions = await self.store.current_many(rtype, sorted({split_index_key(k)[1] for k in keys}))
-                for key in keys:
-                    found = versions.get(split_index_key(key)[1])
-                    if (found is not None and found.body is not None and order.tail_key(found) == key
-                            and order.canonical(found) is None and _passes(clauses, found)):
-                        yield key, found
-                    else:
-                        spend(1)
-                if len(keys) < size:
-                    break
-                size = min(size * 2, 1000)
+        (reversed: ``backward``) after the key ``start``: those entries scanned as a clause's (``_walk_keys``), and
+        a resource that has a value now passed over."""
+        tail = Clause("", keys=KeySet(tuple(KeyRange(low, high) for low, high in order.tail)))
+        async for key, version in self._walk_keys(order.rtype, [*clauses, tail], len(clauses), start=start,
+                                                  backward=backward, known=None, batch=batch, spend=spend):
+            if order.canonical(version) is None:
+                yield key, version
+            else:
+                spend(1)
 
     # ---- _include and _revinclude -------------------------------------------------------------------------
 

@@ -39,13 +39,13 @@ from fhir_server.search.keys import (
     LONG_SPAN,
     PRESENT,
     SORTED_KINDS,
-    has_absent_entries,
     hexs,
+    reads_absent_entries,
     sort_value,
     sortable_int,
     split_date,
 )
-from fhir_server.search.registry import custom_codes, indexed_as, parameters_for
+from fhir_server.search.registry import indexed_as, parameters_for
 from fhir_server.storage import ResourceStore, Version
 from fhir_server.storage.versions import index_key, split_item
 
@@ -67,7 +67,7 @@ def index_order(rtype: str, code: str, descending: bool) -> IndexOrder | None:
     if only is not None or kind not in SORTED_KINDS:
         return None
     return IndexOrder(rtype, base, kind, descending, instants=base == "_lastUpdated",
-                      absent=has_absent_entries(base, params[base]) and base not in custom_codes(rtype))
+                      absent=reads_absent_entries(rtype, base, params[base]))
 
 
 @dataclass(frozen=True, slots=True)

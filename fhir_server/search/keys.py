@@ -46,7 +46,7 @@ from fhir_server.search.entries import (
     tokens_of,
     values_of,
 )
-from fhir_server.search.registry import SearchParameter, indexed_as, parameters_for
+from fhir_server.search.registry import SearchParameter, custom_codes, indexed_as, parameters_for
 
 __all__ = [
     "ABSENT",
@@ -65,6 +65,7 @@ __all__ = [
     "hexs",
     "local_reference",
     "num",
+    "reads_absent_entries",
     "sort_value",
     "sortable_int",
     "split_date",
@@ -219,8 +220,15 @@ def _reference_identifiers(values: list[Any]) -> list[str]:
 
 def has_absent_entries(code: str, parameter: SearchParameter) -> bool:
     """Whether a resource without an element of the parameter gets its ``@absent`` entry (the kinds a sort reads in
-    index order, the ``meta`` ones aside). A custom parameter's come with its ``$reindex``: callers check that."""
+    index order, the ``meta`` ones aside)."""
     return parameter.type in SORTED_KINDS and code not in _META
+
+
+def reads_absent_entries(rtype: str, code: str, parameter: SearchParameter) -> bool:
+    """Whether searches may read the parameter's ``@absent`` entries (on a store of ``ABSENT_LAYOUT`` or later): it
+    has them, and is no custom parameter (the resources stored before it came have them after its ``$reindex``
+    only)."""
+    return has_absent_entries(code, parameter) and code not in custom_codes(rtype)
 
 
 def entry_keys(resource: dict[str, Any], *, zone: ZoneInfo, base_url: str,

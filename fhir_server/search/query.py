@@ -40,17 +40,17 @@ from fhir_server.search.keys import (
     PRESENT,
     decode_hex,
     encode,
-    has_absent_entries,
     hexs,
     local_reference,
     num,
+    reads_absent_entries,
     sortable_int,
     split_date,
     string_enc,
     token_enc,
 )
 from fhir_server.search.paths import children
-from fhir_server.search.registry import SearchParameter, custom_codes, indexed_as, parameters_for, split_union
+from fhir_server.search.registry import SearchParameter, indexed_as, parameters_for, split_union
 
 __all__ = ["MODIFIERS", "Chain", "Clause", "Include", "KeyRange", "KeySet", "SearchQuery", "Span", "parse_search",
            "query_pairs", "refuse_ignored", "types_named"]
@@ -510,8 +510,8 @@ class _Parser:
             present = (_starting(f"{code}|{hexs(only + '/')}"),) if only else (
                 _starting(f"{code}|"), exact_entry(f"{code}|{PRESENT}"))
             scan = Clause(name, keys=KeySet(present), negate=value == "true")  # true: every resource read
-            if value == "false" or only or not has_absent_entries(code, parameter) or code in custom_codes(rtype):
-                return scan  # a custom parameter's absent entries are missing until its $reindex
+            if value == "false" or only or not reads_absent_entries(rtype, code, parameter):
+                return scan
             return Clause(name, keys=KeySet((exact_entry(f"{ABSENT}|{code}"),)), fallback=scan)
         if code == "_id":
             if modifier:
