@@ -190,6 +190,13 @@ async def main(patients: int, seconds: float, clients: int, store_dir: Path | No
                 word = hexs(birth(pick(rng))[0].lower())
                 return bool(await raw("Patient", "_content|", "_content|~", limit=21, containing=(word,)))
 
+            async def next_page(url: str) -> str | None:
+                """The next link of the page at ``url`` (None on the last page)."""
+                async with http.get(hub.base + url) as answer:
+                    page = await answer.json(content_type=None)
+                return next((link["url"][len(hub.base):] for link in page["link"] if link["relation"] == "next"),
+                            None)
+
             async def page_urls(first: str) -> dict[int, Url]:
                 """Pages 1 and 50 of a result (each as a constant Url), following its next links."""
                 urls: dict[int, str] = {}
@@ -199,10 +206,7 @@ async def main(patients: int, seconds: float, clients: int, store_dir: Path | No
                         urls[50] = urls[number - 1]
                         break
                     urls[number] = url
-                    async with http.get(hub.base + url) as answer:
-                        page = await answer.json(content_type=None)
-                    url = next((link["url"][len(hub.base):] for link in page["link"] if link["relation"] == "next"),
-                               None)
+                    url = await next_page(url)
                 return {number: (lambda _rng, fixed=urls[number]: fixed) for number in (1, 50)}
 
             # the hub gives the versions of a store loaded by an older hub their history keys (another process)
@@ -221,11 +225,7 @@ async def main(patients: int, seconds: float, clients: int, store_dir: Path | No
                 """The last page of a result (a constant Url), following its next links to the end."""
                 url, at = first, first
                 while at is not None:
-                    url = at
-                    async with http.get(hub.base + url) as answer:
-                        page = await answer.json(content_type=None)
-                    at = next((link["url"][len(hub.base):] for link in page["link"] if link["relation"] == "next"),
-                              None)
+                    url, at = at, await next_page(at)
                 return lambda _rng, fixed=url: fixed
 
             # a patient list by name: every Patient, read in the order of the family entries

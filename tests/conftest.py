@@ -195,3 +195,29 @@ def hub(store_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hu
 def api(hub: Hub) -> Iterator[httpx.Client]:
     with hub.client() as client:
         yield client
+
+
+def pages_both_ways(api: httpx.Client, hub: Hub, url: str) -> list[list[str]]:
+    """The ids of every page of a search, following its ``next`` links from ``url``; the ``previous`` links from
+    the last page must give back the same pages."""
+    def link(page: dict[str, Any], relation: str) -> str | None:
+        return next((x["url"].replace(hub.base, "") for x in page["link"] if x["relation"] == relation), None)
+
+    pages: list[list[str]] = []
+    page: dict[str, Any] = {}
+    at: str | None = url
+    while at:
+        answer = api.get(at)
+        assert answer.status_code == 200, answer.text
+        page = answer.json()
+        pages.append([e["resource"]["id"] for e in page.get("entry", [])])
+        at = link(page, "next")
+        assert len(pages) <= 1000, f"{url}: next links past 1,000 pages (a cursor that does not advance?)"
+    back = [pages[-1]]
+    at = link(page, "previous")
+    while at:
+        page = api.get(at).json()
+        back.append([e["resource"]["id"] for e in page.get("entry", [])])
+        at = link(page, "previous")
+    assert back[::-1] == pages, url
+    return pages

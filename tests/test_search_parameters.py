@@ -15,8 +15,7 @@ from fhir_server.search.registry import parameters_for, set_custom
 from fhir_server.service.resources import ResourceService
 from fhir_server.settings import Settings
 from fhir_server.storage import Version, now_micros
-from tests.conftest import Hub, fresh_store, start_hub, stop_hub
-from tests.test_search_semantics import _pages_both_ways
+from tests.conftest import Hub, fresh_store, pages_both_ways, start_hub, stop_hub
 
 EXT = "http://medunion.example.cn/fhir/StructureDefinition/referral-hospital"
 
@@ -240,7 +239,7 @@ def test_resources_without_a_value_are_read_from_their_absent_entries(store_uri:
     def check_sorts(client: httpx.Client, running: Hub, absent: set[str]) -> None:
         valued = {rid for rid, code in language.items() if code}
         for descending in (False, True):
-            pages = _pages_both_ways(client, running, f"/Patient?_sort={'-' if descending else ''}language&_count=2")
+            pages = pages_both_ways(client, running, f"/Patient?_sort={'-' if descending else ''}language&_count=2")
             got = [rid for page in pages for rid in page]
             assert len(got) == len(set(got)) and set(got) == set(language) | absent, (descending, got)
             codes = [language[rid] for rid in got[:len(valued)]]
@@ -281,7 +280,7 @@ def test_resources_without_a_value_are_read_from_their_absent_entries(store_uri:
                 assert len(lost) == 1
                 index.delete_one({"_id": lost[0]})
             assert victim not in matches(client, {"language:missing": "true"})
-            pages = _pages_both_ways(client, hub, "/Patient?_sort=language&_count=2")
+            pages = pages_both_ways(client, hub, "/Patient?_sort=language&_count=2")
             ascending = [rid for page in pages for rid in page]
             assert victim not in ascending and len(ascending) == len(language) + len(absent) - 1
             job = client.post("/Patient/$reindex").headers["content-location"].rsplit("/", 1)[1]

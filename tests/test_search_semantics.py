@@ -29,7 +29,7 @@ from fhirpathpy import evaluate
 from fhirpathpy.models import models
 
 from bench.synthetic import organizations, patient_group
-from tests.conftest import Hub, start_hub, stop_hub, valid_examples
+from tests.conftest import Hub, pages_both_ways, start_hub, stop_hub, valid_examples
 
 ZONE = ZoneInfo("Asia/Shanghai")
 TYPES = ["Patient", "Observation", "Encounter", "Condition", "Procedure", "MedicationRequest", "DiagnosticReport",
@@ -1061,32 +1061,6 @@ def test_every_parameter_sorts_the_official_examples(search_hub: Hub, stored: di
     assert checked > 700, checked
 
 
-def _pages_both_ways(api: httpx.Client, hub: Hub, url: str) -> list[list[str]]:
-    """The ids of every page of a search, following its ``next`` links from ``url``; the ``previous`` links from
-    the last page must give back the same pages."""
-    def link(page: dict[str, Any], relation: str) -> str | None:
-        return next((x["url"].replace(hub.base, "") for x in page["link"] if x["relation"] == relation), None)
-
-    pages: list[list[str]] = []
-    page: dict[str, Any] = {}
-    at: str | None = url
-    while at:
-        answer = api.get(at)
-        assert answer.status_code == 200, answer.text
-        page = answer.json()
-        pages.append([e["resource"]["id"] for e in page.get("entry", [])])
-        at = link(page, "next")
-        assert len(pages) <= 1000, f"{url}: next links past 1,000 pages (a cursor that does not advance?)"
-    back = [pages[-1]]
-    at = link(page, "previous")
-    while at:
-        page = api.get(at).json()
-        back.append([e["resource"]["id"] for e in page.get("entry", [])])
-        at = link(page, "previous")
-    assert back[::-1] == pages, url
-    return pages
-
-
 def _create_all(api: httpx.Client, resources: list[dict[str, Any]]) -> None:
     """POST ``resources`` in transactions of 500."""
     for at in range(0, len(resources), 500):
@@ -1149,7 +1123,7 @@ def test_a_large_sort_by_date_holds_every_precision_in_order_across_pages(api: h
 
     for descending in (True, False):
         # code:not drives no scan, so the walk covers every Observation of the store: ours are checked in it
-        pages = _pages_both_ways(api, hub, f"/Observation?_sort={'-' if descending else ''}date&code:not=urn:none|x"
+        pages = pages_both_ways(api, hub, f"/Observation?_sort={'-' if descending else ''}date&code:not=urn:none|x"
                                            "&_count=3")
         got = [rid for ids in pages for rid in ids if rid in mine]
         assert sorted(got) == sorted(mine) and len(got) == len(mine)
@@ -1168,7 +1142,7 @@ def test_a_large_sort_by_date_holds_every_precision_in_order_across_pages(api: h
         coded[created.json()["id"]] = codes
     for descending in (False, True):
         url = f"/Observation?_sort={'-' if descending else ''}category&code:not=urn:none|x&_count=4"
-        got = [rid for ids in _pages_both_ways(api, hub, url) for rid in ids if rid in coded]
+        got = [rid for ids in pages_both_ways(api, hub, url) for rid in ids if rid in coded]
         expected = sorted(coded, key=lambda rid: max(coded[rid]) if descending else min(coded[rid]), reverse=descending)
         assert got == expected, descending
 
@@ -1194,7 +1168,7 @@ def test_a_large_sort_by_a_string_puts_each_value_before_its_extensions(api: htt
         mine[created.json()["id"]] = created.json()
 
     for descending in (False, True):
-        pages = _pages_both_ways(api, hub, f"/Patient?_sort={'-' if descending else ''}family&gender:not=none&_count=3")
+        pages = pages_both_ways(api, hub, f"/Patient?_sort={'-' if descending else ''}family&gender:not=none&_count=3")
         got = [rid for ids in pages for rid in ids if rid in mine]
         assert sorted(got) == sorted(mine) and len(got) == len(mine)
         keyed = {rid: _sort_key(r, "family", "string", descending, hub.base) for rid, r in mine.items()}
@@ -1253,7 +1227,7 @@ def test_a_large_sort_by_several_keys_orders_each_value_of_the_first_by_the_othe
                          [("birthdate", "date", True), ("family", "string", False)],
                          [("birthdate", "date", False), ("given", "string", True)]):
                 text = ",".join(("-" if descending else "") + code for code, _, descending in sort)
-                pages = _pages_both_ways(api, hub, f"/Patient?_sort={text}&_count=3")
+                pages = pages_both_ways(api, hub, f"/Patient?_sort={text}&_count=3")
                 assert [rid for ids in pages for rid in ids] == expected(sort), text
                 assert plan(f"/Patient?_sort={text}&_count=3") == "index", text
 
@@ -1268,11 +1242,11 @@ def test_a_large_sort_by_several_keys_orders_each_value_of_the_first_by_the_othe
 
             by_name = [("family", "string", False), ("given", "string", False)]
             female = "gender=female&_sort=family,given&_count=2"  # 7 matches: more than memory takes
-            pages = _pages_both_ways(api, hub, f"/Patient?{female}")
+            pages = pages_both_ways(api, hub, f"/Patient?{female}")
             assert [rid for ids in pages for rid in ids] == expected(by_name, lambda r: r["gender"] == "female")
             assert plan(f"/Patient?{female}") == "index"
             older = "gender=female&birthdate=lt1985&_sort=family,given&_count=2"  # 3 matches: in memory
-            pages = _pages_both_ways(api, hub, f"/Patient?{older}")
+            pages = pages_both_ways(api, hub, f"/Patient?{older}")
             assert [rid for ids in pages for rid in ids] == expected(
                 by_name, lambda r: r["gender"] == "female" and r.get("birthDate", "9") < "1985")
             assert plan(f"/Patient?{older}") == "memory"
@@ -1332,11 +1306,11 @@ def test_pages_inside_a_large_group_of_a_sort_by_several_keys_come_in_order_whil
             for descending in (False, True):
                 sort = "-family,-given" if descending else "family,given"
                 url = f"/Patient?identifier=urn:groups|&_sort={sort}&_count=7"
-                pages = _pages_both_ways(api, hub, url)
+                pages = pages_both_ways(api, hub, url)
                 assert [rid for ids in pages for rid in ids] == expected(mine, descending), sort
                 assert len(pages) == 18
             # none has a birth date: all are the group of those without a value of the first key, kept likewise
-            pages = _pages_both_ways(api, hub, "/Patient?identifier=urn:groups|&_sort=-birthdate,given&_count=7")
+            pages = pages_both_ways(api, hub, "/Patient?identifier=urn:groups|&_sort=-birthdate,given&_count=7")
             assert [rid for ids in pages for rid in ids] == _sorted_by(
                 mine, [("birthdate", "date", True), ("given", "string", False)], hub.base)
 
@@ -1405,7 +1379,7 @@ def test_a_group_larger_than_memory_takes_pages_in_the_order_of_the_second_key(s
                          [("family", "string", False), ("birthdate", "date", False), ("given", "string", False)],
                          [("family", "string", True), ("identifier", "token", True)]):
                 text = ",".join(("-" if descending else "") + code for code, _, descending in sort)
-                pages = _pages_both_ways(api, hub, f"/Patient?_sort={text}&_count=7")
+                pages = pages_both_ways(api, hub, f"/Patient?_sort={text}&_count=7")
                 assert [rid for ids in pages for rid in ids] == _sorted_by(mine, sort, hub.base), text
 
             # a chen Patient added after the second page: its ids kept (keep 30), the group's later pages miss it
@@ -1449,7 +1423,7 @@ def test_a_group_sparse_among_the_second_keys_entries_is_read_whole(store_uri: s
             mine = _all_resources(api, hub, "/Patient?_count=1000")
             assert len(mine) == len(names)
             sort = [("family", "string", False), ("given", "string", False)]
-            pages = _pages_both_ways(api, hub, "/Patient?_sort=family,given&_count=100")
+            pages = pages_both_ways(api, hub, "/Patient?_sort=family,given&_count=100")
             assert [rid for ids in pages for rid in ids] == _sorted_by(mine, sort, hub.base)
     finally:
         stop_hub(hub)
