@@ -11,6 +11,7 @@ import httpx
 import orjson
 from pymongo import MongoClient
 
+from fhir_server.search.keys import INDEX_LAYOUT, LAYOUT_MARKER
 from fhir_server.search.registry import parameters_for, set_custom
 from fhir_server.service.resources import ResourceService
 from fhir_server.settings import Settings
@@ -290,9 +291,10 @@ def test_resources_without_a_value_are_read_from_their_absent_entries(store_uri:
         stop_hub(hub)
     with MongoClient(store_uri) as mongo:  # what a hub of layout 5 left: no @absent entries, no upgrade yet
         db = mongo[database]
-        assert db["jobs"].find_one({"_id": "index-layout"})["layout"] == 6
-        db["jobs"].replace_one({"_id": "index-layout"}, {"_id": "index-layout", "layout": 5})
-        db["jobs"].insert_one({"_id": "index-layout-6", "o": "another instance"})  # it starts the upgrade, not us
+        assert db["jobs"].find_one({"_id": LAYOUT_MARKER})["layout"] == INDEX_LAYOUT
+        db["jobs"].replace_one({"_id": LAYOUT_MARKER}, {"_id": LAYOUT_MARKER, "layout": 5})
+        # another instance starts the upgrade (to layout 6 and on), not us
+        db["jobs"].insert_one({"_id": f"{LAYOUT_MARKER}-{INDEX_LAYOUT}", "o": "another instance"})
         for doc in db["resources"].find({}, {"ix": 1}):
             kept = [i for i in doc["ix"].split(" ") if not i.startswith("@absent|")]
             db["resources"].update_one({"_id": doc["_id"]}, {"$set": {"ix": " ".join(kept)}})

@@ -1,4 +1,4 @@
-"""How the engine chooses the clause that drives a search, on the real FerretDB: the store commands it issues.
+"""What the engine reads from the store, on the real FerretDB: the clause that drives a search, a sort's walk.
 
 Results are checked elsewhere against a brute-force evaluator; here the point is the cost. A parameter that was
 selective in recent searches is probed alone, and a wrong guess still gives the right matches.
@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from fhir_server.auth.scopes import Principal, parse_scopes
+from fhir_server.search.keys import INDEX_LAYOUT, LAYOUT_MARKER
 from fhir_server.service.resources import ResourceService
 from fhir_server.settings import Settings
 from tests.conftest import CommandCounter, fresh_store
@@ -121,3 +122,61 @@ async def test_a_counted_search_over_several_types_resolves_its_chain_once_per_t
     assert page.total == 4 and len(page.matches) == 3
     family = "Patient|family|" + "司马".encode().hex()
     assert sum(family in str(f) for f in reads.filters[before:]) == 2
+
+
+async def _sorted_pages(service: ResourceService, sort: str, count: int) -> tuple[list[list[str]], list[int]]:
+    """The ids of every page of ``Patient?_sort=<sort>`` and the Patients read from ``resources`` for each."""
+    finds: CommandCounter = service.finds  # type: ignore[attr-defined]
+    pages, reads, cursor = [], [], None
+    while True:
+        before = len(finds.filters)
+        _, page = await service.search(principal=ADMIN, rtype="Patient", pairs=[("_sort", sort)], count=count,
+                                       cursor=cursor)
+        pages.append([v.rid for v in page.matches])
+        reads.append(sum(len(f["_id"]["$in"]) if "$in" in f.get("_id", {}) else 1
+                         for f in finds.filters[before:]))
+        if page.next_cursor is None:
+            return pages, reads
+        cursor = page.next_cursor
+        assert len(pages) < 100
+
+
+async def test_a_sort_passes_over_the_other_names_of_a_patient_unread(store_uri: str) -> None:
+    """Patients named in pinyin and in characters: ``_sort=family`` emits each at its pinyin name ascending and at
+    its Chinese name descending, and passes over the other name by its key's mark (index_order.order_marks)
+    without reading the Patient: the last pages read their own Patients, not every Patient a second time. The
+    marks follow updates that change which name comes first, or leave one name."""
+    finds = CommandCounter("resources")
+    async with fresh_store(store_uri, owner="marks-test", listeners=(finds,)) as store:
+        await store.db["jobs"].insert_one({"_id": LAYOUT_MARKER, "layout": INDEX_LAYOUT})  # as on a hub's new store
+        service = ResourceService(store=store, settings=Settings(search_sort_in_memory=2))
+        service.finds = finds  # type: ignore[attr-defined]
+        names: dict[str, list[str]] = {}
+        for n in range(40):
+            family = [f"li{n:02d}", f"李{n:02d}"]
+            made = await service.create(principal=ADMIN, rtype="Patient", resource={
+                "resourceType": "Patient", "name": [{"family": f} for f in family]})
+            names[made.version.rid] = family
+
+        async def check() -> None:
+            for sort, pick, reverse in (("family", min, False), ("-family", max, True)):
+                pages, reads = await _sorted_pages(service, sort, 10)
+                expected = sorted(names, key=lambda rid: pick(names[rid]), reverse=reverse)
+                assert [rid for page in pages for rid in page] == expected, sort
+                print(sort, reads)
+                # a page reads the Patients of the walk's first 20 keys it does not pass over (more than its 11)
+                assert max(reads) <= 20, (sort, reads)
+
+        await check()
+        rids = sorted(names)
+        # the Chinese name comes first ascending now, and its mark changes from ^a to ^d; the other keeps one name
+        for rid in rids[:10]:
+            n = names[rid][1][1:]
+            names[rid] = [f"李{n}", f"阿{n}"]
+            await service.update(principal=ADMIN, rtype="Patient", rid=rid, resource={
+                "resourceType": "Patient", "id": rid, "name": [{"family": f} for f in names[rid]]})
+        for rid in rids[10:15]:
+            names[rid] = names[rid][:1]
+            await service.update(principal=ADMIN, rtype="Patient", rid=rid, resource={
+                "resourceType": "Patient", "id": rid, "name": [{"family": names[rid][0]}]})
+        await check()

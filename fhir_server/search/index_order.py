@@ -13,11 +13,16 @@ normalized values, case and accents folded, as the sort in memory) and dates by 
 their values' order, and they are sorted in memory. FHIR R4
 search.html#sort orders a resource by its lowest value ascending and its highest descending, a date by its start
 ascending and its end descending, so a resource is emitted at one entry, its first in the order of the walk's
-*pairs* (value, key); its other entries are passed over (``canonical``). A descending date is ordered by its
-high bound: a date spanning a second or more (``LONG_SPAN``) has an entry in that order (``H n(high).n(low)``); a
-shorter one is read by its low bound and held until no entry still to be read can end later (it ends less than a
-second after it starts). ``_lastUpdated`` holds instants (low = high: the hub writes them to the millisecond,
-search/entries.py gives a fractional second no span), read by their low bound both ways.
+*pairs* (value, key); its other entries are passed over (``canonical``). A resource with several values of the
+parameter says so in the keys of those others (``order_marks``: ``^a`` after the vid of an entry an ascending sort
+passes over, ``^d`` descending), so that the walk passes over them without reading the resource: names held in
+pinyin and in characters made the last pages of ``_sort=family`` read every Patient at its second name.
+
+A descending date is ordered by its high bound: a date spanning a second or more (``LONG_SPAN``) has an entry in
+that order (``H n(high).n(low)``); a shorter one is read by its low bound and held until no entry still to be read
+can end later (it ends less than a second after it starts). ``_lastUpdated`` holds instants (low = high: the hub
+writes them to the millisecond, search/entries.py gives a fractional second no span), read by their low bound both
+ways.
 
 Resources with the same value come in the order of their entries' keys (for one code or instant, by id), which
 FHIR leaves open. Resources without a sortable value come last in either order: those without the element
@@ -49,9 +54,36 @@ from fhir_server.search.registry import indexed_as, parameters_for
 from fhir_server.storage import ResourceStore, Version
 from fhir_server.storage.versions import index_key, split_item
 
-__all__ = ["IndexOrder", "index_order"]
+__all__ = ["IndexOrder", "index_order", "order_marks"]
 
 Pair = tuple[Any, str]  # (sort value, index key)
+# what follows the vid in the ``ix`` item (and ``search_index`` key) of an entry an ascending (False) or descending
+# (True) sort passes over: ``^`` is in no type, parameter code, encoding, id or vid
+PASSED_OVER = {False: "^a", True: "^d"}
+
+
+def order_marks(rtype: str, entries: list[str]) -> dict[str, str]:
+    """The marks (``PASSED_OVER``, in that order) of the entries (``param|enc|``) of one resource at which a sort
+    does not emit it, because another entry of the same parameter comes first in the sort's order (``canonical``);
+    entries with no mark are absent. Only parameters with two values or more have marks."""
+    params = parameters_for(rtype)
+    by_param: dict[str, list[str]] = {}
+    for entry in entries:
+        by_param.setdefault(entry[:entry.index("|")], []).append(entry)
+    marks: dict[str, str] = {}
+    for code, group in by_param.items():
+        if len(group) < 2 or code not in params or params[code].type not in SORTED_KINDS:
+            continue
+        for descending in (False, True):
+            order = IndexOrder(rtype, code, params[code].type, descending, instants=code == "_lastUpdated")
+            pairs = [(value, entry) for entry in group if (value := order.value(entry[len(code) + 1:-1])) is not None]
+            if len(pairs) < 2:
+                continue
+            first = (max(pairs) if descending else min(pairs))[1]  # as ``canonical``: keys of one resource
+            for _, entry in pairs:  # compare as their entries do
+                if entry != first:
+                    marks[entry] = marks.get(entry, "") + PASSED_OVER[descending]
+    return marks
 
 
 def index_order(rtype: str, code: str, descending: bool) -> IndexOrder | None:
@@ -131,6 +163,10 @@ class IndexOrder:
         return key[len(self.rtype) + len(self.param) + 2:key.rindex("|", 0, key.rindex("|"))]
 
     def _pair(self, key: str) -> Pair | None:
+        """The key's pair, None if it does not stand for its resource in this order (no sortable value, or
+        ``order_marks`` says the resource comes at another of its entries)."""
+        if PASSED_OVER[self.descending] in key[key.rindex("|"):]:
+            return None
         value = self.key_value(key)
         return None if value is None else (value, key)
 
@@ -193,7 +229,8 @@ class IndexOrder:
         """Descending dates: pairs ordered by (high bound, key), merged from the ``H`` entries (in that order in
         the store) and the short dates' ``L`` entries (in the order of their low bounds: a pair is released once
         every ``L`` entry still unread has a low bound that puts its high bound on the far side)."""
-        mark = self._pair(after) if after is not None else None
+        at = None if after is None else self.key_value(after)  # a cursor's pair, whatever its marks
+        mark = None if at is None else (at, after)
 
         def beyond(pair: Pair) -> bool:  # strictly after the cursor in the walk's order
             return mark is None or (pair > mark if rising else pair < mark)
@@ -214,6 +251,9 @@ class IndexOrder:
         while True:
             ahead_key = await ends.peek()
             ahead = None if ahead_key is None else self._pair(ahead_key)  # an H entry: (high bound, key)
+            if ahead_key is not None and ahead is None:  # passed over (order_marks)
+                await ends.take()
+                continue
             candidate = ahead
             if held:
                 nearest = held[0] if rising else held[-1]

@@ -1,7 +1,8 @@
 """Search index entries as strings that sort and prefix-match like the values they stand for.
 
 An entry is ``param|enc|`` (the trailing ``|`` ends the value). The store keeps one index document per
-entry and resource version, ``_id`` = ``Type|param|enc|rid|vid``, so every search is a few ``_id`` range
+entry and resource version, ``_id`` = ``Type|param|enc|rid|vid`` (the vid may be followed by marks:
+index_order.py ``order_marks``), so every search is a few ``_id`` range
 scans: a prefix of ``enc`` is a string prefix, a range of ``enc`` is a range of dates or numbers. Only
 characters above ``"`` and without JSON escapes appear (hex digits, ``.``, ``|``, ``~``, letters): on
 FerretDB's SQLite backend, ``_id`` ranges of such strings use the ``_id`` index (scripts/install-ferretdb.sh).
@@ -76,8 +77,9 @@ __all__ = [
 # The index layout: raised whenever ``entry_keys`` gives resources already stored entries they lack. A hub whose
 # store was indexed under an older layout re-indexes it by itself, in the background (service/reindex.py).
 # 2: token ``:text`` entries; 3: ``_text`` and ``_content`` entries; 4: ``H`` entries of dates spanning a second or more
-# (a day or more before); 5: string values end with ``.`` (their keys sort in value order); 6: ``@absent`` entries.
-INDEX_LAYOUT = 6
+# (a day or more before); 5: string values end with ``.`` (their keys sort in value order); 6: ``@absent`` entries;
+# 7: the marks of the entries a sort passes over (search/index_order.py ``order_marks``).
+INDEX_LAYOUT = 7
 ABSENT_LAYOUT = 6  # the first layout with ``@absent`` entries
 # the ``jobs`` document {"layout": n} that records the INDEX_LAYOUT the store's resources are indexed under
 # (service/reindex.py writes it, search/engine.py reads it)

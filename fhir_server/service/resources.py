@@ -41,6 +41,7 @@ from fhir_server.search import (
     refuse_ignored,
 )
 from fhir_server.search.compartment import in_patient_compartment
+from fhir_server.search.index_order import order_marks
 from fhir_server.search.paths import check_syntax
 from fhir_server.search.query import MODIFIERS
 from fhir_server.search.registry import set_custom
@@ -429,10 +430,17 @@ class ResourceService:
 
     def index_for(self, resource: dict[str, Any], *, vid: int, base: Version | None) -> tuple[str, ...]:
         """The ``ix`` items of version ``vid`` of ``resource``: each entry with the version that introduced it
-        (the base's vid for entries the base has, ``vid`` for new ones)."""
+        (the base's vid for entries the base has with the same marks, ``vid`` for the others) and its marks
+        (``order_marks``: the sorts that pass over it)."""
         entries = entry_keys(resource, zone=self.settings.zone, base_url=self.settings.fhir_base)
+        marks = order_marks(resource.get("resourceType", ""), entries)
         introduced = dict(split_item(item) for item in base.index) if base else {}
-        return tuple(e + introduced.get(e, str(vid)) for e in entries)
+        items = []
+        for entry in entries:
+            mark = marks.get(entry, "")
+            was = introduced.get(entry)
+            items.append(entry + (was if was is not None and was.lstrip("0123456789") == mark else f"{vid}{mark}"))
+        return tuple(items)
 
     async def refresh_search_parameters(self) -> int:
         """Load the SearchParameter resources of the store as custom parameters; returns how many are usable.

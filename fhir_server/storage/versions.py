@@ -16,7 +16,9 @@ own writes in flight: after a restart, or after a failed write), by any instance
 
 Search index: ``search_index`` holds one document per index entry of a current version, ``_id`` =
 ``Type|param|enc|rid|vid`` (see ``fhir_server.search.keys``), where ``vid`` is the version that introduced the
-entry; the version document lists its entries (``ix``, one string of ``param|enc|vid`` items). A write inserts
+entry (followed by the marks of the sorts that pass over it, ``search.index_order.order_marks``: an entry whose
+marks change is a new entry); the version document lists its entries (``ix``, one string of ``param|enc|vid``
+items). A write inserts
 the entries its new version introduces *before* the version becomes visible, and deletes the entries its new
 version dropped *after*: an entry of a current version is never missing. Because the key carries the
 introducing vid, no writer ever deletes an entry another version relies on; what a crash or a lost race leaves
