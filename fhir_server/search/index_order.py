@@ -72,15 +72,23 @@ def order_marks(rtype: str, entries: list[str]) -> dict[str, str]:
         by_param.setdefault(entry[:entry.index("|")], []).append(entry)
     marks: dict[str, str] = {}
     for code, group in by_param.items():
-        if len(group) < 2 or code not in params or params[code].type not in SORTED_KINDS:
+        parameter = params.get(code)
+        if len(group) < 2 or parameter is None or parameter.type not in SORTED_KINDS:
             continue
+        kind = parameter.type
         for descending in (False, True):
-            order = IndexOrder(rtype, code, params[code].type, descending, instants=code == "_lastUpdated")
-            pairs = [(value, entry) for entry in group if (value := order.value(entry[len(code) + 1:-1])) is not None]
-            if len(pairs) < 2:
+            if kind == "date":  # by the bounds the walk reads (``value``), which the encodings do not sort by
+                order = IndexOrder(rtype, code, kind, descending, instants=code == "_lastUpdated")
+                pairs = [(value, e) for e in group if (value := order.value(e[len(code) + 1:-1])) is not None]
+                standing = [e for _, e in pairs]
+                first = (max(pairs) if descending else min(pairs))[1] if pairs else ""
+            else:  # those with a value (a quantity's N entries) sort like their pairs (keys.py): by the entry
+                standing = [e for e in group if e[len(code) + 1] != PRESENT and (kind != "quantity" or
+                                                                                  e[len(code) + 1] == "N")]
+                first = (max(standing) if descending else min(standing)) if standing else ""
+            if len(standing) < 2:
                 continue
-            first = (max(pairs) if descending else min(pairs))[1]  # as ``canonical``: keys of one resource
-            for _, entry in pairs:  # compare as their entries do
+            for entry in standing:  # keys of one resource compare as their entries do
                 if entry != first:
                     marks[entry] = marks.get(entry, "") + PASSED_OVER[descending]
     return marks
