@@ -8,6 +8,8 @@ import pytest
 from pymongo import AsyncMongoClient
 from pymongo.errors import AutoReconnect
 
+from tests.conftest import fresh_store
+
 
 async def test_id_lookups_and_ranges_use_the_index(store_uri: str) -> None:
     client: AsyncMongoClient = AsyncMongoClient(store_uri)
@@ -103,6 +105,33 @@ async def test_documents_come_back_as_stored_and_nan_is_refused(store_uri: str) 
     finally:
         await client.drop_database(coll.database.name)
         await client.close()
+
+async def test_a_range_that_leaves_out_a_substring_is_read_by_the_index(store_uri: str) -> None:
+    """Patched (ferretdb-sqlite-id-without-substring): {_id: {<range>, $not: {$regex: <literals>}}} (a sort's walk
+    leaving out the keys it passes over) is the range read by the _id index, and the reply is every key of the
+    range without the literals, in order and limited, also where a literal occurs in the stored row's other
+    text (its schema: tested on _id); the store says it can (``leaves_out_in_index``) and its scans do it."""
+    async with fresh_store(store_uri, owner="leave-out-test") as store:
+        coll = store.search_index
+        await coll.insert_many([{"_id": f"Patient|family|{i:03d}.|p{i:04d}|{i % 4 + 1}{marks}"}
+                                for i in range(200) for marks in [("", "^a", "^d", "^a^d")[i % 4]]])
+        every = sorted([d["_id"] async for d in coll.find({})])
+        high = "Patient|family|~"
+        for pattern, left_out in ((r"\^a", ("^a",)), (r"\^d", ("^d",)), (r"\^a|\^d", ("^a", "^d")),
+                                  ("string", ("string",)), ("zzz", ("zzz",))):
+            kept = [k for k in every if k > every[10] and not any(t in k for t in left_out)]
+            ranged = {"_id": {"$gt": every[10], "$lt": high, "$not": {"$regex": pattern}}}
+            for order, limit in ((1, 10), (-1, 10), (1, 1000)):
+                plan = await coll.database.command("explain", {"find": coll.name, "filter": ranged,
+                                                               "sort": {"_id": order}, "limit": limit})
+                assert plan["filterPushdown"] is True and "USING INDEX" in plan["queryPlanner"]["Plan"][-1]
+                found = [d["_id"] async for d in coll.find(ranged).sort("_id", order).limit(limit)]
+                assert found == (kept if order == 1 else kept[::-1])[:limit], pattern
+        assert await store.leaves_out_in_index()
+        for mark in ("^a", "^d"):
+            assert await store.scan_index("Patient", "family|", "family|~", after=every[10], limit=1000,
+                                          without=mark) == [k for k in every if k > every[10] and mark not in k]
+
 
 async def test_a_substring_filter_on_an_id_range_is_read_by_the_index(store_uri: str) -> None:
     """Patched (ferretdb-sqlite-id-substring): {_id: {<range>, $regex: <literals>}} (the hub's substring scans) is

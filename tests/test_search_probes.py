@@ -124,19 +124,22 @@ async def test_a_counted_search_over_several_types_resolves_its_chain_once_per_t
     assert sum(family in str(f) for f in reads.filters[before:]) == 2
 
 
-async def _sorted_pages(service: ResourceService, sort: str, count: int) -> tuple[list[list[str]], list[int]]:
-    """The ids of every page of ``Patient?_sort=<sort>`` and the Patients read from ``resources`` for each."""
+async def _sorted_pages(service: ResourceService, sort: str, count: int
+                        ) -> tuple[list[list[str]], list[int], list[list[dict[str, Any]]]]:
+    """The ids of every page of ``Patient?_sort=<sort>``, the Patients read from ``resources`` for each, and
+    the filters of its scans of ``search_index``."""
     finds: CommandCounter = service.finds  # type: ignore[attr-defined]
-    pages, reads, cursor = [], [], None
+    scans: CommandCounter = service.scans  # type: ignore[attr-defined]
+    pages, reads, filters, cursor = [], [], [], None
     while True:
-        before = len(finds.filters)
+        before, scanned = len(finds.filters), len(scans.filters)
         _, page = await service.search(principal=ADMIN, rtype="Patient", pairs=[("_sort", sort)], count=count,
                                        cursor=cursor)
         pages.append([v.rid for v in page.matches])
-        reads.append(sum(len(f["_id"]["$in"]) if "$in" in f.get("_id", {}) else 1
-                         for f in finds.filters[before:]))
+        reads.append(sum(len(f["_id"]["$in"]) if "$in" in f.get("_id", {}) else 1 for f in finds.filters[before:]))
+        filters.append(scans.filters[scanned:])
         if page.next_cursor is None:
-            return pages, reads
+            return pages, reads, filters
         cursor = page.next_cursor
         assert len(pages) < 100
 
@@ -144,15 +147,16 @@ async def _sorted_pages(service: ResourceService, sort: str, count: int) -> tupl
 async def test_a_sort_passes_over_the_other_names_of_a_patient_unread(store_uri: str) -> None:
     """Patients named in pinyin and in characters: ``_sort=family`` emits each at its pinyin name ascending and at
     its Chinese name descending, and passes over the other name by its key's mark (index_order.order_marks)
-    without reading the Patient: the last pages read their own Patients, not every Patient a second time. The
-    marks follow updates that change which name comes first, or leave one name."""
-    finds = CommandCounter("resources")
-    async with fresh_store(store_uri, owner="marks-test", listeners=(finds,)) as store:
+    without reading the Patient: the last pages read their own Patients, not every Patient a second time, and
+    once a batch of keys is mostly marked, the walk asks the store to leave the marked keys out. The marks
+    follow updates that change which name comes first, or leave one name."""
+    finds, scans = CommandCounter("resources"), CommandCounter("search_index")
+    async with fresh_store(store_uri, owner="marks-test", listeners=(finds, scans)) as store:
         await store.db["jobs"].insert_one({"_id": LAYOUT_MARKER, "layout": INDEX_LAYOUT})  # as on a hub's new store
         service = ResourceService(store=store, settings=Settings(search_sort_in_memory=2))
-        service.finds = finds  # type: ignore[attr-defined]
+        service.finds, service.scans = finds, scans  # type: ignore[attr-defined]
         names: dict[str, list[str]] = {}
-        for n in range(40):
+        for n in range(100):
             family = [f"li{n:02d}", f"李{n:02d}"]
             made = await service.create(principal=ADMIN, rtype="Patient", resource={
                 "resourceType": "Patient", "name": [{"family": f} for f in family]})
@@ -160,12 +164,15 @@ async def test_a_sort_passes_over_the_other_names_of_a_patient_unread(store_uri:
 
         async def check() -> None:
             for sort, pick, reverse in (("family", min, False), ("-family", max, True)):
-                pages, reads = await _sorted_pages(service, sort, 10)
+                pages, reads, filters = await _sorted_pages(service, sort, 10)
                 expected = sorted(names, key=lambda rid: pick(names[rid]), reverse=reverse)
                 assert [rid for page in pages for rid in page] == expected, sort
-                print(sort, reads)
                 # a page reads the Patients of the walk's first 20 keys it does not pass over (more than its 11)
                 assert max(reads) <= 20, (sort, reads)
+                left_out = [[f["_id"]["$not"]["$regex"] for f in scans if "$not" in f.get("_id", {})]
+                            for scans in filters]
+                assert left_out[0] == [] and left_out[-1], (sort, left_out)  # the first page: no marked keys
+                assert {m for scans in left_out for m in scans} == {r"\^d" if reverse else r"\^a"}
 
         await check()
         rids = sorted(names)

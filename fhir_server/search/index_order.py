@@ -226,7 +226,7 @@ class IndexOrder:
                 yield pair
             return
         keys = _Keys(store, self.rtype, *self._range({"date": "L", "quantity": "N"}.get(self.kind, "")), rising, batch,
-                     after=after)
+                     after=after, passing=PASSED_OVER[self.descending])
         while (key := await keys.take()) is not None:
             found = self._pair(key)
             if found is not None:
@@ -252,8 +252,8 @@ class IndexOrder:
             else:
                 h_high = f"{self.param}|H{sortable_int(mark[0] + 1)}"
                 l_high = f"{self.param}|L{sortable_int(mark[0] + 1)}"
-        ends = _Keys(store, self.rtype, h_low, h_high, rising, batch)
-        starts = _Keys(store, self.rtype, l_low, l_high, rising, batch)
+        ends = _Keys(store, self.rtype, h_low, h_high, rising, batch, passing=PASSED_OVER[self.descending])
+        starts = _Keys(store, self.rtype, l_low, l_high, rising, batch, passing=PASSED_OVER[self.descending])
         held: list[Pair] = []  # short dates read, sorted by pair
         low_read: int | None = None  # the low bound of the last L entry read
         while True:
@@ -291,15 +291,23 @@ class IndexOrder:
 
 
 class _Keys:
-    """The keys of one range of the index, read in batches (doubling up to 1,000) in one direction."""
+    """The keys of one range of the index, read in batches (doubling up to 1,000) in one direction.
+
+    ``passing``: the mark of the keys the walk passes over (``order_marks``). Once a full batch is mostly such
+    keys (a stretch of second names), the batches after it ask the store to leave them out, if it can do so by
+    its index (``ResourceStore.leaves_out_in_index``): the 100,000 Chinese family names after the last pinyin one
+    then stay in the store (0.3 s instead of 0.7 s on the bench store). Until then the walk's scans are plain
+    ones, which concurrent requests share (``ScanBatcher``); a filtered one is read alone."""
 
     def __init__(self, store: ResourceStore, rtype: str, low: str, high: str, rising: bool, batch: int, *,
-                 after: str | None = None) -> None:
+                 after: str | None = None, passing: str = "") -> None:
         self.store, self.rtype, self.low, self.high, self.rising, self.batch = store, rtype, low, high, rising, batch
         self.keys: list[str] = []
         self.at = 0
         self.position = after  # the last key read (None: none yet)
         self.exhausted = False  # nothing more in the store
+        self.passing = passing
+        self.leaving_out = False  # whether the scans leave out the keys marked ``passing``
 
     @property
     def done(self) -> bool:
@@ -309,11 +317,15 @@ class _Keys:
         if self.at < len(self.keys) or self.exhausted:
             return
         self.keys = await self.store.scan_index(self.rtype, self.low, self.high, after=self.position,
-                                                limit=self.batch, backward=not self.rising)
+                                                limit=self.batch, backward=not self.rising,
+                                                without=self.passing if self.leaving_out else "")
         self.at = 0
         self.exhausted = len(self.keys) < self.batch
         if self.keys:
             self.position = self.keys[-1]
+        if self.passing and not self.leaving_out and not self.exhausted:
+            passed = sum(self.passing in key[key.rindex("|"):] for key in self.keys)
+            self.leaving_out = passed * 2 > len(self.keys) and await self.store.leaves_out_in_index()
         self.batch = min(self.batch * 2, 1000)
 
     async def peek(self) -> str | None:

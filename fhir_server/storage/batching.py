@@ -203,7 +203,8 @@ def id_ordered(collection: AsyncCollection[dict[str, Any]], filt: dict[str, Any]
     return found.sort("_id", DESCENDING if backward else ASCENDING).limit(limit)
 
 
-Bounds = dict[str, str]  # an _id range: {"$gte" or "$gt": low, "$lt": high}, and a "$regex" filter or not
+# an _id range: {"$gte" or "$gt": low, "$lt": high}, and a "$regex" filter, a "$not": {"$regex": ...} or neither
+Bounds = dict[str, Any]
 Scan = tuple[Bounds, int, bool]  # a range, how many of its first keys are wanted, and whether it is read alone
 
 
@@ -234,7 +235,8 @@ class ScanBatcher(_Batcher[Scan, tuple[list[str], Bounds | None]]):
         """The first ``limit`` keys within ``bounds``, in this batcher's order."""
         if limit <= 0:
             return []
-        if limit <= self._MAX_SHARED and "$regex" not in bounds:  # a filtered scan reads its range whole: alone
+        # a filtered scan reads its range whole, and its keys are not the range's: alone
+        if limit <= self._MAX_SHARED and "$regex" not in bounds and "$not" not in bounds:
             keys, rest = await self._submit([(bounds, limit, self._fills.get(family, 0.0) >= 0.25)])
             if rest is not None:
                 keys += await self._alone(rest, limit - len(keys))
@@ -296,14 +298,15 @@ class ScanBatcher(_Batcher[Scan, tuple[list[str], Bounds | None]]):
 
     def _rest(self, bounds: Bounds, cut: str) -> Bounds | None:
         """What remains of ``bounds`` after a reply that ended at ``cut`` (None: nothing, the range ended before)."""
-        low = bounds.get("$gt", bounds.get("$gte", ""))
+        low: str = bounds.get("$gt") or bounds.get("$gte") or ""
+        high: str = bounds["$lt"]
         if self.backward:
             if low >= cut:
                 return None
-            return {**bounds, "$lt": cut} if cut < bounds["$lt"] else bounds
-        if bounds["$lt"] <= cut:
+            return {**bounds, "$lt": cut} if cut < high else bounds
+        if high <= cut:
             return None
-        return {"$gt": cut, "$lt": bounds["$lt"]} if cut >= low else bounds
+        return {"$gt": cut, "$lt": high} if cut >= low else bounds
 
 
 def _range_key(bounds: Bounds) -> tuple[tuple[str, str], ...]:

@@ -198,6 +198,7 @@ class ResourceStore:
         self._scans_back = ScanBatcher(self.search_index, backward=True)
         self._replaces = ReplaceBatcher(self.resources)
         self._history_keys_complete = False  # once true, stays true: type and system history read the keys
+        self._leaves_out: bool | None = None  # whether the store reads a range that leaves out keys by its index
         self.lease_micros = int(lease_seconds * 1_000_000)
         self._in_flight: set[str] = set()  # claims this process holds right now
 
@@ -252,13 +253,14 @@ class ResourceStore:
                 id_ordered(self.resources, {"_id": bounds}, backward=backward, limit=limit)]
 
     async def scan_index(self, rtype: str, low: str, high: str, *, after: str | None, limit: int,
-                         backward: bool = False, containing: tuple[str, ...] = ()) -> list[str]:
+                         backward: bool = False, containing: tuple[str, ...] = (), without: str = "") -> list[str]:
         """Keys of ``search_index`` from ``rtype|low`` (inclusive) to ``rtype|high`` (exclusive), in key order
         after the key ``after`` (``backward``: in reverse order before it); with ``containing``, only keys that
         contain one of those texts (a ``$regex`` of literals, which the hub's FerretDB patch
-        ``ferretdb-sqlite-id-substring`` tests on the ``_id`` index). Scans of concurrent requests share commands
-        (``ScanBatcher``)."""
-        bounds: dict[str, str] = {"$gte": f"{rtype}|{low}", "$lt": f"{rtype}|{high}"}
+        ``ferretdb-sqlite-id-substring`` tests on the ``_id`` index); with ``without``, only keys that do not
+        contain that text (``$not`` of it: ``ferretdb-sqlite-id-without-substring``; ask ``leaves_out_in_index``
+        first). Scans of concurrent requests share commands (``ScanBatcher``)."""
+        bounds: dict[str, Any] = {"$gte": f"{rtype}|{low}", "$lt": f"{rtype}|{high}"}
         if after is not None and backward and after < bounds["$lt"]:
             bounds["$lt"] = after
         elif after is not None and not backward and after >= bounds["$gte"]:
@@ -266,8 +268,27 @@ class ResourceStore:
             bounds["$gt"] = after
         if containing and all(containing):
             bounds["$regex"] = "|".join(re.escape(text) for text in containing)
+        if without:
+            bounds["$not"] = {"$regex": re.escape(without)}
         batcher = self._scans_back if backward else self._scans
         return await batcher.scan(bounds, limit, family=f"{rtype}|{low.split('|', 1)[0]}|")
+
+    async def leaves_out_in_index(self) -> bool:
+        """Whether the store reads an ``_id`` range that leaves out the keys containing a text (``scan_index``'s
+        ``without``) by the ``_id`` index. Asked once, by explaining such a find: a FerretDB without the hub's
+        patch ``ferretdb-sqlite-id-without-substring`` would read the whole table (MongoDB uses the index)."""
+        if self._leaves_out is None:
+            probe = {"_id": {"$gte": "~|", "$lt": "~|~", "$not": {"$regex": re.escape("^a")}}}
+            try:
+                plan = await self.db.command("explain", {"find": self.search_index.name, "filter": probe,
+                                                         "sort": {"_id": 1}, "limit": 1})
+            except OperationFailure:
+                plan = {}
+            if "filterPushdown" in plan:  # FerretDB: SQLite's plan
+                self._leaves_out = plan["filterPushdown"] is True and "USING INDEX" in str(plan.get("queryPlanner"))
+            else:
+                self._leaves_out = "IXSCAN" in str(plan.get("queryPlanner"))
+        return self._leaves_out
 
     async def instance_history(
         self, *, current: Version, since: int | None, at: int | None, count: int, before_vid: int | None,
