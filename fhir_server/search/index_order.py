@@ -62,6 +62,11 @@ Pair = tuple[Any, str]  # (sort value, index key)
 PASSED_OVER = {False: "^a", True: "^d"}
 
 
+def _marked(key: str, mark: str) -> bool:
+    """Whether the ``search_index`` key carries the mark (after its vid, the text after its last ``|``)."""
+    return mark in key[key.rindex("|"):]
+
+
 def order_marks(rtype: str, entries: list[str]) -> dict[str, str]:
     """The marks (``PASSED_OVER``, in that order) of the entries (``param|enc|``) of one resource at which a sort
     does not emit it, because another entry of the same parameter comes first in the sort's order (``canonical``);
@@ -173,7 +178,7 @@ class IndexOrder:
     def _pair(self, key: str) -> Pair | None:
         """The key's pair, None if it does not stand for its resource in this order (no sortable value, or
         ``order_marks`` says the resource comes at another of its entries)."""
-        if PASSED_OVER[self.descending] in key[key.rindex("|"):]:
+        if _marked(key, PASSED_OVER[self.descending]):
             return None
         value = self.key_value(key)
         return None if value is None else (value, key)
@@ -324,7 +329,7 @@ class _Keys:
         if self.keys:
             self.position = self.keys[-1]
         if self.passing and not self.leaving_out and not self.exhausted:
-            passed = sum(self.passing in key[key.rindex("|"):] for key in self.keys)
+            passed = sum(_marked(key, self.passing) for key in self.keys)
             self.leaving_out = passed * 2 > len(self.keys) and await self.store.leaves_out_in_index()
         self.batch = min(self.batch * 2, 1000)
 
