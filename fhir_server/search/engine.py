@@ -999,6 +999,12 @@ class SearchEngine:
         met: set[str] = set()
 
         by_id = len(query.sort) == 2  # a run of one second-key value is then ordered by id alone
+        # ... and a string's run (one value, one encoding) comes in id order when walked up, forward: its members
+        # are then read a page's worth at a time as the walk meets them, not once the run's last key is read
+        streams = by_id and second.kind == "string" and not second.descending and not back
+
+        def after_a_prefix(rid: str) -> bool:  # a member whose id is a prefix of this one's sorts before it but
+            return any(rid[:n] in members.rids for n in range(1, len(rid)))  # after it in the keys ("1|" > "12|")
 
         async def run_of(value: Any, pairs: dict[str, set[str]]) -> AsyncGenerator[_Placed, None]:
             """The members among the pairs of one value of the second key (each id with its keys there), in the
@@ -1032,6 +1038,7 @@ class SearchEngine:
             limit, read = max(4 * len(members.rids), 1000), 0
             run: dict[str, set[str]] = {}  # the members' pairs of one value of the second key: id -> keys
             run_value: Any = run  # no value yet
+            streaming = False  # whether the run's members met so far are read as they come (``streams``)
             async with aclosing(_chunks(second.walk(self.store, after=start, rising=rising, batch=batch),
                                         batch)) as chunks:
                 async for chunk in chunks:
@@ -1044,10 +1051,16 @@ class SearchEngine:
                             async with aclosing(run_of(run_value, run)) as found:
                                 async for placed in found:
                                     yield placed
-                            run, run_value = {}, there
+                            run, run_value, streaming = {}, there, streams
                         rid = split_index_key(key)[1]
                         if rid in members.rids and rid not in met:
+                            streaming = streaming and not after_a_prefix(rid)  # the rest of the run: read whole
                             run.setdefault(rid, set()).add(key)
+                            if streaming and len(run) >= batch:
+                                async with aclosing(run_of(run_value, run)) as found:
+                                    async for placed in found:
+                                        yield placed
+                                run = {}
             async with aclosing(run_of(run_value, run)) as found:
                 async for placed in found:
                     yield placed
