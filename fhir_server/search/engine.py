@@ -28,7 +28,15 @@ import orjson
 from fhir_server.errors import BadRequest, Issue
 from fhir_server.search.entries import reference_type
 from fhir_server.search.index_order import IndexOrder, index_order
-from fhir_server.search.keys import ABSENT_LAYOUT, LAYOUT_MARKER, PRESENT, decode_hex, hexs, sort_value
+from fhir_server.search.keys import (
+    ABSENT_LAYOUT,
+    LAYOUT_MARKER,
+    PRESENT,
+    decode_hex,
+    hexs,
+    sort_value,
+    string_enc,
+)
 from fhir_server.search.query import TOP, Clause, KeyRange, KeySet, SearchQuery, Span, exact_entry
 from fhir_server.search.registry import indexed_as, parameters_for
 from fhir_server.settings import Settings
@@ -1002,6 +1010,8 @@ class SearchEngine:
         # ... and a string's run (one value, one encoding) comes in id order when walked up, forward: its members
         # are then read a page's worth at a time as the walk meets them, not once the run's last key is read
         streams = by_id and second.kind == "string" and not second.descending and not back
+        # descending, a run comes down in falling id order: one that goes on beyond the batch in hand is walked up
+        streams_up = by_id and second.kind == "string" and second.descending and not back
 
         def after_a_prefix(rid: str) -> bool:  # a member whose id is a prefix of this one's sorts before it but
             return any(rid[:n] in members.rids for n in range(1, len(rid)))  # after it in the keys ("1|" > "12|")
@@ -1039,28 +1049,56 @@ class SearchEngine:
             run: dict[str, set[str]] = {}  # the members' pairs of one value of the second key: id -> keys
             run_value: Any = run  # no value yet
             streaming = False  # whether the run's members met so far are read as they come (``streams``)
-            async with aclosing(_chunks(second.walk(self.store, after=start, rising=rising, batch=batch),
-                                        batch)) as chunks:
-                async for chunk in chunks:
-                    read += len(chunk)
-                    if read > limit:
-                        yield None
-                        return
-                    for there, key in chunk:
-                        if there != run_value:
-                            async with aclosing(run_of(run_value, run)) as found:
-                                async for placed in found:
-                                    yield placed
-                            run, run_value, streaming = {}, there, streams
-                        rid = split_index_key(key)[1]
-                        if rid in members.rids and rid not in met:
-                            streaming = streaming and not after_a_prefix(rid)  # the rest of the run: read whole
-                            run.setdefault(rid, set()).add(key)
-                            if streaming and len(run) >= batch:
+
+            def take(key: str) -> bool:
+                """A pair of the run at hand; whether its members met so far are to be read now."""
+                nonlocal streaming
+                rid = split_index_key(key)[1]
+                if rid in members.rids and rid not in met:
+                    streaming = streaming and not after_a_prefix(rid)  # the rest of the run: read whole
+                    run.setdefault(rid, set()).add(key)
+                return streaming and len(run) >= batch
+
+            # each walk: where it starts, whether up, and the one value it reads (a run walked up) or None (any)
+            walk: tuple[str | None, bool, Any] | None = (start, rising, None)
+            while walk is not None:
+                at, upward, only = walk
+                walk = None
+                if only is not None:  # that run from its start up: in id order, read as met, as an ascending one
+                    run, run_value, streaming = {}, only, True
+                async with aclosing(_chunks(second.walk(self.store, after=at, rising=upward, batch=batch),
+                                            batch)) as chunks:
+                    async for chunk in chunks:
+                        read += len(chunk)
+                        if read > limit:
+                            yield None
+                            return
+                        ended = False
+                        for there, key in chunk:
+                            if there != run_value:
+                                if only is not None:  # past the run: on down below it
+                                    ended = True
+                                    break
+                                async with aclosing(run_of(run_value, run)) as found:
+                                    async for placed in found:
+                                        yield placed
+                                run, run_value, streaming = {}, there, streams
+                            if take(key):
                                 async with aclosing(run_of(run_value, run)) as found:
                                     async for placed in found:
                                         yield placed
                                 run = {}
+                        if ended:
+                            break
+                        if only is None and streams_up and chunk[-1][0] == run_value:  # none of it has gone out
+                            walk, run = (second.start_of(run_value, rising=True), True, run_value), {}
+                            break
+                if only is not None:
+                    async with aclosing(run_of(only, run)) as found:
+                        async for placed in found:
+                            yield placed
+                    run = {}
+                    walk = (f"{second.rtype}|{second.param}|{string_enc(only)}", rising, None)  # below its entries
             async with aclosing(run_of(run_value, run)) as found:
                 async for placed in found:
                     yield placed
