@@ -124,12 +124,10 @@ async def test_a_counted_search_over_several_types_resolves_its_chain_once_per_t
     assert sum(family in str(f) for f in reads.filters[before:]) == 2
 
 
-async def _sorted_pages(service: ResourceService, sort: str, count: int
-                        ) -> tuple[list[list[str]], list[int], list[list[dict[str, Any]]]]:
-    """The ids of every page of ``Patient?_sort=<sort>``, the Patients read from ``resources`` for each, and
-    the filters of its scans of ``search_index``."""
-    finds: CommandCounter = service.finds  # type: ignore[attr-defined]
-    scans: CommandCounter = service.scans  # type: ignore[attr-defined]
+async def _sorted_pages(service: ResourceService, finds: CommandCounter, scans: CommandCounter, sort: str,
+                        count: int) -> tuple[list[list[str]], list[int], list[list[dict[str, Any]]]]:
+    """The ids of every page of ``Patient?_sort=<sort>``, the Patients read from ``resources`` for each (``finds``
+    counts them), and the filters of its scans of ``search_index`` (``scans``)."""
     pages, reads, filters, cursor = [], [], [], None
     while True:
         before, scanned = len(finds.filters), len(scans.filters)
@@ -154,7 +152,6 @@ async def test_a_sort_passes_over_the_other_names_of_a_patient_unread(store_uri:
     async with fresh_store(store_uri, owner="marks-test", listeners=(finds, scans)) as store:
         await store.db["jobs"].insert_one({"_id": LAYOUT_MARKER, "layout": INDEX_LAYOUT})  # as on a hub's new store
         service = ResourceService(store=store, settings=Settings(search_sort_in_memory=2))
-        service.finds, service.scans = finds, scans  # type: ignore[attr-defined]
         names: dict[str, list[str]] = {}
         for n in range(100):
             family = [f"li{n:02d}", f"李{n:02d}"]
@@ -164,7 +161,7 @@ async def test_a_sort_passes_over_the_other_names_of_a_patient_unread(store_uri:
 
         async def check() -> None:
             for sort, pick, reverse in (("family", min, False), ("-family", max, True)):
-                pages, reads, filters = await _sorted_pages(service, sort, 10)
+                pages, reads, filters = await _sorted_pages(service, finds, scans, sort, 10)
                 expected = sorted(names, key=lambda rid: pick(names[rid]), reverse=reverse)
                 assert [rid for page in pages for rid in page] == expected, sort
                 # a page reads the Patients of the walk's first 20 keys it does not pass over (more than its 11)

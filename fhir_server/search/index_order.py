@@ -54,12 +54,17 @@ from fhir_server.search.registry import indexed_as, parameters_for
 from fhir_server.storage import ResourceStore, Version
 from fhir_server.storage.versions import index_key, split_item
 
-__all__ = ["IndexOrder", "index_order", "order_marks"]
+__all__ = ["IndexOrder", "index_order", "marks_of", "order_marks"]
 
 Pair = tuple[Any, str]  # (sort value, index key)
 # what follows the vid in the ``ix`` item (and ``search_index`` key) of an entry an ascending (False) or descending
 # (True) sort passes over: ``^`` is in no type, parameter code, encoding, id or vid
 PASSED_OVER = {False: "^a", True: "^d"}
+
+
+def marks_of(vid: str) -> str:
+    """The marks of an ``ix`` item's vid part (``12^a``: ``^a``)."""
+    return vid.lstrip("0123456789")
 
 
 def _marked(key: str, mark: str) -> bool:
@@ -83,7 +88,8 @@ def order_marks(rtype: str, entries: list[str]) -> dict[str, str]:
         kind = parameter.type
         for descending in (False, True):
             if kind == "date":  # by the bounds the walk reads (``value``), which the encodings do not sort by
-                order = IndexOrder(rtype, code, kind, descending, instants=code == "_lastUpdated")
+                order = index_order(rtype, code, descending)
+                assert order is not None  # a date parameter's entries are its own (``indexed_as``)
                 pairs = [(value, e) for e in group if (value := order.value(e[len(code) + 1:-1])) is not None]
                 standing = [e for _, e in pairs]
                 first = (max(pairs) if descending else min(pairs))[1] if pairs else ""
@@ -264,9 +270,6 @@ class IndexOrder:
         while True:
             ahead_key = await ends.peek()
             ahead = None if ahead_key is None else self._pair(ahead_key)  # an H entry: (high bound, key)
-            if ahead_key is not None and ahead is None:  # passed over (order_marks)
-                await ends.take()
-                continue
             candidate = ahead
             if held:
                 nearest = held[0] if rising else held[-1]
@@ -298,11 +301,11 @@ class IndexOrder:
 class _Keys:
     """The keys of one range of the index, read in batches (doubling up to 1,000) in one direction.
 
-    ``passing``: the mark of the keys the walk passes over (``order_marks``). Once a full batch is mostly such
-    keys (a stretch of second names), the batches after it ask the store to leave them out, if it can do so by
-    its index (``ResourceStore.leaves_out_in_index``): the 100,000 Chinese family names after the last pinyin one
-    then stay in the store (0.3 s instead of 0.7 s on the bench store). Until then the walk's scans are plain
-    ones, which concurrent requests share (``ScanBatcher``); a filtered one is read alone."""
+    ``passing``: the mark of the keys the walk passes over (``order_marks``), which are not returned. Once a full
+    batch is mostly such keys (a stretch of second names), the batches after it ask the store to leave them out, if
+    it can do so by its index (``ResourceStore.leaves_out_in_index``): the 100,000 Chinese family names after the
+    last pinyin one then stay in the store (0.3 s instead of 0.7 s on the bench store). Until then the walk's scans
+    are plain ones, which concurrent requests share (``ScanBatcher``); a filtered one is read alone."""
 
     def __init__(self, store: ResourceStore, rtype: str, low: str, high: str, rising: bool, batch: int, *,
                  after: str | None = None, passing: str = "") -> None:
@@ -319,19 +322,18 @@ class _Keys:
         return self.exhausted and self.at >= len(self.keys)
 
     async def _fill(self) -> None:
-        if self.at < len(self.keys) or self.exhausted:
-            return
-        self.keys = await self.store.scan_index(self.rtype, self.low, self.high, after=self.position,
-                                                limit=self.batch, backward=not self.rising,
-                                                without=self.passing if self.leaving_out else "")
-        self.at = 0
-        self.exhausted = len(self.keys) < self.batch
-        if self.keys:
-            self.position = self.keys[-1]
-        if self.passing and not self.leaving_out and not self.exhausted:
-            passed = sum(_marked(key, self.passing) for key in self.keys)
-            self.leaving_out = passed * 2 > len(self.keys) and await self.store.leaves_out_in_index()
-        self.batch = min(self.batch * 2, 1000)
+        while self.at >= len(self.keys) and not self.exhausted:
+            read = await self.store.scan_index(self.rtype, self.low, self.high, after=self.position,
+                                               limit=self.batch, backward=not self.rising,
+                                               without=self.passing if self.leaving_out else "")
+            self.exhausted = len(read) < self.batch
+            if read:
+                self.position = read[-1]
+            kept = [key for key in read if not _marked(key, self.passing)] if self.passing else read
+            if self.passing and not self.leaving_out and not self.exhausted:
+                self.leaving_out = len(kept) * 2 < len(read) and await self.store.leaves_out_in_index()
+            self.keys, self.at = kept, 0
+            self.batch = min(self.batch * 2, 1000)
 
     async def peek(self) -> str | None:
         """The next key, or None when there is none."""

@@ -41,7 +41,7 @@ from fhir_server.search import (
     refuse_ignored,
 )
 from fhir_server.search.compartment import in_patient_compartment
-from fhir_server.search.index_order import order_marks
+from fhir_server.search.index_order import marks_of, order_marks
 from fhir_server.search.paths import check_syntax
 from fhir_server.search.query import MODIFIERS
 from fhir_server.search.registry import set_custom
@@ -439,7 +439,7 @@ class ResourceService:
         for entry in entries:
             mark = marks.get(entry, "")
             was = introduced.get(entry)
-            items.append(entry + (was if was is not None and was.lstrip("0123456789") == mark else f"{vid}{mark}"))
+            items.append(entry + (was if was is not None and marks_of(was) == mark else f"{vid}{mark}"))
         return tuple(items)
 
     async def refresh_search_parameters(self) -> int:
