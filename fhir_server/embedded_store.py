@@ -11,12 +11,16 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 __all__ = ["EmbeddedStore", "EmbeddedStoreError", "die_with_parent", "find_ferretdb", "free_port"]
 
 _REPO_BIN = Path(__file__).resolve().parent.parent / ".cache" / "bin" / "ferretdb"
+
+
+_REBUILD_LOGGED = b"Rebuilding the _id index"  # FerretDB's log line, scripts/ferretdb-unquoted-id-index.patch
 
 
 class EmbeddedStoreError(RuntimeError):
@@ -99,20 +103,36 @@ class EmbeddedStore:
             f"--state-dir={self.data_dir}", f"--listen-addr=127.0.0.1:{self.port}", "--debug-addr=-",
             "--telemetry=disable", "--log-level=warn", "--log-format=text", "--no-log-uuid",
         ]
+        logged = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env,  # noqa: S603
                                             stdin=subprocess.DEVNULL, start_new_session=True,
                                             preexec_fn=die_with_parent)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        rebuilding = False
+        while time.monotonic() < deadline or rebuilding:
             if self.process.poll() is not None:
                 tail = self.log_path.read_text(errors="replace")[-2000:]
                 raise EmbeddedStoreError(f"FerretDB exited at start (code {self.process.returncode}):\n{tail}")
             if _port_open(self.port):
                 return
+            if not rebuilding and time.monotonic() >= deadline:
+                rebuilding = self._rebuilding_indexes(since=logged)
             time.sleep(0.05)
         self.stop()
         raise EmbeddedStoreError(f"FerretDB did not listen on 127.0.0.1:{self.port} within {timeout:.0f} s")
+
+    def _rebuilding_indexes(self, *, since: int) -> bool:
+        """Whether FerretDB, started with its log at offset ``since``, is giving the store's collections the
+        ``_id`` index of the hub's patch (``scripts/ferretdb-unquoted-id-index.patch``): once per store made before
+        it, minutes for a large one, before it listens. Then the start waits for it, however long."""
+        with open(self.log_path, "rb") as log:
+            log.seek(since)
+            if _REBUILD_LOGGED not in log.read():
+                return False
+        print("medunion: FerretDB is rebuilding the store's _id indexes (once, after an upgrade of the embedded "
+              f"store; a large store takes minutes): waiting. Its log: {self.log_path}", file=sys.stderr, flush=True)
+        return True
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:

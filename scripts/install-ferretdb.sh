@@ -8,7 +8,7 @@ set -euo pipefail
 VERSION="${FERRETDB_VERSION:-v1.24.2}"
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 BIN="$ROOT/.cache/bin/ferretdb"
-if [[ -x "$BIN" ]] && "$BIN" --version 2>/dev/null | grep -q "package: medunion-idx11"; then
+if [[ -x "$BIN" ]] && "$BIN" --version 2>/dev/null | grep -q "package: medunion-idx12"; then
   exit 0
 fi
 if ! command -v go >/dev/null 2>&1; then
@@ -28,7 +28,7 @@ mkdir -p "$ROOT/.cache"
 cp -r "$SRC" "$WORK"
 chmod -R u+w "$WORK"
 echo "${VERSION}" > "$WORK/build/version/version.txt"
-echo "medunion-idx11" > "$WORK/build/version/package.txt"
+echo "medunion-idx12" > "$WORK/build/version/package.txt"
 # Our patches (scripts/ferretdb-*.patch), applied in name order (each file says why at its top):
 # - sqlite-id-pushdown: two changes to the SQLite backend.
 #   1. The _id lookup was written `sjson->'$._id'` while the _id index is built on `sjson->"_id"`; SQLite uses
@@ -68,7 +68,7 @@ for p in "$ROOT"/scripts/ferretdb-*.patch; do
   (cd "$WORK" && patch -p1 --quiet < "$p") || { echo "medunion: the FerretDB patch $(basename "$p") did not apply" >&2; exit 1; }
 done
 # FerretDB's test helpers look for the repository root (.git); these packages' tests cover our patches too
-(cd "$WORK" && mkdir -p .git && go test -count=1 ./internal/handler/sjson/ ./internal/handler/common/ ./internal/backends/sqlite/ >&2) \
+(cd "$WORK" && mkdir -p .git && go test -count=1 ./internal/handler/sjson/ ./internal/handler/common/ ./internal/backends/sqlite/ ./internal/backends/sqlite/metadata/ >&2) \
   || { echo "medunion: FerretDB's tests failed with our patches" >&2; exit 1; }
 mkdir -p "$ROOT/.cache/bin"
 echo "medunion: building FerretDB ${VERSION} (first time only, about a minute)..." >&2

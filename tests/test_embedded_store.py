@@ -46,6 +46,36 @@ async def test_id_lookups_and_ranges_use_the_index(store_uri: str) -> None:
         await client.close()
 
 
+async def test_ids_compare_as_strings_not_as_their_json_text(store_uri: str) -> None:
+    """Patched (ferretdb-unquoted-id-index): the _id index holds the SQL value of _id, so ranges, order and limits
+    pushed down to SQLite go by the strings' UTF-8 bytes, as MongoDB's do. On the JSON text, ``<`` (stored as
+    ``\\u003c``), ``"`` and ``\\`` sorted after every other character: the last key of a range came out first."""
+    client: AsyncMongoClient = AsyncMongoClient(store_uri)
+    coll = client[f"txt{uuid.uuid4().hex[:8]}"]["entries"]
+    try:
+        ids = [f"k{c}{i}" for c in ';<=>"\\a&' for i in range(3)] + ["k\u00e9", "k\u738b", "j", "l"]
+        await coll.insert_many([{"_id": i} for i in ids])
+        within = sorted((i for i in ids if "k" <= i < "l"), key=lambda i: i.encode())
+        ranged = {"_id": {"$gte": "k", "$lt": "l"}}
+        plan = await coll.database.command("explain", {"find": "entries", "filter": ranged, "sort": {"_id": -1},
+                                                       "limit": 3})
+        assert plan["filterPushdown"] is True and "USING INDEX" in plan["queryPlanner"]["Plan"][-1]
+        assert [d["_id"] async for d in coll.find(ranged).sort("_id", 1).limit(4)] == within[:4]
+        assert [d["_id"] async for d in coll.find(ranged).sort("_id", -1).limit(4)] == within[::-1][:4]
+        assert [d["_id"] async for d in coll.find({"_id": {"$gt": "k<2", "$lt": "k>"}}).sort("_id", 1)] == [
+            "k=0", "k=1", "k=2"]
+        assert [d["_id"] async for d in coll.find({"_id": {"$in": ['k"1', "k\\2", "k<0"]}}).sort("_id", 1)] == [
+            'k"1', "k<0", "k\\2"]
+        assert await coll.find_one({"_id": "k&1"}) == {"_id": "k&1"}
+        await coll.delete_one({"_id": "k<1"})
+        await coll.replace_one({"_id": "k>1"}, {"x": 1})
+        assert await coll.find_one({"_id": "k>1"}) == {"_id": "k>1", "x": 1}
+        assert await coll.count_documents({"_id": {"$gte": "k<", "$lt": "k="}}) == 2
+    finally:
+        await client.drop_database(coll.database.name)
+        await client.close()
+
+
 async def test_a_union_of_id_ranges_reads_each_range_by_the_index(store_uri: str) -> None:
     """Patched: {$or: [{_id: <range>}, ...]} sorted by _id and limited (the hub's shared index scans) is each range
     read by the _id index, and returns what the filter, sort and limit ask for: overlapping ranges give a key
