@@ -110,14 +110,15 @@ class EmbeddedStore:
                                             preexec_fn=die_with_parent)
         deadline = time.monotonic() + timeout
         rebuilding = False
-        while time.monotonic() < deadline or rebuilding:
+        while True:
             if self.process.poll() is not None:
                 tail = self.log_path.read_text(errors="replace")[-2000:]
                 raise EmbeddedStoreError(f"FerretDB exited at start (code {self.process.returncode}):\n{tail}")
             if _port_open(self.port):
                 return
+            rebuilding = rebuilding or self._rebuilding_indexes(since=logged)
             if not rebuilding and time.monotonic() >= deadline:
-                rebuilding = self._rebuilding_indexes(since=logged)
+                break
             time.sleep(0.05)
         self.stop()
         raise EmbeddedStoreError(f"FerretDB did not listen on 127.0.0.1:{self.port} within {timeout:.0f} s")

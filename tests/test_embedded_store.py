@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
+from pathlib import Path
 
 import pytest
-from pymongo import AsyncMongoClient
+from pymongo import AsyncMongoClient, MongoClient
 from pymongo.errors import AutoReconnect
 
+from fhir_server.embedded_store import EmbeddedStore, free_port
 from tests.conftest import fresh_store
 
 
@@ -74,6 +77,42 @@ async def test_ids_compare_as_strings_not_as_their_json_text(store_uri: str) -> 
     finally:
         await client.drop_database(coll.database.name)
         await client.close()
+
+
+def test_a_store_made_before_the_unquoted_id_index_gets_it_at_start(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """A store whose ``_id`` index is on the JSON text (FerretDB before ferretdb-unquoted-id-index): FerretDB
+    rebuilds it before it listens, and the hub's start waits for that past its timeout and says so; the
+    documents are then found by ``_id`` through the new index."""
+    store = EmbeddedStore(data_dir=tmp_path, port=free_port())
+    store.start()
+    client: MongoClient = MongoClient(store.uri)
+    client["medunion"]["things"].insert_one({"_id": "k0000000"})
+    client.close()
+    store.stop()
+    with sqlite3.connect(tmp_path / "sqlite" / "medunion.sqlite") as db:  # as the FerretDB before made it
+        (table,) = db.execute("SELECT table_name FROM _ferretdb_collections WHERE name = 'things'").fetchone()
+        db.execute(f'DROP INDEX "{table}__id_"')
+        db.execute(f'CREATE UNIQUE INDEX "{table}__id_" ON "{table}" (_ferretdb_sjson->"_id")')
+        schema = '{"$s":{"p":{"_id":{"t":"string"}},"$k":["_id"]},"_id":"%s"}'
+        db.executemany(f'INSERT INTO "{table}" VALUES (?)', ((schema % f"k{i:07d}",) for i in range(1, 2_000_000)))
+    capsys.readouterr()
+    store.start(timeout=0.5)  # rebuilding 2,000,000 rows takes longer (start: ~3.9 s here)
+    try:
+        assert "rebuilding the store's _id indexes" in capsys.readouterr().err
+        with sqlite3.connect(tmp_path / "sqlite" / "medunion.sqlite") as db:
+            (made,) = db.execute("SELECT sql FROM sqlite_master WHERE name = ?", (f"{table}__id_",)).fetchone()
+        assert made.endswith("(_ferretdb_sjson->>'_id')")
+        client = MongoClient(store.uri)
+        things = client["medunion"]["things"]
+        plan = things.database.command("explain", {"find": "things", "filter": {"_id": "k0123456"}})
+        assert "USING INDEX" in plan["queryPlanner"]["Plan"][-1]
+        assert things.find_one({"_id": "k0123456"}) == {"_id": "k0123456"}
+        assert [d["_id"] for d in things.find({"_id": {"$gt": "k1999997"}}).sort("_id", 1)] == ["k1999998",
+                                                                                              "k1999999"]
+        client.close()
+    finally:
+        store.stop()
 
 
 async def test_a_union_of_id_ranges_reads_each_range_by_the_index(store_uri: str) -> None:
