@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
+from bson import ObjectId
 from pymongo import AsyncMongoClient, MongoClient
-from pymongo.errors import AutoReconnect
+from pymongo.errors import AutoReconnect, DuplicateKeyError
 
 from fhir_server.embedded_store import EmbeddedStore, free_port
 from tests.conftest import fresh_store
@@ -74,6 +77,32 @@ async def test_ids_compare_as_strings_not_as_their_json_text(store_uri: str) -> 
         await coll.replace_one({"_id": "k>1"}, {"x": 1})
         assert await coll.find_one({"_id": "k>1"}) == {"_id": "k>1", "x": 1}
         assert await coll.count_documents({"_id": {"$gte": "k<", "$lt": "k="}}) == 2
+    finally:
+        await client.drop_database(coll.database.name)
+        await client.close()
+
+
+async def test_ids_of_other_types_are_found_replaced_and_deleted(store_uri: str) -> None:
+    """Patched (ferretdb-unquoted-id-index): lookups, replaces and deletes by an ``_id`` that is not a string take
+    the value to the SQL value its stored JSON gives, so they find it: numbers, ObjectIds, documents (with
+    characters JSON escapes), dates. Two ``_id``s of different types with one SQL value are one (the patch's limit:
+    ``true`` after ``1`` is a duplicate)."""
+    client: AsyncMongoClient = AsyncMongoClient(store_uri)
+    coll = client[f"typ{uuid.uuid4().hex[:8]}"]["entries"]
+    try:
+        day = datetime(2026, 11, 27)  # naive: PyMongo reads dates back so (in UTC)
+        ids: list[Any] = [7, 2.5, ObjectId(), {"k": "<v>&\"w\""}, day, "7"]
+        await coll.insert_many([{"_id": i, "n": n} for n, i in enumerate(ids)])
+        for n, i in enumerate(ids):
+            assert await coll.find_one({"_id": i}) == {"_id": i, "n": n}
+            assert (await coll.replace_one({"_id": i}, {"n": n + 10})).modified_count == 1
+        assert sorted([d["n"] async for d in coll.find({"_id": {"$in": ["7", "8"]}})]) == [15]
+        for i in ids[:3]:
+            assert (await coll.delete_one({"_id": i})).deleted_count == 1
+        assert sorted([d["n"] async for d in coll.find({})]) == [13, 14, 15]
+        await coll.insert_one({"_id": 1})
+        with pytest.raises(DuplicateKeyError):
+            await coll.insert_one({"_id": True})
     finally:
         await client.drop_database(coll.database.name)
         await client.close()
