@@ -94,11 +94,13 @@ def _serve(settings: Settings, uri: str) -> None:
     """One hub process in the foreground."""
     import uvicorn
 
+    from fhir_server.api.http_protocol import FhirHttpToolsProtocol
     from fhir_server.app import create_app
 
     app = create_app(settings, mongodb_uri=uri)
-    # the concurrency limit is RequestLimits' (503 with an OperationOutcome), not uvicorn's plain-text one
-    config = uvicorn.Config(app, access_log=False, log_level="info", timeout_keep_alive=15,
+    # the concurrency limit is RequestLimits' (503 with an OperationOutcome), not uvicorn's plain-text one; so is a
+    # request that is not HTTP (http_protocol.py)
+    config = uvicorn.Config(app, access_log=False, log_level="info", timeout_keep_alive=15, http=FhirHttpToolsProtocol,
                             h11_max_incomplete_event_size=64 * 1024, server_header=False, proxy_headers=False)
     uvicorn.Server(config).run(sockets=[_listen(settings)])
 

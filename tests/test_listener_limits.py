@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote, urlsplit
 
 import httpx
 import pytest
@@ -98,3 +101,27 @@ def test_an_unexpected_error_is_a_500_logged_without_its_message(caplog: pytest.
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def test_a_request_line_with_raw_utf8_gets_an_outcome_that_says_to_percent_encode(hub: Hub, api: httpx.Client) -> None:
+    """``curl ".../Patient?family=王"`` sends the UTF-8 bytes raw, which HTTP refuses before the hub sees the request:
+    the answer is a 400 OperationOutcome that says how to send the value (not uvicorn's plain text), it does not
+    repeat the value, and neither does the log. Percent-encoded, the same search is answered."""
+    created = api.post("/Patient", json={"resourceType": "Patient", "name": [{"family": "穆"}]})
+    assert created.status_code == 201
+    url = urlsplit(hub.base)
+    request = (f"GET {url.path}/Patient?family=穆 HTTP/1.1\r\nHost: {url.netloc}\r\n"
+               f"Authorization: {api.headers['Authorization']}\r\n\r\n").encode()
+    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ") and b"content-type: application/fhir+json" in head.lower()
+    outcome = json.loads(body)
+    assert outcome["resourceType"] == "OperationOutcome" and outcome["issue"][0]["code"] == "structure"
+    assert "percent-encoded" in outcome["issue"][0]["diagnostics"] and "穆" not in body.decode()
+    assert "穆" not in hub.log_path.read_text(encoding="utf-8", errors="replace")
+    found = api.get(f"/Patient?family={quote('穆')}").json()
+    assert [e["resource"]["id"] for e in found["entry"]] == [created.json()["id"]]
