@@ -954,13 +954,17 @@ class SearchEngine:
         if known and (kept := self.groups.members(_Groups.members_key(order, back, anchor))) is not None:
             return second, kept
         value, far = order.key_value(anchor), anchor
+        if value is None:  # not a position of this order (a cursor made up): no group to take
+            return None
         rids = {split_index_key(anchor)[1]}
         bound = 10 * self.settings.search_sort_max  # entries of one value read to learn the group's members
-        async with aclosing(order.walk(self.store, after=anchor, rising=order.descending == back,
-                                       batch=_Groups.LARGE)) as pairs:
-            async for there, key in pairs:
-                if there != value:
-                    break
+        rising = order.descending == back
+        if order.kind == "string":  # one encoding per value: the run's keys, not decoded one by one
+            group = order.run(self.store, after=anchor, rising=rising, batch=_Groups.LARGE)
+        else:
+            group = _same_value(order.walk(self.store, after=anchor, rising=rising, batch=_Groups.LARGE), value)
+        async with aclosing(group) as keys:
+            async for key in keys:
                 rids.add(split_index_key(key)[1])
                 far = key
                 if len(rids) > bound:
@@ -1348,6 +1352,15 @@ async def _chunks(found: AsyncGenerator[_T, None], size: int) -> AsyncGenerator[
                 chunk, size = [], min(size * 2, 1000)
     if chunk:
         yield chunk
+
+
+async def _same_value(pairs: AsyncGenerator[tuple[Any, str], None], value: Any) -> AsyncGenerator[str, None]:
+    """The keys of the walk's pairs up to the first of another value."""
+    async with aclosing(pairs):
+        async for there, key in pairs:
+            if there != value:
+                return
+            yield key
 
 
 async def _one_by_one(found: AsyncGenerator[tuple[str, str, Version], None]) -> AsyncGenerator[_Placed, None]:

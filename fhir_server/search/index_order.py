@@ -243,6 +243,17 @@ class IndexOrder:
             if found is not None:
                 yield found
 
+    async def run(self, store: ResourceStore, *, after: str, rising: bool, batch: int) -> AsyncGenerator[str, None]:
+        """The keys after ``after`` (a key of a string parameter, values ``rising`` or falling) that share its
+        encoding, so its sort value, and stand for their resources in this order: the rest of its run of one
+        value, as ``walk`` would give them, without decoding each (a string's encoding is its value)."""
+        assert self.kind == "string"
+        run = f"{self.param}|{self._enc(after)}|"
+        keys = _Keys(store, self.rtype, run, f"{run}~", rising, batch, after=after,
+                     passing=PASSED_OVER[self.descending])
+        while (key := await keys.take()) is not None:
+            yield key
+
     async def _windowed(self, store: ResourceStore, *, after: str | None, rising: bool,
                         batch: int) -> AsyncGenerator[Pair, None]:
         """Descending dates: pairs ordered by (high bound, key), merged from the ``H`` entries (in that order in
