@@ -186,7 +186,7 @@ class FindBatcher(_Batcher[str, dict[str, dict[str, Any]]]):
             # and a reply exactly as large as its batch leaves the cursor open (one getMore more); with the limit,
             # PyMongo asks for a batch one larger than the limit, so the reply is the last
             found = self.collection.find({"_id": {"$in": wanted}}, batch_size=len(wanted)).limit(len(wanted))
-            docs = {d["_id"]: d async for d in found}
+            docs = {d["_id"]: d for d in await found.to_list()}
         except BaseException as exc:
             self._fail(batch, exc)
             return
@@ -198,7 +198,8 @@ class FindBatcher(_Batcher[str, dict[str, dict[str, Any]]]):
 def id_ordered(collection: AsyncCollection[dict[str, Any]], filt: dict[str, Any], *, backward: bool, limit: int,
                projection: dict[str, int] | None = None) -> AsyncCursor[dict[str, Any]]:
     """The first ``limit`` documents matching ``filt`` in ``_id`` order (``backward``: reversed), all in the first
-    reply (a find returns 101 documents, then one getMore per batch)."""
+    reply (a find returns 101 documents, then one getMore per batch). Read them with ``to_list()``: ``async for``
+    costs the hub twice the CPU per document (3.7 against 7.4 ms for 5,520 keys)."""
     found = collection.find(filt, projection, batch_size=limit)
     return found.sort("_id", DESCENDING if backward else ASCENDING).limit(limit)
 
@@ -250,8 +251,8 @@ class ScanBatcher(_Batcher[Scan, tuple[list[str], Bounds | None]]):
         return keys
 
     async def _alone(self, bounds: Bounds, limit: int) -> list[str]:
-        return [d["_id"] async for d in id_ordered(self.collection, {"_id": bounds}, backward=self.backward,
-                                                   limit=limit)]
+        found = id_ordered(self.collection, {"_id": bounds}, backward=self.backward, limit=limit)
+        return [d["_id"] for d in await found.to_list()]
 
     def _size(self, items: list[Scan]) -> int:
         return sum(max(limit, self._MIN_SIZE) for _, limit, _ in items)
@@ -276,7 +277,8 @@ class ScanBatcher(_Batcher[Scan, tuple[list[str], Bounds | None]]):
         total = sum(ranges.values())
         filt = {"$or": [{"_id": dict(r)} for r in ranges]} if len(ranges) > 1 else {"_id": dict(next(iter(ranges)))}
         try:
-            keys = [d["_id"] async for d in id_ordered(self.collection, filt, backward=self.backward, limit=total)]
+            keys = [d["_id"] for d in await id_ordered(self.collection, filt, backward=self.backward, limit=total)
+                    .to_list()]
         except BaseException as exc:
             self._fail(batch, exc)
             return

@@ -249,8 +249,8 @@ class ResourceStore:
         else:
             bounds = {"$gt": f"{rtype}/{after}"} if after is not None else {"$gte": f"{rtype}/"}
             bounds["$lt"] = f"{rtype}0"
-        return [_from_doc(d, with_index=True) async for d in
-                id_ordered(self.resources, {"_id": bounds}, backward=backward, limit=limit)]
+        found = id_ordered(self.resources, {"_id": bounds}, backward=backward, limit=limit)
+        return [_from_doc(d, with_index=True) for d in await found.to_list()]
 
     async def scan_index(self, rtype: str, low: str, high: str, *, after: str | None, limit: int,
                          backward: bool = False, containing: tuple[str, ...] = (), without: str = "") -> list[str]:
