@@ -116,24 +116,22 @@ class EmbeddedStore:
                 raise EmbeddedStoreError(f"FerretDB exited at start (code {self.process.returncode}):\n{tail}")
             if _port_open(self.port):
                 return
-            rebuilding = rebuilding or self._rebuilding_indexes(since=logged)
+            if not rebuilding and self._logged_since(logged, _REBUILD_LOGGED):
+                rebuilding = True  # once per store made before the patch, minutes for a large one: wait for it
+                print("medunion: FerretDB is rebuilding the store's _id indexes (once, after an upgrade of the "
+                      "embedded store; a large store takes minutes): waiting. Its log: "
+                      f"{self.log_path}", file=sys.stderr, flush=True)
             if not rebuilding and time.monotonic() >= deadline:
                 break
             time.sleep(0.05)
         self.stop()
         raise EmbeddedStoreError(f"FerretDB did not listen on 127.0.0.1:{self.port} within {timeout:.0f} s")
 
-    def _rebuilding_indexes(self, *, since: int) -> bool:
-        """Whether FerretDB, started with its log at offset ``since``, is giving the store's collections the
-        ``_id`` index of the hub's patch (``scripts/ferretdb-unquoted-id-index.patch``): once per store made before
-        it, minutes for a large one, before it listens. Then the start waits for it, however long."""
+    def _logged_since(self, offset: int, text: bytes) -> bool:
+        """Whether FerretDB's log has ``text`` after ``offset`` (its size when this start began)."""
         with open(self.log_path, "rb") as log:
-            log.seek(since)
-            if _REBUILD_LOGGED not in log.read():
-                return False
-        print("medunion: FerretDB is rebuilding the store's _id indexes (once, after an upgrade of the embedded "
-              f"store; a large store takes minutes): waiting. Its log: {self.log_path}", file=sys.stderr, flush=True)
-        return True
+            log.seek(offset)
+            return text in log.read()
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:

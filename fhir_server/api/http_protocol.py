@@ -10,7 +10,7 @@ It never repeats the request (search values are patient data).
 from __future__ import annotations
 
 import orjson
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from fhir_server.errors import Issue, operation_outcome
 
@@ -28,7 +28,7 @@ class FhirHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol whose 400 for a request it cannot parse is a FHIR OperationOutcome."""
 
     def send_400_response(self, msg: str) -> None:
-        head = [b"HTTP/1.1 400 Bad Request\r\n"]
+        head = [STATUS_LINE[400]]
         head += [name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers]
         head += [b"content-type: application/fhir+json; charset=utf-8\r\n",
                  b"content-length: " + str(len(_INVALID_REQUEST_BODY)).encode("ascii") + b"\r\n",

@@ -237,9 +237,8 @@ class ResourceStore:
 
     async def any_resource(self) -> bool:
         """Whether the store holds any resource (current or deleted): one ``_id`` range read of one key."""
-        found = id_ordered(self.resources, {"_id": {"$gte": "A", "$lt": "["}}, backward=False, limit=1,
-                           projection={"_id": 1})
-        return any([d async for d in found])
+        return bool(await id_ordered(self.resources, {"_id": {"$gte": "A", "$lt": "["}}, backward=False, limit=1,
+                                     projection={"_id": 1}))
 
     async def scan_type(self, rtype: str, *, after: str | None, limit: int, backward: bool = False) -> list[Version]:
         """Versions of one type (deleted ones too) in id order after id ``after`` (``backward``: in reverse order
@@ -249,8 +248,8 @@ class ResourceStore:
         else:
             bounds = {"$gt": f"{rtype}/{after}"} if after is not None else {"$gte": f"{rtype}/"}
             bounds["$lt"] = f"{rtype}0"
-        found = id_ordered(self.resources, {"_id": bounds}, backward=backward, limit=limit)
-        return [_from_doc(d, with_index=True) for d in await found.to_list()]
+        return [_from_doc(d, with_index=True)
+                for d in await id_ordered(self.resources, {"_id": bounds}, backward=backward, limit=limit)]
 
     async def scan_index(self, rtype: str, low: str, high: str, *, after: str | None, limit: int,
                          backward: bool = False, containing: tuple[str, ...] = (), without: str = "") -> list[str]:
@@ -404,7 +403,7 @@ class ResourceStore:
                 bounds: dict[str, str] = {"$gte": ""}
                 while True:
                     docs = await id_ordered(collection, {"_id": bounds}, backward=False, limit=1000,
-                                            projection={"t": 1, "i": 1, "v": 1, "ts": 1}).to_list()
+                                            projection={"t": 1, "i": 1, "v": 1, "ts": 1})
                     if not docs:
                         break
                     seen += len(docs)
