@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import cache
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -221,3 +222,18 @@ def pages_both_ways(api: httpx.Client, hub: Hub, url: str) -> list[list[str]]:
         at = link(page, "previous")
     assert back[::-1] == pages, url
     return pages
+
+
+@cache
+def _readings() -> dict[str, str]:
+    """Chinese character -> the reading it sorts by (data/pinyin.json, derived from pypinyin's table)."""
+    text = resources.files("fhir_server.search").joinpath("data/pinyin.json").read_text("utf-8")
+    return {c: reading for reading, chars in json.loads(text)["readings"].items() for c in chars}
+
+
+def collated(text: str) -> tuple[tuple[str, ...], ...]:
+    """The evaluator's order of strings (FHIR R4 leaves it to the server; the hub's, search/collation.py): character
+    by character, a Chinese character as (U+FDD0, its reading, itself): after every character below U+FDD0, by
+    reading, then by code point; any other character as itself; a text before its extensions."""
+    readings = _readings()
+    return tuple(("\ufdd0", readings[c], c) if c in readings else (c,) for c in text)

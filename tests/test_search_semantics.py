@@ -29,7 +29,7 @@ from fhirpathpy import evaluate
 from fhirpathpy.models import models
 
 from bench.synthetic import organizations, patient_group
-from tests.conftest import Hub, pages_both_ways, start_hub, stop_hub, valid_examples
+from tests.conftest import Hub, collated, pages_both_ways, start_hub, stop_hub, valid_examples
 
 ZONE = ZoneInfo("Asia/Shanghai")
 TYPES = ["Patient", "Observation", "Encounter", "Condition", "Procedure", "MedicationRequest", "DiagnosticReport",
@@ -987,7 +987,7 @@ def _sort_key(resource: dict[str, Any], code: str, kind: str, descending: bool, 
     found: list[Any] = []
     for v in values(resource, code):
         if kind == "string":
-            found += [norm(t)[:100] for t in texts(v) if t.strip()]
+            found += [collated(norm(t)[:100]) for t in texts(v) if t.strip()]
         elif kind == "token":
             found += [c for _, c in codes(v)]
         elif kind == "date":
@@ -1149,13 +1149,15 @@ def test_a_large_sort_by_date_holds_every_precision_in_order_across_pages(api: h
 
 def test_a_large_sort_by_a_string_puts_each_value_before_its_extensions(api: httpx.Client, hub: Hub) -> None:
     """A string sort no clause narrows is read in index order (index layout 5): a value before its extensions
-    ("wang" before "wanga"), case and accents folded as in memory, Chinese by code point, several names by the
-    lowest ascending and the highest descending, resources without one last; pages of 3 both ways, and the
-    previous links give back the same pages."""
+    ("wang" before "wanga"), case and accents folded as in memory, Chinese by pinyin (layout 8: 陈 李 吕 王 曾 张,
+    西 xi before 先 xian, 汪 before 王 by code point, Chinese after Korean), several names by the lowest ascending
+    and the highest descending, resources without one last; pages of 3 both ways, and the previous links give
+    back the same pages."""
     tag = "qz" + uuid.uuid4().hex[:6]  # a prefix of every family here: the walk's other Patients are skipped
+    chinese = ["陈", "李", "罗", "吕", "汪", "王", "王小", "王小东", "西", "先", "曾", "张"]  # pinyin order
     families: list[list[str] | None] = [
         [tag], [f"{tag}a"], [f"{tag}A"], [f"{tag}ab"], [f"{tag}abc"], [f"{tag}b"], [f"{tag}É"], [f"{tag}e"],
-        [f"{tag}ea"], [f"{tag}王"], [f"{tag}王小"], [f"{tag}王小东"], [f"{tag}李"], [f"{tag}z", f"{tag}"],
+        [f"{tag}ea"], *([f"{tag}{c}"] for c in reversed(chinese)), [f"{tag}김"], [f"{tag}z", f"{tag}"],
         [f"{tag}aa", f"{tag}王小"], [f"{tag} "], None]
     mine: dict[str, dict[str, Any]] = {}
     for n, names in enumerate(families):
@@ -1176,6 +1178,9 @@ def test_a_large_sort_by_a_string_puts_each_value_before_its_extensions(api: htt
         assert len(named) == len(families) - 1  # only the last has no name
         assert named == sorted(named, reverse=descending), (descending, named)
         assert all(keyed[rid] is None for rid in got[len(named):]), "a Patient without a family name came before"
+        order = [family for rid in got if len(mine[rid].get("name", [])) == 1
+                 and (family := mine[rid]["name"][0]["family"][len(tag):]) in ["김", *chinese]]
+        assert order == (list(reversed(["김", *chinese])) if descending else ["김", *chinese]), order
 
 
 def test_a_large_sort_by_several_keys_orders_each_value_of_the_first_by_the_others(store_uri: str,

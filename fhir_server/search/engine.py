@@ -30,6 +30,7 @@ from fhir_server.search.entries import reference_type
 from fhir_server.search.index_order import IndexOrder, index_order
 from fhir_server.search.keys import (
     ABSENT_LAYOUT,
+    INDEX_LAYOUT,
     LAYOUT_MARKER,
     PRESENT,
     decode_hex,
@@ -288,8 +289,8 @@ class SearchEngine:
         self.selectivity = _Selectivity()
         self.groups = _Groups(settings.search_sort_keep)
         self.keeping: set[asyncio.Task[None]] = set()  # groups being read whole behind a page (``_keep_later``)
-        self._absent_indexed = False  # once true, stays true (``_absent_entries``)
-        self._absent_asked = -1e9
+        self._store_layout = 0  # once INDEX_LAYOUT, stays (``_layout``)
+        self._layout_asked = -1e9
 
     async def stop(self) -> None:
         """Stop the reads of groups still being kept (``_keep_later``): the hub is stopping."""
@@ -297,14 +298,14 @@ class SearchEngine:
             task.cancel()
         await asyncio.gather(*self.keeping, return_exceptions=True)
 
-    async def _absent_entries(self) -> bool:
-        """Whether every stored resource has its ``@absent`` entries (keys.py): the store records an index layout
-        that has them (service/reindex.py). Until it does, asked again at most every 5 s."""
-        if not self._absent_indexed and time.monotonic() - self._absent_asked >= 5:
-            self._absent_asked = time.monotonic()
+    async def _layout(self) -> int:
+        """The index layout (keys.py ``INDEX_LAYOUT``) under which every stored resource is indexed, as the store
+        records it (service/reindex.py). Until it is the current one, asked again at most every 5 s."""
+        if self._store_layout < INDEX_LAYOUT and time.monotonic() - self._layout_asked >= 5:
+            self._layout_asked = time.monotonic()
             marker = await self.store.db["jobs"].find_one({"_id": LAYOUT_MARKER})
-            self._absent_indexed = marker is not None and int(marker.get("layout", 0)) >= ABSENT_LAYOUT
-        return self._absent_indexed
+            self._store_layout = 0 if marker is None else int(marker.get("layout", 0))
+        return self._store_layout
 
     # ---- entry points -------------------------------------------------------------------------------------
 
@@ -488,7 +489,7 @@ class SearchEngine:
     async def _resolve(self, query: SearchQuery) -> list[Clause]:
         out = []
         for clause in query.clauses:
-            if clause.fallback is not None and not await self._absent_entries():
+            if clause.fallback is not None and await self._layout() < clause.fallback_below:
                 clause = clause.fallback
             if clause.chain is not None:
                 refs: list[str] = []
@@ -1229,7 +1230,7 @@ class SearchEngine:
         tail = not order.instants  # every resource has a _lastUpdated: no need to look for those without
         # the resources without a value: from their entries (phase m, positions are keys), or on a store without
         # those entries and for a custom parameter, from the type's resources (phase t, positions are ids)
-        by_keys = phase == "m" or (tail and phase == "k" and order.absent and await self._absent_entries())
+        by_keys = phase == "m" or (tail and phase == "k" and order.absent and await self._layout() >= ABSENT_LAYOUT)
 
         async def without_value(start: str | None, backward: bool) -> AsyncGenerator[tuple[str, str, Version], None]:
             if by_keys:

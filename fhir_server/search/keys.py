@@ -9,8 +9,9 @@ FerretDB's SQLite backend, ``_id`` ranges of such strings use the ``_id`` index 
 
 Encodings (``hex`` is the hex of the UTF-8 bytes, ``n`` a sortable 16-hex-digit number):
 
-- string: ``hex(normalized text).`` (case and accents folded, at most ``MAX_TEXT`` characters; the ``.``, below
-  every hex digit, puts a value before its extensions: ``wang`` before ``wangx``, as ``_sort`` orders them)
+- string: ``hex(sortable form of the normalized text).`` (case and accents folded, at most ``MAX_TEXT`` characters,
+  Chinese characters with their pinyin: collation.py; the ``.``, below every hex digit, puts a value before its
+  extensions: ``wang`` before ``wangx``, as ``_sort`` orders them)
 - token: ``hex(code).hex(system)`` (``hex(code).`` when the code has no system); for ``:text``, each word of
   the code's text (and each tail of a word from a Chinese character on) under ``<code>:text``
 - reference: ``hex(Type/id)`` for resources on this server, ``hex(url)`` otherwise; the reference's
@@ -32,10 +33,11 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from fhir_server.search.collation import sortable
 from fhir_server.search.entries import (
     ANY_SYSTEM,
     FULL_TEXT,
@@ -57,6 +59,7 @@ __all__ = [
     "LONG_SPAN",
     "MAX_FULL_TEXT",
     "MAX_TEXT",
+    "PINYIN_LAYOUT",
     "PRESENT",
     "decode_hex",
     "decode_number",
@@ -78,9 +81,11 @@ __all__ = [
 # store was indexed under an older layout re-indexes it by itself, in the background (service/reindex.py).
 # 2: token ``:text`` entries; 3: ``_text`` and ``_content`` entries; 4: ``H`` entries of dates spanning a second or more
 # (a day or more before); 5: string values end with ``.`` (their keys sort in value order); 6: ``@absent`` entries;
-# 7: the marks of the entries a sort passes over (search/index_order.py ``order_marks``).
-INDEX_LAYOUT = 7
+# 7: the marks of the entries a sort passes over (search/index_order.py ``order_marks``); 8: strings in their
+# sortable form, Chinese characters with their pinyin (collation.py).
+INDEX_LAYOUT = 8
 ABSENT_LAYOUT = 6  # the first layout with ``@absent`` entries
+PINYIN_LAYOUT = 8  # the first layout with strings in their sortable form
 # the ``jobs`` document {"layout": n} that records the INDEX_LAYOUT the store's resources are indexed under
 # (service/reindex.py writes it, search/engine.py reads it)
 LAYOUT_MARKER = "index-layout"
@@ -155,9 +160,10 @@ def sort_value(kind: str, enc: str, descending: bool) -> Any:
     return decode_hex(enc)
 
 
-def string_enc(normalized: str) -> str:
-    """The encoding of a normalized string value (``entries.normalize_string``)."""
-    return f"{hexs(normalized[:MAX_TEXT])}."
+def string_enc(normalized: str, form: Callable[[str], str] = sortable) -> str:
+    """The encoding of a normalized string value (``entries.normalize_string``): its sortable form (collation.py;
+    ``form``: another, e.g. the text itself as a store indexed before ``PINYIN_LAYOUT`` holds it)."""
+    return f"{hexs(form(normalized[:MAX_TEXT]))}."
 
 
 def token_enc(system: str | None, code: str) -> str:

@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 
 from fhir_server.errors import BadRequest, Issue
 from fhir_server.model.types import ID_RE, SUPPORTED_TYPES
+from fhir_server.search.collation import has_reading, readable, sortable
 from fhir_server.search.entries import (
     FULL_TEXT,
     code_texts,
@@ -35,8 +36,10 @@ from fhir_server.search.entries import (
 )
 from fhir_server.search.keys import (
     ABSENT,
+    ABSENT_LAYOUT,
     LONG_SPAN,
     MAX_TEXT,
+    PINYIN_LAYOUT,
     PRESENT,
     decode_hex,
     encode,
@@ -151,9 +154,11 @@ class Clause:
     chain: Chain | None = None
     has: Has | None = None
     check_if: KeySet | None = None  # ``check`` only a version holding one of these entries (None: every one)
-    # the clause to search by instead on a store whose resources are not all indexed under the layout that wrote
-    # ``@absent`` entries (keys.py), which this one reads (``:missing=true``)
+    # the clause to search by instead on a store whose resources are not all indexed under the layout
+    # ``fallback_below`` (keys.py ``INDEX_LAYOUT``): one that wrote the entries this one reads (``:missing=true``
+    # reads ``@absent`` entries; a string with Chinese characters, their sortable form)
     fallback: Clause | None = None
+    fallback_below: int = ABSENT_LAYOUT
 
     @property
     def drives(self) -> bool:
@@ -220,6 +225,25 @@ def _prefixed(value: str) -> tuple[str, str]:
     if len(value) > 2 and value[:2] in _PREFIXES and (value[2].isdigit() or value[2] in "-+."):
         return value[:2], value[2:]
     return "eq", value
+
+
+def _string_keys(code: str, modifier: str, normalized: list[str], form: Callable[[str], str]) -> KeySet:
+    """The entries of a string search (``modifier``: "", ``exact`` or ``contains``) for normalized values whose
+    entries hold ``form`` of the text (``collation.sortable``; a store indexed before layout 8: the text)."""
+    if modifier == "contains":
+        parts = [readable(form(n)) for n in normalized]
+
+        def contains(e: str) -> bool:
+            text = readable(decode_hex(e.split("|", 2)[1].split(".", 1)[0]))
+            return any(part in text for part in parts)
+        return KeySet((_starting(f"{code}|", contains, tuple(hexs(form(n)) for n in normalized)),))
+    if modifier == "exact":
+        return KeySet(tuple(exact_entry(f"{code}|{string_enc(n, form)}") for n in normalized))
+    return KeySet(tuple(_starting(f"{code}|{hexs(form(n))}") for n in normalized))
+
+
+def _plain(normalized: str) -> str:
+    return normalized
 
 
 def exact_entry(prefix: str) -> KeyRange:
@@ -541,15 +565,14 @@ class _Parser:
             if modifier not in ("", "exact", "contains"):
                 raise _bad_modifier(modifier, kind, name)
             normalized = [normalize_string(v)[:MAX_TEXT] for v in values]
-            if modifier == "contains":
-                def contains(e: str, parts: list[str] = normalized) -> bool:
-                    text = decode_hex(e.split("|", 2)[1].split(".", 1)[0])
-                    return any(part in text for part in parts)
-                return Clause(name, keys=KeySet((_starting(f"{code}|", contains, tuple(hexs(n) for n in normalized)),)))
-            if modifier == "exact":
-                return Clause(name, keys=KeySet(tuple(exact_entry(f"{code}|{string_enc(n)}") for n in normalized)),
-                              check=_string_check(parameter, values))
-            return Clause(name, keys=KeySet(tuple(_starting(f"{code}|{hexs(n)}") for n in normalized)))
+            check = _string_check(parameter, values) if modifier == "exact" else None
+            keys = _string_keys(code, modifier, normalized, sortable)
+            clause = Clause(name, keys=keys, check=check)
+            if any(has_reading(n) for n in normalized):  # a store indexed before layout 8 holds the plain text
+                both = keys.ranges + _string_keys(code, modifier, normalized, _plain).ranges
+                clause.fallback = Clause(name, keys=KeySet(both), check=check)
+                clause.fallback_below = PINYIN_LAYOUT
+            return clause
         if kind == "token":
             if modifier in ("in", "not-in", "above", "below"):
                 raise _bad(f"The modifier :{modifier} needs a terminology server; none is loaded in this hub",
