@@ -189,29 +189,30 @@ async def test_a_sort_passes_over_the_other_names_of_a_patient_unread(store_uri:
 
 
 async def test_a_run_of_one_given_name_is_read_as_the_walk_meets_it(store_uri: str) -> None:
-    """``_sort=family,given`` over a family of 280 (a group taken by its second key): the 100 with given name "an"
-    (one run, ids of one length) are read as the walk of ``given`` meets them, so the first page scans the
-    first of the run's keys, not all of them; descending (``-family,-given``), the 150 "cy"s come down in falling
-    id order while ties go by rising id, so that run is walked up instead, also a batch at a time. The 30 "bo"s
-    have ids of which some are prefixes of others ("z1", "z10"), which sort first by id but last in the keys:
-    that run is read whole, and every page is in the evaluator's order both ways."""
+    """``_sort=family,given`` over a family of 280 (a group taken by its second key): the 100 with given name 安
+    (an; one run, ids of one length) are read as the walk of ``given`` meets them, so the first page scans the
+    first of the run's keys, not all of them; descending (``-family,-given``), the 150 慈s (ci) come down in
+    falling id order while ties go by rising id, so that run is walked up instead, also a batch at a time, and
+    the walk goes on down below it. The 30 博s (bo) have ids of which some are prefixes of others ("z1", "z10"),
+    which sort first by id but last in the keys: that run is read whole, and every page is in the evaluator's
+    order both ways (pinyin: 安 博 慈; by code point 博 comes first)."""
     scans = CommandCounter("search_index")
     async with fresh_store(store_uri, owner="runs-test", listeners=(scans,)) as store:
         await store.db["jobs"].insert_one({"_id": LAYOUT_MARKER, "layout": INDEX_LAYOUT})
         # each page takes the group by its second key (none kept: ``search_sort_keep`` 0)
         service = ResourceService(store=store, settings=Settings(search_sort_in_memory=2, search_sort_keep=0))
         given: dict[str, str] = {}
-        for name, many in (("an", 100), ("cy", 150)):
+        for name, many in (("安", 100), ("慈", 150)):
             for _ in range(many):
                 made = await service.create(principal=ADMIN, rtype="Patient", resource={
                     "resourceType": "Patient", "name": [{"family": "zhao", "given": [name]}]})
                 given[made.version.rid] = name
         for n in range(1, 31):
             await service.update(principal=ADMIN, rtype="Patient", rid=f"z{n}", resource={
-                "resourceType": "Patient", "id": f"z{n}", "name": [{"family": "zhao", "given": ["bo"]}]})
-            given[f"z{n}"] = "bo"
+                "resourceType": "Patient", "id": f"z{n}", "name": [{"family": "zhao", "given": ["博"]}]})
+            given[f"z{n}"] = "博"
         for sort, descending in (("family,given", False), ("-family,-given", True)):
-            expected = sorted(sorted(given, key=lambda rid: f"Patient/{rid}"), key=lambda rid: given[rid],
+            expected = sorted(sorted(given, key=lambda rid: f"Patient/{rid}"), key=lambda rid: collated(given[rid]),
                               reverse=descending)
             pages, cursor, first_scans = [], None, 0
             while True:
@@ -225,5 +226,5 @@ async def test_a_run_of_one_given_name_is_read_as_the_walk_meets_it(store_uri: s
                     break
                 cursor = page.next_cursor
             assert [rid for page in pages for rid in page] == expected, sort
-            # up: 20 keys, the page's; down: 20 keys of "cy" (the run goes on), then 20 of it walked up
+            # up: 20 keys, the page's; down: 20 keys of 慈 (the run goes on), then 20 of it walked up
             assert first_scans <= (2 if descending else 1), (sort, first_scans)

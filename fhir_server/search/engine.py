@@ -36,7 +36,6 @@ from fhir_server.search.keys import (
     decode_hex,
     hexs,
     sort_value,
-    string_enc,
 )
 from fhir_server.search.query import TOP, Clause, KeyRange, KeySet, SearchQuery, Span, exact_entry
 from fhir_server.search.registry import indexed_as, parameters_for
@@ -1103,7 +1102,8 @@ class SearchEngine:
                         async for placed in found:
                             yield placed
                     run = {}
-                    walk = (f"{second.rtype}|{second.param}|{string_enc(only)}", rising, None)  # below its entries
+                    # below its entries (a string's sort value is its entry's form already: hex and ".", as written)
+                    walk = (f"{second.rtype}|{second.param}|{hexs(only)}.", rising, None)
             async with aclosing(run_of(run_value, run)) as found:
                 async for placed in found:
                     yield placed
