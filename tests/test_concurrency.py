@@ -51,6 +51,38 @@ async def test_conditional_create_race_creates_one(hub: Hub) -> None:
         assert again.status_code == 200 and again.json()["id"] in ids
 
 
+async def test_conditional_creates_with_different_criteria_for_one_patient_create_one(hub: Hub) -> None:
+    """Feeds of two hospitals send the same patient at once, each by the criteria it knows: the MRN with its
+    system, the MRN alone, the MRN and the gender, the national id; alone or in transactions. Every criteria
+    names an identifier of the Patient sent, so the writes are serialized by those identifiers, whatever the rest
+    of the criteria: one Patient is created, and every other write finds it."""
+    mrn, national = uuid.uuid4().hex, uuid.uuid4().hex
+    body = {"resourceType": "Patient", "gender": "male",
+            "identifier": [{"system": "urn:mrn", "value": mrn}, {"system": "urn:oid:2.16.156", "value": national}]}
+    criteria = [f"identifier=urn:mrn|{mrn}", f"identifier={mrn}", f"identifier=urn:mrn|{mrn}&gender=male",
+                f"identifier=urn:oid:2.16.156|{national}"]
+
+    async def send(i: int) -> tuple[str, str]:
+        """(status, id): a conditional create alone, or as the entry of a transaction (every other one)."""
+        if i % 2:
+            answer = await client.post("/Patient", json=body, headers={"If-None-Exist": criteria[i % len(criteria)]})
+            return str(answer.status_code), answer.json().get("id", "")
+        bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [{"resource": body, "request": {
+            "method": "POST", "url": "Patient", "ifNoneExist": criteria[i // 2 % len(criteria)]}}]}
+        answer = await client.post("", json=bundle)
+        if answer.status_code != 200:  # the transaction failed as a whole (412: the criteria matched several)
+            return str(answer.status_code), ""
+        response = answer.json()["entry"][0]["response"]
+        return response["status"].split()[0], response["location"].split("/")[1]
+
+    async with _client(hub) as client:
+        results = await asyncio.gather(*(send(i) for i in range(N)))
+        assert sorted(status for status, _ in results) == ["200"] * (N - 1) + ["201"], results
+        assert len({rid for _, rid in results}) == 1
+        found = (await client.get("/Patient", params={"identifier": mrn, "_total": "accurate"})).json()
+        assert found["total"] == 1
+
+
 async def test_conditional_update_race_creates_one(hub: Hub) -> None:
     mrn = uuid.uuid4().hex
     body = {"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": mrn}]}

@@ -35,7 +35,7 @@ from fhir_server.search.entries import date_range
 from fhir_server.service.etag import etag, not_modified, version_of_etag
 from fhir_server.service.ids import new_id
 from fhir_server.service.patching import apply_patch
-from fhir_server.service.resources import ResourceService, WriteResult, instant
+from fhir_server.service.resources import ResourceService, WriteResult, instant, lock_names
 from fhir_server.service.searchset import page_size, searchset
 from fhir_server.settings import Settings
 from fhir_server.storage import Version, VersionConflict, now_micros
@@ -331,12 +331,13 @@ class BundleService:
             for query in (e.query, e.if_none_exist):
                 if query and e.method not in ("GET", "HEAD"):
                     try:
-                        names.add(self.resources.criteria(principal, e.rtype, query).text)
+                        criteria = self.resources.criteria(principal, e.rtype, query)
                     except HubError as exc:
                         raise _fail(e, exc) from None
+                    names.update(lock_names(criteria, e.resource if e.method in ("POST", "PUT") else None))
         locks = sorted(names)
         async with contextlib.AsyncExitStack() as stack:
-            for name in locks:  # conditional criteria, in name order: match-then-write cannot race
+            for name in locks:  # conditional writes' locks (lock_names), in name order: match-then-write cannot race
                 await stack.enter_async_context(self.store.lock(name))
             ids = await self._resolve_targets(principal, entries)
             references: dict[str, str] = {}

@@ -6,6 +6,7 @@ It authorizes (scopes), validates, versions and indexes; the store only keeps do
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import AsyncIterator
@@ -42,6 +43,7 @@ from fhir_server.search import (
 )
 from fhir_server.search.compartment import in_patient_compartment
 from fhir_server.search.index_order import marks_of, order_marks
+from fhir_server.search.keys import hexs
 from fhir_server.search.paths import check_syntax
 from fhir_server.search.query import MODIFIERS
 from fhir_server.search.registry import set_custom
@@ -52,7 +54,7 @@ from fhir_server.settings import Settings
 from fhir_server.storage import LockBusy, ResourceStore, Version, VersionConflict, now_micros
 from fhir_server.storage.versions import split_item
 
-__all__ = ["HistoryResult", "ResourceService", "WriteResult", "instant", "require_search"]
+__all__ = ["HistoryResult", "ResourceService", "WriteResult", "instant", "lock_names", "require_search"]
 
 
 def _compartment_members() -> list[str]:
@@ -280,7 +282,7 @@ class ResourceService:
                                      expected=None, must_be_new=True)
         _no_search_for_patient_scopes(principal.require("s", rtype), "Conditional create")
         criteria = self.criteria(principal, rtype, if_none_exist)
-        async with self._guard(criteria):
+        async with self._guard(criteria, resource):
             matches = await self.match(criteria, rtype)
             if len(matches) > 1:
                 raise PreconditionFailed(f"If-None-Exist matched {len(matches)} {rtype} resources; be more specific")
@@ -313,7 +315,7 @@ class ResourceService:
         criteria = self.criteria(principal, rtype, criteria_text)
         validate_resource(resource, expected_type=rtype)
         body_id = resource.get("id")
-        async with self._guard(criteria):
+        async with self._guard(criteria, resource):
             matches = await self.match(criteria, rtype)
             if len(matches) > 1:  # FHIR R4 http.html#cond-update: multiple matches -> 412
                 raise PreconditionFailed(f"The criteria matched {len(matches)} {rtype} resources; be more specific")
@@ -389,9 +391,10 @@ class ResourceService:
 
     # ---- internals ------------------------------------------------------------------------------------
 
-    def _guard(self, criteria: SearchQuery) -> Any:
-        """Serialize match-then-write of one conditional criteria (HAPI #3141: racing creates duplicated)."""
-        return _LockGuard(self.store, criteria.text)
+    def _guard(self, criteria: SearchQuery, resource: dict[str, Any] | None = None) -> Any:
+        """Serialize match-then-write of conditional writes that could match one resource (HAPI #3141: racing
+        creates duplicated): by their criteria and by the identifiers they name (``lock_names``)."""
+        return _LockGuard(self.store, lock_names(criteria, resource))
 
     async def match(self, criteria: SearchQuery, rtype: str) -> list[Version]:
         """Current resources matching conditional criteria (at most two: enough to tell one from several)."""
@@ -512,18 +515,51 @@ class ResourceService:
             await asyncio.sleep(random.uniform(pause / 2, pause))  # noqa: S311 - jitter, not security
 
 
+def lock_names(criteria: SearchQuery, resource: dict[str, Any] | None) -> list[str]:
+    """The locks a conditional write holds while it matches and writes, in the order to take them:
+    ``Type|identifier|<hex of value>`` for each identifier value its criteria search by (with or without a
+    system) and each one of the resource it writes; its canonical criteria when they name no identifier value.
+    Two conditional writes that could find or make one resource by an identifier are thereby serialized whatever
+    the rest of their criteria (``identifier=urn:mrn|1``, ``identifier=1&gender=male``): the second finds what the
+    first wrote. Criteria that name no identifier of the resource (``family=王&birthdate=1960-01-01``) are
+    serialized with the same criteria and with writes of the identifiers the resource has."""
+    rtype = criteria.rtype
+    names = set()
+    for clause in criteria.clauses:
+        if clause.name == "identifier" and clause.keys is not None and not clause.negate:
+            for r in clause.keys.ranges:  # "identifier|<hex(value)>." then the system's hex, or nothing
+                value = r.lo[len("identifier|"):].split(".", 1)[0]
+                if value and r.lo.startswith("identifier|") and "." in r.lo:
+                    names.add(f"{rtype}|identifier|{value}")
+    if not names:
+        names.add(criteria.text)
+    identifiers = resource.get("identifier") if isinstance(resource, dict) else None
+    for identifier in identifiers if isinstance(identifiers, list) else []:
+        if isinstance(identifier, dict) and isinstance(identifier.get("value"), str):
+            names.add(f"{rtype}|identifier|{hexs(identifier['value'])}")
+    return sorted(names)
+
+
 class _LockGuard:
-    def __init__(self, store: ResourceStore, name: str) -> None:
-        self._cm = store.lock(name)
+    """Holds the named lease locks, taken in name order (``ResourceStore.lock``; transactions take theirs in that
+    order too, so no two writers wait for each other)."""
+
+    def __init__(self, store: ResourceStore, names: list[str]) -> None:
+        self._stack = contextlib.AsyncExitStack()
+        self._store = store
+        self._names = names
 
     async def __aenter__(self) -> None:
         try:
-            await self._cm.__aenter__()
+            for name in self._names:
+                await self._stack.enter_async_context(self._store.lock(name))
         except LockBusy:
-            raise Conflict("Another conditional write with the same criteria is still running; try again") from None
+            await self._stack.aclose()
+            raise Conflict("Another conditional write that could match the same resource is still running; "
+                           "try again") from None
 
     async def __aexit__(self, *exc: object) -> None:
-        await self._cm.__aexit__(*exc)  # type: ignore[arg-type]
+        await self._stack.aclose()
 
 
 def _keep_to_compartment(patient: str | None, version: Version) -> None:
