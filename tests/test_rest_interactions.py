@@ -6,6 +6,7 @@ import time
 import uuid
 from datetime import timedelta
 from email.utils import format_datetime, parsedate_to_datetime
+from urllib.parse import quote
 
 import httpx
 
@@ -314,6 +315,23 @@ def test_conditional_create(api: httpx.Client) -> None:
     assert by_id.status_code == 200
     unknown = api.post("/Patient", json=body, headers={"If-None-Exist": "no-such-parameter=1"})
     assert unknown.status_code == 400 and "no-such-parameter" in unknown.json()["issue"][0]["diagnostics"]
+
+
+def test_conditional_create_with_chinese_criteria_raw_or_percent_encoded(api: httpx.Client) -> None:
+    """``curl -H "If-None-Exist: family=王小东&birthdate=…"`` sends the criteria as raw UTF-8 bytes: they are read as
+    UTF-8 (Starlette reads header bytes as Latin-1, which searched for other text and created a duplicate), and
+    find what the percent-encoded form finds; bytes that are not UTF-8 are a 400 that says to percent-encode."""
+    family = f"王{new_id()[:6]}"
+    body = patient(family=family, birthDate="1961-02-03")
+    raw = f"family={family}&birthdate=1961-02-03".encode()
+    first = api.post("/Patient", json=body, headers={"If-None-Exist": raw})
+    assert first.status_code == 201, first.text
+    again = api.post("/Patient", json=body, headers={"If-None-Exist": raw})
+    assert again.status_code == 200 and again.json()["id"] == first.json()["id"], again.text
+    encoded = api.post("/Patient", json=body, headers={"If-None-Exist": f"family={quote(family)}&birthdate=1961-02-03"})
+    assert encoded.status_code == 200 and encoded.json()["id"] == first.json()["id"]
+    bad = api.post("/Patient", json=body, headers={"If-None-Exist": b"family=\xff"})
+    assert bad.status_code == 400 and "percent-encoded" in bad.json()["issue"][0]["diagnostics"]
 
 
 def test_conditional_update_and_delete(api: httpx.Client) -> None:

@@ -55,6 +55,20 @@ def _if_match(request: Request) -> int | None:
     return vid
 
 
+def _if_none_exist(request: Request) -> str | None:
+    """``If-None-Exist``: the criteria of a conditional create (a query string). Header values reach the hub as
+    bytes read as Latin-1; criteria with Chinese text come percent-encoded (ASCII) or as raw UTF-8 (``curl -H``),
+    which is read as such rather than as Latin-1 (that searched for other text and created a duplicate)."""
+    value = request.headers.get("if-none-exist")
+    if value is None or value.isascii():
+        return value
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        raise BadRequest("If-None-Exist is not UTF-8; send its non-ASCII values percent-encoded "
+                         "(identifier=urn:mrn%7C%E7%8E%8B...)") from None
+
+
 def _not_modified(request: Request, version: Version) -> bool:
     """If-None-Match, or else If-Modified-Since (an HTTP date: a whole second; without a zone, UTC)."""
     modified_by = None
@@ -253,7 +267,7 @@ async def create(request: Request) -> Response:
     rtype = require_supported_type(request.path_params["rtype"])
     resource, _ = await read_resource(request, settings.max_body_bytes)
     result = await service.create(principal=user, rtype=rtype, resource=resource,
-                                  if_none_exist=request.headers.get("if-none-exist"))
+                                  if_none_exist=_if_none_exist(request))
     return _write_response(request, result, settings, rendering)
 
 
