@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from urllib.parse import quote
 
 import httpx
 
@@ -81,6 +82,22 @@ async def test_conditional_creates_with_different_criteria_for_one_patient_creat
         assert len({rid for _, rid in results}) == 1
         found = (await client.get("/Patient", params={"identifier": mrn, "_total": "accurate"})).json()
         assert found["total"] == 1
+
+
+async def test_conditional_creates_by_different_criteria_without_identifiers_create_one(hub: Hub) -> None:
+    """Criteria without an identifier (a name and a birth date, each written its own way) cannot tell which
+    resources they may find: the conditional writes of a type that have such criteria are done one at a time."""
+    family = f"王{uuid.uuid4().hex[:8]}"
+    body = {"resourceType": "Patient", "gender": "female", "birthDate": "1958-07-09",
+            "name": [{"family": family, "given": ["秀英"]}]}
+    criteria = [f"family={family}&birthdate=1958-07-09", f"name={family}&birthdate=1958-07-09",
+                f"family={family}&gender=female&birthdate=1958-07-09", f"family:exact={family}"]
+    async with _client(hub) as client:
+        results = await asyncio.gather(*(
+            client.post("/Patient", json=body, headers={"If-None-Exist": quote(criteria[i % len(criteria)], "=&:")})
+            for i in range(N)))
+        assert sorted(r.status_code for r in results) == [200] * (N - 1) + [201], [r.status_code for r in results]
+        assert len({r.json()["id"] for r in results}) == 1
 
 
 async def test_conditional_update_race_creates_one(hub: Hub) -> None:

@@ -518,11 +518,12 @@ class ResourceService:
 def lock_names(criteria: SearchQuery, resource: dict[str, Any] | None) -> list[str]:
     """The locks a conditional write holds while it matches and writes, in the order to take them:
     ``Type|identifier|<hex of value>`` for each identifier value its criteria search by (with or without a
-    system) and each one of the resource it writes; its canonical criteria when they name no identifier value.
+    system) and each one of the resource it writes; ``Type|criteria`` when its criteria name no identifier value.
     Two conditional writes that could find or make one resource by an identifier are thereby serialized whatever
     the rest of their criteria (``identifier=urn:mrn|1``, ``identifier=1&gender=male``): the second finds what the
-    first wrote. Criteria that name no identifier of the resource (``family=王&birthdate=1960-01-01``) are
-    serialized with the same criteria and with writes of the identifiers the resource has."""
+    first wrote; so are all those of one type whose criteria name no identifier (``family=王&birthdate=…`` and
+    ``name=王&birthdate=…``), which cannot tell which resources they may find. What remains: such criteria
+    against a write by identifier of a resource they match, when the former writes no identifier of it."""
     rtype = criteria.rtype
     names = set()
     for clause in criteria.clauses:
@@ -532,7 +533,7 @@ def lock_names(criteria: SearchQuery, resource: dict[str, Any] | None) -> list[s
                 if value and r.lo.startswith("identifier|") and "." in r.lo:
                     names.add(f"{rtype}|identifier|{value}")
     if not names:
-        names.add(criteria.text)
+        names.add(f"{rtype}|criteria")
     identifiers = resource.get("identifier") if isinstance(resource, dict) else None
     for identifier in identifiers if isinstance(identifiers, list) else []:
         if isinstance(identifier, dict) and isinstance(identifier.get("value"), str):
