@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
 from pymongo import AsyncMongoClient
 
-from fhir_server.storage import ResourceStore, Version, VersionConflict, now_micros
+from fhir_server.storage import LockBusy, ResourceStore, Version, VersionConflict, now_micros
 
 
 def _version(rid: str, vid: int, body: bytes | None = b'{"resourceType":"Basic"}') -> Version:
@@ -165,3 +166,35 @@ async def test_recover_undoes_a_transaction_cut_off_mid_commit(stores, store_uri
     assert await restarted.journal.count_documents({}) == 0
     a2 = await restarted.write(_version("cut-a", 2, b'{"a":"again"}'), base=a1)  # writable at once
     assert (await restarted.current("Basic", "cut-a")) == a2
+
+
+async def test_a_lease_lock_is_taken_in_turn_within_a_process_and_polled_across_processes(stores) -> None:
+    """Requests of one process wait for a lock in the order they came (its asyncio queue), and only the first of
+    them polls the store while another process holds it; every one gets it, none at once with another, and the
+    queue is gone afterwards. A lock held elsewhere beyond the wait is ``LockBusy``."""
+    a, b = stores
+    name = f"Patient|criteria|{uuid.uuid4().hex}"
+    order: list[int] = []
+    holding = 0
+
+    async def take(n: int) -> None:
+        nonlocal holding
+        async with a.lock(name):
+            holding += 1
+            assert holding == 1, "two holders at once"
+            order.append(n)
+            await asyncio.sleep(0.005)
+            holding -= 1
+
+    async with b.lock(name):  # another process holds it while these queue up
+        tasks = [asyncio.create_task(take(n)) for n in range(8)]
+        await asyncio.sleep(0.1)
+        assert order == [] and a._lock_queues[name][1] == 8
+    await asyncio.gather(*tasks)
+    assert order == list(range(8))  # first come, first served
+    assert name not in a._lock_queues
+    async with b.lock(name):
+        with pytest.raises(LockBusy):
+            async with a.lock(name, wait_seconds=0.2):
+                pass
+    assert name not in a._lock_queues

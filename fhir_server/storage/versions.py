@@ -201,6 +201,9 @@ class ResourceStore:
         self._leaves_out: bool | None = None  # whether the store reads a range that leaves out keys by its index
         self.lease_micros = int(lease_seconds * 1_000_000)
         self._in_flight: set[str] = set()  # claims this process holds right now
+        # the lease locks (``lock``) this process holds or waits for: its waiters queue here, first come first
+        # served, and only the first polls the store; (lock, waiters)
+        self._lock_queues: dict[str, tuple[asyncio.Lock, int]] = {}
 
     async def ensure_indexes(self) -> None:
         """Create the indexes the hub needs; idempotent (same name and keys each start). ``resources`` and
@@ -695,8 +698,33 @@ class ResourceStore:
 
     @asynccontextmanager
     async def lock(self, name: str, *, wait_seconds: float = 10.0) -> AsyncIterator[None]:
-        """Hold a named lease lock (one ``locks`` document): guards match-then-write of conditional operations."""
+        """Hold a named lease lock (one ``locks`` document): guards match-then-write of conditional operations.
+        Requests of this process wait for it in turn (an ``asyncio.Lock`` per name); the first of them waits for
+        other processes' by polling the store. ``LockBusy`` after ``wait_seconds`` in all."""
         deadline = time.monotonic() + wait_seconds
+        local, waiting = self._lock_queues.get(name) or (asyncio.Lock(), 0)
+        self._lock_queues[name] = (local, waiting + 1)
+        try:
+            try:
+                async with asyncio.timeout(max(deadline - time.monotonic(), 0.001)):  # acquire is cancel-safe
+                    await local.acquire()
+            except TimeoutError:
+                raise LockBusy(name) from None
+            try:
+                async with self._store_lock(name, deadline):
+                    yield
+            finally:
+                local.release()
+        finally:
+            local, waiting = self._lock_queues[name]
+            if waiting == 1:
+                del self._lock_queues[name]
+            else:
+                self._lock_queues[name] = (local, waiting - 1)
+
+    @asynccontextmanager
+    async def _store_lock(self, name: str, deadline: float) -> AsyncIterator[None]:
+        """The ``locks`` document ``name``, inserted by this holder (polling while another process holds it)."""
         delay = 0.002
         while True:
             ts = now_micros()
