@@ -1102,8 +1102,7 @@ class SearchEngine:
                         async for placed in found:
                             yield placed
                     run = {}
-                    # below its entries (a string's sort value is its entry's form already: hex and ".", as written)
-                    walk = (f"{second.rtype}|{second.param}|{hexs(only)}.", rising, None)
+                    walk = (second.start_of(only, rising=True), rising, None)  # on down, below its entries
             async with aclosing(run_of(run_value, run)) as found:
                 async for placed in found:
                     yield placed

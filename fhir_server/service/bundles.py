@@ -10,7 +10,6 @@ claims); readers may see its changes appear during the commit phase, which lasts
 from __future__ import annotations
 
 import base64
-import contextlib
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -335,10 +334,7 @@ class BundleService:
                     except HubError as exc:
                         raise _fail(e, exc) from None
                     names.update(lock_names(criteria, e.resource if e.method in ("POST", "PUT") else None))
-        locks = sorted(names)
-        async with contextlib.AsyncExitStack() as stack:
-            for name in locks:  # conditional writes' locks (lock_names), in name order: match-then-write cannot race
-                await stack.enter_async_context(self.store.lock(name))
+        async with self.store.hold_locks(names):  # conditional writes' locks (lock_names): match-then-write cannot race
             ids = await self._resolve_targets(principal, entries)
             references: dict[str, str] = {}
             for e in entries:

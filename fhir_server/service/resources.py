@@ -6,7 +6,6 @@ It authorizes (scopes), validates, versions and indexes; the store only keeps do
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
 from collections.abc import AsyncIterator
@@ -516,7 +515,7 @@ class ResourceService:
 
 
 def lock_names(criteria: SearchQuery, resource: dict[str, Any] | None) -> list[str]:
-    """The locks a conditional write holds while it matches and writes, in the order to take them:
+    """The locks a conditional write holds while it matches and writes (taken in name order):
     ``Type|identifier|<hex of value>`` for each identifier value its criteria search by (with or without a
     system) and each one of the resource it writes; ``Type|criteria`` when its criteria name no identifier value.
     Two conditional writes that could find or make one resource by an identifier are thereby serialized whatever
@@ -528,9 +527,8 @@ def lock_names(criteria: SearchQuery, resource: dict[str, Any] | None) -> list[s
     names = set()
     for clause in criteria.clauses:
         if clause.name == "identifier" and clause.keys is not None and not clause.negate:
-            for r in clause.keys.ranges:  # "identifier|<hex(value)>." then the system's hex, or nothing
-                value = r.lo[len("identifier|"):].split(".", 1)[0]
-                if value and r.lo.startswith("identifier|") and "." in r.lo:
+            for r in clause.keys.ranges:  # "identifier|<hex(value)>." then the system's hex; "identifier|": any
+                if value := r.lo[len("identifier|"):].split(".", 1)[0]:
                     names.add(f"{rtype}|identifier|{value}")
     if not names:
         names.add(f"{rtype}|criteria")
@@ -542,25 +540,20 @@ def lock_names(criteria: SearchQuery, resource: dict[str, Any] | None) -> list[s
 
 
 class _LockGuard:
-    """Holds the named lease locks, taken in name order (``ResourceStore.lock``; transactions take theirs in that
-    order too, so no two writers wait for each other)."""
+    """Holds the named lease locks (``ResourceStore.hold_locks``); one held elsewhere too long is a 409."""
 
     def __init__(self, store: ResourceStore, names: list[str]) -> None:
-        self._stack = contextlib.AsyncExitStack()
-        self._store = store
-        self._names = names
+        self._cm = store.hold_locks(names)
 
     async def __aenter__(self) -> None:
         try:
-            for name in self._names:
-                await self._stack.enter_async_context(self._store.lock(name))
+            await self._cm.__aenter__()
         except LockBusy:
-            await self._stack.aclose()
             raise Conflict("Another conditional write that could match the same resource is still running; "
                            "try again") from None
 
     async def __aexit__(self, *exc: object) -> None:
-        await self._stack.aclose()
+        await self._cm.__aexit__(*exc)  # type: ignore[arg-type]
 
 
 def _keep_to_compartment(patient: str | None, version: Version) -> None:

@@ -31,11 +31,12 @@ Only filters on ``_id`` alone are used on hot paths: FerretDB's SQLite backend p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -695,6 +696,15 @@ class ResourceStore:
                                       {"$set": {"o": self.owner, "c": now_micros(), "u": until}})
 
     # ---- locks for conditional operations ---------------------------------------------------------------
+
+    @asynccontextmanager
+    async def hold_locks(self, names: Iterable[str]) -> AsyncIterator[None]:
+        """Hold several named lease locks (``lock``), taken in name order, so that no two holders of several wait
+        for each other; released in reverse."""
+        async with contextlib.AsyncExitStack() as stack:
+            for name in sorted(set(names)):
+                await stack.enter_async_context(self.lock(name))
+            yield
 
     @asynccontextmanager
     async def lock(self, name: str, *, wait_seconds: float = 10.0) -> AsyncIterator[None]:
