@@ -25,7 +25,7 @@ from pymongo import AsyncMongoClient
 from bench.harness import Result, drive, drive_urls, hub_rss, machine_line, running_hub
 from bench.synthetic import SR_CODES, mrn_system, organizations, patient_group, patient_id, transaction
 from fhir_server.search.entries import date_range
-from fhir_server.search.keys import hexs, sortable_int, string_enc, token_enc
+from fhir_server.search.keys import hexs, sortable_int, string_enc, token_enc, within_code, within_value
 from fhir_server.search.query import MICROS_PER_DAY
 from fhir_server.settings import Settings
 from fhir_server.storage import ResourceStore
@@ -262,8 +262,10 @@ async def main(patients: int, seconds: float, clients: int, store_dir: Path | No
             # a worklist: every active order, latest first; read in the order of the authored entries
             worklist = await page_urls("/ServiceRequest?status=active&_sort=-authored&_count=20")
 
-            async def worklist_raw(rng: random.Random) -> bool:  # the latest 21 authored entries and their orders
-                return bool(await raw("ServiceRequest", "authored|L", "authored|M", limit=21, backward=True))
+            active = within_code("authored", "status", within_value("token", "active"))
+
+            async def worklist_raw(rng: random.Random) -> bool:  # the latest 21 active orders' entries and the orders
+                return bool(await raw("ServiceRequest", f"{active}|L", f"{active}|M", limit=21, backward=True))
 
             history_pages = await page_urls("/Patient/_history?_count=20")
 

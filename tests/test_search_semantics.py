@@ -12,6 +12,7 @@ import functools
 import json
 import random
 import re
+import time
 import unicodedata
 import uuid
 from collections.abc import Callable, Iterator
@@ -27,8 +28,10 @@ import httpx
 import pytest
 from fhirpathpy import evaluate
 from fhirpathpy.models import models
+from pymongo import MongoClient
 
 from bench.synthetic import organizations, patient_group
+from fhir_server.search.keys import ABSENT, INDEX_LAYOUT, LAYOUT_MARKER, WITHIN, WITHIN_LAYOUT
 from tests.conftest import Hub, collated, pages_both_ways, start_hub, stop_hub, valid_examples
 
 ZONE = ZoneInfo("Asia/Shanghai")
@@ -1434,6 +1437,25 @@ def test_a_group_sparse_among_the_second_keys_entries_is_read_whole(store_uri: s
         stop_hub(hub)
 
 
+def _walk_with_plans(api: httpx.Client, hub: Hub, url: str) -> tuple[list[str], list[str]]:
+    """The ids of every page of a sorted search from ``url`` on, and the plan that each ``next`` link goes on with,
+    as its cursor says: ``index`` (read in index order) or ``memory`` (every match read and sorted)."""
+    at: str | None = url
+    ids: list[str] = []
+    plans: list[str] = []
+    while at:
+        answer = api.get(at)
+        assert answer.status_code == 200, answer.text
+        page = answer.json()
+        ids += [e["resource"]["id"] for e in page.get("entry", [])]
+        at = next((x["url"].replace(hub.base, "") for x in page["link"] if x["relation"] == "next"), None)
+        if at:
+            cursor = at.split("_cursor=")[1].split("&")[0]
+            mark = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+            plans.append("index" if isinstance(mark, dict) and "w" in mark else "memory")
+    return ids, plans
+
+
 def test_a_sort_that_reads_too_much_in_index_order_is_sorted_in_memory(store_uri: str, tmp_path: Any) -> None:
     """Past ``search_sort_in_memory`` keys a sort walks its parameter's entries; when the first page reads more
     than ``search_order_budget`` resources to fill (a filter selective beside the type), the search is sorted in
@@ -1452,26 +1474,164 @@ def test_a_sort_that_reads_too_much_in_index_order_is_sorted_in_memory(store_uri
                 assert created.status_code == 201, created.text
                 made[created.json()["id"]] = (kind, body["effectiveDateTime"])
 
-            def walk(kind: str) -> tuple[list[str], list[str]]:
-                url: str | None = f"/Observation?category=urn:order-test|{kind}&_sort=-date&_count=3"
-                ids: list[str] = []
-                plans: list[str] = []
-                while url:
-                    page = api.get(url).json()
-                    ids += [e["resource"]["id"] for e in page.get("entry", [])]
-                    url = next((x["url"].replace(hub.base, "") for x in page["link"] if x["relation"] == "next"), None)
-                    if url:
-                        cursor = url.split("_cursor=")[1].split("&")[0]
-                        mark = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-                        plans.append("index" if isinstance(mark, dict) and "w" in mark else "memory")
-                return ids, plans
-
             for kind, plan in (("common", "index"), ("rare", "memory")):
-                ids, plans = walk(kind)
+                url = f"/Observation?category=urn:order-test|{kind}&_sort=-date&_count=3"
+                ids, plans = _walk_with_plans(api, hub, url)
                 mine = [r for r, (k, _) in made.items() if k == kind]
                 expected = sorted(mine, key=lambda r: made[r][1], reverse=True)
                 assert ids == expected, kind
                 assert plans and set(plans) == {plan}, (kind, plans)
+    finally:
+        stop_hub(hub)
+
+
+def _authored(i: int, start: datetime) -> dict[str, str]:
+    """``authoredOn`` of the ``i``-th order: none, a day (an entry by its end too) or a second, each on its own day."""
+    if i % 10 == 3:
+        return {}
+    day = start + timedelta(days=i)
+    return {"authoredOn": day.date().isoformat() if i % 4 == 0 else (day + timedelta(seconds=i)).isoformat()}
+
+
+def test_a_worklist_reads_the_dates_of_its_status_alone(store_uri: str, tmp_path: Any) -> None:
+    """``ServiceRequest?status=…&_sort=±authored`` reads the ``authored`` entries kept within that status (keys.py
+    ``SORTS_WITHIN``): pages in the evaluator's order both ways, every one in index order, even for a status
+    that the date's own entries would meet last, past more than ``search_order_budget`` orders of the others
+    (sorted in memory then: the test above). An update that changes an order's status moves it between lists."""
+    hub = start_hub(store_uri, tmp_path / "home", database=f"worklist_{uuid.uuid4().hex[:8]}",
+                    extra={"MEDUNION_SEARCH_SORT_IN_MEMORY": "5", "MEDUNION_SEARCH_ORDER_BUDGET": "40"})
+    start = datetime(2031, 1, 1, 8, tzinfo=ZONE)
+    try:
+        with hub.client() as api:
+            patient = api.post("/Patient", json={"resourceType": "Patient", "name": [{"family": "周"}]}).json()["id"]
+            bodies = []
+            for i in range(150):  # on-hold: the oldest, so met last by a descending walk of every order
+                status = "on-hold" if i < 12 else ("active" if i % 2 else "completed")
+                bodies.append({"resourceType": "ServiceRequest", "status": status, "intent": "order",
+                               "subject": {"reference": f"Patient/{patient}"}, **_authored(i, start)})
+            _create_all(api, bodies)
+            made = _all_resources(api, hub, "/ServiceRequest?_count=1000")
+            assert len(made) == len(bodies)
+
+            def check(status: str) -> None:
+                mine = {r: body for r, body in made.items() if body["status"] == status}
+                for descending in (True, False):
+                    url = f"/ServiceRequest?status={status}&_sort={'-' if descending else ''}authored&_count=4"
+                    expected = _sorted_by(mine, [("authored", "date", descending)], hub.base)
+                    ids, plans = _walk_with_plans(api, hub, url)
+                    assert ids == expected, (status, descending)
+                    assert set(plans) == {"index"}, (status, descending, plans)
+                    assert [rid for page in pages_both_ways(api, hub, url) for rid in page] == expected
+
+            for status in ("on-hold", "active", "completed"):
+                check(status)
+            moved = {"on-hold": next(r for r, b in made.items() if b["status"] == "active"),
+                     "active": next(r for r, b in made.items() if b["status"] == "on-hold")}
+            for status, rid in moved.items():
+                made[rid] = {**made[rid], "status": status}
+                answer = api.put(f"/ServiceRequest/{rid}", json=made[rid])
+                assert answer.status_code == 200, answer.text
+            check("on-hold")
+            check("active")
+    finally:
+        stop_hub(hub)
+
+
+def test_a_worklist_on_a_store_indexed_before_those_entries_reads_the_dates_themselves(store_uri: str,
+                                                                                      tmp_path: Any) -> None:
+    """A store of layout 8 has no entries of dates within a status: until its upgrade has indexed every order, a
+    worklist walks the ``authored`` entries themselves (within the status, it would find none of them); a page
+    read so goes on so after the upgrade, and the next first page reads the new entries."""
+    home, database = tmp_path / "home", f"within_{uuid.uuid4().hex[:8]}"
+    extra = {"MEDUNION_SEARCH_SORT_IN_MEMORY": "2"}
+    start = datetime(2033, 5, 1, 8, tzinfo=ZONE)
+    url = "/ServiceRequest?status=on-hold&_sort=-authored&_count=3"
+    hub = start_hub(store_uri, home, database=database, extra=extra)
+    try:
+        with hub.client() as api:
+            _create_all(api, [{"resourceType": "ServiceRequest", "status": "on-hold" if i % 3 else "active",
+                               "intent": "order", "subject": {"reference": "Patient/someone"}, **_authored(i, start)}
+                              for i in range(40)])
+            made = _all_resources(api, hub, "/ServiceRequest?_count=1000")
+            expected = _sorted_by({r: b for r, b in made.items() if b["status"] == "on-hold"},
+                                  [("authored", "date", True)], hub.base)
+            assert _walk_with_plans(api, hub, url) == (expected, ["index"] * ((len(expected) - 1) // 3))
+    finally:
+        stop_hub(hub)
+    with MongoClient(store_uri) as mongo:  # as a hub of layout 8 left it; another instance is upgrading it
+        db = mongo[database]
+        for doc in db["resources"].find({}, {"ix": 1}):
+            kept = [i for i in doc["ix"].split(" ") if WITHIN not in i or i.startswith(ABSENT)]
+            db["resources"].update_one({"_id": doc["_id"]}, {"$set": {"ix": " ".join(kept)}})
+        within = {"_id": {"$regex": r"^ServiceRequest\|authored@"}}
+        assert db["search_index"].delete_many(within).deleted_count >= 20
+        db["jobs"].replace_one({"_id": LAYOUT_MARKER}, {"_id": LAYOUT_MARKER, "layout": WITHIN_LAYOUT - 1})
+        db["jobs"].insert_one({"_id": f"{LAYOUT_MARKER}-{INDEX_LAYOUT}", "o": "another instance"})
+    hub = start_hub(store_uri, home, database=database, extra=extra)
+    try:
+        with hub.client() as api:
+            assert _walk_with_plans(api, hub, url)[0] == expected
+            first = api.get(url).json()
+            nxt = next(x["url"].replace(hub.base, "") for x in first["link"] if x["relation"] == "next")
+    finally:
+        stop_hub(hub)
+    with MongoClient(store_uri) as mongo:
+        mongo[database]["jobs"].delete_one({"_id": f"{LAYOUT_MARKER}-{INDEX_LAYOUT}"})
+    hub = start_hub(store_uri, home, database=database, extra=extra)  # this one upgrades the store
+    try:
+        with MongoClient(store_uri) as mongo:
+            db = mongo[database]
+            deadline = time.monotonic() + 60
+            while (db["jobs"].find_one({"_id": LAYOUT_MARKER}) or {}).get("layout") != INDEX_LAYOUT:
+                assert time.monotonic() < deadline, "the upgrade did not finish within 60 s"
+                time.sleep(0.2)
+            assert db["search_index"].count_documents(within) >= 20
+        with hub.client() as api:
+            rest, _ = _walk_with_plans(api, hub, nxt)
+            assert [e["resource"]["id"] for e in first["entry"]] + rest == expected
+            assert _walk_with_plans(api, hub, url)[0] == expected
+    finally:
+        stop_hub(hub)
+
+
+def test_a_patients_timeline_reads_the_dates_of_its_observations_alone(store_uri: str, tmp_path: Any) -> None:
+    """``Observation?patient=…&_sort=-date`` reads the ``date`` entries kept within the subject's id: one
+    patient's observations in the evaluator's order, in index order, though the other patient's newer ones
+    outnumber ``search_order_budget``. The run of an id holds every type's: ``subject=<id>`` finds the Group's
+    of that id too, ``patient=<id>`` and ``subject=Patient/<id>`` only the patient's."""
+    hub = start_hub(store_uri, tmp_path / "home", database=f"timeline_{uuid.uuid4().hex[:8]}",
+                    extra={"MEDUNION_SEARCH_SORT_IN_MEMORY": "5", "MEDUNION_SEARCH_ORDER_BUDGET": "40"})
+    start = datetime(2032, 3, 1, 9, tzinfo=ZONE)
+    try:
+        with hub.client() as api:
+            mine, other = (api.post("/Patient", json={"resourceType": "Patient", "name": [{"family": f}]}).json()["id"]
+                           for f in ("钱", "孙"))
+            group = api.put(f"/Group/{mine}", json={"resourceType": "Group", "id": mine, "type": "person",
+                                                    "actual": True})
+            assert group.status_code == 201, group.text
+            bodies = []
+            for i in range(130):  # this patient's first (the oldest), the other's, then the group's; no two end at once
+                subject = f"Patient/{mine}" if i < 60 else (f"Patient/{other}" if i < 120 else f"Group/{mine}")
+                when = start + timedelta(hours=i)
+                end = when + timedelta(minutes=25 + i, seconds=7)
+                timing = ({"effectivePeriod": {"start": when.isoformat(), "end": end.isoformat()}} if i % 3 == 0 else
+                          {} if i % 11 == 5 else {"effectiveDateTime": when.isoformat()})
+                bodies.append({"resourceType": "Observation", "status": "final", "code": {"text": "血红蛋白"},
+                               "subject": {"reference": subject}, **timing})
+            _create_all(api, bodies)
+            made = _all_resources(api, hub, "/Observation?_count=1000")
+            assert len(made) == len(bodies)
+            for query, subjects in ((f"patient={mine}", {f"Patient/{mine}"}),
+                                    (f"subject=Patient/{mine}", {f"Patient/{mine}"}),
+                                    (f"subject={mine}", {f"Patient/{mine}", f"Group/{mine}"}),
+                                    (f"subject:Group={mine}", {f"Group/{mine}"})):
+                theirs = {r: body for r, body in made.items() if body["subject"]["reference"] in subjects}
+                for descending in (True, False):
+                    url = f"/Observation?{query}&_sort={'-' if descending else ''}date&_count=7"
+                    ids, plans = _walk_with_plans(api, hub, url)
+                    assert ids == _sorted_by(theirs, [("date", "date", descending)], hub.base), (query, descending)
+                    if "Group" not in query:  # the group's ascending come past the patient's 60: over the budget
+                        assert set(plans) <= {"index"}, (query, descending, plans)
     finally:
         stop_hub(hub)
 

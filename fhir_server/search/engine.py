@@ -27,12 +27,13 @@ import orjson
 
 from fhir_server.errors import BadRequest, Issue
 from fhir_server.search.entries import reference_type
-from fhir_server.search.index_order import IndexOrder, index_order
+from fhir_server.search.index_order import IndexOrder, index_order, within
 from fhir_server.search.keys import (
     ABSENT_LAYOUT,
     INDEX_LAYOUT,
     LAYOUT_MARKER,
     PRESENT,
+    WITHIN_LAYOUT,
     decode_hex,
     hexs,
     sort_value,
@@ -729,6 +730,7 @@ class SearchEngine:
             if by_index is not None and (walked or mark is None):
                 resolved = clauses[0] if clauses is not None else await self._resolve(query)
                 clauses = [resolved]
+                by_index = await self._within(by_index, resolved, mark if walked else None)
                 if walked:
                     return await self._ordered_page(by_index, query, resolved, count=count, mark=mark)
                 if await self._many(query.rtype, resolved):
@@ -742,6 +744,22 @@ class SearchEngine:
                         except TooManyMatches:  # too many for memory after all: in index order, however slow
                             return await self._ordered_page(by_index, query, resolved, count=count, mark=None)
         return await self._sorted_in_memory(queries, count=count, cursor=cursor, from_end=from_end, clauses=clauses)
+
+    async def _within(self, order: IndexOrder, clauses: list[Clause], mark: dict[str, Any] | None) -> IndexOrder:
+        """``order`` within the value that a clause's every match holds (index_order.py ``within``: the active
+        orders by date, a patient's observations by date), when the store's resources all have those entries. A
+        cursor ``mark`` of a page read in ``order`` itself (before the store's upgrade completed) stays in it."""
+        if await self._layout() < WITHIN_LAYOUT:
+            return order
+        for clause in clauses:
+            narrow = None if clause.within is None or clause.negate else within(order, *clause.within)
+            if narrow is not None:
+                walk = mark.get("w") if mark is not None else None
+                if (isinstance(walk, list) and len(walk) == 2 and walk[0] == "k" and isinstance(walk[1], str)
+                        and order.holds(walk[1])):
+                    return order
+                return narrow
+        return order
 
     async def _sorted_in_memory(self, queries: list[SearchQuery], *, count: int, cursor: str | None, from_end: bool,
                                 clauses: list[list[Clause]] | None) -> SearchPage:

@@ -44,17 +44,20 @@ from fhir_server.search.keys import (
     LONG_SPAN,
     PRESENT,
     SORTED_KINDS,
+    SORTS_WITHIN,
+    base_code,
     hexs,
     reads_absent_entries,
     sort_value,
     sortable_int,
     split_date,
+    within_code,
 )
 from fhir_server.search.registry import indexed_as, parameters_for
 from fhir_server.storage import ResourceStore, Version
 from fhir_server.storage.versions import index_key, split_item
 
-__all__ = ["IndexOrder", "index_order", "marks_of", "order_marks"]
+__all__ = ["IndexOrder", "index_order", "marks_of", "order_marks", "within"]
 
 Pair = tuple[Any, str]  # (sort value, index key)
 # what follows the vid in the ``ix`` item (and ``search_index`` key) of an entry an ascending (False) or descending
@@ -82,7 +85,7 @@ def order_marks(rtype: str, entries: list[str]) -> dict[str, str]:
         by_param.setdefault(entry[:entry.index("|")], []).append(entry)
     marks: dict[str, str] = {}
     for code, group in by_param.items():
-        parameter = params.get(code)
+        parameter = params.get(base_code(code))  # a date within a status or subject sorts as the date
         if len(group) < 2 or parameter is None or parameter.type not in SORTED_KINDS:
             continue
         kind = parameter.type
@@ -107,18 +110,28 @@ def order_marks(rtype: str, entries: list[str]) -> dict[str, str]:
 
 def index_order(rtype: str, code: str, descending: bool) -> IndexOrder | None:
     """The index order of ``_sort=code`` (``-code``: descending) on ``rtype``, or None when its entries do not sort
-    by value (references and uris: a value sorts after its extensions there)."""
+    by value (references and uris: a value sorts after its extensions there). ``code`` may be a ``within_code``:
+    the order of its date's entries within one status or subject (``within``)."""
     if code == "_id":
         return IndexOrder(rtype, "_id", "id", descending)
     params = parameters_for(rtype)
-    if code not in params:
+    if base_code(code) not in params:
         return None
-    base, only = indexed_as(rtype, code)
+    base, only = indexed_as(rtype, base_code(code))
     kind = params[base].type
     if only is not None or kind not in SORTED_KINDS:
         return None
-    return IndexOrder(rtype, base, kind, descending, instants=base == "_lastUpdated",
+    return IndexOrder(rtype, base + code[len(base_code(code)):], kind, descending, instants=base == "_lastUpdated",
                       absent=reads_absent_entries(rtype, base, params[base]))
+
+
+def within(order: IndexOrder, by: str, value: str) -> IndexOrder | None:
+    """``order`` restricted to the resources with ``value`` (``within_value``) of the parameter ``by``, read from its
+    ``SORTS_WITHIN`` entries; None when the type has no such entries. The resources without a value of the order's
+    parameter are read from its own ``tail``, whatever their ``by``."""
+    if (by, order.param) not in SORTS_WITHIN.get(order.rtype, ()):
+        return None
+    return index_order(order.rtype, within_code(order.param, by, value), order.descending)
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,8 +220,9 @@ class IndexOrder:
     def tail(self) -> tuple[tuple[str, str], ...]:
         """The entry ranges (low, high; in key order) that hold the resources without a sortable value: the
         parameter's ``@absent`` entries and its ``~`` entries (present, no value), each range in id order."""
-        return tuple(sorted(((f"{ABSENT}|{self.param}|", f"{ABSENT}|{self.param}|~"),
-                             (f"{self.param}|{PRESENT}|", f"{self.param}|{PRESENT}|~"))))
+        param = base_code(self.param)  # within a status or subject (``within``), the date's own
+        return tuple(sorted(((f"{ABSENT}|{param}|", f"{ABSENT}|{param}|~"),
+                             (f"{param}|{PRESENT}|", f"{param}|{PRESENT}|~"))))
 
     def tail_key(self, version: Version) -> str | None:
         """The key of the version's entry in ``tail`` (None if it has none: an older layout's resource)."""

@@ -27,6 +27,8 @@ Encodings (``hex`` is the hex of the UTF-8 bytes, ``n`` a sortable 16-hex-digit 
   these, and a sort by the parameter reads them (with its ``~`` entries) for the resources it places last, a
   page at a time. Not for references and uris (sorted in memory), nor ``_tag``, ``_profile``, ``_security`` and
   ``_source``: each absent entry is one more index document to write (``has_absent_entries``)
+- a date within a token's code or a reference's target (``SORTS_WITHIN``): the date's entries again, under the code
+  ``<date>@<token or reference>@<hex(code or id)>`` (``within_code``)
 """
 
 from __future__ import annotations
@@ -61,6 +63,9 @@ __all__ = [
     "MAX_TEXT",
     "PINYIN_LAYOUT",
     "PRESENT",
+    "SORTS_WITHIN",
+    "WITHIN_LAYOUT",
+    "base_code",
     "decode_hex",
     "decode_number",
     "encode",
@@ -75,6 +80,8 @@ __all__ = [
     "split_date",
     "string_enc",
     "token_enc",
+    "within_code",
+    "within_value",
 ]
 
 # The index layout: raised whenever ``entry_keys`` gives resources already stored entries they lack. A hub whose
@@ -82,10 +89,12 @@ __all__ = [
 # 2: token ``:text`` entries; 3: ``_text`` and ``_content`` entries; 4: ``H`` entries of dates spanning a second or more
 # (a day or more before); 5: string values end with ``.`` (their keys sort in value order); 6: ``@absent`` entries;
 # 7: the marks of the entries a sort passes over (search/index_order.py ``order_marks``); 8: strings in their
-# sortable form, Chinese characters with their pinyin (collation.py).
-INDEX_LAYOUT = 8
+# sortable form, Chinese characters with their pinyin (collation.py); 9: dates within a status or a subject
+# (``SORTS_WITHIN``).
+INDEX_LAYOUT = 9
 ABSENT_LAYOUT = 6  # the first layout with ``@absent`` entries
 PINYIN_LAYOUT = 8  # the first layout with strings in their sortable form
+WITHIN_LAYOUT = 9  # the first layout with the entries of ``SORTS_WITHIN``
 # the ``jobs`` document {"layout": n} that records the INDEX_LAYOUT the store's resources are indexed under
 # (service/reindex.py writes it, search/engine.py reads it)
 LAYOUT_MARKER = "index-layout"
@@ -98,6 +107,19 @@ LONG_SPAN = 1_000_000
 PRESENT = "~"  # the entry of a parameter that is present without a searchable value
 ABSENT = "@absent"  # the entries ``@absent|<code>|``: the parameters of which a resource has no element
 SORTED_KINDS = ("date", "number", "quantity", "token", "string")  # entries that sort by value (index_order.py)
+# A date's entries again within each value of a token (its code, whatever the system) or a reference (its target's
+# id) parameter, by type: (that parameter, the date). ``authored@status@<hex(active)>|L…|`` entries hold the active
+# orders in the order of their ``authored`` dates, so that a worklist (``ServiceRequest?status=active&_sort=
+# -authored``) or a patient's timeline (``Observation?patient=…&_sort=-date``) reads the next matches in the index
+# instead of passing over the other statuses' or patients' resources in the date's order (index_order.py).
+SORTS_WITHIN: dict[str, tuple[tuple[str, str], ...]] = {
+    "ServiceRequest": (("status", "authored"),),
+    "DiagnosticReport": (("status", "issued"), ("subject", "date")),
+    "ImagingStudy": (("status", "started"),),
+    "Task": (("status", "authored-on"),),
+    "Observation": (("subject", "date"),),
+}
+WITHIN = "@"  # joins the codes of such entries: ``<date>@<token or reference>@<value>``; in no parameter code
 _META = frozenset({"_tag", "_profile", "_security", "_source"})  # on few resources, rarely sorted by
 log = logging.getLogger("medunion.search")
 MAX_TEXT = 100  # characters of a string value that are indexed (longer values match on these)
@@ -168,6 +190,41 @@ def string_enc(normalized: str, form: Callable[[str], str] = sortable) -> str:
 
 def token_enc(system: str | None, code: str) -> str:
     return f"{hexs(code)}.{hexs(system or '')}"
+
+
+def within_code(dated: str, by: str, value: str) -> str:
+    """The code of the entries of ``dated`` within ``value`` of ``by`` (``SORTS_WITHIN``; ``value``:
+    ``within_value``)."""
+    return f"{dated}{WITHIN}{by}{WITHIN}{value}"
+
+
+def within_value(kind: str, text: str) -> str:
+    """What ``SORTS_WITHIN`` entries are kept under for a value of a token (``kind``; ``text``: its code) or reference
+    (``text``: ``Type/id`` or a URL) parameter: the hex of the code, or of the id. A reference's id: a search by
+    ``patient=123`` or ``subject=Patient/123`` reads one run, the other types' ``123`` passed over."""
+    return hexs(text.rsplit("/", 1)[-1] if kind == "reference" else text)
+
+
+def base_code(code: str) -> str:
+    """The parameter whose entries an index code holds (``within_code``: the date; ``@absent``: "")."""
+    return code.split(WITHIN, 1)[0]
+
+
+def _within_entries(rtype: str, params: dict[str, SearchParameter], found: set[str]) -> set[str]:
+    """The ``SORTS_WITHIN`` entries of a resource whose other entries are ``found``."""
+    out: set[str] = set()
+    for by, dated in SORTS_WITHIN.get(rtype, ()):
+        if by not in params or dated not in params:
+            continue
+        kind = params[by].type
+        values = set()
+        for entry in found:
+            if entry.startswith(f"{by}|") and (enc := entry[len(by) + 1:-1]) != PRESENT:
+                values.add(within_value(kind, decode_hex(enc.split(".", 1)[0] if kind == "token" else enc)))
+        dates = [entry[len(dated):] for entry in found
+                 if entry.startswith(f"{dated}|") and entry[len(dated) + 1:-1] != PRESENT]
+        out.update(f"{within_code(dated, by, value)}{date}" for value in values for date in dates)
+    return out
 
 
 def local_reference(reference: str, base_url: str) -> str:
@@ -276,6 +333,7 @@ def entry_keys(resource: dict[str, Any], *, zone: ZoneInfo, base_url: str,
         elif parameter.type == "token":
             for word in text_words([t for v in values for t in code_texts(v)]):
                 found.add(f"{code}:text|{hexs(word[:MAX_TEXT])}|")
+    found |= _within_entries(rtype, params, found)
     narrative = narrative_text(resource)  # in both texts: read once
     for code in FULL_TEXT:
         text = full_text(resource, code, longest=MAX_FULL_TEXT, narrative=narrative)

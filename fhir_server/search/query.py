@@ -51,6 +51,7 @@ from fhir_server.search.keys import (
     split_date,
     string_enc,
     token_enc,
+    within_value,
 )
 from fhir_server.search.paths import children
 from fhir_server.search.registry import SearchParameter, indexed_as, parameters_for, split_union
@@ -159,6 +160,10 @@ class Clause:
     # reads ``@absent`` entries; a string with Chinese characters, their sortable form)
     fallback: Clause | None = None
     fallback_below: int = ABSENT_LAYOUT
+    # (parameter, value) that every match of a token or reference clause of one value holds, as ``SORTS_WITHIN``
+    # entries name it (keys.py ``within_value``: the code, the target's id): a sort by a date may read the date's
+    # entries within it (index_order.py ``within``)
+    within: tuple[str, str] | None = None
 
     @property
     def drives(self) -> bool:
@@ -598,7 +603,9 @@ class _Parser:
             if modifier not in ("", "not"):
                 raise _bad_modifier(modifier, kind, name)
             keys = KeySet(tuple(r for v in values for r in _token_ranges(code, v)))
-            return Clause(name, keys=keys, negate=modifier == "not")
+            one = values[0].rpartition("|")[2] if len(values) == 1 and not modifier else ""
+            return Clause(name, keys=keys, negate=modifier == "not",
+                          within=(code, within_value(kind, one)) if one else None)
         if kind == "reference":
             if modifier == "identifier":
                 return Clause(name, keys=KeySet(tuple(r for v in values for r in _token_ranges(f"{code}:identifier",
@@ -610,7 +617,8 @@ class _Parser:
                 type_modifier = modifier
             ranges = [r for v in values
                       for r in _reference_ranges(code, parameter, v, type_modifier, self.base_url, only)]
-            return Clause(name, keys=KeySet(tuple(ranges)))
+            one = local_reference(values[0], self.base_url) if len(values) == 1 and ranges else ""
+            return Clause(name, keys=KeySet(tuple(ranges)), within=(code, within_value(kind, one)) if one else None)
         if kind == "uri":
             if modifier == "below":
                 return Clause(name, keys=KeySet(tuple(_starting(f"{code}|{hexs(v)}") for v in values)))
