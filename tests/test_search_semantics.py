@@ -1497,7 +1497,8 @@ def test_a_worklist_reads_the_dates_of_its_status_alone(store_uri: str, tmp_path
     """``ServiceRequest?status=…&_sort=±authored`` reads the ``authored`` entries kept within that status (keys.py
     ``SORTS_WITHIN``): pages in the evaluator's order both ways, every one in index order, even for a status
     that the date's own entries would meet last, past more than ``search_order_budget`` orders of the others
-    (sorted in memory then: the test above). An update that changes an order's status moves it between lists."""
+    (sorted in memory then: the test above), or a status of a few orders. An update that changes an order's status
+    moves it between lists."""
     hub = start_hub(store_uri, tmp_path / "home", database=f"worklist_{uuid.uuid4().hex[:8]}",
                     extra={"MEDUNION_SEARCH_SORT_IN_MEMORY": "5", "MEDUNION_SEARCH_ORDER_BUDGET": "40"})
     start = datetime(2031, 1, 1, 8, tzinfo=ZONE)
@@ -1505,18 +1506,18 @@ def test_a_worklist_reads_the_dates_of_its_status_alone(store_uri: str, tmp_path
         with hub.client() as api:
             patient = api.post("/Patient", json={"resourceType": "Patient", "name": [{"family": "周"}]}).json()["id"]
             bodies = []
-            for i in range(150):  # on-hold: the oldest, so met last by a descending walk of every order
-                status = "on-hold" if i < 12 else ("active" if i % 2 else "completed")
+            for i in range(150):  # on-hold: the oldest, so met last by a descending walk of every order; 3 drafts
+                status = "on-hold" if i < 12 else "draft" if i in (20, 77, 140) else "active" if i % 2 else "completed"
                 bodies.append({"resourceType": "ServiceRequest", "status": status, "intent": "order",
                                "subject": {"reference": f"Patient/{patient}"}, **_authored(i, start)})
             _create_all(api, bodies)
             made = _all_resources(api, hub, "/ServiceRequest?_count=1000")
             assert len(made) == len(bodies)
 
-            def check(status: str) -> None:
+            def check(status: str, count: int = 4) -> None:
                 mine = {r: body for r, body in made.items() if body["status"] == status}
                 for descending in (True, False):
-                    url = f"/ServiceRequest?status={status}&_sort={'-' if descending else ''}authored&_count=4"
+                    url = f"/ServiceRequest?status={status}&_sort={'-' if descending else ''}authored&_count={count}"
                     expected = _sorted_by(mine, [("authored", "date", descending)], hub.base)
                     ids, plans = _walk_with_plans(api, hub, url)
                     assert ids == expected, (status, descending)
@@ -1525,6 +1526,7 @@ def test_a_worklist_reads_the_dates_of_its_status_alone(store_uri: str, tmp_path
 
             for status in ("on-hold", "active", "completed"):
                 check(status)
+            check("draft", 2)  # fewer than search_sort_in_memory: still read in index order, nothing else read
             moved = {"on-hold": next(r for r, b in made.items() if b["status"] == "active"),
                      "active": next(r for r, b in made.items() if b["status"] == "on-hold")}
             for status, rid in moved.items():

@@ -721,7 +721,9 @@ class SearchEngine:
         entries instead (the matches that share a value of the first key sorted in memory by the others): pages
         cost the same at any depth, and any number of matches can be sorted. When its first page reads more than
         ``search_order_budget`` resources that do not match (a filter selective beside the type's size), it is
-        sorted in memory after all, unless it matches more than ``search_sort_max``."""
+        sorted in memory after all, unless it matches more than ``search_sort_max``. One whose only clause that
+        drives names one status or subject that its sort's date has entries within (``_within``) is read in their
+        order, however few its matches."""
         query = queries[0]  # the searches share _sort
         if len(queries) == 1 and not from_end:
             by_index = index_order(query.rtype, *query.sort[0])
@@ -733,7 +735,10 @@ class SearchEngine:
                 by_index = await self._within(by_index, resolved, mark if walked else None)
                 if walked:
                     return await self._ordered_page(by_index, query, resolved, count=count, mark=mark)
-                if await self._many(query.rtype, resolved):
+                # within the value of the one clause that drives, the walk meets matches alone: few or many, it reads
+                # no more than a page's worth (and the resources without the date), so they need not be counted first
+                alone = by_index.narrowed and sum(c.drives for c in resolved) == 1
+                if alone or await self._many(query.rtype, resolved):
                     try:  # a first page that passes over too many resources is sorted in memory, as a few matches are
                         return await self._ordered_page(by_index, query, resolved, count=count, mark=None,
                                                         budget=self.settings.search_order_budget)

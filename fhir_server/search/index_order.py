@@ -30,6 +30,10 @@ FHIR leaves open. Resources without a sortable value come last in either order: 
 (``tail``); on a store not yet indexed with ``@absent`` entries, and for a custom parameter (its entries come
 with its ``$reindex``), by id from the type's resources (engine.py). ``_id`` itself is the order of the
 resources' own keys.
+
+A date of ``SORTS_WITHIN`` (keys.py) also has its entries within each status code or subject id of the resource
+(``authored@status@<hex(active)>|L…|``): ``within`` gives the order of those, for a search that names one such
+value, which then reads only its own resources' dates; those without a date it reads from the date's own ``tail``.
 """
 
 from __future__ import annotations
@@ -142,6 +146,11 @@ class IndexOrder:
     descending: bool
     instants: bool = False  # _lastUpdated: one instant per resource, which every resource has
     absent: bool = False  # the resources without the parameter have ``@absent`` entries (a store of layout 6 on)
+
+    @property
+    def narrowed(self) -> bool:
+        """Whether this is the order of a date within one status or subject (``within``)."""
+        return base_code(self.param) != self.param
 
     @property
     def windowed(self) -> bool:
