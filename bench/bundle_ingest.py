@@ -1,5 +1,5 @@
 """Transaction ingest: Bundles of 100 entries (a Patient, its ServiceRequests, Observations and
-DiagnosticReports, linked by urn:uuid references) from 4 clients, in resources/s, next to the raw driver
+DiagnosticReports, dated, linked by urn:uuid references) from 4 clients, in resources/s, next to the raw driver
 inserting the same documents from 4 clients on the same store in the same run, one by one and 100 per
 insert_many.
 
@@ -29,16 +29,18 @@ def transaction(n: int) -> dict[str, Any]:
                                       "request": {"method": "POST", "url": "Patient"}}]
     for i in range(ENTRIES - 1):
         kind = i % 3
+        when = f"2026-{1 + n % 12:02d}-{1 + i % 28:02d}T{8 + i % 10:02d}:{n % 60:02d}:00+08:00"
         if kind == 0:
             res = {"resourceType": "ServiceRequest", "status": "active", "intent": "order",
-                   "code": {"text": "CT chest"}, "subject": {"reference": p_urn}}
+                   "code": {"text": "CT chest"}, "subject": {"reference": p_urn}, "authoredOn": when}
         elif kind == 1:
             res = {"resourceType": "Observation", "status": "final",
                    "code": {"coding": [{"system": "http://loinc.org", "code": "2039-6"}]},
-                   "subject": {"reference": p_urn}, "valueQuantity": {"value": 4.2 + i, "unit": "ng/mL"}}
+                   "subject": {"reference": p_urn}, "effectiveDateTime": when,
+                   "valueQuantity": {"value": 4.2 + i, "unit": "ng/mL"}}
         else:
             res = {"resourceType": "DiagnosticReport", "status": "final", "code": {"text": "CT report"},
-                   "subject": {"reference": p_urn}}
+                   "subject": {"reference": p_urn}, "effectiveDateTime": when, "issued": when}
         entries.append({"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": res,
                         "request": {"method": "POST", "url": res["resourceType"]}})
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
