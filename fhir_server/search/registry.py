@@ -15,9 +15,13 @@ from typing import Any
 
 from fhir_server.model.types import SUPPORTED_TYPES
 
-__all__ = ["Component", "PathPart", "SearchParameter", "custom_codes", "definitions_of", "generation", "indexed_as",
-           "parameters_for", "set_custom"]
+__all__ = ["CODE_RE", "Component", "PathPart", "SearchParameter", "custom_codes", "definitions_of", "generation",
+           "indexed_as", "parameters_for", "set_custom"]
 
+# what a search parameter's code may hold: it names the parameter in search URLs (``.`` chains, ``:`` takes a
+# modifier, ``,`` and ``|`` separate values) and in index keys (search/keys.py: ``|`` separates their parts, a space the
+# items of a version's entries, ``@`` a date within a status); every official code is of these characters
+CODE_RE = re.compile(r"[A-Za-z0-9_-]+")
 _RESOLVE_IS = re.compile(r"^(?P<path>.+)\.where\(resolve\(\) is (?P<type>[A-Z][A-Za-z]+)\)$")
 _custom: dict[str, dict[str, dict[str, Any]]] = {}  # type -> code -> definition, from SearchParameter resources
 _generation = 0
@@ -134,8 +138,8 @@ def set_custom(resources_: list[dict[str, Any]]) -> None:
     A custom parameter adds to the official ones; it never replaces an official code of a type."""
     custom: dict[str, dict[str, dict[str, Any]]] = {}
     for sp in resources_:
-        if sp.get("status") == "retired" or not isinstance(sp.get("code"), str):
-            continue
+        if sp.get("status") == "retired" or not isinstance(sp.get("code"), str) or not CODE_RE.fullmatch(sp["code"]):
+            continue  # a code refused since (service/resources.py), stored by an older hub: never indexed
         for rtype, definition in definitions_of(sp).items():
             if sp["code"] not in _data()["types"].get(rtype, {}):
                 custom.setdefault(rtype, {})[sp["code"]] = definition

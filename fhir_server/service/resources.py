@@ -45,7 +45,7 @@ from fhir_server.search.index_order import marks_of, order_marks
 from fhir_server.search.keys import hexs
 from fhir_server.search.paths import check_syntax
 from fhir_server.search.query import MODIFIERS
-from fhir_server.search.registry import set_custom
+from fhir_server.search.registry import CODE_RE, set_custom
 from fhir_server.service.etag import etag
 from fhir_server.service.ids import new_id
 from fhir_server.service.patching import apply_patch
@@ -566,7 +566,14 @@ def _keep_to_compartment(patient: str | None, version: Version) -> None:
 
 def _check_search_parameter(sp: dict[str, Any]) -> None:
     """Refuse a SearchParameter whose expression is not FHIRPath. One the hub cannot index (special, or without
-    an expression) is stored but not used for search (``usable_search_parameter``)."""
+    an expression) is stored but not used for search (``usable_search_parameter``), and one whose code no search
+    URL or index key can hold is refused (``registry.CODE_RE``)."""
+    code = sp.get("code")
+    if isinstance(code, str) and not CODE_RE.fullmatch(code):
+        msg = (f"SearchParameter.code '{code}' cannot name a search parameter: use letters, digits, '-' and '_' (in a "
+               "search, '.' chains, ':' takes a modifier, ',' and '|' separate values)")
+        where = ("SearchParameter.code",)
+        raise UnprocessableEntity(msg, issues=[Issue(code="invalid", diagnostics=msg, expression=where)])
     expression = sp.get("expression")
     if not isinstance(expression, str):
         return
