@@ -1097,6 +1097,7 @@ def test_sorts_by_a_date_within_one_status_or_subject_over_the_official_examples
                         if sorted(got) != sorted(expected) or [date_of[r] for r in got] != [date_of[r] for r in
                                                                                         expected]:
                             failures.append(f"{rtype}?{by}={value}&_sort={sort}: {got[:6]} for {expected[:6]}")
+
     assert not failures, f"{len(failures)} of {checked} sorts differ:\n" + "\n".join(failures[:40])
     assert checked > 60, checked
 
@@ -1637,7 +1638,8 @@ def test_a_patients_timeline_reads_the_dates_of_its_observations_alone(store_uri
     """``Observation?patient=…&_sort=-date`` reads the ``date`` entries kept within the subject's id: one
     patient's observations in the evaluator's order, in index order, though the other patient's newer ones
     outnumber ``search_order_budget``. The run of an id holds every type's: ``subject=<id>`` finds the Group's
-    of that id too, ``patient=<id>`` and ``subject=Patient/<id>`` only the patient's."""
+    of that id too, ``patient=<id>`` and ``subject=Patient/<id>`` only the patient's. The Patient compartment of
+    DiagnosticReport is its subject alone: ``Patient/<id>/DiagnosticReport?_sort=-date`` is read so too."""
     hub = start_hub(store_uri, tmp_path / "home", database=f"timeline_{uuid.uuid4().hex[:8]}",
                     extra={"MEDUNION_SEARCH_SORT_IN_MEMORY": "5", "MEDUNION_SEARCH_ORDER_BUDGET": "40"})
     start = datetime(2032, 3, 1, 9, tzinfo=ZONE)
@@ -1660,6 +1662,18 @@ def test_a_patients_timeline_reads_the_dates_of_its_observations_alone(store_uri
             _create_all(api, bodies)
             made = _all_resources(api, hub, "/Observation?_count=1000")
             assert len(made) == len(bodies)
+            reports = [{"resourceType": "DiagnosticReport", "status": "final", "code": {"text": "血常规"},
+                        "subject": {"reference": f"Patient/{mine if i < 10 else other}"},  # the patient's: the oldest
+                        **({"effectiveDateTime": (start + timedelta(hours=i, minutes=7)).isoformat()} if i % 9 else {})}
+                       for i in range(150)]
+            _create_all(api, reports)
+            theirs = {r: body for r, body in _all_resources(api, hub, "/DiagnosticReport?_count=1000").items()
+                      if body["subject"]["reference"] == f"Patient/{mine}"}
+            for descending in (True, False):  # the compartment is the subject alone: read within it
+                ids, plans = _walk_with_plans(api, hub, f"/Patient/{mine}/DiagnosticReport?_sort="
+                                                        f"{'-' if descending else ''}date&_count=4")
+                assert ids == _sorted_by(theirs, [("date", "date", descending)], hub.base), descending
+                assert set(plans) == {"index"}, (descending, plans)
             for query, subjects in ((f"patient={mine}", {f"Patient/{mine}"}),
                                     (f"subject=Patient/{mine}", {f"Patient/{mine}"}),
                                     (f"subject={mine}", {f"Patient/{mine}", f"Group/{mine}"}),

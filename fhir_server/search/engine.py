@@ -37,6 +37,7 @@ from fhir_server.search.keys import (
     decode_hex,
     hexs,
     sort_value,
+    within_value,
 )
 from fhir_server.search.query import TOP, Clause, KeyRange, KeySet, SearchQuery, Span, exact_entry
 from fhir_server.search.registry import indexed_as, parameters_for
@@ -200,12 +201,14 @@ class SearchPage:
 
 
 def compartment_clause(rtype: str, compartment: str, cid: str, params: list[str]) -> Clause:
-    """Resources of ``rtype`` in the compartment ``compartment/cid`` (FHIR R4 compartmentdefinition.html)."""
+    """Resources of ``rtype`` in the compartment ``compartment/cid`` (FHIR R4 compartmentdefinition.html). Of one
+    parameter (a DiagnosticReport's subject), a sort by a date may read the date within it (``Clause.within``)."""
     if rtype == compartment:
         return Clause(f"{compartment}/{cid}", ids=frozenset({cid}))
     target = hexs(f"{compartment}/{cid}")
     indexed = sorted({indexed_as(rtype, p)[0] for p in params})
-    return Clause(f"{compartment}/{cid}", keys=KeySet(tuple(exact_entry(f"{p}|{target}") for p in indexed)))
+    return Clause(f"{compartment}/{cid}", keys=KeySet(tuple(exact_entry(f"{p}|{target}") for p in indexed)),
+                  within=(indexed[0], within_value("reference", f"{compartment}/{cid}")) if len(indexed) == 1 else None)
 
 
 def _held(keys: KeySet, version: Version) -> list[str]:
