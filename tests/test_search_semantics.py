@@ -31,7 +31,16 @@ from fhirpathpy.models import models
 from pymongo import MongoClient
 
 from bench.synthetic import organizations, patient_group
-from fhir_server.search.keys import ABSENT, INDEX_LAYOUT, LAYOUT_MARKER, SORTS_WITHIN, WITHIN, WITHIN_LAYOUT
+from fhir_server.search.compartment import patient_compartment_params
+from fhir_server.search.keys import (
+    ABSENT,
+    COMPARTMENT,
+    INDEX_LAYOUT,
+    LAYOUT_MARKER,
+    SORTS_WITHIN,
+    WITHIN,
+    WITHIN_LAYOUT,
+)
 from tests.conftest import Hub, collated, pages_both_ways, start_hub, stop_hub, valid_examples
 
 ZONE = ZoneInfo("Asia/Shanghai")
@@ -1067,8 +1076,9 @@ def test_every_parameter_sorts_the_official_examples(search_hub: Hub, stored: di
 def test_sorts_by_a_date_within_one_status_or_subject_over_the_official_examples(
         search_hub: Hub, stored: dict[str, list[dict[str, Any]]]) -> None:
     """Each pair of keys.py ``SORTS_WITHIN`` over the official examples and the generated data: for every code
-    of the status (any system) and up to 12 subjects, ``<param>=<value>&_sort=±<date>`` paged 3 at a time gives the
-    evaluator's matches with their dates in its order (read within that value: one clause drives)."""
+    of the status (any system) and up to 12 subjects or Patient compartments, ``<param>=<value>&_sort=±<date>`` or
+    ``Patient/<id>/<type>?_sort=±<date>`` paged 3 at a time gives the evaluator's matches with their dates in its
+    order (read within that value: one clause drives)."""
     failures: list[str] = []
     base = search_hub.base
     checked = 0
@@ -1077,6 +1087,9 @@ def test_sorts_by_a_date_within_one_status_or_subject_over_the_official_examples
             universe = stored.get(rtype, [])
             for by, dated in pairs:
                 def held(resource: dict[str, Any], by: str = by) -> set[str]:
+                    if by == COMPARTMENT:  # the Patients whose compartment holds it
+                        return {r for p in patient_compartment_params(rtype) for r in references(resource, p, base)
+                                if r.startswith("Patient/")}
                     if _definitions()[rtype][by]["type"] == "reference":
                         return {r for r in references(resource, by, base) if "/" in r and "://" not in r}
                     return {c for v in values(resource, by) for _, c in codes(v)}
@@ -1088,8 +1101,11 @@ def test_sorts_by_a_date_within_one_status_or_subject_over_the_official_examples
                         date_of = {r["id"]: _sort_key(r, dated, "date", descending, base) for r in theirs}
                         expected = _sorted_by({r["id"]: r for r in theirs}, [(dated, "date", descending)], base)
                         params = [(by, value), ("_sort", sort), ("_elements", "id")]
+                        path = rtype
+                        if by == COMPARTMENT:  # Patient/<id>/<type>
+                            params, path = params[1:], f"{value}/{rtype}"
                         try:
-                            got = search_all(api, base, rtype, params, count=3)
+                            got = search_all(api, base, path, params, count=3)
                         except AssertionError as exc:
                             failures.append(f"{rtype}?{by}={value}&_sort={sort}: {str(exc)[:200]}")
                             continue
@@ -1099,7 +1115,7 @@ def test_sorts_by_a_date_within_one_status_or_subject_over_the_official_examples
                             failures.append(f"{rtype}?{by}={value}&_sort={sort}: {got[:6]} for {expected[:6]}")
 
     assert not failures, f"{len(failures)} of {checked} sorts differ:\n" + "\n".join(failures[:40])
-    assert checked > 60, checked
+    assert checked > 80, checked
 
 
 def _create_all(api: httpx.Client, resources: list[dict[str, Any]]) -> None:
@@ -1634,12 +1650,68 @@ def test_a_worklist_on_a_store_indexed_before_those_entries_reads_the_dates_them
         stop_hub(hub)
 
 
+def test_a_compartment_on_a_store_indexed_before_its_entries_reads_the_dates_themselves(store_uri: str,
+                                                                                         tmp_path: Any) -> None:
+    """A store of layout 9 has no Observation dates within the Patient compartment: until its upgrade completes,
+    ``Patient/<id>/Observation?_sort=-date`` walks the dates themselves (within the compartment it would find
+    none of them), and afterwards reads the new entries."""
+    home, database = tmp_path / "home", f"compartment_{uuid.uuid4().hex[:8]}"
+    extra = {"MEDUNION_SEARCH_SORT_IN_MEMORY": "2"}
+    start = datetime(2034, 2, 1, 8, tzinfo=ZONE)
+    hub = start_hub(store_uri, home, database=database, extra=extra)
+    try:
+        with hub.client() as api:
+            pid = api.post("/Patient", json={"resourceType": "Patient", "name": [{"family": "吴"}]}).json()["id"]
+            _create_all(api, [{"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                               "subject": {"reference": f"Patient/{pid if i % 2 else 'someone'}"},
+                               "effectiveDateTime": (start + timedelta(hours=i)).isoformat()} for i in range(30)])
+            made = _all_resources(api, hub, "/Observation?_count=1000")
+            expected = _sorted_by({r: b for r, b in made.items() if b["subject"]["reference"] == f"Patient/{pid}"},
+                                  [("date", "date", True)], hub.base)
+            url = f"/Patient/{pid}/Observation?_sort=-date&_count=4"
+            assert _walk_with_plans(api, hub, url)[0] == expected
+    finally:
+        stop_hub(hub)
+    whole = {"_id": {"$regex": r"^Observation\|date@Patient@"}}
+    with MongoClient(store_uri) as mongo:  # as a hub of layout 9 left it; another instance is upgrading it
+        db = mongo[database]
+        for doc in db["resources"].find({"_id": {"$regex": "^Observation/"}}, {"ix": 1}):
+            kept = [i for i in doc["ix"].split(" ") if not i.startswith("date@Patient@")]
+            db["resources"].update_one({"_id": doc["_id"]}, {"$set": {"ix": " ".join(kept)}})
+        assert db["search_index"].delete_many(whole).deleted_count == 30  # both patients'
+        db["jobs"].replace_one({"_id": LAYOUT_MARKER}, {"_id": LAYOUT_MARKER, "layout": INDEX_LAYOUT - 1})
+        db["jobs"].insert_one({"_id": f"{LAYOUT_MARKER}-{INDEX_LAYOUT}", "o": "another instance"})
+    hub = start_hub(store_uri, home, database=database, extra=extra)
+    try:
+        with hub.client() as api:
+            assert _walk_with_plans(api, hub, url)[0] == expected
+    finally:
+        stop_hub(hub)
+    with MongoClient(store_uri) as mongo:
+        mongo[database]["jobs"].delete_one({"_id": f"{LAYOUT_MARKER}-{INDEX_LAYOUT}"})
+    hub = start_hub(store_uri, home, database=database, extra=extra)  # this one upgrades the store
+    try:
+        with MongoClient(store_uri) as mongo:
+            db = mongo[database]
+            deadline = time.monotonic() + 60
+            while (db["jobs"].find_one({"_id": LAYOUT_MARKER}) or {}).get("layout") != INDEX_LAYOUT:
+                assert time.monotonic() < deadline, "the upgrade did not finish within 60 s"
+                time.sleep(0.2)
+            assert db["search_index"].count_documents(whole) == 30
+        with hub.client() as api:
+            assert _walk_with_plans(api, hub, url) == (expected, ["index"] * 3)
+    finally:
+        stop_hub(hub)
+
+
 def test_a_patients_timeline_reads_the_dates_of_its_observations_alone(store_uri: str, tmp_path: Any) -> None:
     """``Observation?patient=…&_sort=-date`` reads the ``date`` entries kept within the subject's id: one
     patient's observations in the evaluator's order, in index order, though the other patient's newer ones
     outnumber ``search_order_budget``. The run of an id holds every type's: ``subject=<id>`` finds the Group's
-    of that id too, ``patient=<id>`` and ``subject=Patient/<id>`` only the patient's. The Patient compartment of
-    DiagnosticReport is its subject alone: ``Patient/<id>/DiagnosticReport?_sort=-date`` is read so too."""
+    of that id too, ``patient=<id>`` and ``subject=Patient/<id>`` only the patient's. The compartment (subject or
+    performer: three of the others' name the patient as performer) is read within its own run, whether searched as
+    ``Patient/<id>/Observation`` or by a ``patient/``-scoped app; the Patient compartment of DiagnosticReport is
+    its subject alone: ``Patient/<id>/DiagnosticReport?_sort=-date`` is read within the subject's run."""
     hub = start_hub(store_uri, tmp_path / "home", database=f"timeline_{uuid.uuid4().hex[:8]}",
                     extra={"MEDUNION_SEARCH_SORT_IN_MEMORY": "5", "MEDUNION_SEARCH_ORDER_BUDGET": "40"})
     start = datetime(2032, 3, 1, 9, tzinfo=ZONE)
@@ -1653,12 +1725,14 @@ def test_a_patients_timeline_reads_the_dates_of_its_observations_alone(store_uri
             bodies = []
             for i in range(130):  # this patient's first (the oldest), the other's, then the group's; no two end at once
                 subject = f"Patient/{mine}" if i < 60 else (f"Patient/{other}" if i < 120 else f"Group/{mine}")
+                performer = [{"reference": f"Patient/{mine}"}] if i in (61, 90, 125) else []  # in its compartment
                 when = start + timedelta(hours=i)
                 end = when + timedelta(minutes=25 + i, seconds=7)
                 timing = ({"effectivePeriod": {"start": when.isoformat(), "end": end.isoformat()}} if i % 3 == 0 else
                           {} if i % 11 == 5 else {"effectiveDateTime": when.isoformat()})
                 bodies.append({"resourceType": "Observation", "status": "final", "code": {"text": "血红蛋白"},
-                               "subject": {"reference": subject}, **timing})
+                               "subject": {"reference": subject}, **timing,
+                               **({"performer": performer} if performer else {})})
             _create_all(api, bodies)
             made = _all_resources(api, hub, "/Observation?_count=1000")
             assert len(made) == len(bodies)
@@ -1674,6 +1748,16 @@ def test_a_patients_timeline_reads_the_dates_of_its_observations_alone(store_uri
                                                         f"{'-' if descending else ''}date&_count=4")
                 assert ids == _sorted_by(theirs, [("date", "date", descending)], hub.base), descending
                 assert set(plans) == {"index"}, (descending, plans)
+            held = {r for r, body in made.items() if body["subject"]["reference"] == f"Patient/{mine}"
+                    or body.get("performer", [{}])[0].get("reference") == f"Patient/{mine}"}
+            compartment = {r: made[r] for r in held}
+            with hub.client("patient/Observation.rs", patient=mine) as app:  # every search within the compartment
+                for client, url in ((api, f"/Patient/{mine}/Observation?_sort=-date&_count=7"),
+                                    (app, "/Observation?_sort=-date&_count=7"), (api, f"/Patient/{mine}/Observation"
+                                                                                      "?_sort=date&_count=7")):
+                    ids, plans = _walk_with_plans(client, hub, url)
+                    assert ids == _sorted_by(compartment, [("date", "date", "-date" in url)], hub.base), url
+                    assert set(plans) == {"index"}, (url, plans)
             for query, subjects in ((f"patient={mine}", {f"Patient/{mine}"}),
                                     (f"subject=Patient/{mine}", {f"Patient/{mine}"}),
                                     (f"subject={mine}", {f"Patient/{mine}", f"Group/{mine}"}),

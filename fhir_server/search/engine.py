@@ -30,13 +30,15 @@ from fhir_server.search.entries import reference_type
 from fhir_server.search.index_order import IndexOrder, index_order, within
 from fhir_server.search.keys import (
     ABSENT_LAYOUT,
+    COMPARTMENT,
     INDEX_LAYOUT,
     LAYOUT_MARKER,
     PRESENT,
-    WITHIN_LAYOUT,
+    SORTS_WITHIN,
     decode_hex,
     hexs,
     sort_value,
+    within_layout,
     within_value,
 )
 from fhir_server.search.query import TOP, Clause, KeyRange, KeySet, SearchQuery, Span, exact_entry
@@ -201,14 +203,19 @@ class SearchPage:
 
 
 def compartment_clause(rtype: str, compartment: str, cid: str, params: list[str]) -> Clause:
-    """Resources of ``rtype`` in the compartment ``compartment/cid`` (FHIR R4 compartmentdefinition.html). Of one
-    parameter (a DiagnosticReport's subject), a sort by a date may read the date within it (``Clause.within``)."""
+    """Resources of ``rtype`` in the compartment ``compartment/cid`` (FHIR R4 compartmentdefinition.html). A sort by
+    a date may read the date within it (``Clause.within``): within the Patient compartment itself where the type
+    has those entries (Observation: subject or performer), else within its one parameter (DiagnosticReport:
+    subject)."""
     if rtype == compartment:
         return Clause(f"{compartment}/{cid}", ids=frozenset({cid}))
     target = hexs(f"{compartment}/{cid}")
     indexed = sorted({indexed_as(rtype, p)[0] for p in params})
+    value = within_value("reference", f"{compartment}/{cid}")
+    whole = compartment == COMPARTMENT and any(by == COMPARTMENT for by, _ in SORTS_WITHIN.get(rtype, ()))
+    by = COMPARTMENT if whole else indexed[0] if len(indexed) == 1 else None
     return Clause(f"{compartment}/{cid}", keys=KeySet(tuple(exact_entry(f"{p}|{target}") for p in indexed)),
-                  within=(indexed[0], within_value("reference", f"{compartment}/{cid}")) if len(indexed) == 1 else None)
+                  within=None if by is None else (by, value))
 
 
 def _held(keys: KeySet, version: Version) -> list[str]:
@@ -757,10 +764,10 @@ class SearchEngine:
         """``order`` within the value that a clause's every match holds (index_order.py ``within``: the active
         orders by date, a patient's observations by date), when the store's resources all have those entries. A
         cursor ``mark`` of a page read in ``order`` itself (before the store's upgrade completed) stays in it."""
-        if await self._layout() < WITHIN_LAYOUT:
-            return order
         for clause in clauses:
-            narrow = None if clause.within is None or clause.negate else within(order, *clause.within)
+            if clause.within is None or clause.negate or await self._layout() < within_layout(clause.within[0]):
+                continue
+            narrow = within(order, *clause.within)
             if narrow is not None:
                 walk = mark.get("w") if mark is not None else None
                 if (isinstance(walk, list) and len(walk) == 2 and walk[0] == "k" and isinstance(walk[1], str)

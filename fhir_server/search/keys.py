@@ -40,6 +40,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from fhir_server.search.collation import sortable
+from fhir_server.search.compartment import patient_compartment_params
 from fhir_server.search.entries import (
     ANY_SYSTEM,
     FULL_TEXT,
@@ -56,6 +57,7 @@ from fhir_server.search.registry import SearchParameter, custom_codes, indexed_a
 __all__ = [
     "ABSENT",
     "ABSENT_LAYOUT",
+    "COMPARTMENT",
     "INDEX_LAYOUT",
     "LAYOUT_MARKER",
     "LONG_SPAN",
@@ -81,6 +83,7 @@ __all__ = [
     "string_enc",
     "token_enc",
     "within_code",
+    "within_layout",
     "within_value",
 ]
 
@@ -90,11 +93,11 @@ __all__ = [
 # (a day or more before); 5: string values end with ``.`` (their keys sort in value order); 6: ``@absent`` entries;
 # 7: the marks of the entries a sort passes over (search/index_order.py ``order_marks``); 8: strings in their
 # sortable form, Chinese characters with their pinyin (collation.py); 9: dates within a status or a subject
-# (``SORTS_WITHIN``).
-INDEX_LAYOUT = 9
+# (``SORTS_WITHIN``); 10: Observation dates within the Patient compartment.
+INDEX_LAYOUT = 10
 ABSENT_LAYOUT = 6  # the first layout with ``@absent`` entries
 PINYIN_LAYOUT = 8  # the first layout with strings in their sortable form
-WITHIN_LAYOUT = 9  # the first layout with the entries of ``SORTS_WITHIN``
+WITHIN_LAYOUT = 9  # the first layout with the entries of ``SORTS_WITHIN`` (those within a compartment: the next)
 # the ``jobs`` document {"layout": n} that records the INDEX_LAYOUT the store's resources are indexed under
 # (service/reindex.py writes it, search/engine.py reads it)
 LAYOUT_MARKER = "index-layout"
@@ -112,12 +115,16 @@ SORTED_KINDS = ("date", "number", "quantity", "token", "string")  # entries that
 # orders in the order of their ``authored`` dates, so that a worklist (``ServiceRequest?status=active&_sort=
 # -authored``) or a patient's timeline (``Observation?patient=…&_sort=-date``) reads the next matches in the index
 # instead of passing over the other statuses' or patients' resources in the date's order (index_order.py).
+# ``COMPARTMENT`` in place of the parameter: within each Patient whose compartment holds the resource (the ids its
+# compartment parameters name, compartment.py), so that ``Patient/<id>/Observation?_sort=-date``, and every
+# Observation search of a ``patient/``-scoped token, reads one run though the compartment is subject or performer.
+COMPARTMENT = "Patient"
 SORTS_WITHIN: dict[str, tuple[tuple[str, str], ...]] = {
     "ServiceRequest": (("status", "authored"),),
     "DiagnosticReport": (("status", "issued"), ("subject", "date")),
     "ImagingStudy": (("status", "started"),),
     "Task": (("status", "authored-on"),),
-    "Observation": (("subject", "date"),),
+    "Observation": (("subject", "date"), (COMPARTMENT, "date")),
 }
 WITHIN = "@"  # joins the codes of such entries: ``<date>@<token or reference>@<value>``; in no parameter code
 _META = frozenset({"_tag", "_profile", "_security", "_source"})  # on few resources, rarely sorted by
@@ -205,6 +212,11 @@ def within_value(kind: str, text: str) -> str:
     return hexs(text.rsplit("/", 1)[-1] if kind == "reference" else text)
 
 
+def within_layout(by: str) -> int:
+    """The first layout whose resources all have the ``SORTS_WITHIN`` entries within values of ``by``."""
+    return WITHIN_LAYOUT + 1 if by == COMPARTMENT else WITHIN_LAYOUT
+
+
 def base_code(code: str) -> str:
     """The parameter whose entries an index code holds (``within_code``: the date; ``@absent``: "")."""
     return code.split(WITHIN, 1)[0]
@@ -214,13 +226,21 @@ def _within_entries(rtype: str, params: dict[str, SearchParameter], found: set[s
     """The ``SORTS_WITHIN`` entries of a resource whose other entries are ``found``."""
     out: set[str] = set()
     for by, dated in SORTS_WITHIN.get(rtype, ()):
-        if by not in params or dated not in params:
+        if (by not in params and by != COMPARTMENT) or dated not in params:
             continue
-        kind = params[by].type
         values = set()
-        for entry in found:
-            if entry.startswith(f"{by}|") and (enc := entry[len(by) + 1:-1]) != PRESENT:
-                values.add(within_value(kind, decode_hex(enc.split(".", 1)[0] if kind == "token" else enc)))
+        if by == COMPARTMENT:
+            holders = {indexed_as(rtype, code)[0] for code in patient_compartment_params(rtype)}
+            for entry in found:
+                code, _, rest = entry.partition("|")
+                if code in holders and rest != f"{PRESENT}|" and (target := decode_hex(rest[:-1])).startswith(
+                        f"{COMPARTMENT}/"):
+                    values.add(within_value("reference", target))
+        else:
+            kind = params[by].type
+            for entry in found:
+                if entry.startswith(f"{by}|") and (enc := entry[len(by) + 1:-1]) != PRESENT:
+                    values.add(within_value(kind, decode_hex(enc.split(".", 1)[0] if kind == "token" else enc)))
         dates = [entry[len(dated):] for entry in found
                  if entry.startswith(f"{dated}|") and entry[len(dated) + 1:-1] != PRESENT]
         out.update(f"{within_code(dated, by, value)}{date}" for value in values for date in dates)
