@@ -1593,6 +1593,27 @@ def test_a_worklist_reads_the_dates_of_its_status_alone(store_uri: str, tmp_path
         stop_hub(hub)
 
 
+def _upgrading_elsewhere(db: Any, layout: int) -> None:
+    """Make the database a store of index layout ``layout`` whose upgrade another hub instance has started."""
+    db["jobs"].replace_one({"_id": LAYOUT_MARKER}, {"_id": LAYOUT_MARKER, "layout": layout})
+    db["jobs"].insert_one({"_id": f"{LAYOUT_MARKER}-{INDEX_LAYOUT}", "o": "another instance"})
+
+
+def _upgrading_here(store_uri: str, home: Any, database: str, extra: dict[str, str]) -> Hub:
+    """A hub that takes over the upgrade of the database (``_upgrading_elsewhere``), once it has completed."""
+    with MongoClient(store_uri) as mongo:
+        mongo[database]["jobs"].delete_one({"_id": f"{LAYOUT_MARKER}-{INDEX_LAYOUT}"})
+    hub = start_hub(store_uri, home, database=database, extra=extra)
+    with MongoClient(store_uri) as mongo:
+        deadline = time.monotonic() + 60
+        while (mongo[database]["jobs"].find_one({"_id": LAYOUT_MARKER}) or {}).get("layout") != INDEX_LAYOUT:
+            if time.monotonic() > deadline:
+                stop_hub(hub)
+                raise AssertionError("the upgrade did not finish within 60 s")
+            time.sleep(0.2)
+    return hub
+
+
 def test_a_worklist_on_a_store_indexed_before_those_entries_reads_the_dates_themselves(store_uri: str,
                                                                                       tmp_path: Any) -> None:
     """A store of layout 8 has no entries of dates within a status: until its upgrade has indexed every order, a
@@ -1621,8 +1642,7 @@ def test_a_worklist_on_a_store_indexed_before_those_entries_reads_the_dates_them
             db["resources"].update_one({"_id": doc["_id"]}, {"$set": {"ix": " ".join(kept)}})
         within = {"_id": {"$regex": r"^ServiceRequest\|authored@"}}
         assert db["search_index"].delete_many(within).deleted_count >= 20
-        db["jobs"].replace_one({"_id": LAYOUT_MARKER}, {"_id": LAYOUT_MARKER, "layout": WITHIN_LAYOUT - 1})
-        db["jobs"].insert_one({"_id": f"{LAYOUT_MARKER}-{INDEX_LAYOUT}", "o": "another instance"})
+        _upgrading_elsewhere(db, WITHIN_LAYOUT - 1)
     hub = start_hub(store_uri, home, database=database, extra=extra)
     try:
         with hub.client() as api:
@@ -1631,16 +1651,10 @@ def test_a_worklist_on_a_store_indexed_before_those_entries_reads_the_dates_them
             nxt = next(x["url"].replace(hub.base, "") for x in first["link"] if x["relation"] == "next")
     finally:
         stop_hub(hub)
-    with MongoClient(store_uri) as mongo:
-        mongo[database]["jobs"].delete_one({"_id": f"{LAYOUT_MARKER}-{INDEX_LAYOUT}"})
-    hub = start_hub(store_uri, home, database=database, extra=extra)  # this one upgrades the store
+    hub = _upgrading_here(store_uri, home, database, extra)
     try:
         with MongoClient(store_uri) as mongo:
             db = mongo[database]
-            deadline = time.monotonic() + 60
-            while (db["jobs"].find_one({"_id": LAYOUT_MARKER}) or {}).get("layout") != INDEX_LAYOUT:
-                assert time.monotonic() < deadline, "the upgrade did not finish within 60 s"
-                time.sleep(0.2)
             assert db["search_index"].count_documents(within) >= 20
         with hub.client() as api:
             rest, _ = _walk_with_plans(api, hub, nxt)
@@ -1679,24 +1693,17 @@ def test_a_compartment_on_a_store_indexed_before_its_entries_reads_the_dates_the
             kept = [i for i in doc["ix"].split(" ") if not i.startswith("date@Patient@")]
             db["resources"].update_one({"_id": doc["_id"]}, {"$set": {"ix": " ".join(kept)}})
         assert db["search_index"].delete_many(whole).deleted_count == 30  # both patients'
-        db["jobs"].replace_one({"_id": LAYOUT_MARKER}, {"_id": LAYOUT_MARKER, "layout": INDEX_LAYOUT - 1})
-        db["jobs"].insert_one({"_id": f"{LAYOUT_MARKER}-{INDEX_LAYOUT}", "o": "another instance"})
+        _upgrading_elsewhere(db, INDEX_LAYOUT - 1)
     hub = start_hub(store_uri, home, database=database, extra=extra)
     try:
         with hub.client() as api:
             assert _walk_with_plans(api, hub, url)[0] == expected
     finally:
         stop_hub(hub)
-    with MongoClient(store_uri) as mongo:
-        mongo[database]["jobs"].delete_one({"_id": f"{LAYOUT_MARKER}-{INDEX_LAYOUT}"})
-    hub = start_hub(store_uri, home, database=database, extra=extra)  # this one upgrades the store
+    hub = _upgrading_here(store_uri, home, database, extra)
     try:
         with MongoClient(store_uri) as mongo:
             db = mongo[database]
-            deadline = time.monotonic() + 60
-            while (db["jobs"].find_one({"_id": LAYOUT_MARKER}) or {}).get("layout") != INDEX_LAYOUT:
-                assert time.monotonic() < deadline, "the upgrade did not finish within 60 s"
-                time.sleep(0.2)
             assert db["search_index"].count_documents(whole) == 30
         with hub.client() as api:
             assert _walk_with_plans(api, hub, url) == (expected, ["index"] * 3)
