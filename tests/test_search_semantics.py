@@ -33,12 +33,10 @@ from pymongo import MongoClient
 from bench.synthetic import organizations, patient_group
 from fhir_server.search.compartment import patient_compartment_params
 from fhir_server.search.keys import (
-    ABSENT,
     COMPARTMENT,
     INDEX_LAYOUT,
     LAYOUT_MARKER,
     SORTS_WITHIN,
-    WITHIN,
     WITHIN_LAYOUT,
 )
 from tests.conftest import Hub, collated, pages_both_ways, start_hub, stop_hub, valid_examples
@@ -1593,6 +1591,15 @@ def test_a_worklist_reads_the_dates_of_its_status_alone(store_uri: str, tmp_path
         stop_hub(hub)
 
 
+def _without_entries(db: Any, rtype: str, code: str) -> int:
+    """Take the entries whose code starts with ``code`` from the database's resources of ``rtype`` (their versions'
+    ``ix`` and ``search_index``), as a hub of a layout before them left it; how many index keys went."""
+    for doc in db["resources"].find({"_id": {"$regex": f"^{rtype}/"}}, {"ix": 1}):
+        kept = [i for i in doc["ix"].split(" ") if not i.startswith(code)]
+        db["resources"].update_one({"_id": doc["_id"]}, {"$set": {"ix": " ".join(kept)}})
+    return int(db["search_index"].delete_many({"_id": {"$regex": f"^{rtype}\\|{re.escape(code)}"}}).deleted_count)
+
+
 def _upgrading_elsewhere(db: Any, layout: int) -> None:
     """Make the database a store of index layout ``layout`` whose upgrade another hub instance has started."""
     db["jobs"].replace_one({"_id": LAYOUT_MARKER}, {"_id": LAYOUT_MARKER, "layout": layout})
@@ -1637,11 +1644,8 @@ def test_a_worklist_on_a_store_indexed_before_those_entries_reads_the_dates_them
         stop_hub(hub)
     with MongoClient(store_uri) as mongo:  # as a hub of layout 8 left it; another instance is upgrading it
         db = mongo[database]
-        for doc in db["resources"].find({}, {"ix": 1}):
-            kept = [i for i in doc["ix"].split(" ") if WITHIN not in i or i.startswith(ABSENT)]
-            db["resources"].update_one({"_id": doc["_id"]}, {"$set": {"ix": " ".join(kept)}})
         within = {"_id": {"$regex": r"^ServiceRequest\|authored@"}}
-        assert db["search_index"].delete_many(within).deleted_count >= 20
+        assert _without_entries(db, "ServiceRequest", "authored@") >= 20
         _upgrading_elsewhere(db, WITHIN_LAYOUT - 1)
     hub = start_hub(store_uri, home, database=database, extra=extra)
     try:
@@ -1689,10 +1693,7 @@ def test_a_compartment_on_a_store_indexed_before_its_entries_reads_the_dates_the
     whole = {"_id": {"$regex": r"^Observation\|date@Patient@"}}
     with MongoClient(store_uri) as mongo:  # as a hub of layout 9 left it; another instance is upgrading it
         db = mongo[database]
-        for doc in db["resources"].find({"_id": {"$regex": "^Observation/"}}, {"ix": 1}):
-            kept = [i for i in doc["ix"].split(" ") if not i.startswith("date@Patient@")]
-            db["resources"].update_one({"_id": doc["_id"]}, {"$set": {"ix": " ".join(kept)}})
-        assert db["search_index"].delete_many(whole).deleted_count == 30  # both patients'
+        assert _without_entries(db, "Observation", "date@Patient@") == 30  # both patients'
         _upgrading_elsewhere(db, INDEX_LAYOUT - 1)
     hub = start_hub(store_uri, home, database=database, extra=extra)
     try:

@@ -118,14 +118,14 @@ def index_order(rtype: str, code: str, descending: bool) -> IndexOrder | None:
     the order of its date's entries within one status or subject (``within``)."""
     if code == "_id":
         return IndexOrder(rtype, "_id", "id", descending)
-    params = parameters_for(rtype)
-    if base_code(code) not in params:
+    params, named = parameters_for(rtype), base_code(code)
+    if named not in params:
         return None
-    base, only = indexed_as(rtype, base_code(code))
+    base, only = indexed_as(rtype, named)
     kind = params[base].type
     if only is not None or kind not in SORTED_KINDS:
         return None
-    return IndexOrder(rtype, base + code[len(base_code(code)):], kind, descending, instants=base == "_lastUpdated",
+    return IndexOrder(rtype, base + code[len(named):], kind, descending, instants=base == "_lastUpdated",
                       absent=reads_absent_entries(rtype, base, params[base]))
 
 
