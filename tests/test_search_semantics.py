@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import itertools
 import json
 import random
 import re
@@ -38,6 +39,7 @@ from fhir_server.search.keys import (
     LAYOUT_MARKER,
     SORTS_WITHIN,
     WITHIN_LAYOUT,
+    within_layout,
 )
 from tests.conftest import Hub, collated, pages_both_ways, start_hub, stop_hub, valid_examples
 
@@ -61,12 +63,13 @@ def _definitions() -> dict[str, Any]:
 _AS = re.compile(r"^\((?P<path>[A-Za-z.]+) as (?P<type>[A-Za-z]+)\)$")
 
 
-_VALUES: dict[tuple[str, str, str], list[Any]] = {}
+_VALUES: dict[tuple[str, str, str, str], list[Any]] = {}
 
 
 def values(resource: dict[str, Any], code: str) -> list[Any]:
-    """What the parameter's FHIRPath selects in ``resource`` (cached: each case reads its whole universe)."""
-    key = (resource["resourceType"], resource["id"], code)
+    """What the parameter's FHIRPath selects in ``resource`` (cached by version: each case reads its whole
+    universe)."""
+    key = (resource["resourceType"], resource["id"], resource.get("meta", {}).get("versionId", ""), code)
     if key not in _VALUES:
         _VALUES[key] = _values(resource, code)
     return _VALUES[key]
@@ -1027,6 +1030,23 @@ def _sorted_by(resources: dict[str, dict[str, Any]], sort: list[tuple[str, str, 
     return sorted(resources, key=functools.cmp_to_key(compare))
 
 
+def _ids_or_failure(api: httpx.Client, base: str, path: str, params: list[tuple[str, str]], count: int,
+                    failures: list[str]) -> list[str] | None:
+    """The ids of every page of a search (``search_all``), or None with the reason added to ``failures``."""
+    try:
+        return search_all(api, base, path, params, count=count)
+    except AssertionError as exc:
+        failures.append(f"{path}?{'&'.join(f'{k}={v}' for k, v in params)}: {str(exc)[:200]}")
+        return None
+
+
+def _first_difference(got: list[str], expected: list[str]) -> str:
+    """Where two orders of ids part, for a failure's message."""
+    at = next((i for i, (x, y) in enumerate(zip(got, expected, strict=False)) if x != y), min(len(got), len(expected)))
+    return (f"from position {at} got {got[at:at + 3]}, expected {expected[at:at + 3]} "
+            f"({len(got)} of {len(expected)})")
+
+
 def test_every_parameter_sorts_the_official_examples(search_hub: Hub, stored: dict[str, list[dict[str, Any]]]) -> None:
     """``_sort`` by each parameter of each type, both ways, over the official examples and the generated data,
     paged to the end 7 at a time, must give the evaluator's order (resources without a value last), even with
@@ -1055,18 +1075,13 @@ def test_every_parameter_sorts_the_official_examples(search_hub: Hub, stored: di
                         return (a[1] > b[1]) - (a[1] < b[1])
                     expected = [rid for _, rid in sorted(keyed, key=functools.cmp_to_key(order))]
                     value_of = {rid: value for value, rid in keyed}
-                    try:
-                        got = search_all(api, base, rtype, [("_sort", sort), ("_elements", "id")], count=7)
-                    except AssertionError as exc:
-                        failures.append(f"{rtype}?_sort={sort}: {str(exc)[:200]}")
+                    got = _ids_or_failure(api, base, rtype, [("_sort", sort), ("_elements", "id")], 7, failures)
+                    if got is None:
                         continue
                     checked += 1
                     if sorted(got) != sorted(expected) or \
                             [value_of[r] for r in got] != [value_of[r] for r in expected]:
-                        at = next((i for i, (x, y) in enumerate(zip(got, expected, strict=False)) if x != y),
-                                  min(len(got), len(expected)))
-                        failures.append(f"{rtype}?_sort={sort}: from position {at} got {got[at:at + 3]}, "
-                                        f"expected {expected[at:at + 3]} ({len(got)} of {len(expected)})")
+                        failures.append(f"{rtype}?_sort={sort}: {_first_difference(got, expected)}")
     assert not failures, f"{len(failures)} of {checked} sorts differ:\n" + "\n".join(failures[:40])
     assert checked > 700, checked
 
@@ -1076,7 +1091,8 @@ def test_sorts_by_a_date_within_one_status_or_subject_over_the_official_examples
     """Each pair of keys.py ``SORTS_WITHIN`` over the official examples and the generated data: for every code
     of the status (any system) and up to 12 subjects or Patient compartments, ``<param>=<value>&_sort=±<date>`` or
     ``Patient/<id>/<type>?_sort=±<date>`` paged 3 at a time gives the evaluator's matches with their dates in its
-    order (read within that value: one clause drives)."""
+    order (read within that value: one clause drives); a given name within a family: ``_sort=±family,±given``
+    gives the evaluator's order (each family's group taken from its given names' entries within it)."""
     failures: list[str] = []
     base = search_hub.base
     checked = 0
@@ -1084,6 +1100,18 @@ def test_sorts_by_a_date_within_one_status_or_subject_over_the_official_examples
         for rtype, pairs in SORTS_WITHIN.items():
             universe = stored.get(rtype, [])
             for by, dated in pairs:
+                if _definitions()[rtype][dated]["type"] == "string":
+                    for first, then in itertools.product((False, True), repeat=2):
+                        sort = [(by, "string", first), (dated, "string", then)]
+                        text = f"{'-' * first}{by},{'-' * then}{dated}"
+                        expected = _sorted_by({r["id"]: r for r in universe}, sort, base)
+                        got = _ids_or_failure(api, base, rtype, [("_sort", text), ("_elements", "id")], 3, failures)
+                        if got is None:
+                            continue
+                        checked += 1
+                        if got != expected:
+                            failures.append(f"{rtype}?_sort={text}: {_first_difference(got, expected)}")
+                    continue
                 def held(resource: dict[str, Any], by: str = by) -> set[str]:
                     if by == COMPARTMENT:  # the Patients whose compartment holds it
                         return {r for p in patient_compartment_params(rtype) for r in references(resource, p, base)
@@ -1102,10 +1130,8 @@ def test_sorts_by_a_date_within_one_status_or_subject_over_the_official_examples
                         path = rtype
                         if by == COMPARTMENT:  # Patient/<id>/<type>
                             params, path = params[1:], f"{value}/{rtype}"
-                        try:
-                            got = search_all(api, base, path, params, count=3)
-                        except AssertionError as exc:
-                            failures.append(f"{rtype}?{by}={value}&_sort={sort}: {str(exc)[:200]}")
+                        got = _ids_or_failure(api, base, path, params, 3, failures)
+                        if got is None:
                             continue
                         checked += 1
                         if sorted(got) != sorted(expected) or [date_of[r] for r in got] != [date_of[r] for r in
@@ -1113,7 +1139,7 @@ def test_sorts_by_a_date_within_one_status_or_subject_over_the_official_examples
                             failures.append(f"{rtype}?{by}={value}&_sort={sort}: {got[:6]} for {expected[:6]}")
 
     assert not failures, f"{len(failures)} of {checked} sorts differ:\n" + "\n".join(failures[:40])
-    assert checked > 80, checked
+    assert checked > 90, checked
 
 
 def _create_all(api: httpx.Client, resources: list[dict[str, Any]]) -> None:
@@ -1315,7 +1341,11 @@ def test_a_large_sort_by_several_keys_orders_each_value_of_the_first_by_the_othe
                 created = api.post("/Patient", json={"resourceType": "Patient", "name": [{"family": "zhou",
                                                                                          "given": [str(n)]}]})
                 assert created.status_code == 201, created.text
-            answer = _last_page(api, hub, "/Patient?_sort=family,given&_count=3")
+                mine[created.json()["id"]] = created.json()
+            # by given name, the group is taken from the given names within zhou: no group is sorted in memory
+            pages = pages_both_ways(api, hub, "/Patient?_sort=family,given&_count=3")
+            assert [rid for ids in pages for rid in ids] == expected(by_name)
+            answer = _last_page(api, hub, "/Patient?_sort=family,-birthdate&_count=3")  # read whole: too many
             assert answer.status_code == 400, "the zhou Patients were sorted past search_sort_max"
             assert "share one value of the first _sort key" in answer.json()["issue"][0]["diagnostics"]
     finally:
@@ -1327,24 +1357,26 @@ def test_pages_inside_a_large_group_of_a_sort_by_several_keys_come_in_order_whil
         store_uri: str, tmp_path: Any, keep: str) -> None:
     """A group of 120 Patients with one family, sorted by given name (ties and no given among them) on pages of 7,
     both ways (and all 124 sorted by birth date, which none has, then given name: one group without a value).
-    The second page asked 16 times at once right after the first comes to each (they wait for the group's read
-    behind the first page). The pages after the first inside the group are taken from the group as it was read
+    The second page asked 16 times at once right after the first comes to each. A group read whole (below: one
+    gender's) is kept for the pages after the first inside it, which take their Patients from it as it was read
     (engine ``_Groups``; with ``search_sort_keep`` 0, each page reads the group again), each Patient read again.
     Between two pages, a Patient deleted, one moved to another family, one given another name and one added to
     the group ahead of the cursor: the deleted one never comes, none comes twice, the moved one comes with its new
-    family only, and the order stays the evaluator's; the added one comes when each page reads the group again,
-    and not when the group is kept (it comes once the group is read again)."""
+    family only, and the order stays the evaluator's. A family's group is walked in its given names' entries within
+    it, page by page: the added one comes. The same within a gender, whose group is read whole: the added one
+    comes when each page reads the group again, and not when the group is kept (it comes once the group is read
+    again)."""
     hub = start_hub(store_uri, tmp_path / "home", database=f"groups_{uuid.uuid4().hex[:8]}",
                     extra={"MEDUNION_SEARCH_SORT_IN_MEMORY": "5", "MEDUNION_SEARCH_SORT_KEEP": keep})
     rng = random.Random(11)
     givens = ["an", "bo", "Chen", "de", "fang", "gang", "hui", "王", "小东", None]
-    people = [("zhao", rng.choice(givens)) for _ in range(120)]
-    people += [("li", "a"), ("li", None), ("wu", "x"), ("Zhao", "b")]
+    people = [("zhao", rng.choice(givens), "male") for _ in range(120)]
+    people += [("li", "a", "female"), ("li", None, "female"), ("wu", "x", "female"), ("Zhao", "b", "female")]
     try:
         with hub.client() as api:
             _create_all(api, [{"resourceType": "Patient", "identifier": [{"system": "urn:groups", "value": str(n)}],
-                               "name": [{"family": family, **({"given": [given]} if given else {})}]}
-                              for n, (family, given) in enumerate(people)])
+                               "gender": gender, "name": [{"family": family, **({"given": [given]} if given else {})}]}
+                              for n, (family, given, gender) in enumerate(people)])
 
             def current() -> dict[str, dict[str, Any]]:
                 found = api.get("/Patient?identifier=urn:groups|&_count=1000").json()
@@ -1374,32 +1406,45 @@ def test_pages_inside_a_large_group_of_a_sort_by_several_keys_come_in_order_whil
             assert [rid for ids in pages for rid in ids] == _sorted_by(
                 mine, [("birthdate", "date", True), ("given", "string", False)], hub.base)
 
-            url = "/Patient?identifier=urn:groups|&_sort=family,given&_count=7"
-            seen: list[str] = []
-            for _ in range(2):
-                page = api.get(url).json()
-                seen += [e["resource"]["id"] for e in page["entry"]]
-                url = next(x["url"].replace(hub.base, "") for x in page["link"] if x["relation"] == "next")
-            ahead = [rid for rid in expected(mine, False) if rid not in seen]
-            gone, moved, renamed = ahead[20], ahead[30], ahead[40]
-            assert api.delete(f"/Patient/{gone}").status_code in (200, 204)
-            for rid, change in ((moved, {"family": "li"}), (renamed, {"given": ["aaa"]})):
-                body = {**mine[rid], "name": [{**mine[rid]["name"][0], **change}]}
-                assert api.put(f"/Patient/{rid}", json=body).status_code == 200
-            created = api.post("/Patient", json={"resourceType": "Patient",
-                                                 "name": [{"family": "zhao", "given": ["zzz"]}],
-                                                 "identifier": [{"system": "urn:groups", "value": "added"}]})
-            assert created.status_code == 201, created.text
-            added = created.json()["id"]
-            while url:
-                page = api.get(url).json()
-                seen += [e["resource"]["id"] for e in page.get("entry", [])]
-                url = next((x["url"].replace(hub.base, "") for x in page["link"] if x["relation"] == "next"), None)
-            assert gone not in seen and moved not in seen and len(seen) == len(set(seen))
-            now = current()
-            assert [r for r in seen if r != renamed] == [r for r in expected(now, False) if r in seen and r != renamed]
-            assert set(seen) >= set(now) - {moved, renamed, added}
-            assert (added in seen) == (keep == "0"), "a kept group was read again, or a group was kept with keep 0"
+            # writes between pages: within a family (a group walked in the given names within it, page by page) and
+            # within a gender (a group read whole and kept, or not with keep 0)
+            for first, kind, change, within in (("family", "string", {"family": "li"}, True),
+                                                ("gender", "token", {"gender": "female"}, False)):
+                sort = [(first, kind, False), ("given", "string", False)]
+                url = f"/Patient?identifier=urn:groups|&_sort={first},given&_count=7"
+                seen: list[str] = []
+                for _ in range(2):
+                    page = api.get(url).json()
+                    seen += [e["resource"]["id"] for e in page["entry"]]
+                    url = next(x["url"].replace(hub.base, "") for x in page["link"] if x["relation"] == "next")
+                ahead = [rid for rid in _sorted_by(mine, sort, hub.base) if rid not in seen]
+                gone, moved, renamed = ahead[20], ahead[30], ahead[40]
+                assert api.delete(f"/Patient/{gone}").status_code in (200, 204)
+                for rid, changed in ((moved, change), (renamed, {"given": ["aaa"]})):
+                    body = mine[rid]
+                    if "gender" in changed:
+                        body = {**body, **changed}
+                    else:
+                        body = {**body, "name": [{**body["name"][0], **changed}]}
+                    assert api.put(f"/Patient/{rid}", json=body).status_code == 200
+                created = api.post("/Patient", json={"resourceType": "Patient", "gender": "male",
+                                                     "name": [{"family": "zhao", "given": ["zzz"]}],
+                                                     "identifier": [{"system": "urn:groups", "value": "added"}]})
+                assert created.status_code == 201, created.text
+                added = created.json()["id"]
+                while url:
+                    page = api.get(url).json()
+                    seen += [e["resource"]["id"] for e in page.get("entry", [])]
+                    url = next((x["url"].replace(hub.base, "") for x in page["link"] if x["relation"] == "next"),
+                               None)
+                assert gone not in seen and moved not in seen and len(seen) == len(set(seen)), first
+                now = current()
+                got = [r for r in seen if r != renamed]
+                assert got == [r for r in _sorted_by(now, sort, hub.base) if r in seen and r != renamed], first
+                assert set(seen) >= set(now) - {moved, renamed, added}
+                assert (added in seen) == (within or keep == "0"), \
+                    f"{first}: a kept group was read again, or a group was kept with keep 0"
+                mine = now
     finally:
         stop_hub(hub)
 
@@ -1411,10 +1456,11 @@ def test_a_group_larger_than_memory_takes_pages_in_the_order_of_the_second_key(s
     walks the second key's entries inside that group (a string, a date, a token; both ways) instead of sorting
     it in memory, so every page comes, on pages of 7 both ways, in the evaluator's order: ties of the second key
     ordered by the third and by id, several given names, a Patient with two families (in the group descending
-    only), the members without a given name last. The group's ids are kept for the pages after the first (with
-    ``search_sort_keep`` 30, not 0): a member added after the second page is missed by the later pages. More
-    members without a value of the second key than ``search_sort_max`` are a 400 that says so, at the page that
-    reaches them."""
+    only), the members without a given name last. By given name, the pages walk the given names within the family
+    (keys.py ``SORTS_WITHIN``); by the others, the group's ids are kept for the pages after the first (with
+    ``search_sort_keep`` 30, not 0): a member added after the second page is missed by the later pages (within the
+    family, it comes). More members without a value of the second key than ``search_sort_max`` are a 400 that
+    says so, at the page that reaches them."""
     hub = start_hub(store_uri, tmp_path / "home", database=f"bysecond_{uuid.uuid4().hex[:8]}",
                     extra={"MEDUNION_SEARCH_SORT_IN_MEMORY": "5", "MEDUNION_SEARCH_SORT_MAX": "40",
                            "MEDUNION_SEARCH_SORT_KEEP": keep})
@@ -1442,23 +1488,27 @@ def test_a_group_larger_than_memory_takes_pages_in_the_order_of_the_second_key(s
                 pages = pages_both_ways(api, hub, f"/Patient?_sort={text}&_count=7")
                 assert [rid for ids in pages for rid in ids] == _sorted_by(mine, sort, hub.base), text
 
-            # a chen Patient added after the second page: its ids kept (keep 30), the group's later pages miss it
-            url: str | None = "/Patient?_sort=family,given&_count=7"
-            seen: list[str] = []
-            for _ in range(2):
-                page = api.get(url).json()
-                seen += [e["resource"]["id"] for e in page["entry"]]
-                url = next(x["url"].replace(hub.base, "") for x in page["link"] if x["relation"] == "next")
-            added = api.post("/Patient", json={"resourceType": "Patient", "name": [{"family": "chen",
-                                                                                   "given": ["zzz"]}]})
-            assert added.status_code == 201, added.text
-            while url:
-                page = api.get(url).json()
-                seen += [e["resource"]["id"] for e in page.get("entry", [])]
-                url = next((x["url"].replace(hub.base, "") for x in page["link"] if x["relation"] == "next"), None)
-            assert [rid for rid in seen if rid in mine] == _sorted_by(mine, [("family", "string", False),
-                                                                            ("given", "string", False)], hub.base)
-            assert (added.json()["id"] in seen) == (keep == "0"), "members kept with keep 0, or not with keep 30"
+            # a chen Patient added after the second page: by birth date, the group's ids kept (keep 30), its later
+            # pages miss it; by given name, the pages walk the given names within chen and meet it
+            for text, within in (("family,birthdate", False), ("family,given", True)):
+                sort = [("family", "string", False), (text.split(",")[1], "string" if within else "date", False)]
+                url: str | None = f"/Patient?_sort={text}&_count=7"
+                seen: list[str] = []
+                for _ in range(2):
+                    page = api.get(url).json()
+                    seen += [e["resource"]["id"] for e in page["entry"]]
+                    url = next(x["url"].replace(hub.base, "") for x in page["link"] if x["relation"] == "next")
+                added = api.post("/Patient", json={"resourceType": "Patient", "birthDate": "1961",
+                                                   "name": [{"family": "chen", "given": ["zzz"]}]})
+                assert added.status_code == 201, added.text
+                while url:
+                    page = api.get(url).json()
+                    seen += [e["resource"]["id"] for e in page.get("entry", [])]
+                    url = next((x["url"].replace(hub.base, "") for x in page["link"] if x["relation"] == "next"),
+                               None)
+                assert [rid for rid in seen if rid in mine] == _sorted_by(mine, sort, hub.base), text
+                assert (added.json()["id"] in seen) == (within or keep == "0"), \
+                    f"{text}: members kept with keep 0, or not with keep 30"
 
             _create_all(api, [{"resourceType": "Patient", "name": [{"family": "chen"}]} for _ in range(40)])
             answer = _last_page(api, hub, "/Patient?_sort=family,given&_count=7")
@@ -1694,7 +1744,7 @@ def test_a_compartment_on_a_store_indexed_before_its_entries_reads_the_dates_the
     with MongoClient(store_uri) as mongo:  # as a hub of layout 9 left it; another instance is upgrading it
         db = mongo[database]
         assert _without_entries(db, "Observation", "date@Patient@") == 30  # both patients'
-        _upgrading_elsewhere(db, INDEX_LAYOUT - 1)
+        _upgrading_elsewhere(db, within_layout(COMPARTMENT) - 1)
     hub = start_hub(store_uri, home, database=database, extra=extra)
     try:
         with hub.client() as api:
@@ -1708,6 +1758,52 @@ def test_a_compartment_on_a_store_indexed_before_its_entries_reads_the_dates_the
             assert db["search_index"].count_documents(whole) == 30
         with hub.client() as api:
             assert _walk_with_plans(api, hub, url) == (expected, ["index"] * 3)
+    finally:
+        stop_hub(hub)
+
+
+def test_a_sort_by_name_on_a_store_indexed_before_given_names_within_families(store_uri: str,
+                                                                              tmp_path: Any) -> None:
+    """A store of layout 10 has no given names within family names: until its upgrade completes,
+    ``_sort=family,given`` takes each family's group from the family's and given names' own entries (within the
+    family it would find none of them), and afterwards from the new entries (one per Patient with a given name, a
+    ``~`` one for the Patient without)."""
+    home, database = tmp_path / "home", f"names_{uuid.uuid4().hex[:8]}"
+    extra = {"MEDUNION_SEARCH_SORT_IN_MEMORY": "2"}
+    hub = start_hub(store_uri, home, database=database, extra=extra)
+    givens = ["an", "bo", "王", "小东", "Chen", None]
+    try:
+        with hub.client() as api:
+            _create_all(api, [{"resourceType": "Patient", "name": [
+                {"family": ["zhao", "li", "王"][i % 3], **({"given": [g]} if (g := givens[i % 6]) else {})}]}
+                for i in range(30)])
+            made = _all_resources(api, hub, "/Patient?_count=1000")
+            expected = {sort: _sorted_by(made, [("family", "string", sort[0] == "-"),
+                                                ("given", "string", "-g" in sort)], hub.base)
+                        for sort in ("family,given", "-family,-given", "family,-given")}
+            for sort, ids in expected.items():
+                assert _walk_with_plans(api, hub, f"/Patient?_sort={sort}&_count=4")[0] == ids, sort
+    finally:
+        stop_hub(hub)
+    whole = {"_id": {"$regex": r"^Patient\|given@family@"}}
+    with MongoClient(store_uri) as mongo:  # as a hub of layout 10 left it; another instance is upgrading it
+        db = mongo[database]
+        assert _without_entries(db, "Patient", "given@family@") == 30
+        _upgrading_elsewhere(db, within_layout("family") - 1)
+    hub = start_hub(store_uri, home, database=database, extra=extra)
+    try:
+        with hub.client() as api:
+            for sort, ids in expected.items():
+                assert _walk_with_plans(api, hub, f"/Patient?_sort={sort}&_count=4")[0] == ids, sort
+    finally:
+        stop_hub(hub)
+    hub = _upgrading_here(store_uri, home, database, extra)
+    try:
+        with MongoClient(store_uri) as mongo:
+            assert mongo[database]["search_index"].count_documents(whole) == 30
+        with hub.client() as api:
+            for sort, ids in expected.items():
+                assert _walk_with_plans(api, hub, f"/Patient?_sort={sort}&_count=4")[0] == ids, sort
     finally:
         stop_hub(hub)
 

@@ -27,7 +27,7 @@ import orjson
 
 from fhir_server.errors import BadRequest, Issue
 from fhir_server.search.entries import reference_type
-from fhir_server.search.index_order import IndexOrder, index_order, within
+from fhir_server.search.index_order import IndexOrder, index_order, within, within_group
 from fhir_server.search.keys import (
     ABSENT_LAYOUT,
     COMPARTMENT,
@@ -76,16 +76,18 @@ class _Members:
     """A large group of a sort by several keys as its first key's entries tell (``_large_group``): the value, the
     position where the cursor enters the group (its head; for a page before, its tail), the last of its entries in
     the walk's direction from there, and the ids its entries name: every member, and perhaps resources whose entry
-    is stale or is not the one that stands for them (each is checked when read)."""
+    is stale or is not the one that stands for them (each is checked when read). None: not read, the second key
+    is walked within the group (``within_group``), whose entries name only its members and the resources with its
+    value among others of the first key (checked when read)."""
     value: Any
     anchor: str
     far: str
-    rids: frozenset[str]
+    rids: frozenset[str] | None
     made: float
 
     @property
     def size(self) -> int:
-        return len(self.rids)
+        return 0 if self.rids is None else len(self.rids)
 
 
 class _Groups:
@@ -977,21 +979,38 @@ class SearchEngine:
         """The group a page enters at ``anchor``, when that page can take it in the order of the second sort key's
         entries (``_by_second_key``) instead of reading it whole: a second key walked in index order whose walk
         can start at a value (index_order.py: strings, tokens, ascending dates) and at least ``_Groups.LARGE``
-        entries of the group's value. ``known``: the members may be those kept for a page entering at ``anchor``
+        entries of the group's value, or, of any size, one whose second key has entries within the first's values
+        (``within_group``: given names within a family, on a store of that layout), taken from those without reading
+        the group's entries. ``known``: the members may be those kept for a page entering at ``anchor``
         (``_Groups``; not for a first page)."""
         second = index_order(order.rtype, *query.sort[1]) if len(query.sort) > 1 else None
         if second is None or not second.positioned or phase != "k":
             return None
         if seen is not None and seen[1] is not None and second.start_of(seen[1], rising=True) is None:
             return None  # not a value of the second key: a cursor made up, or of another search
-        if known and (kept := self.groups.members(_Groups.members_key(order, back, anchor))) is not None:
-            return second, kept
-        value, far = order.key_value(anchor), anchor
+        value = order.key_value(anchor)
         if value is None:  # not a position of this order (a cursor made up): no group to take
             return None
-        rids = {split_index_key(anchor)[1]}
-        bound = 10 * self.settings.search_sort_max  # entries of one value read to learn the group's members
         rising = order.descending == back
+        if (await self._layout() >= within_layout(order.param)
+                and (narrow := within_group(order, second, anchor)) is not None):  # any size: a page's worth read
+            far = await order.run_end(self.store, anchor, rising=rising)
+            return narrow, _Members(value, anchor, far, None, time.monotonic())
+        if known and (kept := self.groups.members(_Groups.members_key(order, back, anchor))) is not None:
+            return second, kept
+        rids, far = await self._group_ids(order, anchor, value, rising=rising)
+        if len(rids) < _Groups.LARGE:
+            return None
+        members = _Members(value, anchor, far, rids, time.monotonic())
+        self.groups.put_members(order, back, members)
+        return second, members
+
+    async def _group_ids(self, order: IndexOrder, anchor: str, value: Any, *,
+                         rising: bool) -> tuple[frozenset[str], str]:
+        """The ids that the entries of the first key's group entered at ``anchor`` name, read from there in the
+        walk's direction (values ``rising`` or falling), and the last of those entries."""
+        rids, far = {split_index_key(anchor)[1]}, anchor
+        bound = 10 * self.settings.search_sort_max  # entries of one value read to learn the group's members
         if order.kind == "string":  # one encoding per value: the run's keys, not decoded one by one
             group = order.run(self.store, after=anchor, rising=rising, batch=_Groups.LARGE)
         else:
@@ -1002,11 +1021,20 @@ class SearchEngine:
                 far = key
                 if len(rids) > bound:
                     raise _too_many_sharing(bound)
-        if len(rids) < _Groups.LARGE:
-            return None
-        members = _Members(value, anchor, far, frozenset(rids), time.monotonic())
-        self.groups.put_members(order, back, members)
-        return second, members
+        return frozenset(rids), far
+
+    async def _without_second(self, order: IndexOrder, second: IndexOrder, members: _Members) -> frozenset[str]:
+        """Ids among which are the group's members without a value of the second key: its members; for a group
+        walked within (``members.rids`` None), those that its ``~`` entry there names (keys.py ``_within_entries``:
+        a family's persons without a given name; and the persons with that family among others)."""
+        if members.rids is not None:
+            return members.rids
+        bound = 10 * self.settings.search_sort_max
+        low = f"{second.param}|{PRESENT}|"
+        keys = await self.store.scan_index(order.rtype, low, f"{low}~", after=None, limit=bound + 1)
+        if len(keys) > bound:
+            raise _too_many_sharing(bound, " and have none of the second")
+        return frozenset(split_index_key(key)[1] for key in keys)
 
     async def _by_second_key(self, order: IndexOrder, second: IndexOrder, query: SearchQuery,
                              clauses: list[Clause], members: _Members, seen: list[Any] | None,
@@ -1017,8 +1045,9 @@ class SearchEngine:
         each run of one value by all the keys; the members without a value of the second key come last (read when
         the walk has passed the others). A page costs about the group's entries of the first key and a page's worth
         of the second's, however large the group and however deep the page. When the walk would read more than
-        four entries per member of the group, the group is read whole after all (``_groups_from``). Then the
-        walk goes on beyond the group."""
+        four entries per member of the group, the group is read whole after all (``_groups_from``). Walked within
+        the group (``members.rids`` None), the second key's entries are the group's own: a page costs a page's worth
+        of them. Then the walk goes on beyond the group."""
         cap = self.settings.search_sort_max
         order_of = _by_sort_values(query)
         head, tail = ("k", members.far), ("k", members.anchor)
@@ -1046,12 +1075,15 @@ class SearchEngine:
         by_id = len(query.sort) == 2  # a run of one second-key value is then ordered by id alone
         # ... and a string's run (one value, one encoding) comes in id order when walked up, forward: its members
         # are then read a page's worth at a time as the walk meets them, not once the run's last key is read
-        streams = by_id and second.kind == "string" and not second.descending and not back
+        # (unless a member's id may be a prefix of another's: ``after_a_prefix``; any may, members not known)
+        streams = by_id and second.kind == "string" and not back and members.rids is not None
         # descending, a run comes down in falling id order: one that goes on beyond the batch in hand is walked up
-        streams_up = by_id and second.kind == "string" and second.descending and not back
+        streams_up, streams = streams and second.descending, streams and not second.descending
 
         def after_a_prefix(rid: str) -> bool:  # a member whose id is a prefix of this one's sorts before it but
-            return any(rid[:n] in members.rids for n in range(1, len(rid)))  # after it in the keys ("1|" > "12|")
+            if members.rids is None:  # after it in the keys ("1|" > "12|"); members not known: any may be
+                return True
+            return any(rid[:n] in members.rids for n in range(1, len(rid)))
 
         async def run_of(value: Any, pairs: dict[str, set[str]]) -> AsyncGenerator[_Placed, None]:
             """The members among the pairs of one value of the second key (each id with its keys there), in the
@@ -1065,6 +1097,8 @@ class SearchEngine:
                     rids = [rid for rid in rids if (f"{order.rtype}/{rid}" < seen[-1] if back
                                                     else f"{order.rtype}/{rid}" > seen[-1])]
                 size = batch
+            elif size > cap:  # sorted in memory by the keys after the second
+                raise _too_many_sharing(cap, " and of the second")
             at = 0
             while at < len(rids):
                 chunk, at = rids[at:at + size], at + size
@@ -1082,7 +1116,8 @@ class SearchEngine:
         async def valued() -> AsyncGenerator[_Placed | None, None]:  # None: too sparse, read the group whole
             rising = second.descending == back
             start = None if seen is None or seen[1] is None else second.start_of(seen[1], rising=rising)
-            limit, read = max(4 * len(members.rids), 1000), 0
+            limit = None if members.rids is None else max(4 * len(members.rids), 1000)  # within: the group's own
+            read = 0
             run: dict[str, set[str]] = {}  # the members' pairs of one value of the second key: id -> keys
             run_value: Any = run  # no value yet
             streaming = False  # whether the run's members met so far are read as they come (``streams``)
@@ -1091,7 +1126,7 @@ class SearchEngine:
                 """A pair of the run at hand; whether its members met so far are to be read now."""
                 nonlocal streaming
                 rid = split_index_key(key)[1]
-                if rid in members.rids and rid not in met:
+                if (members.rids is None or rid in members.rids) and rid not in met:
                     streaming = streaming and not after_a_prefix(rid)  # the rest of the run: read whole
                     run.setdefault(rid, set()).add(key)
                 return streaming and len(run) >= batch
@@ -1107,7 +1142,7 @@ class SearchEngine:
                                             batch)) as chunks:
                     async for chunk in chunks:
                         read += len(chunk)
-                        if read > limit:
+                        if limit is not None and read > limit:
                             yield None
                             return
                         ended = False
@@ -1141,7 +1176,8 @@ class SearchEngine:
                     yield placed
 
         async def without_value() -> AsyncGenerator[_Placed, None]:
-            versions = await self.store.current_many(order.rtype, sorted(members.rids - met))
+            candidates = await self._without_second(order, second, members)
+            versions = await self.store.current_many(order.rtype, sorted(candidates - met))
             run = [(_sort_values(query, v), v) for v in versions.values() if second.canonical(v) is None and member(v)]
             if len(run) > cap:
                 raise _too_many_sharing(cap, " and have none of the second")
@@ -1187,9 +1223,9 @@ class SearchEngine:
         keeping it (``_Groups``) for the pages after it, to be called once the page has been read (the read then
         does not slow it down); from now on, those pages wait for that read as for a page's. None when groups are
         not kept, for a page before (``back``: the group's head is not known), or when the group is kept or being
-        read already, or may be too large to sort in memory."""
+        read already, or may be too large to sort in memory, or is walked within (its pages read their own)."""
         at = (shape, False, "k", members.anchor)
-        if (back or self.groups.ttl <= 0 or len(members.rids) > self.settings.search_sort_max
+        if (back or self.groups.ttl <= 0 or members.rids is None or len(members.rids) > self.settings.search_sort_max
                 or at in self.groups.reading or self.groups.get(at) is not None):
             return None
         reading = self.groups.reading[at] = asyncio.Event()
@@ -1197,7 +1233,7 @@ class SearchEngine:
 
         async def keep() -> None:
             try:
-                versions = await self.store.current_many(order.rtype, sorted(members.rids))
+                versions = await self.store.current_many(order.rtype, sorted(members.rids or ()))
                 found = []
                 for version in versions.values():
                     key = _in_group(order, members.value, version)

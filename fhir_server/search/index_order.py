@@ -34,6 +34,8 @@ resources' own keys.
 A date of ``SORTS_WITHIN`` (keys.py) also has its entries within each status code or subject id of the resource
 (``authored@status@<hex(active)>|L…|``): ``within`` gives the order of those, for a search that names one such
 value, which then reads only its own resources' dates; those without a date it reads from the date's own ``tail``.
+A given name has its entries within each family name of the person (``within_group``): a sort by family then
+given takes a family's members in given-name order from them.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ from fhir_server.search.registry import indexed_as, parameters_for
 from fhir_server.storage import ResourceStore, Version
 from fhir_server.storage.versions import index_key, split_item
 
-__all__ = ["IndexOrder", "index_order", "marks_of", "order_marks", "within"]
+__all__ = ["IndexOrder", "index_order", "marks_of", "order_marks", "within", "within_group"]
 
 Pair = tuple[Any, str]  # (sort value, index key)
 # what follows the vid in the ``ix`` item (and ``search_index`` key) of an entry an ascending (False) or descending
@@ -138,6 +140,15 @@ def within(order: IndexOrder, by: str, value: str) -> IndexOrder | None:
     return index_order(order.rtype, within_code(order.param, by, value), order.descending)
 
 
+def within_group(order: IndexOrder, second: IndexOrder, key: str) -> IndexOrder | None:
+    """``second`` within the group of resources that ``order``'s ``key`` stands at: read from the ``SORTS_WITHIN``
+    entries of a string within a string (given names within a family name), or None when the type has none. The
+    run holds every resource with that value, not only those it is the first of (each is checked when read)."""
+    if order.kind != "string" or order.narrowed:
+        return None
+    return within(second, order.param, order.string_hex(key))
+
+
 @dataclass(frozen=True, slots=True)
 class IndexOrder:
     rtype: str
@@ -149,7 +160,8 @@ class IndexOrder:
 
     @property
     def narrowed(self) -> bool:
-        """Whether this is the order of a date within one status or subject (``within``)."""
+        """Whether this is the order of a date within one status or subject, or of a given name within a family
+        (``within``)."""
         return base_code(self.param) != self.param
 
     @property
@@ -198,6 +210,11 @@ class IndexOrder:
             return self._pair(key) is not None
         except (ValueError, IndexError):  # not an encoding of this kind: a cursor made up or of another search
             return False
+
+    def string_hex(self, key: str) -> str:
+        """The hex of the sortable form a key of this (string) order's parameter holds: what the entries within its
+        value are kept under (keys.py ``within_value``)."""
+        return self._enc(key)[:-1]
 
     def _enc(self, key: str) -> str:
         """The encoding of a key of this order's parameter (``Type|param|enc|rid|vid``)."""
@@ -276,6 +293,14 @@ class IndexOrder:
                      passing=PASSED_OVER[self.descending])
         while (key := await keys.take()) is not None:
             yield key
+
+    async def run_end(self, store: ResourceStore, key: str, *, rising: bool) -> str:
+        """The last key of the run of ``key``'s value (a string's) in the walk's direction (values ``rising`` or
+        falling) that stands for its resource: where a group entered at ``key`` ends (``key`` itself if no other)."""
+        assert self.kind == "string"
+        run = f"{self.param}|{self._enc(key)}|"
+        keys = _Keys(store, self.rtype, run, f"{run}~", not rising, 8, passing=PASSED_OVER[self.descending])
+        return await keys.peek() or key
 
     async def _windowed(self, store: ResourceStore, *, after: str | None, rising: bool,
                         batch: int) -> AsyncGenerator[Pair, None]:

@@ -28,7 +28,8 @@ Encodings (``hex`` is the hex of the UTF-8 bytes, ``n`` a sortable 16-hex-digit 
   page at a time. Not for references and uris (sorted in memory), nor ``_tag``, ``_profile``, ``_security`` and
   ``_source``: each absent entry is one more index document to write (``has_absent_entries``)
 - a date within a token's code or a reference's target (``SORTS_WITHIN``): the date's entries again, under the code
-  ``<date>@<token or reference>@<hex(code or id)>`` (``within_code``)
+  ``<date>@<token or reference>@<hex(code or id)>`` (``within_code``); a given name within a family name likewise,
+  ``given@family@<hex(sortable family)>``, and ``~`` there for a person with a family and no given name
 """
 
 from __future__ import annotations
@@ -93,11 +94,11 @@ __all__ = [
 # (a day or more before); 5: string values end with ``.`` (their keys sort in value order); 6: ``@absent`` entries;
 # 7: the marks of the entries a sort passes over (search/index_order.py ``order_marks``); 8: strings in their
 # sortable form, Chinese characters with their pinyin (collation.py); 9: dates within a status or a subject
-# (``SORTS_WITHIN``); 10: Observation dates within the Patient compartment.
-INDEX_LAYOUT = 10
+# (``SORTS_WITHIN``); 10: Observation dates within the Patient compartment; 11: given names within family names.
+INDEX_LAYOUT = 11
 ABSENT_LAYOUT = 6  # the first layout with ``@absent`` entries
 PINYIN_LAYOUT = 8  # the first layout with strings in their sortable form
-WITHIN_LAYOUT = 9  # the first layout with the entries of ``SORTS_WITHIN`` (those within a compartment: the next)
+WITHIN_LAYOUT = 9  # the first layout with the entries of ``SORTS_WITHIN`` (some pairs came later: ``within_layout``)
 # the ``jobs`` document {"layout": n} that records the INDEX_LAYOUT the store's resources are indexed under
 # (service/reindex.py writes it, search/engine.py reads it)
 LAYOUT_MARKER = "index-layout"
@@ -118,6 +119,10 @@ SORTED_KINDS = ("date", "number", "quantity", "token", "string")  # entries that
 # ``COMPARTMENT`` in place of the parameter: within each Patient whose compartment holds the resource (the ids its
 # compartment parameters name, compartment.py), so that ``Patient/<id>/Observation?_sort=-date``, and every
 # Observation search of a ``patient/``-scoped token, reads one run though the compartment is subject or performer.
+# A string within a string: every given name of a person within each of its family names (``given@family@<hex of the
+# sortable family>``), so that ``Patient?_sort=family,given`` takes a family's thousands of members in given-name
+# order from their own run (engine.py ``_large_group``) instead of learning the members from the family's entries and
+# passing over the other families' given names.
 COMPARTMENT = "Patient"
 SORTS_WITHIN: dict[str, tuple[tuple[str, str], ...]] = {
     "ServiceRequest": (("status", "authored"),),
@@ -125,7 +130,11 @@ SORTS_WITHIN: dict[str, tuple[tuple[str, str], ...]] = {
     "ImagingStudy": (("status", "started"),),
     "Task": (("status", "authored-on"),),
     "Observation": (("subject", "date"), (COMPARTMENT, "date")),
+    "Patient": (("family", "given"),),
+    "Practitioner": (("family", "given"),),
 }
+# the layout from which the store's resources have the entries within values of a parameter (others: WITHIN_LAYOUT)
+_WITHIN_SINCE = {COMPARTMENT: 10, "family": 11}
 WITHIN = "@"  # joins the codes of such entries: ``<date>@<token or reference>@<value>``; in no parameter code
 _META = frozenset({"_tag", "_profile", "_security", "_source"})  # on few resources, rarely sorted by
 log = logging.getLogger("medunion.search")
@@ -200,21 +209,22 @@ def token_enc(system: str | None, code: str) -> str:
 
 
 def within_code(dated: str, by: str, value: str) -> str:
-    """The code of the entries of ``dated`` within ``value`` of ``by`` (``SORTS_WITHIN``; ``value``:
-    ``within_value``)."""
+    """The code of the entries of ``dated`` (a date, or a given name) within ``value`` of ``by`` (``SORTS_WITHIN``;
+    ``value``: ``within_value``)."""
     return f"{dated}{WITHIN}{by}{WITHIN}{value}"
 
 
 def within_value(kind: str, text: str) -> str:
-    """What ``SORTS_WITHIN`` entries are kept under for a value of a token (``kind``; ``text``: its code) or reference
-    (``text``: ``Type/id`` or a URL) parameter: the hex of the code, or of the id. A reference's id: a search by
-    ``patient=123`` or ``subject=Patient/123`` reads one run, the other types' ``123`` passed over."""
+    """What ``SORTS_WITHIN`` entries are kept under for a value of a token (``kind``; ``text``: its code), reference
+    (``text``: ``Type/id`` or a URL) or string (``text``: its sortable form) parameter: the hex of the code, of the id,
+    of the sortable form (a string's encoding without its ``.``). A reference's id: a search by ``patient=123`` or
+    ``subject=Patient/123`` reads one run, the other types' ``123`` passed over."""
     return hexs(text.rsplit("/", 1)[-1] if kind == "reference" else text)
 
 
 def within_layout(by: str) -> int:
     """The first layout whose resources all have the ``SORTS_WITHIN`` entries within values of ``by``."""
-    return WITHIN_LAYOUT + 1 if by == COMPARTMENT else WITHIN_LAYOUT
+    return _WITHIN_SINCE.get(by, WITHIN_LAYOUT)
 
 
 def base_code(code: str) -> str:
@@ -240,9 +250,12 @@ def _within_entries(rtype: str, params: dict[str, SearchParameter], found: set[s
             kind = params[by].type
             for entry in found:
                 if entry.startswith(f"{by}|") and (enc := entry[len(by) + 1:-1]) != PRESENT:
-                    values.add(within_value(kind, decode_hex(enc.split(".", 1)[0] if kind == "token" else enc)))
+                    values.add(enc[:-1] if kind == "string" else  # the sortable form's hex, as it is held
+                               within_value(kind, decode_hex(enc.split(".", 1)[0] if kind == "token" else enc)))
         dates = [entry[len(dated):] for entry in found
                  if entry.startswith(f"{dated}|") and entry[len(dated) + 1:-1] != PRESENT]
+        if not dates and by != COMPARTMENT and params[by].type == "string":  # a family without a given name: the
+            dates = [f"|{PRESENT}|"]  # group's members that sort last, found apart from the other persons'
         out.update(f"{within_code(dated, by, value)}{date}" for value in values for date in dates)
     return out
 
