@@ -194,11 +194,12 @@ async def test_a_run_of_one_given_name_is_read_as_the_walk_meets_it(store_uri: s
     the first page scans the first of the run's keys, not all of them; descending (``-gender,-given``), the 150 慈s
     (ci) come down in falling id order while ties go by rising id, so that run is walked up instead, also a batch
     at a time, and the walk goes on down below it. The 30 博s (bo) have ids of which some are prefixes of others
-    ("z1", "z10"), which sort first by id but last in the keys: that run is read whole, and every page is in the
-    evaluator's order both ways (pinyin: 安 博 慈; by code point 博 comes first). By family (all are zhao), the
+    ("z1", "z10"): ties come as the keys hold them ("z10" before "z1"), and every page is in the evaluator's order
+    both ways (pinyin: 安 博 慈; by code point 博 comes first). By family (all are zhao), the
     pages walk the given names within zhao (keys.py ``SORTS_WITHIN``): the first page reads neither the family's
-    280 entries nor the given names outside it, only its first runs within it (read whole: its members are not
-    known, any id may be a prefix of another), and the order is the same."""
+    280 entries nor the given names outside it, only its first keys within it (up: as many as the page's; down:
+    慈's first, then walked up), and the order is the same. Every page inside a run starts past its cursor's
+    match there (``IndexOrder.after``): the pages deep in a run read a few keys of it, as the first does."""
     scans = CommandCounter("search_index")
     async with fresh_store(store_uri, owner="runs-test", listeners=(scans,)) as store:
         await store.db["jobs"].insert_one({"_id": LAYOUT_MARKER, "layout": INDEX_LAYOUT})
@@ -217,20 +218,20 @@ async def test_a_run_of_one_given_name_is_read_as_the_walk_meets_it(store_uri: s
             given[f"z{n}"] = "博"
         for first in ("gender", "family"):
             for sort, descending in ((f"{first},given", False), (f"-{first},-given", True)):
-                expected = sorted(sorted(given, key=lambda rid: f"Patient/{rid}"),
+                expected = sorted(sorted(given, key=lambda rid: f"Patient/{rid}|"),
                                   key=lambda rid: collated(given[rid]), reverse=descending)
-                pages, cursor, first_scans = [], None, []
+                pages, cursor, each = [], None, []  # each page's scans
                 while True:
                     before = len(scans.filters)
                     _, page = await service.search(principal=ADMIN, rtype="Patient",
                                                    pairs=[("_sort", sort)], count=7, cursor=cursor)
-                    if cursor is None:
-                        first_scans = [str(f) for f in scans.filters[before:]]
+                    each.append([str(f) for f in scans.filters[before:]])
                     pages.append([v.rid for v in page.matches])
                     if page.next_cursor is None:
                         break
                     cursor = page.next_cursor
                 assert [rid for page in pages for rid in page] == expected, sort
+                first_scans = each[0]
                 plain = sum("Patient|given|" in f for f in first_scans)
                 if first == "gender":
                     # up: 20 keys, the page's; down: 20 keys of 慈 (the run goes on), then 20 of it walked up
@@ -238,5 +239,11 @@ async def test_a_run_of_one_given_name_is_read_as_the_walk_meets_it(store_uri: s
                 else:
                     family = sum("Patient|family|" in f for f in first_scans)
                     within = sum("Patient|given@family@" in f for f in first_scans)
-                    # the first key, where the group ends; the first runs within it (up: 安's 100; down: 慈's 150)
-                    assert plain == 0 and family <= 2 and 1 <= within <= 4, (sort, first_scans)
+                    # the first key and where the group ends; the page's keys within it as above
+                    assert plain == 0 and family <= 2 and 1 <= within <= (2 if descending else 1), (sort, first_scans)
+                # a page inside a run starts past its cursor's match there: deep pages read as few keys as the first
+                walked = f"Patient|given{'@family@' * (first == 'family')}"
+                deepest = max(sum(walked in f for f in filters) for filters in each)
+                # (down, a page that ends one run and enters the next walks each up: 4)
+                assert deepest <= (4 if descending else 2), (sort, [sum(walked in f for f in filters)
+                                                                    for filters in each])

@@ -1018,7 +1018,8 @@ def _sort_key(resource: dict[str, Any], code: str, kind: str, descending: bool, 
 
 def _sorted_by(resources: dict[str, dict[str, Any]], sort: list[tuple[str, str, bool]], base: str) -> list[str]:
     """The ids of ``resources`` in the order of a ``_sort`` by several keys (code, kind, descending): each key's
-    value as ``_sort_key`` gives it, a resource without one after those with one, full ties by id."""
+    value as ``_sort_key`` gives it, a resource without one after those with one, full ties by id as the index
+    keys hold them (each followed by ``|``: ``12`` before ``1``)."""
     def compare(a: str, b: str) -> int:
         for code, kind, descending in sort:
             x, y = (_sort_key(resources[r], code, kind, descending, base) for r in (a, b))
@@ -1026,7 +1027,7 @@ def _sorted_by(resources: dict[str, dict[str, Any]], sort: list[tuple[str, str, 
                 if x is None or y is None:
                     return 1 if x is None else -1
                 return (1 if x < y else -1) if descending else (-1 if x < y else 1)
-        return (a > b) - (a < b)
+        return (f"{a}|" > f"{b}|") - (f"{a}|" < f"{b}|")
     return sorted(resources, key=functools.cmp_to_key(compare))
 
 

@@ -45,7 +45,7 @@ from fhir_server.search.query import TOP, Clause, KeyRange, KeySet, SearchQuery,
 from fhir_server.search.registry import indexed_as, parameters_for
 from fhir_server.settings import Settings
 from fhir_server.storage import ResourceStore, Version
-from fhir_server.storage.versions import index_key, split_index_key, split_item
+from fhir_server.storage.versions import index_key, items_starting, split_index_key, split_item
 
 __all__ = ["SearchEngine", "SearchPage", "TooManyMatches", "compartment_clause", "entries_of_version"]
 
@@ -78,7 +78,9 @@ class _Members:
     the walk's direction from there, and the ids its entries name: every member, and perhaps resources whose entry
     is stale or is not the one that stands for them (each is checked when read). None: not read, the second key
     is walked within the group (``within_group``), whose entries name only its members and the resources with its
-    value among others of the first key (checked when read)."""
+    value among others of the first key (checked when read); ``far`` is then ``anchor`` (either names the group in
+    a cursor: the walk within starts at the cursor's values), and the group's end is found when the walk goes
+    beyond it."""
     value: Any
     anchor: str
     far: str
@@ -864,12 +866,16 @@ class SearchEngine:
         that finds its group being read by another waits for it."""
         shape = (query.text, tuple(query.sort), tuple(c.name for c in clauses))  # c.name: a compartment's too
         fresh = anchor is None  # a first page: nothing kept is used, and it starts at the walk's first match
-        if fresh:
-            first = await _first(self._in_order(order, clauses, "k", None, back=False, batch=batch, budget=budget),
-                                 1)
-            if not first:
-                return
-            phase, anchor = first[0][:2]
+        if fresh:  # where the walk starts: its first pair (each resource met from there is read and checked), or,
+            # when no resource has a value, its first match among those without (phase m or t)
+            pair = await _first(order.walk(self.store, after=None, rising=not order.descending, batch=2), 1)
+            if pair:
+                phase, anchor = "k", pair[0][1]
+            else:
+                first = await _first(self._in_order(order, clauses, "k", None, back=False, batch=2, budget=budget), 1)
+                if not first:
+                    return
+                phase, anchor = first[0][:2]
         assert anchor is not None
         at = (shape, back, phase, anchor)
         kept, reading = None, None
@@ -994,8 +1000,7 @@ class SearchEngine:
         rising = order.descending == back
         if (await self._layout() >= within_layout(order.param)
                 and (narrow := within_group(order, second, anchor)) is not None):  # any size: a page's worth read
-            far = await order.run_end(self.store, anchor, rising=rising)
-            return narrow, _Members(value, anchor, far, None, time.monotonic())
+            return narrow, _Members(value, anchor, anchor, None, time.monotonic())
         if known and (kept := self.groups.members(_Groups.members_key(order, back, anchor))) is not None:
             return second, kept
         rids, far = await self._group_ids(order, anchor, value, rising=rising)
@@ -1072,18 +1077,12 @@ class SearchEngine:
 
         met: set[str] = set()
 
-        by_id = len(query.sort) == 2  # a run of one second-key value is then ordered by id alone
-        # ... and a string's run (one value, one encoding) comes in id order when walked up, forward: its members
+        by_id = len(query.sort) == 2  # a run of one second-key value is then ordered by id alone (``_tied``)
+        # ... and a string's run (one value, one encoding) comes in that order when walked up, forward: its members
         # are then read a page's worth at a time as the walk meets them, not once the run's last key is read
-        # (unless a member's id may be a prefix of another's: ``after_a_prefix``; any may, members not known)
-        streams = by_id and second.kind == "string" and not back and members.rids is not None
+        streams = by_id and second.kind == "string" and not second.descending and not back
         # descending, a run comes down in falling id order: one that goes on beyond the batch in hand is walked up
-        streams_up, streams = streams and second.descending, streams and not second.descending
-
-        def after_a_prefix(rid: str) -> bool:  # a member whose id is a prefix of this one's sorts before it but
-            if members.rids is None:  # after it in the keys ("1|" > "12|"); members not known: any may be
-                return True
-            return any(rid[:n] in members.rids for n in range(1, len(rid)))
+        streams_up = by_id and second.kind == "string" and second.descending and not back
 
         async def run_of(value: Any, pairs: dict[str, set[str]]) -> AsyncGenerator[_Placed, None]:
             """The members among the pairs of one value of the second key (each id with its keys there), in the
@@ -1092,10 +1091,10 @@ class SearchEngine:
             rids = list(pairs)
             size = len(rids)
             if by_id:
-                rids.sort(key=lambda rid: f"{order.rtype}/{rid}", reverse=back)
+                rids.sort(key=lambda rid: _tied(f"{order.rtype}/{rid}"), reverse=back)
                 if seen is not None and value == seen[1]:  # those the cursor's match precedes: not read at all
-                    rids = [rid for rid in rids if (f"{order.rtype}/{rid}" < seen[-1] if back
-                                                    else f"{order.rtype}/{rid}" > seen[-1])]
+                    rids = [rid for rid in rids if (_tied(f"{order.rtype}/{rid}") < _tied(seen[-1]) if back
+                                                    else _tied(f"{order.rtype}/{rid}") > _tied(seen[-1]))]
                 size = batch
             elif size > cap:  # sorted in memory by the keys after the second
                 raise _too_many_sharing(cap, " and of the second")
@@ -1115,7 +1114,20 @@ class SearchEngine:
 
         async def valued() -> AsyncGenerator[_Placed | None, None]:  # None: too sparse, read the group whole
             rising = second.descending == back
-            start = None if seen is None or seen[1] is None else second.start_of(seen[1], rising=rising)
+
+            def resume(value: Any) -> str | None:
+                """Where a walk up the run of ``value`` starts: past the cursor's match, when it is of that run
+                (the members up to it precede it), else at the run's start (string runs: ``IndexOrder.after``)."""
+                if seen is not None and value == seen[1] and isinstance(seen[-1], str):
+                    past = second.after(value, seen[-1].partition("/")[2])
+                    if past is not None:
+                        return past
+                return second.start_of(value, rising=True)
+
+            if seen is None or seen[1] is None:
+                start = None
+            else:  # a page inside a run read as met starts past its cursor: pages deep in a run cost the same
+                start = resume(seen[1]) if streams else second.start_of(seen[1], rising=rising)
             limit = None if members.rids is None else max(4 * len(members.rids), 1000)  # within: the group's own
             read = 0
             run: dict[str, set[str]] = {}  # the members' pairs of one value of the second key: id -> keys
@@ -1124,10 +1136,8 @@ class SearchEngine:
 
             def take(key: str) -> bool:
                 """A pair of the run at hand; whether its members met so far are to be read now."""
-                nonlocal streaming
                 rid = split_index_key(key)[1]
                 if (members.rids is None or rid in members.rids) and rid not in met:
-                    streaming = streaming and not after_a_prefix(rid)  # the rest of the run: read whole
                     run.setdefault(rid, set()).add(key)
                 return streaming and len(run) >= batch
 
@@ -1163,7 +1173,7 @@ class SearchEngine:
                         if ended:
                             break
                         if only is None and streams_up and chunk[-1][0] == run_value:  # none of it has gone out
-                            walk, run = (second.start_of(run_value, rising=True), True, run_value), {}
+                            walk, run = (resume(run_value), True, run_value), {}
                             break
                 if only is not None:
                     async with aclosing(run_of(only, run)) as found:
@@ -1206,9 +1216,12 @@ class SearchEngine:
                         yield item
                 if sparse:
                     break
+            far = members.far
+            if members.rids is None:  # walked within: where the group ends, found now that the walk goes beyond it
+                far = await order.run_end(self.store, members.anchor, rising=order.descending == back)
             beyond = (self._groups_from(order, query, clauses, "k", members.anchor, last, None, shape, back=back,
                                         batch=batch, budget=budget, whole=True) if sparse else
-                      self._groups_from(order, query, clauses, "k", members.far, None, None, shape, back=back,
+                      self._groups_from(order, query, clauses, "k", far, None, None, shape, back=back,
                                         batch=batch, budget=budget, served=("k", members.value)))
             async with aclosing(beyond) as rest:
                 async for placed in rest:
@@ -1515,8 +1528,8 @@ def _sort_values(query: SearchQuery, version: Version) -> list[Any]:
         base, only = indexed_as(version.rtype, code)  # Observation patient: subject's entries, Patient ones only
         kind = params[base].type
         prefix = f"{base}|"  # the ix items (param|enc|vid) of this parameter, decoded: few of the version's
-        values = [sort_value(kind, item[len(prefix):item.rindex("|")], descending) for item in version.index
-                  if item.startswith(prefix)]
+        values = [sort_value(kind, item[len(prefix):item.rindex("|")], descending)
+                  for item in items_starting(version.index, prefix)]
         values = [v for v in values if v is not None and (only is None or reference_type(v) == only)]
         out.append((max(values) if descending else min(values)) if values else None)
     out.append(version.key)  # last: Type/id, unique across the types of a search over several
@@ -1541,4 +1554,12 @@ def _compare(query: SearchQuery, a: list[Any], b: list[Any]) -> int:
             x, y = str(x), str(y)
         result = -1 if x < y else 1
         return -result if descending else result
-    return int(a[-1] > b[-1]) - int(a[-1] < b[-1])
+    x, y = _tied(a[-1]), _tied(b[-1])
+    return int(x > y) - int(x < y)
+
+
+def _tied(key: str) -> str:
+    """What orders resources of equal sort values (``Type/id``, the last of their sort values): their ids as the
+    index keys hold them, each followed by ``|``, so that an id comes after those it is a prefix of (``12`` before
+    ``1``): a run of one value walked in the index comes in this order and is read as the walk meets it."""
+    return f"{key}|"

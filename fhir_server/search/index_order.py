@@ -61,7 +61,7 @@ from fhir_server.search.keys import (
 )
 from fhir_server.search.registry import indexed_as, parameters_for
 from fhir_server.storage import ResourceStore, Version
-from fhir_server.storage.versions import index_key, split_item
+from fhir_server.storage.versions import index_key, items_starting, split_item
 
 __all__ = ["IndexOrder", "index_order", "marks_of", "order_marks", "within", "within_group"]
 
@@ -197,6 +197,13 @@ class IndexOrder:
             return None
         return f"{self.rtype}|{self.param}|{prefix}{'' if rising else '/'}"
 
+    def after(self, value: Any, rid: str) -> str | None:
+        """A position from which a walk up meets the pairs of the string ``value`` whose ids come after ``rid`` in
+        the order of the keys (each id followed by ``|``), then the higher values; None if not a string order."""
+        if self.kind != "string" or not isinstance(value, str):
+            return None
+        return f"{self.rtype}|{self.param}|{hexs(value)}.|{rid}|~"
+
     @property
     def positioned(self) -> bool:
         """Whether ``start_of`` gives positions in this order."""
@@ -233,11 +240,10 @@ class IndexOrder:
         the highest descending), or None when it has no sortable value."""
         prefix = f"{self.param}|"
         pairs = []
-        for item in version.index:
-            if item.startswith(prefix):
-                value = self.value(split_item(item)[0][len(prefix):-1])
-                if value is not None:
-                    pairs.append((value, index_key(self.rtype, version.rid, item)))
+        for item in items_starting(version.index, prefix):
+            value = self.value(split_item(item)[0][len(prefix):-1])
+            if value is not None:
+                pairs.append((value, index_key(self.rtype, version.rid, item)))
         if not pairs:
             return None
         return (max(pairs) if self.descending else min(pairs))[1]

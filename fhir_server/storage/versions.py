@@ -31,6 +31,7 @@ Only filters on ``_id`` alone are used on hot paths: FerretDB's SQLite backend p
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import dataclasses
 import re
@@ -57,7 +58,7 @@ from fhir_server.storage.batching import (
 )
 
 __all__ = ["HistoryPage", "LockBusy", "ResourceStore", "Version", "VersionConflict", "history_key", "index_key",
-           "now_micros", "split_index_key", "split_item"]
+           "items_starting", "now_micros", "split_index_key", "split_item"]
 
 _last_ts = 0
 
@@ -90,7 +91,7 @@ class Version:
     ts: int
     method: str  # POST | PUT | PATCH | DELETE, for history entries (FHIR R4 Bundle.entry.request)
     body: bytes | None
-    index: tuple[str, ...] = ()  # search index entries, each ``param|enc|vid`` (vid: the version that added it)
+    index: tuple[str, ...] = ()  # search index entries, each ``param|enc|vid`` (vid: the version that added it), sorted
 
     @property
     def deleted(self) -> bool:
@@ -112,7 +113,8 @@ class Version:
 def _from_doc(doc: dict[str, Any], *, with_index: bool = False) -> Version:
     body = doc.get("j")
     ix = doc.get("ix") if with_index else None
-    index = tuple(ix.split(" ")) if isinstance(ix, str) and ix else tuple(ix) if isinstance(ix, list) else ()
+    # sorted, as ``index_for`` writes them (a store written otherwise costs the sort): ``items_starting`` bisects
+    index = tuple(sorted(ix.split(" ") if isinstance(ix, str) and ix else ix if isinstance(ix, list) else ()))
     return Version(rtype=doc["t"], rid=doc["i"], vid=int(doc["v"]), ts=int(doc["ts"]), method=doc.get("m", "PUT"),
                    body=None if body is None else bytes(body), index=index)
 
@@ -122,6 +124,15 @@ def _ix(index: tuple[str, ...]) -> str:
     in a fraction of the time an array of strings takes: fetching 28 Patients by ``$in`` took 3.5 ms instead
     of 7.8 ms."""
     return " ".join(index)
+
+
+def items_starting(index: tuple[str, ...], prefix: str) -> tuple[str, ...]:
+    """The items of a version's ``index`` that start with ``prefix`` (``param|``: a parameter's), found by
+    bisection: a version's items are sorted (``_from_doc``; the service makes them from sorted entries)."""
+    start = end = bisect.bisect_left(index, prefix)
+    while end < len(index) and index[end].startswith(prefix):
+        end += 1
+    return index[start:end]
 
 
 def split_item(item: str) -> tuple[str, str]:
