@@ -40,6 +40,7 @@ given takes a family's members in given-name order from them.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
@@ -330,6 +331,9 @@ class IndexOrder:
                 l_high = f"{self.param}|L{sortable_int(mark[0] + 1)}"
         ends = _Keys(store, self.rtype, h_low, h_high, rising, batch, passing=PASSED_OVER[self.descending])
         starts = _Keys(store, self.rtype, l_low, l_high, rising, batch, passing=PASSED_OVER[self.descending])
+        # the walk needs the first batch of each before it can release a pair: asked for at once, they share a
+        # command (storage/batching.py ``ScanBatcher``) instead of following one another
+        await asyncio.gather(ends.peek(), starts.peek())
         held: list[Pair] = []  # short dates read, sorted by pair
         low_read: int | None = None  # the low bound of the last L entry read
         while True:
