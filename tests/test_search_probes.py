@@ -199,7 +199,8 @@ async def test_a_run_of_one_given_name_is_read_as_the_walk_meets_it(store_uri: s
     pages walk the given names within zhao (keys.py ``SORTS_WITHIN``): the first page reads neither the family's
     280 entries nor the given names outside it, only its first keys within it (up: as many as the page's; down:
     慈's first, then walked up), and the order is the same. Every page inside a run starts past its cursor's
-    match there (``IndexOrder.after``): the pages deep in a run read a few keys of it, as the first does."""
+    match there (``IndexOrder.after``): the pages deep in a run read a few keys of it, as the first does; and so
+    does each previous page, back from the last (``IndexOrder.before``; ascending given names)."""
     scans = CommandCounter("search_index")
     async with fresh_store(store_uri, owner="runs-test", listeners=(scans,)) as store:
         await store.db["jobs"].insert_one({"_id": LAYOUT_MARKER, "layout": INDEX_LAYOUT})
@@ -247,3 +248,15 @@ async def test_a_run_of_one_given_name_is_read_as_the_walk_meets_it(store_uri: s
                 # (down, a page that ends one run and enters the next walks each up: 4)
                 assert deepest <= (4 if descending else 2), (sort, [sum(walked in f for f in filters)
                                                                     for filters in each])
+                back, cursor, each = [], page.previous_cursor, []  # and back from the last page to the first
+                while cursor is not None:
+                    before = len(scans.filters)
+                    _, page = await service.search(principal=ADMIN, rtype="Patient", pairs=[("_sort", sort)],
+                                                   count=7, cursor=cursor)
+                    each.append([str(f) for f in scans.filters[before:]])
+                    back.insert(0, [v.rid for v in page.matches])
+                    cursor = page.previous_cursor
+                assert back == pages[:-1], sort
+                if not descending:  # a run walked down past the cursor's match is in the order the page wants
+                    deepest = max(sum(walked in f for f in filters) for filters in each)
+                    assert deepest <= 2, (sort, [sum(walked in f for f in filters) for filters in each])

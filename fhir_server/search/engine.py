@@ -1078,9 +1078,10 @@ class SearchEngine:
         met: set[str] = set()
 
         by_id = len(query.sort) == 2  # a run of one second-key value is then ordered by id alone (``_tied``)
-        # ... and a string's run (one value, one encoding) comes in that order when walked up, forward: its members
-        # are then read a page's worth at a time as the walk meets them, not once the run's last key is read
-        streams = by_id and second.kind == "string" and not second.descending and not back
+        # ... and a string's run (one value, one encoding) comes in that order when walked up, forward, and in its
+        # reverse when walked down, back: its members are then read a page's worth at a time as the walk meets
+        # them, not once the run's last key is read
+        streams = by_id and second.kind == "string" and not second.descending
         # descending, a run comes down in falling id order: one that goes on beyond the batch in hand is walked up
         streams_up = by_id and second.kind == "string" and second.descending and not back
 
@@ -1115,19 +1116,21 @@ class SearchEngine:
         async def valued() -> AsyncGenerator[_Placed | None, None]:  # None: too sparse, read the group whole
             rising = second.descending == back
 
-            def resume(value: Any) -> str | None:
-                """Where a walk up the run of ``value`` starts: past the cursor's match, when it is of that run
-                (the members up to it precede it), else at the run's start (string runs: ``IndexOrder.after``)."""
+            def resume(value: Any, up: bool) -> str | None:
+                """Where a walk of the run of ``value`` (``up`` or down) starts: past the cursor's match, when it
+                is of that run (the members on this side of it come before it in the walk), else at the run's
+                start from that side (string runs: ``IndexOrder.after``, ``before``)."""
                 if seen is not None and value == seen[1] and isinstance(seen[-1], str):
-                    past = second.after(value, seen[-1].partition("/")[2])
+                    rid = seen[-1].partition("/")[2]
+                    past = second.after(value, rid) if up else second.before(value, rid)
                     if past is not None:
                         return past
-                return second.start_of(value, rising=True)
+                return second.start_of(value, rising=up)
 
             if seen is None or seen[1] is None:
                 start = None
             else:  # a page inside a run read as met starts past its cursor: pages deep in a run cost the same
-                start = resume(seen[1]) if streams else second.start_of(seen[1], rising=rising)
+                start = resume(seen[1], rising) if streams else second.start_of(seen[1], rising=rising)
             limit = None if members.rids is None else max(4 * len(members.rids), 1000)  # within: the group's own
             read = 0
             run: dict[str, set[str]] = {}  # the members' pairs of one value of the second key: id -> keys
@@ -1173,7 +1176,7 @@ class SearchEngine:
                         if ended:
                             break
                         if only is None and streams_up and chunk[-1][0] == run_value:  # none of it has gone out
-                            walk, run = (resume(run_value), True, run_value), {}
+                            walk, run = (resume(run_value, True), True, run_value), {}
                             break
                 if only is not None:
                     async with aclosing(run_of(only, run)) as found:

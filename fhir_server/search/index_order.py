@@ -205,6 +205,13 @@ class IndexOrder:
             return None
         return f"{self.rtype}|{self.param}|{hexs(value)}.|{rid}|~"
 
+    def before(self, value: Any, rid: str) -> str | None:
+        """A position from which a walk down meets the pairs of the string ``value`` whose ids come before ``rid``
+        in the order of the keys, then the lower values; None if not a string order."""
+        if self.kind != "string" or not isinstance(value, str):
+            return None
+        return f"{self.rtype}|{self.param}|{hexs(value)}.|{rid}|"
+
     @property
     def positioned(self) -> bool:
         """Whether ``start_of`` gives positions in this order."""
