@@ -199,8 +199,8 @@ async def test_a_run_of_one_given_name_is_read_as_the_walk_meets_it(store_uri: s
     pages walk the given names within zhao (keys.py ``SORTS_WITHIN``): the first page reads neither the family's
     280 entries nor the given names outside it, only its first keys within it (up: as many as the page's; down:
     慈's first, then walked up), and the order is the same. Every page inside a run starts past its cursor's
-    match there (``IndexOrder.after``): the pages deep in a run read a few keys of it, as the first does; and so
-    does each previous page, back from the last (``IndexOrder.before``; ascending given names)."""
+    match there (``IndexOrder.past``): the pages deep in a run read a few keys of it, as the first does; and so
+    does each previous page, back from the last (walking down; ascending given names)."""
     scans = CommandCounter("search_index")
     async with fresh_store(store_uri, owner="runs-test", listeners=(scans,)) as store:
         await store.db["jobs"].insert_one({"_id": LAYOUT_MARKER, "layout": INDEX_LAYOUT})

@@ -1672,6 +1672,32 @@ def _upgrading_here(store_uri: str, home: Any, database: str, extra: dict[str, s
     return hub
 
 
+def _across_upgrade(store_uri: str, home: Any, database: str, extra: dict[str, str], rtype: str, code: str,
+                    layout: int, count: int, check: Callable[[httpx.Client, Hub, bool], None]) -> None:
+    """Take the ``count`` entries whose code starts with ``code`` from the database's ``rtype`` resources, as a hub
+    of ``layout`` left them, with its upgrade started by another instance: ``check(api, hub, False)`` on a hub then;
+    then a hub that takes the upgrade over, the entries back, and ``check(api, hub, True)``."""
+    with MongoClient(store_uri) as mongo:
+        db = mongo[database]
+        assert _without_entries(db, rtype, code) == count
+        _upgrading_elsewhere(db, layout)
+    hub = start_hub(store_uri, home, database=database, extra=extra)
+    try:
+        with hub.client() as api:
+            check(api, hub, False)
+    finally:
+        stop_hub(hub)
+    hub = _upgrading_here(store_uri, home, database, extra)
+    try:
+        with MongoClient(store_uri) as mongo:
+            whole = {"_id": {"$regex": f"^{rtype}\\|{re.escape(code)}"}}
+            assert mongo[database]["search_index"].count_documents(whole) == count
+        with hub.client() as api:
+            check(api, hub, True)
+    finally:
+        stop_hub(hub)
+
+
 def test_a_worklist_on_a_store_indexed_before_those_entries_reads_the_dates_themselves(store_uri: str,
                                                                                       tmp_path: Any) -> None:
     """A store of layout 8 has no entries of dates within a status: until its upgrade has indexed every order, a
@@ -1741,26 +1767,15 @@ def test_a_compartment_on_a_store_indexed_before_its_entries_reads_the_dates_the
             assert _walk_with_plans(api, hub, url)[0] == expected
     finally:
         stop_hub(hub)
-    whole = {"_id": {"$regex": r"^Observation\|date@Patient@"}}
-    with MongoClient(store_uri) as mongo:  # as a hub of layout 9 left it; another instance is upgrading it
-        db = mongo[database]
-        assert _without_entries(db, "Observation", "date@Patient@") == 30  # both patients'
-        _upgrading_elsewhere(db, within_layout(COMPARTMENT) - 1)
-    hub = start_hub(store_uri, home, database=database, extra=extra)
-    try:
-        with hub.client() as api:
-            assert _walk_with_plans(api, hub, url)[0] == expected
-    finally:
-        stop_hub(hub)
-    hub = _upgrading_here(store_uri, home, database, extra)
-    try:
-        with MongoClient(store_uri) as mongo:
-            db = mongo[database]
-            assert db["search_index"].count_documents(whole) == 30
-        with hub.client() as api:
-            assert _walk_with_plans(api, hub, url) == (expected, ["index"] * 3)
-    finally:
-        stop_hub(hub)
+
+    def check(api: httpx.Client, hub: Hub, upgraded: bool) -> None:
+        walked = _walk_with_plans(api, hub, url)
+        assert walked[0] == expected
+        if upgraded:
+            assert walked == (expected, ["index"] * 3)
+
+    _across_upgrade(store_uri, home, database, extra, "Observation", "date@Patient@",
+                    within_layout(COMPARTMENT) - 1, 30, check)  # both patients'
 
 
 def test_a_sort_by_name_on_a_store_indexed_before_given_names_within_families(store_uri: str,
@@ -1786,27 +1801,13 @@ def test_a_sort_by_name_on_a_store_indexed_before_given_names_within_families(st
                 assert _walk_with_plans(api, hub, f"/Patient?_sort={sort}&_count=4")[0] == ids, sort
     finally:
         stop_hub(hub)
-    whole = {"_id": {"$regex": r"^Patient\|given@family@"}}
-    with MongoClient(store_uri) as mongo:  # as a hub of layout 10 left it; another instance is upgrading it
-        db = mongo[database]
-        assert _without_entries(db, "Patient", "given@family@") == 30
-        _upgrading_elsewhere(db, within_layout("family") - 1)
-    hub = start_hub(store_uri, home, database=database, extra=extra)
-    try:
-        with hub.client() as api:
-            for sort, ids in expected.items():
-                assert _walk_with_plans(api, hub, f"/Patient?_sort={sort}&_count=4")[0] == ids, sort
-    finally:
-        stop_hub(hub)
-    hub = _upgrading_here(store_uri, home, database, extra)
-    try:
-        with MongoClient(store_uri) as mongo:
-            assert mongo[database]["search_index"].count_documents(whole) == 30
-        with hub.client() as api:
-            for sort, ids in expected.items():
-                assert _walk_with_plans(api, hub, f"/Patient?_sort={sort}&_count=4")[0] == ids, sort
-    finally:
-        stop_hub(hub)
+
+    def check(api: httpx.Client, hub: Hub, upgraded: bool) -> None:
+        for sort, ids in expected.items():
+            assert _walk_with_plans(api, hub, f"/Patient?_sort={sort}&_count=4")[0] == ids, sort
+
+    _across_upgrade(store_uri, home, database, extra, "Patient", "given@family@", within_layout("family") - 1, 30,
+                    check)
 
 
 def test_a_patients_timeline_reads_the_dates_of_its_observations_alone(store_uri: str, tmp_path: Any) -> None:

@@ -997,13 +997,12 @@ class SearchEngine:
         value = order.key_value(anchor)
         if value is None:  # not a position of this order (a cursor made up): no group to take
             return None
-        rising = order.descending == back
         if (await self._layout() >= within_layout(order.param)
                 and (narrow := within_group(order, second, anchor)) is not None):  # any size: a page's worth read
             return narrow, _Members(value, anchor, anchor, None, time.monotonic())
         if known and (kept := self.groups.members(_Groups.members_key(order, back, anchor))) is not None:
             return second, kept
-        rids, far = await self._group_ids(order, anchor, value, rising=rising)
+        rids, far = await self._group_ids(order, anchor, value, rising=order.descending == back)
         if len(rids) < _Groups.LARGE:
             return None
         members = _Members(value, anchor, far, rids, time.monotonic())
@@ -1119,10 +1118,9 @@ class SearchEngine:
             def resume(value: Any, up: bool) -> str | None:
                 """Where a walk of the run of ``value`` (``up`` or down) starts: past the cursor's match, when it
                 is of that run (the members on this side of it come before it in the walk), else at the run's
-                start from that side (string runs: ``IndexOrder.after``, ``before``)."""
+                start from that side (string runs: ``IndexOrder.past``)."""
                 if seen is not None and value == seen[1] and isinstance(seen[-1], str):
-                    rid = seen[-1].partition("/")[2]
-                    past = second.after(value, rid) if up else second.before(value, rid)
+                    past = second.past(value, seen[-1].partition("/")[2], up=up)
                     if past is not None:
                         return past
                 return second.start_of(value, rising=up)

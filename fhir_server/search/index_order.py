@@ -198,19 +198,12 @@ class IndexOrder:
             return None
         return f"{self.rtype}|{self.param}|{prefix}{'' if rising else '/'}"
 
-    def after(self, value: Any, rid: str) -> str | None:
-        """A position from which a walk up meets the pairs of the string ``value`` whose ids come after ``rid`` in
-        the order of the keys (each id followed by ``|``), then the higher values; None if not a string order."""
+    def past(self, value: Any, rid: str, *, up: bool) -> str | None:
+        """A position from which a walk ``up`` (or down) meets the pairs of the string ``value`` whose ids come after
+        (before) ``rid`` in the order of the keys, then the higher (lower) values; None if not a string order."""
         if self.kind != "string" or not isinstance(value, str):
             return None
-        return f"{self.rtype}|{self.param}|{hexs(value)}.|{rid}|~"
-
-    def before(self, value: Any, rid: str) -> str | None:
-        """A position from which a walk down meets the pairs of the string ``value`` whose ids come before ``rid``
-        in the order of the keys, then the lower values; None if not a string order."""
-        if self.kind != "string" or not isinstance(value, str):
-            return None
-        return f"{self.rtype}|{self.param}|{hexs(value)}.|{rid}|"
+        return f"{self.rtype}|{self.param}|{hexs(value)}.|{rid}|{'~' if up else ''}"
 
     @property
     def positioned(self) -> bool:
