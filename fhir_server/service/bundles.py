@@ -61,6 +61,7 @@ class _Entry:
     if_none_match: str | None = None
     modified_by: int | None = None  # ifModifiedSince: its last microsecond at its precision
     target: str | None = None  # the id this entry writes
+    matched: int | None = None  # a conditional write's: the version its criteria matched (written over that only)
     base: Version | None = None
     new: Version | None = None
     status: str = ""
@@ -307,7 +308,7 @@ class BundleService:
                 if any(e.if_match is not None for e in entries):
                     raise PreconditionFailed("A resource of this transaction was changed concurrently") from None
                 for e in entries:
-                    e.target, e.base, e.new, e.result = None, None, None, None
+                    e.target, e.matched, e.base, e.new, e.result = None, None, None, None, None
                 continue
         raise Conflict("The resources of this transaction are being changed by too many writers; try again")
 
@@ -388,7 +389,7 @@ class BundleService:
                         raise PreconditionFailed(f"The criteria matched {len(found)} {e.rtype} resources")
                     body_id = e.resource.get("id") if isinstance(e.resource, dict) else None
                     if found:
-                        e.target = found[0].rid
+                        e.target, e.matched = found[0].rid, found[0].vid
                     elif e.method == "PUT":
                         e.target = body_id if isinstance(body_id, str) else new_id()
                     else:
@@ -456,6 +457,9 @@ class BundleService:
             assert e.target is not None
             try:
                 base = bases.get((e.rtype, e.target))
+                if e.matched is not None and (base is None or base.vid != e.matched):
+                    # written since its criteria matched it, perhaps to match no more: match again
+                    raise VersionConflict(f"{e.rtype}/{e.target} changed after its criteria matched it")
                 if e.method == "PATCH":
                     if base is None or base.body is None:
                         raise NotFound(f"{e.rtype}/{e.target} is not there to patch")

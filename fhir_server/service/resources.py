@@ -315,19 +315,27 @@ class ResourceService:
         validate_resource(resource, expected_type=rtype)
         body_id = resource.get("id")
         async with self._guard(criteria, resource):
-            matches = await self.match(criteria, rtype)
-            if len(matches) > 1:  # FHIR R4 http.html#cond-update: multiple matches -> 412
-                raise PreconditionFailed(f"The criteria matched {len(matches)} {rtype} resources; be more specific")
-            if matches:
+            async for _ in self.attempts():
+                matches = await self.match(criteria, rtype)
+                if len(matches) > 1:  # FHIR R4 http.html#cond-update: multiple matches -> 412
+                    raise PreconditionFailed(f"The criteria matched {len(matches)} {rtype} resources; be more "
+                                             "specific")
+                if not matches:
+                    principal.require("c", rtype)
+                    rid = body_id if isinstance(body_id, str) else new_id()
+                    return await self._write(rtype=rtype, rid=rid, resource=resource, method="PUT",
+                                             expected=if_match, principal=principal)
                 rid = matches[0].rid
                 if body_id is not None and body_id != rid:
                     raise BadRequest(f"The body's id '{body_id}' is not the id of the matched resource '{rid}'")
-                return await self._write(rtype=rtype, rid=rid, resource=resource, method="PUT", expected=if_match,
-                                         principal=principal)
-            principal.require("c", rtype)
-            rid = body_id if isinstance(body_id, str) else new_id()
-            return await self._write(rtype=rtype, rid=rid, resource=resource, method="PUT", expected=if_match,
-                                     principal=principal)
+                try:  # over the version that matched: one written since may match no more (plain writes take no lock)
+                    return await self._write(rtype=rtype, rid=rid, resource=resource, method="PUT",
+                                             expected=matches[0].vid if if_match is None else if_match,
+                                             principal=principal)
+                except PreconditionFailed:
+                    if if_match is not None:
+                        raise
+            raise Conflict(f"The {rtype} the criteria match is being changed by too many writers; try again")
 
     async def patch(self, *, principal: Principal, rtype: str, rid: str, patch: Any,
                     if_match: int | None = None) -> WriteResult:
@@ -381,12 +389,19 @@ class ResourceService:
         _no_search_for_patient_scopes(principal.require("s", rtype), "Conditional delete")
         criteria = self.criteria(principal, rtype, criteria_text)
         async with self._guard(criteria):
-            matches = await self.match(criteria, rtype)
-            if len(matches) > 1:  # FHIR R4 http.html#cdelete: we delete one at a time
-                raise PreconditionFailed(f"The criteria matched {len(matches)} {rtype} resources; be more specific")
-            if not matches:
-                return None
-            return await self.delete(principal=principal, rtype=rtype, rid=matches[0].rid)
+            async for _ in self.attempts():
+                matches = await self.match(criteria, rtype)
+                if len(matches) > 1:  # FHIR R4 http.html#cdelete: we delete one at a time
+                    raise PreconditionFailed(f"The criteria matched {len(matches)} {rtype} resources; be more "
+                                             "specific")
+                if not matches:
+                    return None
+                try:  # the version that matched: one written since may match no more (plain writes take no lock)
+                    return await self.delete(principal=principal, rtype=rtype, rid=matches[0].rid,
+                                             if_match=matches[0].vid)
+                except PreconditionFailed:
+                    continue
+            raise Conflict(f"The {rtype} the criteria match is being changed by too many writers; try again")
 
     # ---- internals ------------------------------------------------------------------------------------
 
