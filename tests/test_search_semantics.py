@@ -707,27 +707,49 @@ def test_sort_total_count_and_system_search(search_hub: Hub, stored: dict[str, l
         assert bad.status_code == 400 and "_summary" in bad.json()["issue"][0]["diagnostics"]
 
 
+def everything(api: httpx.Client, url: str) -> tuple[list[str], list[str]]:
+    """The matches and the included resources (``Type/id``, sorted, each once) of every page from ``url`` on."""
+    matches: list[str] = []
+    included: set[str] = set()
+    next_url: str | None = url
+    while next_url:
+        answer = api.get(next_url.removeprefix(str(api.base_url).rstrip("/")))
+        assert answer.status_code == 200, answer.text
+        page = answer.json()
+        for e in page.get("entry", []):
+            key = f"{e['resource']['resourceType']}/{e['resource']['id']}"
+            if e["search"]["mode"] == "match":
+                matches.append(key)
+            else:
+                assert e["search"]["mode"] == "include" and key not in matches, e
+                included.add(key)
+        next_url = next((link["url"] for link in page["link"] if link["relation"] == "next"), None)
+    return sorted(matches), sorted(included)
+
+
 def test_compartment_search_and_everything(search_hub: Hub, stored: dict[str, list[dict[str, Any]]]) -> None:
     base = search_hub.base
     with search_hub.client() as api:
         requests = api.get("/Patient/p0000007/ServiceRequest").json()
         assert [e["resource"]["id"] for e in requests["entry"]] == ["sr0000007"]
-        everything: list[str] = []
-        url: str | None = "/Patient/p0000007/$everything?_count=2"
-        while url:
-            page = api.get(url.replace(base, "")).json()
-            everything += [f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in page["entry"]]
-            url = next((link["url"] for link in page["link"] if link["relation"] == "next"), None)
-        assert sorted(everything) == sorted(["Patient/p0000007", "ServiceRequest/sr0000007",
-                                             "Observation/ob00000070", "Observation/ob00000071",
-                                             "DiagnosticReport/dr0000007"])
-        only = api.get("/Patient/p0000007/$everything", params={"_type": "Observation"}).json()
-        assert sorted(e["resource"]["id"] for e in only["entry"]) == ["ob00000070", "ob00000071"]
+        compartment = sorted(["Patient/p0000007", "ServiceRequest/sr0000007", "Observation/ob00000070",
+                              "Observation/ob00000071", "DiagnosticReport/dr0000007"])
+        assert everything(api, "/Patient/p0000007/$everything?_count=2") == (compartment, ["Organization/h07"])
+        assert everything(api, "/Patient/p0000007/$everything") == (compartment, ["Organization/h07"])
+        # _type chooses among the compartment's types and the types they refer to
+        only = "/Patient/p0000007/$everything?_type=Observation"
+        assert everything(api, only) == (["Observation/ob00000070", "Observation/ob00000071"], [])
+        both = "/Patient/p0000007/$everything?_type=Patient,Organization"
+        assert everything(api, both) == (["Patient/p0000007"], ["Organization/h07"])
+        alone = api.get("/Patient/p0000007/$everything", params={"_type": "Organization"})
+        assert alone.status_code == 400 and alone.json()["issue"][0]["expression"] == ["_type"]
     with httpx.Client(base_url=base, headers={"Authorization": "Bearer " + search_hub.token(
             "patient/*.rs", patient="p0000007")}) as own:
         mine = own.get("/Observation").json()
         assert sorted(e["resource"]["id"] for e in mine["entry"]) == ["ob00000070", "ob00000071"]
         assert [e["resource"]["id"] for e in own.get("/Patient").json()["entry"]] == ["p0000007"]
+        # the hospital is not in the patient's compartment: a patient/ token is not shown it
+        assert everything(own, "/Patient/p0000007/$everything") == (compartment, [])
 
 
 def test_a_search_over_several_types_selects_nothing_of_a_type_without_the_parameter(

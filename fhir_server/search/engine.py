@@ -1384,7 +1384,7 @@ class SearchEngine:
                         continue
                     for ref in _references(v, inc.param):
                         rtype, _, rid = ref.partition("/")
-                        if rid and "/" not in rid and (inc.target is None or inc.target == rtype) \
+                        if rid and "/" not in rid and (inc.targets is None or rtype in inc.targets) \
                                 and ref not in seen:
                             wanted.setdefault(rtype, set()).add(rid)
             fetched: list[Version] = []
@@ -1394,7 +1394,8 @@ class SearchEngine:
             for inc in query.revincludes:
                 if not (first or inc.iterate):
                     continue
-                fetched += await self._revinclude(inc, [v for v in frontier if inc.target in (None, v.rtype)], cap)
+                targets = [v for v in frontier if inc.targets is None or v.rtype in inc.targets]
+                fetched += await self._revinclude(inc, targets, cap)
             fresh = []
             for v in fetched:
                 if v.key not in seen:

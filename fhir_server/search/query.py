@@ -174,7 +174,7 @@ class Clause:
 class Include:
     source: str
     param: str
-    target: str | None
+    targets: frozenset[str] | None  # the target types it includes (None: any)
     iterate: bool
 
 
@@ -815,7 +815,7 @@ def _includes(rtype: str, values: list[str], name: str, *, reverse: bool, search
         if not reverse and not iterate and source not in searched:
             what = rtype if len(searched) == 1 else "one of the types searched"
             raise _bad(f"{name}={value}: the source type must be {what} (or use {name}:iterate)", where=name)
-        out.append(Include(source, param, target, iterate))
+        out.append(Include(source, param, None if target is None else frozenset((target,)), iterate))
     return out
 
 

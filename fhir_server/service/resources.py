@@ -44,7 +44,7 @@ from fhir_server.search.compartment import in_patient_compartment
 from fhir_server.search.index_order import marks_of, order_marks
 from fhir_server.search.keys import hexs
 from fhir_server.search.paths import check_syntax
-from fhir_server.search.query import MODIFIERS
+from fhir_server.search.query import MODIFIERS, Include
 from fhir_server.search.registry import CODE_RE, set_custom
 from fhir_server.service.etag import etag
 from fhir_server.service.ids import new_id
@@ -200,10 +200,11 @@ class ResourceService:
 
     async def search_many(self, *, principal: Principal, types: list[str] | None, pairs: list[tuple[str, str]],
                           count: int, cursor: str | None, strict: bool = False,
-                          compartment: tuple[str, str] | None = None) -> tuple[list[str], SearchPage]:
+                          compartment: tuple[str, str] | None = None,
+                          referenced: frozenset[str] = frozenset()) -> tuple[list[str], SearchPage]:
         """A page of one search over several types: ``types`` (from ``_type``), else every type the principal may
         search (system search) or of the ``compartment`` (``Patient/[id]/*``). Returns what was ignored, and the
-        page.
+        page; with ``referenced``, the page includes the resources of those types that its matches refer to.
 
         A parameter that some searched types define and others do not selects nothing of the others
         (``GET [base]?gender=male`` finds no Observation); a parameter none of them defines is ignored and
@@ -237,6 +238,8 @@ class ResourceService:
             ignored += [m for m in query.ignored if m not in undefined and m not in ignored]
             if compartment is not None:
                 query.clauses.append(self._compartment(query.rtype, *compartment))
+            if referenced:
+                query.includes.append(Include(query.rtype, "*", referenced, iterate=False))
             kept.append(query)
         if strict:
             refuse_ignored(ignored)
@@ -254,11 +257,25 @@ class ResourceService:
 
     async def everything(self, *, principal: Principal, pid: str, since: str | None, types: list[str] | None,
                          count: int, cursor: str | None) -> SearchPage:
-        """``Patient/[id]/$everything``: the patient and every resource in its compartment, paged."""
+        """``Patient/[id]/$everything``: the patient and every resource in its compartment, paged; each page
+        includes the resources its matches refer to that are in no patient's compartment (practitioners,
+        organizations, locations, medications, devices: FHIR R4 says $everything SHOULD return "any resource
+        referenced from those"); resources of a compartment type come as matches, this patient's only.
+        ``_type`` chooses among both kinds and must name a compartment type."""
         await self.read(principal=principal, rtype="Patient", rid=pid)
-        _, page = await self.search_many(principal=principal, types=types, count=count, cursor=cursor,
+        members = set(_compartment_members())
+        for t in types or ():
+            require_supported_type(t)
+        referenced = frozenset(t for t in (SUPPORTED_TYPES if types is None else types) if t not in members)
+        searched = None if types is None else [t for t in types if t in members]
+        if searched == []:
+            raise BadRequest(f"_type: {', '.join(types or [])} come only as resources that the patient's "
+                             "compartment refers to: name a type of the Patient compartment too",
+                             issues=[Issue(code="value", diagnostics="_type names no type of the Patient "
+                                           "compartment", expression=("_type",))])
+        _, page = await self.search_many(principal=principal, types=searched, count=count, cursor=cursor,
                                          pairs=[("_lastUpdated", f"ge{since}")] if since else [],
-                                         compartment=("Patient", pid))
+                                         compartment=("Patient", pid), referenced=referenced)
         return page
 
     # ---- writes ---------------------------------------------------------------------------------------
