@@ -476,8 +476,10 @@ def test_search_by_identifier_and_id_with_paging(api: httpx.Client, hub: Hub) ->
     assert [e["resource"]["id"] for e in lenient["entry"] if e["search"]["mode"] == "match"] == [ids[0]]
     outcome = [e["resource"] for e in lenient["entry"] if e["search"]["mode"] == "outcome"]
     assert "no-such-parameter" in outcome[0]["issue"][0]["diagnostics"]  # ignored, and said so
-    strict = api.get("/Patient", params={"_id": ids[0], "no-such-parameter": "1"},
+    strict = api.get("/Patient", params={"_id": ids[0], "no-such-parameter": "1", "also-unknown:exact": "x"},
                      headers={"Prefer": "handling=strict"})
     assert strict.status_code == 400 and "no-such-parameter" in strict.json()["issue"][0]["diagnostics"]
+    # each refused parameter is named where it is, as sent (the modifier too)
+    assert [i["expression"] for i in strict.json()["issue"]] == [["no-such-parameter"], ["also-unknown:exact"]]
     with hub.client("system/Patient.r") as reader:  # search needs s
         assert reader.get("/Patient", params={"_id": ids[0]}).status_code == 403

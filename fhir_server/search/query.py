@@ -191,6 +191,7 @@ class SearchQuery:
     # parameters the type does not define, with their message in ``ignored``: in a search over several types, a
     # type that lacks a parameter others define has no match
     undefined: list[tuple[str, str]] = field(default_factory=list)
+    ignored_at: dict[str, str] = field(default_factory=dict)  # each message of ``ignored``: the parameter's name
     text: str = ""
 
 
@@ -819,10 +820,12 @@ def _includes(rtype: str, values: list[str], name: str, *, reverse: bool, search
     return out
 
 
-def refuse_ignored(ignored: list[str]) -> None:
-    """``Prefer: handling=strict``: what lenient handling would ignore and report is a 400 instead."""
+def refuse_ignored(ignored: list[str], at: dict[str, str]) -> None:
+    """``Prefer: handling=strict``: what lenient handling would ignore and report is a 400 instead, each issue
+    at the parameter (``at``: message -> parameter name as sent)."""
     if ignored:
-        raise BadRequest(ignored[0], issues=[Issue(code="not-supported", diagnostics=m) for m in ignored])
+        raise BadRequest(ignored[0], issues=[Issue(code="not-supported", diagnostics=m,
+                                                   expression=(at[m],) if m in at else ()) for m in ignored])
 
 
 def parse_search(rtype: str, pairs: list[tuple[str, str]], *, zone: ZoneInfo, base_url: str,
@@ -863,6 +866,7 @@ def parse_search(rtype: str, pairs: list[tuple[str, str]], *, zone: ZoneInfo, ba
             continue
         if name in RESULT_PARAMETERS or name == "_type":
             continue
+        before = len(query.ignored)
         try:
             clause = parser.clause(rtype, name, value, query.ignored)
         except _Unsupported as exc:
@@ -870,12 +874,14 @@ def parse_search(rtype: str, pairs: list[tuple[str, str]], *, zone: ZoneInfo, ba
             if isinstance(exc, _Undefined):
                 query.undefined.append((exc.code, query.ignored[-1]))
             clause = None
+        for message in query.ignored[before:]:
+            query.ignored_at.setdefault(message, name)
         if clause is None:
             continue
         query.clauses.append(clause)
         canonical.append(f"{name}={value}")
     if strict:
-        refuse_ignored(query.ignored)
+        refuse_ignored(query.ignored, query.ignored_at)
     query.text = f"{rtype}?{'&'.join(sorted(canonical))}"
     return query
 

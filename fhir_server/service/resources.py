@@ -227,6 +227,7 @@ class ResourceService:
         unknown = set.intersection(*({code for code, _ in q.undefined} for q in queries)) if queries else set()
         ignored = [f"Search parameter '{code}' is not defined for any of the types searched"
                    for code in sorted(unknown)] if several else []
+        at = {m: code for m, code in zip(ignored, sorted(unknown), strict=True)}
         notes, kept = [], []
         for query in queries:
             lacking = [msg for code, msg in query.undefined if code not in unknown]
@@ -236,13 +237,14 @@ class ResourceService:
                 continue
             undefined = {msg for _, msg in query.undefined} if several else set()
             ignored += [m for m in query.ignored if m not in undefined and m not in ignored]
+            at.update(query.ignored_at)
             if compartment is not None:
                 query.clauses.append(self._compartment(query.rtype, *compartment))
             if referenced:
                 query.includes.append(Include(query.rtype, "*", referenced, iterate=False))
             kept.append(query)
         if strict:
-            refuse_ignored(ignored)
+            refuse_ignored(ignored, at)
         ignored += notes
         return ignored, await self.search_types(principal=principal, queries=kept, count=count, cursor=cursor)
 
