@@ -24,9 +24,12 @@ from pymongo import AsyncMongoClient
 
 from bench.harness import Result, drive, drive_urls, hub_rss, machine_line, running_hub
 from bench.synthetic import SR_CODES, mrn_system, organizations, patient_group, patient_id, transaction
+from fhir_server.model.types import SUPPORTED_TYPES
+from fhir_server.search.compartment import patient_compartment_params
 from fhir_server.search.entries import date_range
 from fhir_server.search.keys import hexs, sortable_int, string_enc, token_enc, within_code, within_value
 from fhir_server.search.query import MICROS_PER_DAY
+from fhir_server.search.registry import indexed_as
 from fhir_server.settings import Settings
 from fhir_server.storage import ResourceStore
 from fhir_server.storage.versions import split_index_key
@@ -174,6 +177,25 @@ async def main(patients: int, seconds: float, clients: int, store_dir: Path | No
                 rids = sorted({patient_id(int(r.rid[2:])) for r in requests})
                 return bool(await store.current_many("Patient", rids)) and bool(subjects)
 
+            # the Patient compartment's types and the parameters (as indexed) that place a resource in it
+            compartment = {t: sorted({indexed_as(t, c)[0] for c in patient_compartment_params(t)})
+                           for t in sorted(SUPPORTED_TYPES) if t != "Patient" and patient_compartment_params(t)}
+
+            def everything(rng: random.Random) -> str:
+                return f"/Patient/{patient_id(pick(rng))}/$everything"
+
+            async def everything_raw(rng: random.Random) -> bool:  # each compartment range at once, then the matches
+                pid = patient_id(pick(rng))
+                ranges = [(t, *exact(code, hexs(f"Patient/{pid}")))
+                          for t, codes in compartment.items() for code in codes]
+                keys = await asyncio.gather(*(store.scan_index(t, low, high, after=None, limit=51)
+                                              for t, low, high in ranges))
+                found: dict[str, set[str]] = {"Patient": {pid}}
+                for (t, _, _), hits in zip(ranges, keys, strict=True):
+                    found.setdefault(t, set()).update(split_index_key(k)[1] for k in hits)
+                read = await asyncio.gather(*(store.current_many(t, sorted(rids)) for t, rids in found.items() if rids))
+                return len(read) > 1
+
             words = sorted({w.lower() for _, _, display in SR_CODES for w in display.split()})
 
             def sr_text(rng: random.Random) -> str:
@@ -269,6 +291,7 @@ async def main(patients: int, seconds: float, clients: int, store_dir: Path | No
                 ("DiagnosticReport by subject, _include=result", dr_include, dr_include_raw),
                 ("chained: DiagnosticReport?subject:Patient.identifier", chained, chained_raw),
                 ("_has: Patient?_has:ServiceRequest:subject:authored", has, has_raw),
+                ("Patient/<id>/$everything (5 resources, 1 included)", everything, everything_raw),
                 ("ServiceRequest?code:text=<word> page 1 (_count=20)", sr_text, sr_text_raw),
                 ("Patient?_content=<family name> page 1 (_count=20)", content, content_raw),
                 ("Patient?_sort=family page 1 (_count=20)", by_name[1], by_name_raw),

@@ -270,6 +270,9 @@ def _merge(out: SearchPage, page: SearchPage) -> None:
 
 
 _PROBE_LIMITS = (8, 64, 256)
+# searches of a search over several types asked at once whether they have a match (``_page_of_many``): a window's
+# scans share a few commands (``ScanBatcher``: 64 ranges a command); a page filled early asks this many in vain
+_PROBED = 32
 
 
 class _Selectivity:
@@ -407,7 +410,21 @@ class SearchEngine:
                                                    resolved=resolved)
         index, inner = state
         out = SearchPage([], None)
+        empty: set[int] = set()  # searches after the first found to have no match
+        probed = index + 1  # the searches before this one are not to be probed
         while index < len(queries) and len(out.matches) < count:
+            if index >= probed:
+                # a compartment's ~65 types, most without a match: ask a window of them at once whether they have
+                # one (their scans share commands) rather than one round trip each in turn
+                window = range(index, min(index + _PROBED, len(queries)))
+                found = await asyncio.gather(*(self.matches(queries[i], limit=1,
+                                                            clauses=None if resolved is None else resolved[i])
+                                               for i in window)) if len(window) > 1 else [[True]]
+                empty.update(i for i, one in zip(window, found, strict=True) if not one)
+                probed = window.stop
+            if index in empty:
+                index, inner = index + 1, None
+                continue
             page = await self.page(queries[index], count=count - len(out.matches), cursor=inner,
                                    clauses=None if resolved is None else resolved[index])
             if not out.matches and page.matches and cursor is not None:  # the page before ends before this match
@@ -456,9 +473,10 @@ class SearchEngine:
             out.next_cursor = None if after is None else _encode_cursor(after)
         return out
 
-    async def matches(self, query: SearchQuery, *, limit: int) -> list[Version]:
+    async def matches(self, query: SearchQuery, *, limit: int, clauses: list[Clause] | None = None) -> list[Version]:
         """Up to ``limit`` matches in driver order (conditional operations ask for 2: one or several)."""
-        clauses = await self._resolve(query)
+        if clauses is None:
+            clauses = await self._resolve(query)
         found, _ = await self._scan(query.rtype, clauses, want=limit, state=None)
         return found
 
