@@ -318,6 +318,12 @@ def test_patch_entries_apply_a_json_patch_in_a_binary(api: httpx.Client) -> None
         "method": "PATCH", "url": f"Patient/{rid}"}, "resource": binary([{"op": "remove", "path": "/nothing"}])}]})
     assert bad.status_code in (400, 422) and "Bundle.entry[0]" in bad.json()["issue"][0]["diagnostics"]
     assert api.get(f"/Patient/{rid}").json()["meta"]["versionId"] == "3"  # the failed transaction left nothing
+    # a body that is no patch at all: said at the entry's resource, once
+    wrong = api.post("", json={**transaction, "entry": [{"resource": {"resourceType": "Patient"},
+                                                         "request": {"method": "PATCH", "url": f"Patient/{rid}"}}]})
+    assert wrong.status_code == 400 and wrong.json()["issue"][0]["expression"] == ["Bundle.entry[0].resource"], \
+        wrong.text
+    assert api.get(f"/Patient/{rid}").json()["meta"]["versionId"] == "3"
 
 
 def test_patch_entries_apply_a_fhirpath_patch(api: httpx.Client) -> None:

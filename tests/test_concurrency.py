@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import uuid
 from urllib.parse import quote
 
@@ -169,3 +171,45 @@ async def test_a_conditional_write_lands_only_on_the_version_its_criteria_matche
                 ends = await asyncio.gather(*(pair(client, kind, 0.001 * (i % 8)) for i in range(N)))
                 lost = [(pid, status, family) for pid, status, family in ends if family != "plain"]
                 assert not lost, (kind, round_, lost)
+
+
+async def test_a_transaction_tried_again_after_a_lost_race_starts_from_the_bundle_as_sent(hub: Hub) -> None:
+    """Transactions that update a Patient by MRN, create its practitioner (``urn:uuid:``) and patch another
+    resource race plain updates of that Patient, so that some lose and are tried again. Each try starts from the
+    Bundle as sent: the Patient version a transaction wrote names the practitioner that transaction created,
+    and every patch applies (a retry that kept the first try's rewritten references named a practitioner never
+    written, and read the patched resource as its patch)."""
+    pid, mrn, other = uuid.uuid4().hex, uuid.uuid4().hex, uuid.uuid4().hex
+    identifier = [{"system": "urn:mrn", "value": mrn}]
+
+    def transaction(i: int) -> dict[str, object]:
+        practitioner = f"urn:uuid:{uuid.uuid4()}"
+        patch = [{"op": "replace", "path": "/birthDate", "value": f"19{i + 10:02d}-01-01"}]
+        return {"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"fullUrl": practitioner, "resource": {"resourceType": "Practitioner", "name": [{"family": f"d{i}"}]},
+             "request": {"method": "POST", "url": "Practitioner"}},
+            {"resource": {"resourceType": "Patient", "identifier": identifier, "name": [{"family": f"tx{i}"}],
+                          "generalPractitioner": [{"reference": practitioner}]},
+             "request": {"method": "PUT", "url": f"Patient?identifier=urn:mrn|{mrn}"}},
+            {"resource": {"resourceType": "Binary", "contentType": "application/json-patch+json",
+                          "data": base64.b64encode(json.dumps(patch).encode()).decode()},
+             "request": {"method": "PATCH", "url": f"Patient/{other}"}}]}
+
+    async with _client(hub) as client:
+        for made in (await client.put(f"/Patient/{pid}", json={"resourceType": "Patient", "id": pid,
+                                                                "identifier": identifier}),
+                     await client.put(f"/Patient/{other}", json={"resourceType": "Patient", "id": other,
+                                                                  "birthDate": "1900-01-01"})):
+            assert made.status_code == 201, made.text
+        plain = [client.put(f"/Patient/{pid}", json={"resourceType": "Patient", "id": pid, "identifier": identifier,
+                                                       "name": [{"family": f"plain{j}"}]}) for j in range(2 * N)]
+        sent = [client.post("", json=transaction(i)) for i in range(N)]
+        answers = await asyncio.gather(*sent, *plain)
+        assert all(a.status_code == 200 for a in answers), [a.text for a in answers if a.status_code != 200][:2]
+        for answer in answers[:N]:
+            created, updated, patched = (e["response"] for e in answer.json()["entry"])
+            doctor = created["location"].split("/_history")[0]
+            assert (await client.get(f"/{doctor}")).status_code == 200
+            written = (await client.get(f"/{updated['location']}")).json()
+            assert written["generalPractitioner"] == [{"reference": doctor}], (written, doctor)
+            assert patched["status"].startswith("200")

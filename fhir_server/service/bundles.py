@@ -118,6 +118,8 @@ def _fail(entry: _Entry | None, exc: HubError) -> HubError:
     roots = {entry.rtype} | ({given} if isinstance(given, str) else set())  # a PATCH entry's is Parameters
 
     def located(expression: str) -> str:
+        if expression == entry.where or expression.startswith(f"{entry.where}."):
+            return expression  # located already (a PATCH entry's body, read as the Bundle holds it)
         for root in roots:
             if expression == root or expression.startswith((f"{root}.", f"{root}[")):
                 return f"{entry.where}.resource{expression[len(root):]}"
@@ -307,8 +309,8 @@ class BundleService:
             except VersionConflict:
                 if any(e.if_match is not None for e in entries):
                     raise PreconditionFailed("A resource of this transaction was changed concurrently") from None
-                for e in entries:
-                    e.target, e.matched, e.base, e.new, e.result = None, None, None, None, None
+                # afresh from the Bundle: the attempt rewrote references to the ids it chose, and patched
+                entries = [self._parse(i, raw) for i, raw in enumerate(raw_entries)]
                 continue
         raise Conflict("The resources of this transaction are being changed by too many writers; try again")
 
