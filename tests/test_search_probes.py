@@ -129,7 +129,8 @@ async def test_everything_asks_the_compartment_types_whether_they_have_a_match_t
     """``$everything`` searches each of the ~65 types of the Patient compartment; most have no match. Their
     first scans go out together, a window of types at a time, sharing commands: a handful of index reads for
     the whole compartment (it was a round trip per type, ~100), and paging two at a time still gives every
-    resource once, the practitioner an Observation names as an include."""
+    resource once, the practitioner an Observation names as an include. So do a sort and a count over the
+    compartment."""
     service, reads = service
     patient = await service.create(principal=ADMIN, rtype="Patient", resource=_patient(1, "欧阳", "1970-03-03"))
     doctor = await service.create(principal=ADMIN, rtype="Practitioner", resource={"resourceType": "Practitioner"})
@@ -158,6 +159,15 @@ async def test_everything_asks_the_compartment_types_whether_they_have_a_match_t
             break
         cursor = page.next_cursor
     assert sorted(seen) == sorted(made)
+    # a patient's timeline over every type, and the count of its compartment, ask the types together too
+    before = reads.count
+    _, timeline = await service.search_many(principal=ADMIN, types=None, pairs=[("_sort", "-_lastUpdated")],
+                                            count=10, cursor=None, compartment=("Patient", pid))
+    assert [v.key for v in timeline.matches] == made[::-1]  # written one after the other
+    _, counted = await service.search_many(principal=ADMIN, types=None, pairs=[("_summary", "count")],
+                                           count=10, cursor=None, compartment=("Patient", pid))
+    assert counted.total == len(made)
+    assert reads.count - before <= 32, reads.count - before
 
 
 async def _sorted_pages(service: ResourceService, finds: CommandCounter, scans: CommandCounter, sort: str,

@@ -275,6 +275,15 @@ _PROBE_LIMITS = (8, 64, 256)
 _PROBED = 32
 
 
+@dataclass(slots=True)
+class _Probes:
+    """What ``_next_with_matches`` learned of a search over several: the searches from ``probed`` on are not
+    asked yet, those in ``empty`` have no match."""
+
+    probed: int
+    empty: set[int] = field(default_factory=set)
+
+
 class _Selectivity:
     """How many keys the first probe of each parameter (per type) found lately, as a moving average of
     ``min(found, limit + 1)``. It only orders probes: a wrong guess costs one store command, never a result."""
@@ -385,12 +394,16 @@ class SearchEngine:
                      resolved: list[list[Clause]] | None = None) -> int | None:
         """The matches of all ``queries`` (``kind``: accurate or estimate; None when one estimate is)."""
         total = 0
-        for i, query in enumerate(queries):
+        probes = _Probes(0)  # the searches without a match count none
+        i = 0
+        while (i := await self._next_with_matches(queries, i, resolved, probes)) < len(queries):
+            query = queries[i]
             clauses = resolved[i] if resolved is not None else await self._resolve(query)
             found = await self.count(query, clauses) if kind == "accurate" else await self._estimate(query, clauses)
             if found is None:
                 return None
             total += found
+            i += 1
         return total
 
     async def _page_of_many(self, queries: list[SearchQuery], *, count: int, cursor: str | None,
@@ -410,21 +423,12 @@ class SearchEngine:
                                                    resolved=resolved)
         index, inner = state
         out = SearchPage([], None)
-        empty: set[int] = set()  # searches after the first found to have no match
-        probed = index + 1  # the searches before this one are not to be probed
+        probes = _Probes(index + 1)
         while index < len(queries) and len(out.matches) < count:
-            if index >= probed:
-                # a compartment's ~65 types, most without a match: ask a window of them at once whether they have
-                # one (their scans share commands) rather than one round trip each in turn
-                window = range(index, min(index + _PROBED, len(queries)))
-                found = await asyncio.gather(*(self.matches(queries[i], limit=1,
-                                                            clauses=None if resolved is None else resolved[i])
-                                               for i in window)) if len(window) > 1 else [[True]]
-                empty.update(i for i, one in zip(window, found, strict=True) if not one)
-                probed = window.stop
-            if index in empty:
-                index, inner = index + 1, None
-                continue
+            if inner is None:
+                index = await self._next_with_matches(queries, index, resolved, probes)
+                if index == len(queries):
+                    break
             page = await self.page(queries[index], count=count - len(out.matches), cursor=inner,
                                    clauses=None if resolved is None else resolved[index])
             if not out.matches and page.matches and cursor is not None:  # the page before ends before this match
@@ -443,6 +447,25 @@ class SearchEngine:
         if not out.matches and state[1] is None and 0 < state[0] <= len(queries):  # empty, at a search's start
             out.previous_cursor = _encode_cursor([state[0] - 1, None, "prev"])
         return out
+
+    async def _next_with_matches(self, queries: list[SearchQuery], index: int, resolved: list[list[Clause]] | None,
+                                 probes: _Probes) -> int:
+        """The first of ``queries`` from ``index`` on that may have a match (``len(queries)``: none has). A
+        compartment's ~65 types mostly have none: a window of the searches from ``probes.probed`` on are asked at
+        once whether they have one (their scans share commands), rather than read one round trip each in turn."""
+        while index < len(queries):
+            if index >= probes.probed:
+                window = range(index, min(index + _PROBED, len(queries)))
+                if len(window) > 1:
+                    found = await asyncio.gather(*(self.matches(queries[i], limit=1,
+                                                                clauses=None if resolved is None else resolved[i])
+                                                   for i in window))
+                    probes.empty.update(i for i, one in zip(window, found, strict=True) if not one)
+                probes.probed = window.stop
+            if index not in probes.empty:
+                return index
+            index += 1
+        return index
 
     async def _page_of_many_before(self, queries: list[SearchQuery], *, count: int, index: int,
                                    inner: str | None, resolved: list[list[Clause]] | None = None) -> SearchPage:
@@ -804,12 +827,16 @@ class SearchEngine:
         query = queries[0]
         cap = self.settings.search_sort_max
         keyed: list[tuple[list[Any], Version]] = []
-        for i, q in enumerate(queries):
+        probes = _Probes(1)
+        i = 0
+        while (i := await self._next_with_matches(queries, i, clauses, probes)) < len(queries):
+            q = queries[i]
             found = await self.all_matches(q, cap=cap, clauses=None if clauses is None else clauses[i])
             keyed += [(_sort_values(q, v), v) for v in found]
             if len(keyed) > cap:
                 msg = f"The search matches more than {cap} resources, more than _sort handles; narrow it"
                 raise TooManyMatches(msg, issues=[Issue(code="too-costly", diagnostics=msg)])
+            i += 1
 
         keyed.sort(key=_by_sort_values(query))
         start, end = (max(0, len(keyed) - count), len(keyed)) if from_end and not cursor else (0, len(keyed))
