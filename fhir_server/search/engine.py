@@ -277,8 +277,8 @@ _PROBED = 32
 
 @dataclass(slots=True)
 class _Probes:
-    """What ``_next_with_matches`` learned of a search over several: the searches from ``probed`` on are not
-    asked yet, those in ``empty`` have no match."""
+    """What ``_next_with_matches`` learned of a search over several: the searches from ``probed`` on (or down,
+    going backward) are not asked yet, those in ``empty`` have no match."""
 
     probed: int
     empty: set[int] = field(default_factory=set)
@@ -449,13 +449,15 @@ class SearchEngine:
         return out
 
     async def _next_with_matches(self, queries: list[SearchQuery], index: int, resolved: list[list[Clause]] | None,
-                                 probes: _Probes) -> int:
-        """The first of ``queries`` from ``index`` on that may have a match (``len(queries)``: none has). A
-        compartment's ~65 types mostly have none: a window of the searches from ``probes.probed`` on are asked at
-        once whether they have one (their scans share commands), rather than read one round trip each in turn."""
-        while index < len(queries):
-            if index >= probes.probed:
-                window = range(index, min(index + _PROBED, len(queries)))
+                                 probes: _Probes, *, step: int = 1) -> int:
+        """The first of ``queries`` from ``index`` on (``step`` -1: down) that may have a match (``len(queries)``,
+        or -1 down: none has). A compartment's ~65 types mostly have none: a window of the searches from
+        ``probes.probed`` on are asked at once whether they have one (their scans share commands), rather than
+        read one round trip each in turn."""
+        end = len(queries) if step > 0 else -1
+        while index != end:
+            if (index - probes.probed) * step >= 0:
+                window = range(index, min(index + _PROBED, end) if step > 0 else max(index - _PROBED, end), step)
                 if len(window) > 1:
                     found = await asyncio.gather(*(self.matches(queries[i], limit=1,
                                                                 clauses=None if resolved is None else resolved[i])
@@ -464,7 +466,7 @@ class SearchEngine:
                 probes.probed = window.stop
             if index not in probes.empty:
                 return index
-            index += 1
+            index += step
         return index
 
     async def _page_of_many_before(self, queries: list[SearchQuery], *, count: int, index: int,
@@ -473,7 +475,11 @@ class SearchEngine:
         pages: list[tuple[int, SearchPage]] = []
         need = count
         before: list[Any] | None = None
+        probes = _Probes(index - 1)
         while index >= 0 and need > 0:
+            if inner is None and (index := await self._next_with_matches(queries, index, resolved, probes,
+                                                                         step=-1)) < 0:
+                break
             page = await self.page(queries[index], count=need, cursor=inner, from_end=inner is None,
                                    clauses=None if resolved is None else resolved[index])
             pages.insert(0, (index, page))
