@@ -743,6 +743,15 @@ def test_compartment_search_and_everything(search_hub: Hub, stored: dict[str, li
         assert everything(api, both) == (["Patient/p0000007"], ["Organization/h07"])
         alone = api.get("/Patient/p0000007/$everything", params={"_type": "Organization"})
         assert alone.status_code == 400 and alone.json()["issue"][0]["expression"] == ["_type"]
+        # care dates (start, end) are not taken: said in the Bundle, or refused when asked to be strict
+        dated = api.get("/Patient/p0000007/$everything", params={"start": "2026-01-01"}).json()
+        notes = [i["diagnostics"] for e in dated["entry"] if e["search"]["mode"] == "outcome"
+                 for i in e["resource"]["issue"]]
+        assert len(notes) == 1 and "'start'" in notes[0] and "every date" in notes[0]
+        assert len([e for e in dated["entry"] if e["search"]["mode"] == "match"]) == len(compartment)
+        strict = api.get("/Patient/p0000007/$everything", params={"start": "2026-01-01", "_count": "2"},
+                         headers={"Prefer": "handling=strict"})
+        assert strict.status_code == 400 and strict.json()["issue"][0]["expression"] == ["start"]
     with httpx.Client(base_url=base, headers={"Authorization": "Bearer " + search_hub.token(
             "patient/*.rs", patient="p0000007")}) as own:
         mine = own.get("/Observation").json()

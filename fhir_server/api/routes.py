@@ -18,7 +18,7 @@ from fhir_server.api.deps import bundles_of, current_user, reindexer_of, service
 from fhir_server.api.formats import Rendering, fhir_response, read_resource, rendering_of, shape_resource
 from fhir_server.errors import BadRequest, Issue, MethodNotAllowed, NotFound, UnsupportedMediaType, operation_outcome
 from fhir_server.model.types import require_supported_type
-from fhir_server.search import SearchPage, types_named
+from fhir_server.search import SearchPage, refuse_ignored, types_named
 from fhir_server.search.entries import date_range
 from fhir_server.service import HistoryResult, ResourceService, WriteResult, instant
 from fhir_server.service.etag import etag, not_modified, version_of_etag
@@ -340,21 +340,34 @@ async def search_system(request: Request) -> Response:
     return _searchset(request, path, pairs, page, ignored, summary_count=("_summary", "count") in pairs)
 
 
+# what ``$everything`` takes: its own parameters (R4 patient-operation-everything, but ``start``/``end``) and the
+# result parameters of any search
+_EVERYTHING_PARAMETERS = frozenset({"_since", "_type", "_count", "_cursor", "_format", "_pretty", "_elements",
+                                    "_summary"})
+
+
 async def everything(request: Request) -> Response:
-    """``GET Patient/[id]/$everything``: the patient and its compartment, paged (``_since``, ``_type``)."""
+    """``GET Patient/[id]/$everything``: the patient and its compartment, paged (``_since``, ``_type``). Other
+    parameters (``start`` and ``end``: care dates) are reported as ignored, or refused with ``handling=strict``."""
     user = await current_user(request)
     settings = settings_of(request)
     pid = request.path_params["rid"]
     if request.path_params["rtype"] != "Patient":
         raise NotFound("$everything is defined on Patient only here")
     q = request.query_params
+    unknown = [name for name in dict.fromkeys(q.keys()) if name not in _EVERYTHING_PARAMETERS]
+    ignored = [f"$everything does not take '{name}' here (it takes _since, _type and _count): resources of every "
+               "date were returned" if name in ("start", "end") else
+               f"$everything does not take '{name}' here (it takes _since, _type and _count)" for name in unknown]
+    if _strict(request):
+        refuse_ignored(ignored, dict(zip(ignored, unknown, strict=True)))
     since = q.get("_since")
     if since is not None and _parse_instant("_since", since, settings) is None:
         raise BadRequest("_since must be a FHIR instant")
     types = types_named(list(q.multi_items())) or None
     page = await service_of(request).everything(principal=user, pid=pid, since=since, types=types,
                                                 count=page_size(q.get("_count"), settings), cursor=q.get("_cursor"))
-    return _searchset(request, f"Patient/{pid}/$everything", list(q.multi_items()), page, [])
+    return _searchset(request, f"Patient/{pid}/$everything", list(q.multi_items()), page, ignored)
 
 
 async def conditional_update(request: Request) -> Response:
