@@ -352,6 +352,32 @@ def test_conditional_update_and_delete(api: httpx.Client) -> None:
     assert api.delete("/Patient").status_code == 405
 
 
+def test_conditional_patch(api: httpx.Client) -> None:
+    """``PATCH [type]?criteria`` (R4 http.html#patch): the one match patched, none 404, several 412."""
+    mrn, twin = new_id(), new_id()
+    rid = api.post("/Patient", json=patient(identifier=[{"system": "urn:mrn", "value": mrn}])).json()["id"]
+    json_patch = {"Content-Type": "application/json-patch+json"}
+    patched = api.patch("/Patient", params={"identifier": f"urn:mrn|{mrn}"}, headers=json_patch,
+                        content=b'[{"op": "replace", "path": "/gender", "value": "female"}]')
+    assert patched.status_code == 200, patched.text
+    assert patched.json()["id"] == rid and patched.json()["gender"] == "female"
+    assert patched.json()["meta"]["versionId"] == "2"
+    fhirpath = {"resourceType": "Parameters", "parameter": [{"name": "operation", "part": [
+        {"name": "type", "valueCode": "replace"}, {"name": "path", "valueString": "Patient.birthDate"},
+        {"name": "value", "valueDate": "1961-02-03"}]}]}
+    again = api.patch("/Patient", params={"identifier": mrn}, json=fhirpath, headers={"If-Match": 'W/"2"'})
+    assert again.status_code == 200 and again.json()["birthDate"] == "1961-02-03", again.text
+    stale = api.patch("/Patient", params={"identifier": mrn}, json=fhirpath, headers={"If-Match": 'W/"2"'})
+    assert stale.status_code == 412
+    none = api.patch("/Patient", params={"identifier": f"urn:mrn|{twin}"}, json=fhirpath)
+    assert none.status_code == 404 and none.json()["resourceType"] == "OperationOutcome"
+    for _ in range(2):
+        api.post("/Patient", json=patient(identifier=[{"system": "urn:mrn", "value": twin}]))
+    assert api.patch("/Patient", params={"identifier": twin}, json=fhirpath).status_code == 412
+    assert api.patch("/Patient", json=fhirpath).status_code == 405
+    assert api.get(f"/Patient/{rid}").json()["meta"]["versionId"] == "3"
+
+
 def test_history_type_and_system_with_paging(api: httpx.Client, hub: Hub) -> None:
     marker = new_id()
     ids = []

@@ -417,16 +417,36 @@ async def update(request: Request) -> Response:
     return _write_response(request, result, settings, rendering)
 
 
+async def _patch_body(request: Request, settings: Settings) -> Any:
+    """A PATCH request's patch: a JSON Patch or a FHIRPath Patch (a Parameters resource)."""
+    patch, kind = await read_resource(request, settings.max_body_bytes, allow_patch=True)
+    if kind != "json-patch" and not (isinstance(patch, dict) and patch.get("resourceType") == "Parameters"):
+        raise BadRequest("PATCH takes a JSON Patch (Content-Type: application/json-patch+json) or a FHIRPath Patch "
+                         "(a Parameters resource, Content-Type: application/fhir+json or application/fhir+xml)")
+    return patch
+
+
 async def patch(request: Request) -> Response:
     rendering = rendering_of(request)
     user = await current_user(request)
     service, settings = service_of(request), settings_of(request)
     rtype, rid = require_supported_type(request.path_params["rtype"]), request.path_params["rid"]
-    patch, kind = await read_resource(request, settings.max_body_bytes, allow_patch=True)
-    if kind != "json-patch" and not (isinstance(patch, dict) and patch.get("resourceType") == "Parameters"):
-        raise BadRequest("PATCH takes a JSON Patch (Content-Type: application/json-patch+json) or a FHIRPath Patch "
-                         "(a Parameters resource, Content-Type: application/fhir+json or application/fhir+xml)")
+    patch = await _patch_body(request, settings)
     result = await service.patch(principal=user, rtype=rtype, rid=rid, patch=patch, if_match=_if_match(request))
+    return _write_response(request, result, settings, rendering)
+
+
+async def conditional_patch(request: Request) -> Response:
+    """``PATCH [type]?criteria`` (FHIR R4 http.html#patch): the one match patched; none 404, several 412."""
+    rendering = rendering_of(request)
+    user = await current_user(request)
+    service, settings = service_of(request), settings_of(request)
+    rtype = require_supported_type(request.path_params["rtype"])
+    if not _criteria(request):
+        raise MethodNotAllowed("PATCH on a type needs search criteria (conditional patch), e.g. ?identifier=s|v")
+    patch = await _patch_body(request, settings)
+    result = await service.conditional_patch(principal=user, rtype=rtype, criteria_text=_criteria(request),
+                                             patch=patch, if_match=_if_match(request))
     return _write_response(request, result, settings, rendering)
 
 
@@ -493,6 +513,7 @@ def fhir_routes() -> list[BaseRoute]:
         Route("/{rtype}", create, methods=["POST"]),
         Route("/{rtype}", search_type, methods=["GET"]),
         Route("/{rtype}", conditional_update, methods=["PUT"]),
+        Route("/{rtype}", conditional_patch, methods=["PATCH"]),
         Route("/{rtype}", conditional_delete, methods=["DELETE"]),
     ]
 

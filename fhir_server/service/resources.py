@@ -356,6 +356,30 @@ class ResourceService:
                         raise
             raise Conflict(f"The {rtype} the criteria match is being changed by too many writers; try again")
 
+    async def conditional_patch(self, *, principal: Principal, rtype: str, criteria_text: str, patch: Any,
+                                if_match: int | None = None) -> WriteResult:
+        """``PATCH [type]?criteria``: the one match patched (none: 404, several: 412), over the version that
+        matched (a version written since is matched again, as for a conditional update)."""
+        require_supported_type(rtype)
+        principal.require("u", rtype)
+        _no_search_for_patient_scopes(principal.require("s", rtype), "Conditional patch")
+        criteria = self.criteria(principal, rtype, criteria_text)
+        async with self._guard(criteria):
+            async for _ in self.attempts():
+                matches = await self.match(criteria, rtype)
+                if len(matches) > 1:  # FHIR R4 http.html#patch: as a conditional update
+                    raise PreconditionFailed(f"The criteria matched {len(matches)} {rtype} resources; be more "
+                                             "specific")
+                if not matches:
+                    raise NotFound(f"The criteria matched no {rtype} to patch")
+                try:
+                    return await self.patch(principal=principal, rtype=rtype, rid=matches[0].rid, patch=patch,
+                                            if_match=matches[0].vid if if_match is None else if_match)
+                except (PreconditionFailed, Gone):  # changed or deleted since it matched
+                    if if_match is not None:
+                        raise
+            raise Conflict(f"The {rtype} the criteria match is being changed by too many writers; try again")
+
     async def patch(self, *, principal: Principal, rtype: str, rid: str, patch: Any,
                     if_match: int | None = None) -> WriteResult:
         """A JSON Patch (a list of operations) or a FHIRPath Patch (a Parameters resource) applied to the current
