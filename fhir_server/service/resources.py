@@ -8,10 +8,10 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -52,6 +52,8 @@ from fhir_server.service.patching import apply_patch
 from fhir_server.settings import Settings
 from fhir_server.storage import LockBusy, ResourceStore, Version, VersionConflict, now_micros
 from fhir_server.storage.versions import split_item
+
+_Written = TypeVar("_Written")  # what a conditional write returns
 
 __all__ = ["HistoryResult", "ResourceService", "WriteResult", "instant", "lock_names", "require_search"]
 
@@ -333,52 +335,35 @@ class ResourceService:
         criteria = self.criteria(principal, rtype, criteria_text)
         validate_resource(resource, expected_type=rtype)
         body_id = resource.get("id")
-        async with self._guard(criteria, resource):
-            async for _ in self.attempts():
-                matches = await self.match(criteria, rtype)
-                if len(matches) > 1:  # FHIR R4 http.html#cond-update: multiple matches -> 412
-                    raise PreconditionFailed(f"The criteria matched {len(matches)} {rtype} resources; be more "
-                                             "specific")
-                if not matches:
-                    principal.require("c", rtype)
-                    rid = body_id if isinstance(body_id, str) else new_id()
-                    return await self._write(rtype=rtype, rid=rid, resource=resource, method="PUT",
-                                             expected=if_match, principal=principal)
-                rid = matches[0].rid
-                if body_id is not None and body_id != rid:
-                    raise BadRequest(f"The body's id '{body_id}' is not the id of the matched resource '{rid}'")
-                try:  # over the version that matched: one written since may match no more (plain writes take no lock)
-                    return await self._write(rtype=rtype, rid=rid, resource=resource, method="PUT",
-                                             expected=matches[0].vid if if_match is None else if_match,
-                                             principal=principal)
-                except PreconditionFailed:
-                    if if_match is not None:
-                        raise
-            raise Conflict(f"The {rtype} the criteria match is being changed by too many writers; try again")
+
+        async def write(matched: Version | None) -> WriteResult:
+            if matched is None:
+                principal.require("c", rtype)
+                rid = body_id if isinstance(body_id, str) else new_id()
+                return await self._write(rtype=rtype, rid=rid, resource=resource, method="PUT", expected=if_match,
+                                         principal=principal)
+            if body_id is not None and body_id != matched.rid:
+                raise BadRequest(f"The body's id '{body_id}' is not the id of the matched resource '{matched.rid}'")
+            return await self._write(rtype=rtype, rid=matched.rid, resource=resource, method="PUT",
+                                     expected=matched.vid if if_match is None else if_match, principal=principal)
+
+        return await self._on_the_match(criteria, rtype, write, resource=resource, if_match=if_match)
 
     async def conditional_patch(self, *, principal: Principal, rtype: str, criteria_text: str, patch: Any,
                                 if_match: int | None = None) -> WriteResult:
-        """``PATCH [type]?criteria``: the one match patched (none: 404, several: 412), over the version that
-        matched (a version written since is matched again, as for a conditional update)."""
+        """``PATCH [type]?criteria``: the one match patched (none: 404, several: 412)."""
         require_supported_type(rtype)
         principal.require("u", rtype)
         _no_search_for_patient_scopes(principal.require("s", rtype), "Conditional patch")
         criteria = self.criteria(principal, rtype, criteria_text)
-        async with self._guard(criteria):
-            async for _ in self.attempts():
-                matches = await self.match(criteria, rtype)
-                if len(matches) > 1:  # FHIR R4 http.html#patch: as a conditional update
-                    raise PreconditionFailed(f"The criteria matched {len(matches)} {rtype} resources; be more "
-                                             "specific")
-                if not matches:
-                    raise NotFound(f"The criteria matched no {rtype} to patch")
-                try:
-                    return await self.patch(principal=principal, rtype=rtype, rid=matches[0].rid, patch=patch,
-                                            if_match=matches[0].vid if if_match is None else if_match)
-                except (PreconditionFailed, Gone):  # changed or deleted since it matched
-                    if if_match is not None:
-                        raise
-            raise Conflict(f"The {rtype} the criteria match is being changed by too many writers; try again")
+
+        async def write(matched: Version | None) -> WriteResult:
+            if matched is None:
+                raise NotFound(f"The criteria matched no {rtype} to patch")
+            return await self.patch(principal=principal, rtype=rtype, rid=matched.rid, patch=patch,
+                                    if_match=matched.vid if if_match is None else if_match)
+
+        return await self._on_the_match(criteria, rtype, write, if_match=if_match)
 
     async def patch(self, *, principal: Principal, rtype: str, rid: str, patch: Any,
                     if_match: int | None = None) -> WriteResult:
@@ -431,19 +416,33 @@ class ResourceService:
         principal.require("d", rtype)
         _no_search_for_patient_scopes(principal.require("s", rtype), "Conditional delete")
         criteria = self.criteria(principal, rtype, criteria_text)
-        async with self._guard(criteria):
+
+        async def write(matched: Version | None) -> WriteResult | None:
+            if matched is None:
+                return None
+            return await self.delete(principal=principal, rtype=rtype, rid=matched.rid, if_match=matched.vid)
+
+        return await self._on_the_match(criteria, rtype, write, if_match=None)
+
+    async def _on_the_match(self, criteria: SearchQuery, rtype: str,
+                            write: Callable[[Version | None], Awaitable[_Written]], *,
+                            resource: dict[str, Any] | None = None, if_match: int | None) -> _Written:
+        """A conditional write (FHIR R4 http.html#cond-update, #patch, #cdelete): under the criteria's locks,
+        ``write`` on their one match (None: none; several: 412), over the version that matched. Plain writes take
+        no lock, so that version may be superseded before the write, perhaps by one the criteria no longer match:
+        ``write`` then fails (412 or 410, as an If-Match would) and the criteria are matched again, unless the
+        client gave its own If-Match."""
+        async with self._guard(criteria, resource):
             async for _ in self.attempts():
                 matches = await self.match(criteria, rtype)
-                if len(matches) > 1:  # FHIR R4 http.html#cdelete: we delete one at a time
+                if len(matches) > 1:
                     raise PreconditionFailed(f"The criteria matched {len(matches)} {rtype} resources; be more "
                                              "specific")
-                if not matches:
-                    return None
-                try:  # the version that matched: one written since may match no more (plain writes take no lock)
-                    return await self.delete(principal=principal, rtype=rtype, rid=matches[0].rid,
-                                             if_match=matches[0].vid)
-                except PreconditionFailed:
-                    continue
+                try:
+                    return await write(matches[0] if matches else None)
+                except (PreconditionFailed, Gone):
+                    if if_match is not None:
+                        raise
             raise Conflict(f"The {rtype} the criteria match is being changed by too many writers; try again")
 
     # ---- internals ------------------------------------------------------------------------------------
