@@ -88,7 +88,11 @@ def _prefer_return(request: Request) -> str:
     return "representation"
 
 
-def _criteria(request: Request) -> str:
+def _criteria(request: Request, what: str) -> str:
+    """The search criteria of a conditional ``what`` (update, patch, delete) on a type: its query, which it needs."""
+    if not request.url.query:
+        raise MethodNotAllowed(f"{request.method} on a type needs search criteria (conditional {what}), "
+                               "e.g. ?identifier=s|v")
     return request.url.query
 
 
@@ -356,9 +360,8 @@ async def everything(request: Request) -> Response:
         raise NotFound("$everything is defined on Patient only here")
     q = request.query_params
     unknown = [name for name in dict.fromkeys(q.keys()) if name not in _EVERYTHING_PARAMETERS]
-    ignored = [f"$everything does not take '{name}' here (it takes _since, _type and _count): resources of every "
-               "date were returned" if name in ("start", "end") else
-               f"$everything does not take '{name}' here (it takes _since, _type and _count)" for name in unknown]
+    ignored = [f"$everything does not take '{name}' here (it takes _since, _type and _count)"
+               + (": resources of every date were returned" if name in ("start", "end") else "") for name in unknown]
     if _strict(request):
         refuse_ignored(ignored, dict(zip(ignored, unknown, strict=True)))
     since = q.get("_since")
@@ -375,10 +378,9 @@ async def conditional_update(request: Request) -> Response:
     user = await current_user(request)
     service, settings = service_of(request), settings_of(request)
     rtype = require_supported_type(request.path_params["rtype"])
-    if not _criteria(request):
-        raise MethodNotAllowed("PUT on a type needs search criteria (conditional update), e.g. ?identifier=s|v")
+    criteria = _criteria(request, "update")
     resource, _ = await read_resource(request, settings.max_body_bytes)
-    result = await service.conditional_update(principal=user, rtype=rtype, criteria_text=_criteria(request),
+    result = await service.conditional_update(principal=user, rtype=rtype, criteria_text=criteria,
                                               resource=resource, if_match=_if_match(request))
     return _write_response(request, result, settings, rendering)
 
@@ -388,9 +390,8 @@ async def conditional_delete(request: Request) -> Response:
     user = await current_user(request)
     service = service_of(request)
     rtype = require_supported_type(request.path_params["rtype"])
-    if not _criteria(request):
-        raise MethodNotAllowed("DELETE on a type needs search criteria (conditional delete), e.g. ?identifier=s|v")
-    result = await service.conditional_delete(principal=user, rtype=rtype, criteria_text=_criteria(request))
+    criteria = _criteria(request, "delete")
+    result = await service.conditional_delete(principal=user, rtype=rtype, criteria_text=criteria)
     return _deleted_response(request, result)
 
 
@@ -442,10 +443,9 @@ async def conditional_patch(request: Request) -> Response:
     user = await current_user(request)
     service, settings = service_of(request), settings_of(request)
     rtype = require_supported_type(request.path_params["rtype"])
-    if not _criteria(request):
-        raise MethodNotAllowed("PATCH on a type needs search criteria (conditional patch), e.g. ?identifier=s|v")
+    criteria = _criteria(request, "patch")
     patch = await _patch_body(request, settings)
-    result = await service.conditional_patch(principal=user, rtype=rtype, criteria_text=_criteria(request),
+    result = await service.conditional_patch(principal=user, rtype=rtype, criteria_text=criteria,
                                              patch=patch, if_match=_if_match(request))
     return _write_response(request, result, settings, rendering)
 

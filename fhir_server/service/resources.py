@@ -329,10 +329,7 @@ class ResourceService:
 
     async def conditional_update(self, *, principal: Principal, rtype: str, criteria_text: str, resource: Any,
                                  if_match: int | None = None) -> WriteResult:
-        require_supported_type(rtype)
-        principal.require("u", rtype)
-        _no_search_for_patient_scopes(principal.require("s", rtype), "Conditional update")
-        criteria = self.criteria(principal, rtype, criteria_text)
+        criteria = self._conditional_criteria(principal, rtype, "u", criteria_text, "Conditional update")
         validate_resource(resource, expected_type=rtype)
         body_id = resource.get("id")
 
@@ -352,10 +349,7 @@ class ResourceService:
     async def conditional_patch(self, *, principal: Principal, rtype: str, criteria_text: str, patch: Any,
                                 if_match: int | None = None) -> WriteResult:
         """``PATCH [type]?criteria``: the one match patched (none: 404, several: 412)."""
-        require_supported_type(rtype)
-        principal.require("u", rtype)
-        _no_search_for_patient_scopes(principal.require("s", rtype), "Conditional patch")
-        criteria = self.criteria(principal, rtype, criteria_text)
+        criteria = self._conditional_criteria(principal, rtype, "u", criteria_text, "Conditional patch")
 
         async def write(matched: Version | None) -> WriteResult:
             if matched is None:
@@ -412,10 +406,7 @@ class ResourceService:
         raise Conflict(f"{rtype}/{rid} is being changed by too many writers; try again")
 
     async def conditional_delete(self, *, principal: Principal, rtype: str, criteria_text: str) -> WriteResult | None:
-        require_supported_type(rtype)
-        principal.require("d", rtype)
-        _no_search_for_patient_scopes(principal.require("s", rtype), "Conditional delete")
-        criteria = self.criteria(principal, rtype, criteria_text)
+        criteria = self._conditional_criteria(principal, rtype, "d", criteria_text, "Conditional delete")
 
         async def write(matched: Version | None) -> WriteResult | None:
             if matched is None:
@@ -423,6 +414,14 @@ class ResourceService:
             return await self.delete(principal=principal, rtype=rtype, rid=matched.rid, if_match=matched.vid)
 
         return await self._on_the_match(criteria, rtype, write, if_match=None)
+
+    def _conditional_criteria(self, principal: Principal, rtype: str, need: str, text: str, what: str) -> SearchQuery:
+        """The criteria of a conditional write of ``rtype`` that needs ``need`` (u, d) and search on the type (not
+        open to ``patient/`` scopes)."""
+        require_supported_type(rtype)
+        principal.require(need, rtype)
+        _no_search_for_patient_scopes(principal.require("s", rtype), what)
+        return self.criteria(principal, rtype, text)
 
     async def _on_the_match(self, criteria: SearchQuery, rtype: str,
                             write: Callable[[Version | None], Awaitable[_Written]], *,
