@@ -238,13 +238,16 @@ async def test_a_search_parameter_written_during_a_refresh_is_kept(store_uri: st
             set_custom([])
 
 
-def test_resources_without_a_value_are_read_from_their_absent_entries(store_uri: str, tmp_path: Path) -> None:
+def test_resources_without_a_value_are_read_from_their_absent_and_lacks_entries(store_uri: str,
+                                                                                 tmp_path: Path) -> None:
     """Index layout 6: a parameter of which a resource has no element gets an ``@absent`` entry. ``:missing=true``
     reads those entries, and a sort read in index order (``search_sort_in_memory`` 2 here) reads them and the
     entries of elements present without a value for the resources it places last, a page at a time, both ways,
-    after updates that move Patients into and out of them and a deletion. An entry lost by hand loses its
-    Patient (the entries are read, not the type) until ``$reindex`` brings it back. On a store whose upgrade to
-    the layout has not run, both read the type's resources instead and miss nothing."""
+    after updates that move Patients into and out of them and a deletion. Layout 12: a reference, uri or ``meta``
+    parameter a resource lacks is named in its one ``@lacks`` entry, which ``:missing=true`` on it scans
+    (``organization``, ``_profile``), paged both ways. An entry lost by hand loses its Patient (the entries are
+    read, not the type) until ``$reindex`` brings it back. On a store whose upgrade to the layouts has not run,
+    both read the type's resources instead and miss nothing."""
     home, database = tmp_path / "home", f"absent{uuid.uuid4().hex[:8]}"
     extra = {"MEDUNION_SEARCH_SORT_IN_MEMORY": "2"}
     language: dict[str, str | None] = {}  # id -> code; None: an element without a code (its text only)
@@ -268,20 +271,39 @@ def test_resources_without_a_value_are_read_from_their_absent_entries(store_uri:
             assert set(got[len(valued):]) == set(language) - valued | absent
         assert matches(client, {"language:missing": "true"}) == absent
         assert matches(client, {"language:missing": "false"}) == set(language)
+        everyone = set(language) | absent
+        assert matches(client, {"organization:missing": "false"}) == organized
+        assert matches(client, {"organization:missing": "true"}) == everyone - organized
+        pages = pages_both_ways(client, running, "/Patient?organization:missing=true&_count=2")
+        assert sorted(rid for page in pages for rid in page) == sorted(everyone - organized)
+        assert matches(client, {"_profile:missing": "true", "language:missing": "true"}) == absent - profiled
+        assert matches(client, {"_profile:missing": "true", "organization:missing": "true"}) == (
+            everyone - organized - profiled)
 
     hub = start_hub(store_uri, home, database=database, extra=extra)
     try:
         with hub.client() as client:
             absent: set[str] = set()
-            for code in ["zh", "en", "fr", "de", "zh", None, None, None, None, "", "", "", "", ""]:
+            organized: set[str] = set()  # the Patients with a managingOrganization
+            profiled: set[str] = set()  # those with a meta.profile
+            hospital = client.post("/Organization", json={"resourceType": "Organization", "name": "H"}).json()["id"]
+            for n, code in enumerate(["zh", "en", "fr", "de", "zh", None, None, None, None, "", "", "", "", ""]):
                 body: dict[str, object] = {"resourceType": "Patient"}
                 if code != "":
                     body["communication"] = communication(code)
+                if n % 2 == 0:
+                    body["managingOrganization"] = {"reference": f"Organization/{hospital}"}
+                if n % 3 == 0:
+                    body["meta"] = {"profile": ["http://medunion.example.cn/StructureDefinition/patient"]}
                 rid = client.post("/Patient", json=body).json()["id"]
                 if code == "":
                     absent.add(rid)
                 else:
                     language[rid] = code
+                if n % 2 == 0:
+                    organized.add(rid)
+                if n % 3 == 0:
+                    profiled.add(rid)
             gains, loses, goes = sorted(absent)[0], next(r for r, c in language.items() if c == "en"), sorted(absent)[1]
             assert client.put(f"/Patient/{gains}", json={"resourceType": "Patient", "id": gains,
                                                          "communication": communication("ja")}).status_code == 200
@@ -291,6 +313,13 @@ def test_resources_without_a_value_are_read_from_their_absent_entries(store_uri:
             absent.add(loses)
             language[gains] = "ja"
             del language[loses]
+            organized -= {gains, loses, goes}  # the updates hold no managingOrganization and no profile
+            profiled -= {gains, loses, goes}
+            joins = next(rid for rid in sorted(absent) if rid not in organized)
+            assert client.put(f"/Patient/{joins}", json={"resourceType": "Patient", "id": joins, "managingOrganization":
+                                                         {"reference": f"Organization/{hospital}"}}).status_code == 200
+            organized.add(joins)
+            profiled.discard(joins)
             check_sorts(client, hub, absent)
 
             victim = sorted(absent)[0]
@@ -300,7 +329,13 @@ def test_resources_without_a_value_are_read_from_their_absent_entries(store_uri:
                 lost = [d["_id"] for d in index.find({"_id": {"$regex": mine}})]
                 assert len(lost) == 1
                 index.delete_one({"_id": lost[0]})
+                lacking = sorted((set(language) | absent) - organized)[0]
+                mine = f"^Patient\\|@lacks\\|[^|]*,organization,[^|]*\\|{lacking}\\|"
+                lost = [d["_id"] for d in index.find({"_id": {"$regex": mine}})]
+                assert len(lost) == 1
+                index.delete_one({"_id": lost[0]})
             assert victim not in matches(client, {"language:missing": "true"})
+            assert lacking not in matches(client, {"organization:missing": "true"})
             pages = pages_both_ways(client, hub, "/Patient?_sort=language&_count=2")
             ascending = [rid for page in pages for rid in page]
             assert victim not in ascending and len(ascending) == len(language) + len(absent) - 1
@@ -316,9 +351,10 @@ def test_resources_without_a_value_are_read_from_their_absent_entries(store_uri:
         # another instance starts the upgrade (to layout 6 and on), not us
         db["jobs"].insert_one({"_id": f"{LAYOUT_MARKER}-{INDEX_LAYOUT}", "o": "another instance"})
         for doc in db["resources"].find({}, {"ix": 1}):
-            kept = [i for i in doc["ix"].split(" ") if not i.startswith("@absent|")]
+            kept = [i for i in doc["ix"].split(" ") if not i.startswith(("@absent|", "@lacks|"))]
             db["resources"].update_one({"_id": doc["_id"]}, {"$set": {"ix": " ".join(kept)}})
         assert db["search_index"].delete_many({"_id": {"$regex": r"^Patient\|@absent\|"}}).deleted_count > 13
+        assert db["search_index"].delete_many({"_id": {"$regex": r"^Patient\|@lacks\|"}}).deleted_count >= 13
         jobs = db["jobs"].count_documents({"kind": "reindex"})
     restarted = start_hub(store_uri, home, database=database, extra=extra)
     try:

@@ -26,7 +26,10 @@ Encodings (``hex`` is the hex of the UTF-8 bytes, ``n`` a sortable 16-hex-digit 
   ``meta`` ones) of which the resource has no element (``@absent`` is no parameter code): ``:missing=true`` reads
   these, and a sort by the parameter reads them (with its ``~`` entries) for the resources it places last, a
   page at a time. Not for references and uris (sorted in memory), nor ``_tag``, ``_profile``, ``_security`` and
-  ``_source``: each absent entry is one more index document to write (``has_absent_entries``)
+  ``_source``: each absent entry is one more index document to write (``has_absent_entries``). Those others a
+  resource lacks are listed in one entry, ``@lacks|,<code>,<code>,|`` (codes in order, ``,`` around each; codes
+  hold no ``,``: registry ``CODE_RE``): ``:missing=true`` on one of them scans the type's ``@lacks`` entries for
+  ``,<code>,`` (a substring test the store runs on its index), instead of reading every resource of the type
 - a date within a token's code or a reference's target (``SORTS_WITHIN``): the date's entries again, under the code
   ``<date>@<token or reference>@<hex(code or id)>`` (``within_code``); a given name within a family name likewise,
   ``given@family@<hex(sortable family)>``, and ``~`` there for a person with a family and no given name
@@ -60,6 +63,8 @@ __all__ = [
     "ABSENT_LAYOUT",
     "COMPARTMENT",
     "INDEX_LAYOUT",
+    "LACKS",
+    "LACKS_LAYOUT",
     "LAYOUT_MARKER",
     "LONG_SPAN",
     "MAX_FULL_TEXT",
@@ -75,6 +80,7 @@ __all__ = [
     "entry_keys",
     "has_absent_entries",
     "hexs",
+    "lacks_listed",
     "local_reference",
     "num",
     "reads_absent_entries",
@@ -94,9 +100,11 @@ __all__ = [
 # (a day or more before); 5: string values end with ``.`` (their keys sort in value order); 6: ``@absent`` entries;
 # 7: the marks of the entries a sort passes over (search/index_order.py ``order_marks``); 8: strings in their
 # sortable form, Chinese characters with their pinyin (collation.py); 9: dates within a status or a subject
-# (``SORTS_WITHIN``); 10: Observation dates within the Patient compartment; 11: given names within family names.
-INDEX_LAYOUT = 11
+# (``SORTS_WITHIN``); 10: Observation dates within the Patient compartment; 11: given names within family names;
+# 12: ``@lacks`` entries.
+INDEX_LAYOUT = 12
 ABSENT_LAYOUT = 6  # the first layout with ``@absent`` entries
+LACKS_LAYOUT = 12  # the first layout with ``@lacks`` entries
 PINYIN_LAYOUT = 8  # the first layout with strings in their sortable form
 WITHIN_LAYOUT = 9  # the first layout with the entries of ``SORTS_WITHIN`` (some pairs came later: ``within_layout``)
 # the ``jobs`` document {"layout": n} that records the INDEX_LAYOUT the store's resources are indexed under
@@ -110,6 +118,7 @@ LAYOUT_MARKER = "index-layout"
 LONG_SPAN = 1_000_000
 PRESENT = "~"  # the entry of a parameter that is present without a searchable value
 ABSENT = "@absent"  # the entries ``@absent|<code>|``: the parameters of which a resource has no element
+LACKS = "@lacks"  # the entry ``@lacks|,<code>,…,|``: the other parameters (``lacks_listed``) it has no element of
 SORTED_KINDS = ("date", "number", "quantity", "token", "string")  # entries that sort by value (index_order.py)
 # A date's entries again within each value of a token (its code, whatever the system) or a reference (its target's
 # id) parameter, by type: (that parameter, the date). ``authored@status@<hex(active)>|L…|`` entries hold the active
@@ -322,6 +331,12 @@ def has_absent_entries(code: str, parameter: SearchParameter) -> bool:
     return parameter.type in SORTED_KINDS and code not in _META
 
 
+def lacks_listed(code: str, parameter: SearchParameter) -> bool:
+    """Whether a resource without an element of the parameter names it in its ``@lacks`` entry: the parameters
+    with entries of their own but no ``@absent`` entries (references, uris, the ``meta`` ones)."""
+    return parameter.type not in ("composite", "special") and not has_absent_entries(code, parameter)
+
+
 def reads_absent_entries(rtype: str, code: str, parameter: SearchParameter) -> bool:
     """Whether searches may read the parameter's ``@absent`` entries (on a store of ``ABSENT_LAYOUT`` or later): it
     has them, and is no custom parameter (the resources stored before it came have them after its ``$reindex``
@@ -338,12 +353,14 @@ def entry_keys(resource: dict[str, Any], *, zone: ZoneInfo, base_url: str,
     has that one's entries. A parameter whose elements are present but give no searchable value (a
     CodeableConcept with text only, a Reference with display only) gets the entry ``param|~|``, so that
     ``:missing`` tells present from absent (FHIR R4 search.html#missing), and a parameter of which the resource
-    has no element gets ``@absent|param|`` (``ABSENT``; ``has_absent_entries``). ``_text`` and ``_content`` have
-    one entry each (none without text).
+    has no element gets ``@absent|param|`` (``ABSENT``; ``has_absent_entries``) or is named in its one entry
+    ``@lacks|,param,…,|`` (``LACKS``; ``lacks_listed``). ``_text`` and ``_content`` have one entry each (none without
+    text).
     """
     params = parameters if parameters is not None else parameters_for(resource.get("resourceType", ""))
     found: set[str] = set()
     rtype = resource.get("resourceType", "")
+    lacking = []
     for code, parameter in params.items():
         if code == "_id" or parameter.type in ("composite", "special") or indexed_as(rtype, code)[0] != code:
             continue
@@ -356,6 +373,8 @@ def entry_keys(resource: dict[str, Any], *, zone: ZoneInfo, base_url: str,
         if not values:
             if has_absent_entries(code, parameter):
                 found.add(f"{ABSENT}|{code}|")
+            elif lacks_listed(code, parameter):
+                lacking.append(code)
             continue
         encoded = encode(parameter, entries_of_values(parameter, values, zone), base_url)
         for enc in encoded or [PRESENT]:
@@ -366,6 +385,8 @@ def entry_keys(resource: dict[str, Any], *, zone: ZoneInfo, base_url: str,
         elif parameter.type == "token":
             for word in text_words([t for v in values for t in code_texts(v)]):
                 found.add(f"{code}:text|{hexs(word[:MAX_TEXT])}|")
+    if lacking:
+        found.add(f"{LACKS}|,{','.join(sorted(lacking))},|")
     found |= _within_entries(rtype, params, found)
     narrative = narrative_text(resource)  # in both texts: read once
     for code in FULL_TEXT:

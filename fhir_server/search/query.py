@@ -37,6 +37,8 @@ from fhir_server.search.entries import (
 from fhir_server.search.keys import (
     ABSENT,
     ABSENT_LAYOUT,
+    LACKS,
+    LACKS_LAYOUT,
     LONG_SPAN,
     MAX_TEXT,
     PINYIN_LAYOUT,
@@ -44,6 +46,7 @@ from fhir_server.search.keys import (
     decode_hex,
     encode,
     hexs,
+    lacks_listed,
     local_reference,
     num,
     reads_absent_entries,
@@ -54,7 +57,7 @@ from fhir_server.search.keys import (
     within_value,
 )
 from fhir_server.search.paths import children
-from fhir_server.search.registry import SearchParameter, indexed_as, parameters_for, split_union
+from fhir_server.search.registry import SearchParameter, custom_codes, indexed_as, parameters_for, split_union
 
 __all__ = ["MODIFIERS", "Chain", "Clause", "Include", "KeyRange", "KeySet", "SearchQuery", "Span", "parse_search",
            "query_pairs", "refuse_ignored", "types_named"]
@@ -540,9 +543,16 @@ class _Parser:
             present = (_starting(f"{code}|{hexs(only + '/')}"),) if only else (
                 _starting(f"{code}|"), exact_entry(f"{code}|{PRESENT}"))
             scan = Clause(name, keys=KeySet(present), negate=value == "true")  # true: every resource read
-            if value == "false" or only or not reads_absent_entries(rtype, code, parameter):
+            if value == "false" or only:
                 return scan
-            return Clause(name, keys=KeySet((exact_entry(f"{ABSENT}|{code}"),)), fallback=scan)
+            if reads_absent_entries(rtype, code, parameter):
+                return Clause(name, keys=KeySet((exact_entry(f"{ABSENT}|{code}"),)), fallback=scan)
+            # the resources whose ``@lacks`` entry names it (keys.py); a custom parameter's, only after its $reindex
+            if lacks_listed(code, parameter) and code not in custom_codes(rtype):
+                listed = f",{code},"
+                lacking = _starting(f"{LACKS}|", lambda entry: listed in entry, (listed,))
+                return Clause(name, keys=KeySet((lacking,)), fallback=scan, fallback_below=LACKS_LAYOUT)
+            return scan
         if code == "_id":
             if modifier:
                 raise _bad(f"The modifier :{modifier} is not supported on _id", code="not-supported", where=name)
