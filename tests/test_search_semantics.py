@@ -23,6 +23,7 @@ from decimal import Decimal
 from functools import cache
 from importlib import resources as pkg_resources
 from typing import Any
+from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
 import httpx
@@ -743,15 +744,22 @@ def test_compartment_search_and_everything(search_hub: Hub, stored: dict[str, li
         assert everything(api, both) == (["Patient/p0000007"], ["Organization/h07"])
         alone = api.get("/Patient/p0000007/$everything", params={"_type": "Organization"})
         assert alone.status_code == 400 and alone.json()["issue"][0]["expression"] == ["_type"]
-        # care dates (start, end) are not taken: said in the Bundle, or refused when asked to be strict
-        dated = api.get("/Patient/p0000007/$everything", params={"start": "2026-01-01"}).json()
-        notes = [i["diagnostics"] for e in dated["entry"] if e["search"]["mode"] == "outcome"
+        # care dates: the patient's order, results and report are of 2026-10-02 (the Patient has no date of care)
+        after = "/Patient/p0000007/$everything?start=2026-10-03&_count=2"
+        assert everything(api, after) == (["Patient/p0000007"], ["Organization/h07"])
+        assert everything(api, "/Patient/p0000007/$everything?start=2026-10-02&end=2026-10-02") == (
+            compartment, ["Organization/h07"])
+        assert everything(api, "/Patient/p0000007/$everything?end=2026-10-01T23:59:59%2B08:00")[0] == [
+            "Patient/p0000007"]
+        # a parameter it does not take is said in the Bundle, or refused when asked to be strict
+        other = api.get("/Patient/p0000007/$everything", params={"date": "2026"}).json()
+        notes = [i["diagnostics"] for e in other["entry"] if e["search"]["mode"] == "outcome"
                  for i in e["resource"]["issue"]]
-        assert len(notes) == 1 and "'start'" in notes[0] and "every date" in notes[0]
-        assert len([e for e in dated["entry"] if e["search"]["mode"] == "match"]) == len(compartment)
-        strict = api.get("/Patient/p0000007/$everything", params={"start": "2026-01-01", "_count": "2"},
+        assert len(notes) == 1 and "'date'" in notes[0]
+        assert len([e for e in other["entry"] if e["search"]["mode"] == "match"]) == len(compartment)
+        strict = api.get("/Patient/p0000007/$everything", params={"date": "2026", "_count": "2"},
                          headers={"Prefer": "handling=strict"})
-        assert strict.status_code == 400 and strict.json()["issue"][0]["expression"] == ["start"]
+        assert strict.status_code == 400 and strict.json()["issue"][0]["expression"] == ["date"]
     with httpx.Client(base_url=base, headers={"Authorization": "Bearer " + search_hub.token(
             "patient/*.rs", patient="p0000007")}) as own:
         mine = own.get("/Observation").json()
@@ -759,6 +767,45 @@ def test_compartment_search_and_everything(search_hub: Hub, stored: dict[str, li
         assert [e["resource"]["id"] for e in own.get("/Patient").json()["entry"]] == ["p0000007"]
         # the hospital is not in the patient's compartment: a patient/ token is not shown it
         assert everything(own, "/Patient/p0000007/$everything") == (compartment, [])
+
+
+def test_everything_keeps_the_resources_of_the_care_dates_asked(api: httpx.Client) -> None:
+    """``$everything?start=&end=`` (R4: care dates, not record dates) keeps the resources whose date of care meets
+    the period, by R4's ``clinical-date`` (an Observation's effective, an Encounter's period) or the type's own
+    (a ServiceRequest's authoredOn); a stay that straddles ``start`` is kept, a result without a date is not, a
+    type without a date of care (Condition) comes whole. Bad dates are a 400 at the parameter."""
+    patient = api.post("/Patient", json={"resourceType": "Patient", "name": [{"family": "日期"}]}).json()["id"]
+    subject = {"reference": f"Patient/{patient}"}
+
+    def post(body: dict[str, Any]) -> str:
+        answer = api.post(f"/{body['resourceType']}", json={**body, "subject": subject})
+        assert answer.status_code == 201, answer.text
+        return f"{body['resourceType']}/{answer.json()['id']}"
+
+    def observation(when: str | None) -> dict[str, Any]:
+        body: dict[str, Any] = {"resourceType": "Observation", "status": "final", "code": {"text": "CEA"}}
+        return {**body, "effectiveDateTime": when} if when else body
+
+    june, march, undated = (post(observation(w)) for w in ("2025-06-10T09:00:00+08:00", "2026-03-02", None))
+    stay = post({"resourceType": "Encounter", "status": "finished", "class": {"code": "IMP"},
+                 "period": {"start": "2025-12-20", "end": "2026-01-05"}})
+    order = post({"resourceType": "ServiceRequest", "status": "active", "intent": "order", "code": {"text": "CT"},
+                  "authoredOn": "2026-02-14T10:00:00+08:00"})
+    chronic = post({"resourceType": "Condition", "onsetDateTime": "2010-05-01", "code": {"text": "hypertension"}})
+    own = f"Patient/{patient}"
+
+    def kept(**dates: str) -> list[str]:
+        return everything(api, f"/Patient/{patient}/$everything?{urlencode({**dates, '_count': '2'})}")[0]
+
+    assert kept() == sorted([own, june, march, undated, stay, order, chronic])
+    assert kept(start="2026-01-01", end="2026-03-31") == sorted([own, march, stay, order, chronic])
+    assert kept(start="2026-03") == sorted([own, march, chronic])
+    assert kept(end="2025-12-31") == sorted([own, june, stay, chronic])
+    assert kept(start="2026-01-06", end="2026-02-13T23:59:59+08:00") == sorted([own, chronic])
+    for params, where in (({"start": "2026-13-01"}, "start"), ({"end": "soon"}, "end"),
+                          ({"start": "ge2026"}, "start"), ({"start": "2026-03", "end": "2026-02"}, "end")):
+        bad = api.get(f"/Patient/{patient}/$everything", params=params)
+        assert bad.status_code == 400 and bad.json()["issue"][0]["expression"] == [where], (params, bad.text)
 
 
 def test_a_search_over_several_types_selects_nothing_of_a_type_without_the_parameter(

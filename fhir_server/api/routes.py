@@ -137,7 +137,8 @@ def _parse_instant(name: str, value: str | None, settings: Settings, *, end: boo
     bounds = date_range(text, settings.zone)
     if bounds is None:
         raise BadRequest(f"{name} must be a FHIR instant like 2026-01-31T08:00:00+08:00", issues=[
-            Issue(code="value", diagnostics=f"{name} must be a FHIR instant like 2026-01-31T08:00:00+08:00")])
+            Issue(code="value", diagnostics=f"{name} must be a FHIR instant like 2026-01-31T08:00:00+08:00",
+                  expression=(name,))])
     return bounds[1] if end and len(text) <= 10 else bounds[0]
 
 
@@ -344,15 +345,33 @@ async def search_system(request: Request) -> Response:
     return _searchset(request, path, pairs, page, ignored, summary_count=("_summary", "count") in pairs)
 
 
-# what ``$everything`` takes: its own parameters (R4 patient-operation-everything, but ``start``/``end``) and the
-# result parameters of any search
-_EVERYTHING_PARAMETERS = frozenset({"_since", "_type", "_count", "_cursor", "_format", "_pretty", "_elements",
-                                    "_summary"})
+# what ``$everything`` takes: its own parameters (R4 patient-operation-everything) and the result parameters of any
+# search
+_EVERYTHING_PARAMETERS = frozenset({"start", "end", "_since", "_type", "_count", "_cursor", "_format", "_pretty",
+                                    "_elements", "_summary"})
+
+
+def _care_dates(q: Any, settings: Settings) -> tuple[str | None, str | None]:
+    """``$everything``'s ``start`` and ``end``: FHIR dates (or dateTimes), ``end`` not before ``start``."""
+    found: dict[str, tuple[str, tuple[int, int]]] = {}
+    for name in ("start", "end"):
+        if name not in q:
+            continue
+        value = q[name].strip()
+        bounds = date_range(value, settings.zone) if value[:1].isdigit() else None
+        if bounds is None:
+            msg = f"{name} must be a FHIR date like 2026-01-31 (a date of care), not '{value}'"
+            raise BadRequest(msg, issues=[Issue(code="value", diagnostics=msg, expression=(name,))])
+        found[name] = value, bounds
+    if "start" in found and "end" in found and found["end"][1][1] < found["start"][1][0]:
+        msg = f"end ({found['end'][0]}) is before start ({found['start'][0]})"
+        raise BadRequest(msg, issues=[Issue(code="value", diagnostics=msg, expression=("end",))])
+    return (found["start"][0] if "start" in found else None), (found["end"][0] if "end" in found else None)
 
 
 async def everything(request: Request) -> Response:
-    """``GET Patient/[id]/$everything``: the patient and its compartment, paged (``_since``, ``_type``). Other
-    parameters (``start`` and ``end``: care dates) are reported as ignored, or refused with ``handling=strict``."""
+    """``GET Patient/[id]/$everything``: the patient and its compartment, paged (``start``, ``end``, ``_since``,
+    ``_type``). Other parameters are reported as ignored, or refused with ``handling=strict``."""
     user = await current_user(request)
     settings = settings_of(request)
     pid = request.path_params["rid"]
@@ -360,16 +379,17 @@ async def everything(request: Request) -> Response:
         raise NotFound("$everything is defined on Patient only here")
     q = request.query_params
     unknown = [name for name in dict.fromkeys(q.keys()) if name not in _EVERYTHING_PARAMETERS]
-    ignored = [f"$everything does not take '{name}' here (it takes _since, _type and _count)"
-               + (": resources of every date were returned" if name in ("start", "end") else "") for name in unknown]
+    ignored = [f"$everything does not take '{name}' (it takes start, end, _since, _type and _count)"
+               for name in unknown]
     if _strict(request):
         refuse_ignored(ignored, dict(zip(ignored, unknown, strict=True)))
     since = q.get("_since")
-    if since is not None and _parse_instant("_since", since, settings) is None:
-        raise BadRequest("_since must be a FHIR instant")
+    _parse_instant("_since", since, settings)
+    start, end = _care_dates(q, settings)
     types = types_named(list(q.multi_items())) or None
-    page = await service_of(request).everything(principal=user, pid=pid, since=since, types=types,
-                                                count=page_size(q.get("_count"), settings), cursor=q.get("_cursor"))
+    page = await service_of(request).everything(principal=user, pid=pid, since=since, start=start, end=end,
+                                                types=types, count=page_size(q.get("_count"), settings),
+                                                cursor=q.get("_cursor"))
     return _searchset(request, f"Patient/{pid}/$everything", list(q.multi_items()), page, ignored)
 
 

@@ -40,7 +40,7 @@ from fhir_server.search import (
     query_pairs,
     refuse_ignored,
 )
-from fhir_server.search.compartment import in_patient_compartment
+from fhir_server.search.compartment import care_date, in_patient_compartment
 from fhir_server.search.index_order import marks_of, order_marks
 from fhir_server.search.keys import hexs
 from fhir_server.search.paths import check_syntax
@@ -203,10 +203,12 @@ class ResourceService:
     async def search_many(self, *, principal: Principal, types: list[str] | None, pairs: list[tuple[str, str]],
                           count: int, cursor: str | None, strict: bool = False,
                           compartment: tuple[str, str] | None = None,
-                          referenced: frozenset[str] = frozenset()) -> tuple[list[str], SearchPage]:
+                          referenced: frozenset[str] = frozenset(),
+                          care: tuple[str | None, str | None] | None = None) -> tuple[list[str], SearchPage]:
         """A page of one search over several types: ``types`` (from ``_type``), else every type the principal may
         search (system search) or of the ``compartment`` (``Patient/[id]/*``). Returns what was ignored, and the
-        page; with ``referenced``, the page includes the resources of those types that its matches refer to.
+        page; with ``referenced``, the page includes the resources of those types that its matches refer to; with
+        ``care`` (start, end: ``$everything``), each type's resources dated by care meet that period.
 
         A parameter that some searched types define and others do not selects nothing of the others
         (``GET [base]?gender=male`` finds no Observation); a parameter none of them defines is ignored and
@@ -242,6 +244,10 @@ class ResourceService:
             at.update(query.ignored_at)
             if compartment is not None:
                 query.clauses.append(self._compartment(query.rtype, *compartment))
+            if care is not None and (dated := care_date(query.rtype)) is not None:
+                start, end = care
+                period = ([(dated, f"ge{start}")] if start else []) + ([(dated, f"le{end}")] if end else [])
+                query.clauses += self.parse(query.rtype, period).clauses
             if referenced:
                 query.includes.append(Include(query.rtype, "*", referenced, iterate=False))
             kept.append(query)
@@ -260,12 +266,16 @@ class ResourceService:
         return compartment_clause(rtype, ctype, cid, params)
 
     async def everything(self, *, principal: Principal, pid: str, since: str | None, types: list[str] | None,
-                         count: int, cursor: str | None) -> SearchPage:
+                         count: int, cursor: str | None, start: str | None = None,
+                         end: str | None = None) -> SearchPage:
         """``Patient/[id]/$everything``: the patient and every resource in its compartment, paged; each page
         includes the resources its matches refer to that are in no patient's compartment (practitioners,
         organizations, locations, medications, devices: FHIR R4 says $everything SHOULD return "any resource
         referenced from those"); resources of a compartment type come as matches, this patient's only.
-        ``_type`` chooses among both kinds and must name a compartment type."""
+        ``_type`` chooses among both kinds and must name a compartment type. ``start`` and ``end`` (FHIR dates)
+        keep the resources whose date of care (compartment.py ``care_date``) meets that period (``ge`` start,
+        ``le`` end: a stay that began before ``start`` and ended after it is kept; one without the date is not);
+        a type without a date of care is returned whole."""
         await self.read(principal=principal, rtype="Patient", rid=pid)
         members = set(_compartment_members())
         for t in types or ():
@@ -279,7 +289,8 @@ class ResourceService:
                                            "compartment", expression=("_type",))])
         _, page = await self.search_many(principal=principal, types=searched, count=count, cursor=cursor,
                                          pairs=[("_lastUpdated", f"ge{since}")] if since else [],
-                                         compartment=("Patient", pid), referenced=referenced)
+                                         compartment=("Patient", pid), referenced=referenced,
+                                         care=(start, end) if start or end else None)
         return page
 
     # ---- writes ---------------------------------------------------------------------------------------
