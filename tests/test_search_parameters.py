@@ -279,6 +279,10 @@ def test_resources_without_a_value_are_read_from_their_absent_and_lacks_entries(
         assert matches(client, {"_profile:missing": "true", "language:missing": "true"}) == absent - profiled
         assert matches(client, {"_profile:missing": "true", "organization:missing": "true"}) == (
             everyone - organized - profiled)
+        for asked, wanted in (("patient", {"group", "none"}), ("subject", {"none"})):  # patient: a Patient subject
+            for value, which in (("true", wanted), ("false", set(observed) - wanted)):
+                found = client.get("/Observation", params={f"{asked}:missing": value}).json().get("entry", [])
+                assert {e["resource"]["id"] for e in found} == {observed[k] for k in which}, (asked, value)
 
     hub = start_hub(store_uri, home, database=database, extra=extra)
     try:
@@ -286,6 +290,7 @@ def test_resources_without_a_value_are_read_from_their_absent_and_lacks_entries(
             absent: set[str] = set()
             organized: set[str] = set()  # the Patients with a managingOrganization
             profiled: set[str] = set()  # those with a meta.profile
+            observed: dict[str, str] = {}  # an Observation of a Patient, of a Group, of no subject: its id
             hospital = client.post("/Organization", json={"resourceType": "Organization", "name": "H"}).json()["id"]
             for n, code in enumerate(["zh", "en", "fr", "de", "zh", None, None, None, None, "", "", "", "", ""]):
                 body: dict[str, object] = {"resourceType": "Patient"}
@@ -315,6 +320,13 @@ def test_resources_without_a_value_are_read_from_their_absent_and_lacks_entries(
             del language[loses]
             organized -= {gains, loses, goes}  # the updates hold no managingOrganization and no profile
             profiled -= {gains, loses, goes}
+            group = client.post("/Group", json={"resourceType": "Group", "type": "person", "actual": True}).json()["id"]
+            for kind, subject in (("patient", f"Patient/{sorted(absent)[0]}"), ("group", f"Group/{group}"),
+                                  ("none", None)):
+                body = {"resourceType": "Observation", "status": "final", "code": {"text": "CEA"}}
+                if subject:
+                    body["subject"] = {"reference": subject}
+                observed[kind] = client.post("/Observation", json=body).json()["id"]
             joins = next(rid for rid in sorted(absent) if rid not in organized)
             assert client.put(f"/Patient/{joins}", json={"resourceType": "Patient", "id": joins, "managingOrganization":
                                                          {"reference": f"Organization/{hospital}"}}).status_code == 200
@@ -330,17 +342,21 @@ def test_resources_without_a_value_are_read_from_their_absent_and_lacks_entries(
                 assert len(lost) == 1
                 index.delete_one({"_id": lost[0]})
                 lacking = sorted((set(language) | absent) - organized)[0]
-                mine = f"^Patient\\|@lacks\\|[^|]*,organization,[^|]*\\|{lacking}\\|"
-                lost = [d["_id"] for d in index.find({"_id": {"$regex": mine}})]
-                assert len(lost) == 1
-                index.delete_one({"_id": lost[0]})
+                for mine in (f"^Patient\\|@lacks\\|[^|]*\\.organization\\.[^|]*\\|{lacking}\\|",
+                             f"^Observation\\|@lacks\\|[^|]*\\.patient\\.[^|]*\\|{observed['group']}\\|"):
+                    lost = [d["_id"] for d in index.find({"_id": {"$regex": mine}})]
+                    assert len(lost) == 1
+                    index.delete_one({"_id": lost[0]})
             assert victim not in matches(client, {"language:missing": "true"})
             assert lacking not in matches(client, {"organization:missing": "true"})
+            of_patients = client.get("/Observation", params={"patient:missing": "true"}).json()["entry"]
+            assert [e["resource"]["id"] for e in of_patients] == [observed["none"]]
             pages = pages_both_ways(client, hub, "/Patient?_sort=language&_count=2")
             ascending = [rid for page in pages for rid in page]
             assert victim not in ascending and len(ascending) == len(language) + len(absent) - 1
-            job = client.post("/Patient/$reindex").headers["content-location"].rsplit("/", 1)[1]
-            assert _job_status(client, job)["status"] == "completed"
+            for rtype in ("Patient", "Observation"):
+                job = client.post(f"/{rtype}/$reindex").headers["content-location"].rsplit("/", 1)[1]
+                assert _job_status(client, job)["status"] == "completed"
             check_sorts(client, hub, absent)
     finally:
         stop_hub(hub)
@@ -354,7 +370,7 @@ def test_resources_without_a_value_are_read_from_their_absent_and_lacks_entries(
             kept = [i for i in doc["ix"].split(" ") if not i.startswith(("@absent|", "@lacks|"))]
             db["resources"].update_one({"_id": doc["_id"]}, {"$set": {"ix": " ".join(kept)}})
         assert db["search_index"].delete_many({"_id": {"$regex": r"^Patient\|@absent\|"}}).deleted_count > 13
-        assert db["search_index"].delete_many({"_id": {"$regex": r"^Patient\|@lacks\|"}}).deleted_count >= 13
+        assert db["search_index"].delete_many({"_id": {"$regex": r"^[A-Za-z]+\|@lacks\|"}}).deleted_count >= 16
         jobs = db["jobs"].count_documents({"kind": "reindex"})
     restarted = start_hub(store_uri, home, database=database, extra=extra)
     try:

@@ -27,9 +27,11 @@ Encodings (``hex`` is the hex of the UTF-8 bytes, ``n`` a sortable 16-hex-digit 
   these, and a sort by the parameter reads them (with its ``~`` entries) for the resources it places last, a
   page at a time. Not for references and uris (sorted in memory), nor ``_tag``, ``_profile``, ``_security`` and
   ``_source``: each absent entry is one more index document to write (``has_absent_entries``). Those others a
-  resource lacks are listed in one entry, ``@lacks|,<code>,<code>,|`` (codes in order, ``,`` around each; codes
-  hold no ``,``: registry ``CODE_RE``): ``:missing=true`` on one of them scans the type's ``@lacks`` entries for
-  ``,<code>,`` (a substring test the store runs on its index), instead of reading every resource of the type
+  resource lacks are listed in one entry, ``@lacks|.<code>.<code>.|`` (codes in order, ``.`` around each; codes
+  hold no ``.``: registry ``CODE_RE``), with the parameters restricted to one type of reference that it has none
+  of (Observation ``patient``: a subject that is no Patient): ``:missing=true`` on one of them scans the type's
+  ``@lacks`` entries for ``.<code>.`` (a substring test the store runs on its index: the hub's FerretDB patch
+  takes letters, digits, ``_``, ``-``, ``.`` and ``|`` in it), instead of reading every resource of the type
 - a date within a token's code or a reference's target (``SORTS_WITHIN``): the date's entries again, under the code
   ``<date>@<token or reference>@<hex(code or id)>`` (``within_code``); a given name within a family name likewise,
   ``given@family@<hex(sortable family)>``, and ``~`` there for a person with a family and no given name
@@ -101,10 +103,11 @@ __all__ = [
 # 7: the marks of the entries a sort passes over (search/index_order.py ``order_marks``); 8: strings in their
 # sortable form, Chinese characters with their pinyin (collation.py); 9: dates within a status or a subject
 # (``SORTS_WITHIN``); 10: Observation dates within the Patient compartment; 11: given names within family names;
-# 12: ``@lacks`` entries.
-INDEX_LAYOUT = 12
+# 12: ``@lacks`` entries listed with commas (never read: the store scans for a comma without its index); 13: ``@lacks``
+# entries.
+INDEX_LAYOUT = 13
 ABSENT_LAYOUT = 6  # the first layout with ``@absent`` entries
-LACKS_LAYOUT = 12  # the first layout with ``@lacks`` entries
+LACKS_LAYOUT = 13  # the first layout with ``@lacks`` entries
 PINYIN_LAYOUT = 8  # the first layout with strings in their sortable form
 WITHIN_LAYOUT = 9  # the first layout with the entries of ``SORTS_WITHIN`` (some pairs came later: ``within_layout``)
 # the ``jobs`` document {"layout": n} that records the INDEX_LAYOUT the store's resources are indexed under
@@ -118,7 +121,7 @@ LAYOUT_MARKER = "index-layout"
 LONG_SPAN = 1_000_000
 PRESENT = "~"  # the entry of a parameter that is present without a searchable value
 ABSENT = "@absent"  # the entries ``@absent|<code>|``: the parameters of which a resource has no element
-LACKS = "@lacks"  # the entry ``@lacks|,<code>,…,|``: the other parameters (``lacks_listed``) it has no element of
+LACKS = "@lacks"  # the entry ``@lacks|.<code>.….|``: the other parameters (``lacks_listed``) it has no element of
 SORTED_KINDS = ("date", "number", "quantity", "token", "string")  # entries that sort by value (index_order.py)
 # A date's entries again within each value of a token (its code, whatever the system) or a reference (its target's
 # id) parameter, by type: (that parameter, the date). ``authored@status@<hex(active)>|L…|`` entries hold the active
@@ -354,15 +357,21 @@ def entry_keys(resource: dict[str, Any], *, zone: ZoneInfo, base_url: str,
     CodeableConcept with text only, a Reference with display only) gets the entry ``param|~|``, so that
     ``:missing`` tells present from absent (FHIR R4 search.html#missing), and a parameter of which the resource
     has no element gets ``@absent|param|`` (``ABSENT``; ``has_absent_entries``) or is named in its one entry
-    ``@lacks|,param,…,|`` (``LACKS``; ``lacks_listed``). ``_text`` and ``_content`` have one entry each (none without
+    ``@lacks|.param.….|`` (``LACKS``; ``lacks_listed``). ``_text`` and ``_content`` have one entry each (none without
     text).
     """
     params = parameters if parameters is not None else parameters_for(resource.get("resourceType", ""))
     found: set[str] = set()
     rtype = resource.get("resourceType", "")
     lacking = []
+    restricted = []  # (code, what its base's entries start with): a reference parameter restricted to one type
     for code, parameter in params.items():
-        if code == "_id" or parameter.type in ("composite", "special") or indexed_as(rtype, code)[0] != code:
+        if code == "_id" or parameter.type in ("composite", "special"):
+            continue
+        base, only = indexed_as(rtype, code)
+        if base != code:
+            if only is not None:
+                restricted.append((code, f"{base}|{hexs(only + '/')}"))
             continue
         try:
             values = values_of(parameter, resource)
@@ -385,8 +394,9 @@ def entry_keys(resource: dict[str, Any], *, zone: ZoneInfo, base_url: str,
         elif parameter.type == "token":
             for word in text_words([t for v in values for t in code_texts(v)]):
                 found.add(f"{code}:text|{hexs(word[:MAX_TEXT])}|")
+    lacking += [code for code, start in restricted if not any(entry.startswith(start) for entry in found)]
     if lacking:
-        found.add(f"{LACKS}|,{','.join(sorted(lacking))},|")
+        found.add(f"{LACKS}|.{'.'.join(sorted(lacking))}.|")
     found |= _within_entries(rtype, params, found)
     narrative = narrative_text(resource)  # in both texts: read once
     for code in FULL_TEXT:

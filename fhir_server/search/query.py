@@ -532,6 +532,7 @@ class _Parser:
             raise _Undefined(code, rtype)
         if value == "":
             raise _bad(f"Search parameter '{name}' has no value", where=name)
+        asked = code
         code, only = indexed_as(rtype, code)  # e.g. Observation "patient" is "subject" restricted to Patient
         if only is not None:
             parameter = replace(params[code], targets=(only,))
@@ -543,13 +544,14 @@ class _Parser:
             present = (_starting(f"{code}|{hexs(only + '/')}"),) if only else (
                 _starting(f"{code}|"), exact_entry(f"{code}|{PRESENT}"))
             scan = Clause(name, keys=KeySet(present), negate=value == "true")  # true: every resource read
-            if value == "false" or only:
+            if value == "false":
                 return scan
             if reads_absent_entries(rtype, code, parameter):
                 return Clause(name, keys=KeySet((exact_entry(f"{ABSENT}|{code}"),)), fallback=scan)
-            # the resources whose ``@lacks`` entry names it (keys.py); a custom parameter's, only after its $reindex
-            if lacks_listed(code, parameter) and code not in custom_codes(rtype):
-                listed = f",{code},"
+            # the resources whose ``@lacks`` entry names it (keys.py; a parameter restricted to one type of
+            # reference by its own code); a custom parameter's, only after its $reindex
+            if lacks_listed(code, parameter) and asked not in custom_codes(rtype):
+                listed = f".{asked}."
                 lacking = _starting(f"{LACKS}|", lambda entry: listed in entry, (listed,))
                 return Clause(name, keys=KeySet((lacking,)), fallback=scan, fallback_below=LACKS_LAYOUT)
             return scan

@@ -58,7 +58,7 @@ from fhir_server.storage.batching import (
 )
 
 __all__ = ["HistoryPage", "LockBusy", "ResourceStore", "Version", "VersionConflict", "history_key", "index_key",
-           "items_starting", "now_micros", "split_index_key", "split_item"]
+           "items_starting", "now_micros", "split_index_key", "split_item", "substring_pattern"]
 
 _last_ts = 0
 
@@ -145,6 +145,14 @@ def index_key(rtype: str, rid: str, item: str) -> str:
     """The ``search_index`` key of one ``ix`` item (``param|enc|vid``) of resource ``rtype/rid``."""
     entry, vid = split_item(item)
     return f"{rtype}|{entry}{rid}|{vid}"
+
+
+def substring_pattern(texts: tuple[str, ...]) -> str:
+    """The ``$regex`` of keys containing one of ``texts`` (``scan_index``'s ``containing``). The hub's FerretDB
+    patch ``ferretdb-sqlite-id-substring`` tests it on the ``_id`` index only when the texts hold letters, digits,
+    ``_``, ``.``, ``|`` and ``-`` alone (escaped here as it expects); with any other character the store reads
+    the whole collection."""
+    return "|".join(re.escape(text) for text in texts)
 
 
 def split_index_key(key: str) -> tuple[str, str]:
@@ -281,7 +289,7 @@ class ResourceStore:
             del bounds["$gte"]
             bounds["$gt"] = after
         if containing and all(containing):
-            bounds["$regex"] = "|".join(re.escape(text) for text in containing)
+            bounds["$regex"] = substring_pattern(containing)
         if without:
             bounds["$not"] = {"$regex": re.escape(without)}
         batcher = self._scans_back if backward else self._scans
