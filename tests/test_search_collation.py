@@ -1,5 +1,6 @@
 """Chinese strings sort by pinyin (search/collation.py) and match by their characters, never by their readings;
-a store indexed before that (index layout 7) is searched by both forms until its upgrade re-indexes it."""
+a store indexed before that (index layout 7) is searched by both forms until its upgrade re-indexes it. The
+``phonetic`` parameters match by how names sound: their pinyin and its initials (index layout 14)."""
 
 from __future__ import annotations
 
@@ -61,10 +62,38 @@ def _check_matches(client: httpx.Client, tag: str, made: dict[str, str]) -> None
     assert found(**{"family:exact": "曾"}) == {"zeng"}
 
 
+def _check_sounds(client: httpx.Client, tag: str, made: dict[str, str], *, indexed: bool) -> None:
+    """``phonetic`` searches: by the names' pinyin and initials on a store of layout 14 (``indexed``), as a string
+    search before it."""
+    mine = {"identifier": f"urn:collation:{tag}|"}
+
+    def found(value: str, modifier: str = "") -> set[str]:
+        return {key for key, rid in made.items() if rid in _ids(client, {**mine, f"phonetic{modifier}": value})}
+    assert found("王小东", ":exact") == {"wxd"}  # a modifier searches the text as before
+    if not indexed:
+        assert found("王") == {"wxd"} and found("wang") == {"wang"}
+        return
+    assert found("wang") == found("王") == found("WANG") == {"wxd", "wang", "wang2"}  # 王, Wang and 汪 sound alike
+    assert found("wangxiaodong") == found("wang xiao") == found("王xiao") == {"wxd", "wang"}
+    assert found("xiaodong") == {"wxd", "wang"}  # a given name alone
+    assert found("wxd") == {"wxd"}  # the initials of 王小东 (Wang Xiaodong's are wx)
+    assert found("wx") == {"wxd", "wang"}
+    assert found("wy") == {"wang2"} and found("cf") == {"chen"} and found("zh") == {"zhang"}
+    assert found("zengj") == {"zeng"}  # 曾 as a family name reads zeng
+    assert found("wang,cf") == {"wxd", "wang", "wang2", "chen"}
+    bad = client.get("/Patient", params={"phonetic": "--"})
+    assert bad.status_code == 400 and bad.json()["issue"][0]["expression"] == ["phonetic"]
+
+
 def test_chinese_names_sort_by_pinyin_and_match_by_their_characters(api: httpx.Client) -> None:
     tag = uuid.uuid4().hex[:8]
     made = _create(api, tag, NAMES)
     _check_matches(api, tag, made)
+    _check_sounds(api, tag, made, indexed=True)
+    hospital = api.post("/Organization", json={"resourceType": "Organization", "name": f"上海肿瘤医院{tag}"}).json()
+    for value in ("shzlyy", "shanghai zhongliu", "上海肿瘤"):
+        found = api.get("/Organization", params={"phonetic": value, "_count": "100"}).json().get("entry", [])
+        assert hospital["id"] in {e["resource"]["id"] for e in found}, value
     by_id = {rid: key for key, rid in made.items()}
     for sort, expected in (("family", ORDER), ("-family", ORDER[::-1])):
         got = [by_id[rid] for rid in _ids(api, {"identifier": f"urn:collation:{tag}|", "_sort": sort})]
@@ -119,6 +148,7 @@ def test_a_store_indexed_before_pinyin_is_searched_by_both_forms_until_its_upgra
     try:
         with hub.client() as client:
             _check_matches(client, tag, made)
+            _check_sounds(client, tag, made, indexed=False)
     finally:
         stop_hub(hub)
     with MongoClient(store_uri) as mongo:
@@ -136,6 +166,7 @@ def test_a_store_indexed_before_pinyin_is_searched_by_both_forms_until_its_upgra
             assert texts and all(MARK in t for t in texts if not t.isascii()), texts
         with hub.client() as client:
             _check_matches(client, tag, made)
+            _check_sounds(client, tag, made, indexed=True)
             by_id = {rid: key for key, rid in made.items()}
             got = [by_id[rid] for rid in _ids(client, {"identifier": f"urn:collation:{tag}|", "_sort": "family"})]
             assert got == ORDER

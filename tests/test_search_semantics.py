@@ -105,6 +105,43 @@ def norm(text: str) -> str:
     return "".join(c for c in unicodedata.normalize("NFKD", text.casefold()) if not unicodedata.combining(c)).strip()
 
 
+@cache
+def _readings() -> dict[str, str]:
+    """Each Chinese character's pinyin reading, from the hub's table (search/data/pinyin.json)."""
+    data = json.loads(pkg_resources.files("fhir_server.search").joinpath("data/pinyin.json").read_text("utf-8"))
+    return {c: reading for reading, chars in data["readings"].items() for c in chars}
+
+
+def syllables(text: str) -> list[str]:
+    """A text as it sounds: each Chinese character's reading, each run of other letters and digits."""
+    spaced = "".join(f" {_readings()[c]} " if c in _readings() else c if c.isalnum() else " " for c in norm(text))
+    return spaced.split()
+
+
+def sounds_like(value: str) -> Matcher:
+    """``phonetic`` (R4: "some kind of phonetic matching"): one of a name's sounds starts with the value's, the
+    sounds being each text of a name, its family and given names together, and their initials."""
+    wanted = "".join(syllables(value))
+
+    def names(v: Any) -> list[list[str]]:
+        if isinstance(v, str):
+            return [[v]]
+        if not isinstance(v, dict):
+            return []
+        given = [g for g in v.get("given") or [] if isinstance(g, str)]
+        family = [v["family"]] if isinstance(v.get("family"), str) else []
+        return [family + given] + ([[v["text"]]] if isinstance(v.get("text"), str) else [])
+
+    def heard(r: dict[str, Any]) -> bool:
+        for v in values(r, "phonetic"):
+            for name in names(v):
+                for parts in [syllables(t) for t in name] + [[s for t in name for s in syllables(t)]]:
+                    if parts and ("".join(parts).startswith(wanted) or "".join(p[0] for p in parts).startswith(wanted)):
+                        return True
+        return False
+    return heard
+
+
 def texts(value: Any) -> list[str]:
     if isinstance(value, str):
         return [value]
@@ -217,6 +254,8 @@ def matcher(code: str, modifier: str, raw: str, kind: str, base: str, rtype: str
         return lambda r: (not values(r, code)) == (raw == "true")
     if kind == "string":
         q = norm(raw)
+        if code == "phonetic" and not modifier:
+            return sounds_like(raw)
         if modifier == "exact":
             return lambda r: any(t == raw for v in values(r, code) for t in texts(v))
         if modifier == "contains":

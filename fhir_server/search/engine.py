@@ -550,8 +550,8 @@ class SearchEngine:
     async def _resolve(self, query: SearchQuery) -> list[Clause]:
         out = []
         for clause in query.clauses:
-            if clause.fallback is not None and await self._layout() < clause.fallback_below:
-                clause = clause.fallback
+            while clause.fallback is not None and await self._layout() < clause.fallback_below:
+                clause = clause.fallback  # (phonetic: the string search, which falls back below layout 8)
             if clause.chain is not None:
                 refs: list[str] = []
                 for sub in clause.chain.queries:

@@ -19,6 +19,9 @@ Encodings (``hex`` is the hex of the UTF-8 bytes, ``n`` a sortable 16-hex-digit 
 - date: ``L n(low).n(high)``, and ``H n(high).n(low)`` when the value spans a second or more (microseconds)
 - number: ``n(value)``; quantity: ``N n(value)`` and ``C hex(code or unit).n(value).hex(system)``
 - uri: ``hex(uri)``
+- ``phonetic`` (a string parameter): its entries as a string, and under ``phonetic:pinyin`` the hex of each sound of
+  the names (collation.py ``sounds``: 王小东 ``wangxiaodong``, ``xiaodong``, ``wxd``...), which a search without a
+  modifier reads by prefix
 - ``_text`` and ``_content``: ``hex(full text)`` (entries.full_text) when it has at most ``MAX_FULL_TEXT`` bytes,
   else ``~`` (found by reading the resource); searched by a scan of the parameter's keys that the store filters
   by the hex of a word
@@ -45,7 +48,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from fhir_server.search.collation import sortable
+from fhir_server.search.collation import sortable, sounds
 from fhir_server.search.compartment import patient_compartment_params
 from fhir_server.search.entries import (
     ANY_SYSTEM,
@@ -54,6 +57,7 @@ from fhir_server.search.entries import (
     entries_of_values,
     full_text,
     narrative_text,
+    normalize_string,
     text_words,
     tokens_of,
     values_of,
@@ -71,9 +75,12 @@ __all__ = [
     "LONG_SPAN",
     "MAX_FULL_TEXT",
     "MAX_TEXT",
+    "PHONETIC",
+    "PHONETIC_LAYOUT",
     "PINYIN_LAYOUT",
     "PRESENT",
     "SORTS_WITHIN",
+    "SOUNDS",
     "WITHIN_LAYOUT",
     "base_code",
     "decode_hex",
@@ -104,11 +111,14 @@ __all__ = [
 # sortable form, Chinese characters with their pinyin (collation.py); 9: dates within a status or a subject
 # (``SORTS_WITHIN``); 10: Observation dates within the Patient compartment; 11: given names within family names;
 # 12: ``@lacks`` entries listed with commas (never read: the store scans for a comma without its index); 13: ``@lacks``
-# entries.
-INDEX_LAYOUT = 13
+# entries; 14: ``phonetic:pinyin`` entries.
+INDEX_LAYOUT = 14
 ABSENT_LAYOUT = 6  # the first layout with ``@absent`` entries
 LACKS_LAYOUT = 13  # the first layout with ``@lacks`` entries
 PINYIN_LAYOUT = 8  # the first layout with strings in their sortable form
+PHONETIC_LAYOUT = 14  # the first layout with ``phonetic:pinyin`` entries
+PHONETIC = "phonetic"  # the code of the parameters searched by how a name sounds (``SOUNDS``)
+SOUNDS = f"{PHONETIC}:pinyin"  # the code of their entries of sounds
 WITHIN_LAYOUT = 9  # the first layout with the entries of ``SORTS_WITHIN`` (some pairs came later: ``within_layout``)
 # the ``jobs`` document {"layout": n} that records the INDEX_LAYOUT the store's resources are indexed under
 # (service/reindex.py writes it, search/engine.py reads it)
@@ -320,6 +330,20 @@ def encode(parameter: SearchParameter, values: list[Any], base_url: str) -> list
     return [hexs(v) for v in values]  # uri
 
 
+def _names(values: list[Any]) -> list[list[str]]:
+    """The names a ``phonetic`` parameter's values hold, each as its normalized texts (collation.py ``sounds``): a
+    HumanName's family then given names, and its text apart; a string (an organization's name) alone."""
+    out = []
+    for value in values:
+        if isinstance(value, str):
+            out.append([value])
+        elif isinstance(value, dict):
+            given = [g for g in value.get("given") or [] if isinstance(g, str)]
+            family = [value["family"]] if isinstance(value.get("family"), str) else []
+            out += [family + given, [value["text"]] if isinstance(value.get("text"), str) else []]
+    return [[normalize_string(text) for text in name] for name in out if name]
+
+
 def _reference_identifiers(values: list[Any]) -> list[str]:
     out = []
     for value in values:
@@ -394,6 +418,8 @@ def entry_keys(resource: dict[str, Any], *, zone: ZoneInfo, base_url: str,
         elif parameter.type == "token":
             for word in text_words([t for v in values for t in code_texts(v)]):
                 found.add(f"{code}:text|{hexs(word[:MAX_TEXT])}|")
+        elif code == PHONETIC and parameter.type == "string":
+            found.update(f"{SOUNDS}|{hexs(heard[:MAX_TEXT])}|" for heard in sounds(_names(values)))
     lacking += [code for code, start in restricted if not any(entry.startswith(start) for entry in found)]
     if lacking:
         found.add(f"{LACKS}|.{'.'.join(sorted(lacking))}.|")

@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 
 from fhir_server.errors import BadRequest, Issue
 from fhir_server.model.types import ID_RE, SUPPORTED_TYPES
-from fhir_server.search.collation import has_reading, readable, sortable
+from fhir_server.search.collation import has_reading, readable, sortable, sound
 from fhir_server.search.entries import (
     FULL_TEXT,
     code_texts,
@@ -41,8 +41,11 @@ from fhir_server.search.keys import (
     LACKS_LAYOUT,
     LONG_SPAN,
     MAX_TEXT,
+    PHONETIC,
+    PHONETIC_LAYOUT,
     PINYIN_LAYOUT,
     PRESENT,
+    SOUNDS,
     decode_hex,
     encode,
     hexs,
@@ -590,6 +593,12 @@ class _Parser:
                 both = keys.ranges + _string_keys(code, modifier, normalized, _plain).ranges
                 clause.fallback = Clause(name, keys=KeySet(both), check=check)
                 clause.fallback_below = PINYIN_LAYOUT
+            if code == PHONETIC and not modifier:  # by how the names sound (keys.py ``SOUNDS``), by prefix
+                heard = [sound(n)[:MAX_TEXT] for n in normalized]
+                if not all(heard):
+                    raise _bad(f"{name} takes a name in letters or Chinese characters, not '{value}'", where=name)
+                return Clause(name, keys=KeySet(tuple(_starting(f"{SOUNDS}|{hexs(h)}") for h in heard)),
+                              fallback=clause, fallback_below=PHONETIC_LAYOUT)
             return clause
         if kind == "token":
             if modifier in ("in", "not-in", "above", "below"):
