@@ -25,8 +25,9 @@ from pymongo import AsyncMongoClient
 from bench.harness import Result, drive, drive_urls, hub_rss, machine_line, running_hub
 from bench.synthetic import SR_CODES, mrn_system, organizations, patient_group, patient_id, transaction
 from fhir_server.model.types import SUPPORTED_TYPES
+from fhir_server.search.collation import sound
 from fhir_server.search.compartment import patient_compartment_params
-from fhir_server.search.entries import date_range
+from fhir_server.search.entries import date_range, normalize_string
 from fhir_server.search.keys import hexs, sortable_int, string_enc, token_enc, within_code, within_value
 from fhir_server.search.query import MICROS_PER_DAY
 from fhir_server.search.registry import indexed_as
@@ -212,6 +213,29 @@ async def main(patients: int, seconds: float, clients: int, store_dir: Path | No
                 word = hexs(birth(pick(rng))[0].lower())
                 return bool(await raw("Patient", "_content|", "_content|~", limit=21, containing=(word,)))
 
+            def sounded(rng: random.Random) -> str:  # a Patient's Chinese name as typed in pinyin: wangxiaodong
+                name = patient_group(pick(rng), observations=0)[0]["name"][0]
+                return sound(normalize_string(name["family"] + "".join(name["given"])))
+
+            def phonetic(rng: random.Random) -> str:
+                return f"/Patient?phonetic={sounded(rng)}&_count=20"
+
+            async def phonetic_raw(rng: random.Random) -> bool:
+                heard = hexs(sounded(rng))
+                return bool(await raw("Patient", f"phonetic:pinyin|{heard}", f"phonetic:pinyin|{heard}~", limit=21))
+
+            def unassigned(rng: random.Random) -> str:  # active orders without a performer (all of this data set's)
+                return "/ServiceRequest?status=active&performer:missing=true&_count=20"
+
+            async def unassigned_raw(rng: random.Random) -> bool:  # the type's @lacks entries naming performer
+                return bool(await raw("ServiceRequest", "@lacks|", "@lacks|~", limit=21, containing=(".performer.",)))
+
+            def no_organization(rng: random.Random) -> str:  # every Patient has one: the whole @lacks range is read
+                return "/Patient?organization:missing=true"
+
+            async def no_organization_raw(rng: random.Random) -> bool:
+                return not await raw("Patient", "@lacks|", "@lacks|~", limit=21, containing=(".organization.",))
+
             async def next_page(url: str) -> str | None:
                 """The next link of the page at ``url`` (None on the last page)."""
                 async with http.get(hub.base + url) as answer:
@@ -294,6 +318,9 @@ async def main(patients: int, seconds: float, clients: int, store_dir: Path | No
                 ("Patient/<id>/$everything (5 resources, 1 included)", everything, everything_raw),
                 ("ServiceRequest?code:text=<word> page 1 (_count=20)", sr_text, sr_text_raw),
                 ("Patient?_content=<family name> page 1 (_count=20)", content, content_raw),
+                ("Patient?phonetic=<pinyin of the name> (_count=20)", phonetic, phonetic_raw),
+                ("ServiceRequest?status=active&performer:missing=true", unassigned, unassigned_raw),
+                ("Patient?organization:missing=true (no match)", no_organization, no_organization_raw),
                 ("Patient?_sort=family page 1 (_count=20)", by_name[1], by_name_raw),
                 ("Patient?_sort=family page 50 (_count=20)", by_name[50], by_name_raw),
                 ("Patient?_sort=family,given page 1 (_count=20)", by_names[1], by_names_raw),
