@@ -358,7 +358,7 @@ def _care_dates(q: Any, settings: Settings) -> tuple[str | None, str | None]:
         if name not in q:
             continue
         value = q[name].strip()
-        bounds = date_range(value, settings.zone) if value[:1].isdigit() else None
+        bounds = date_range(value, settings.zone)  # a FHIR date: no search prefix (ge2026 is none)
         if bounds is None:
             msg = f"{name} must be a FHIR date like 2026-01-31 (a date of care), not '{value}'"
             raise BadRequest(msg, issues=[Issue(code="value", diagnostics=msg, expression=(name,))])

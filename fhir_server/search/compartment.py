@@ -46,11 +46,12 @@ def patient_compartment_params(rtype: str) -> list[str]:
     return list(_params().get(rtype, []))
 
 
+@cache
 def care_date(rtype: str) -> str | None:
     """The date parameter by which ``$everything``'s ``start`` and ``end`` choose resources of ``rtype``
     (FHIR R4 patient-operation-everything: "care dates, not record currency dates"): R4's ``clinical-date``, or
     the type's own date of care (``_CARE_DATES``); None for a type whose resources are not dated by care (all of
-    them are returned)."""
+    them are returned). Official parameters only are named so: asked once per type, not per request."""
     params = parameters_for(rtype)
     return next((code for code, p in params.items() if p.url == _CLINICAL_DATE), None) or _CARE_DATES.get(rtype)
 
