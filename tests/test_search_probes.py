@@ -106,6 +106,40 @@ async def test_a_substring_scan_is_probed_only_when_no_other_clause_is_selective
     assert len(found) == 99 and len(_regex_scans(reads, before)) == 2  # one probe each, at 256 keys (not 8, 64)
 
 
+async def test_a_clause_found_large_lately_is_not_probed_again(service) -> None:
+    """``gender=female&general-practitioner:missing=true``, as a worklist asks it again and again: both clauses
+    hold hundreds of Patients. The first search probes both (8, 64 and 256 ``gender`` keys, then 256 ``@lacks``
+    keys) before its page; searches within ``LARGE_FOR`` seconds read the page only. A clause that shrank since
+    costs a slower walk, never a result; after ``LARGE_FOR`` the probes are read again."""
+    service, reads = service
+    made = []
+    for n in range(400):  # 300 women, every fourth Patient with a general practitioner: 225 match
+        resource = {**_patient(n, f"F{n}", "1970-01-01"), "gender": "female" if n % 4 else "male"}
+        if n % 4 == 1:
+            resource["generalPractitioner"] = [{"reference": "Practitioner/gp"}]
+        made.append((n, (await service.create(principal=ADMIN, rtype="Patient", resource=resource)).version.rid))
+    expected = {rid for n, rid in made if n % 4 in (2, 3)}
+    query = "gender=female&general-practitioner:missing=true"
+
+    async def search() -> tuple[set[str], int, int]:
+        before = len(reads.filters)
+        found, index_reads = await _ids(service, reads, query)
+        return found, index_reads, len(_regex_scans(reads, before))
+
+    found, probed, lacks_scans = await search()
+    assert len(found) == 100 and found <= expected and lacks_scans >= 1  # a page of 100
+    again, index_reads, lacks_scans = await search()
+    assert again == found and index_reads == probed - 4 and lacks_scans == 0  # the page's own reads only
+    for n, rid in made[:-8]:  # now 6 women, 4 of them without a practitioner: gender=female is small
+        await service.delete(principal=ADMIN, rtype="Patient", rid=rid)
+    left = {rid for n, rid in made[-8:] if n % 4 in (2, 3)}
+    found, _, _ = await search()
+    assert found == left and len(left) == 4
+    service.engine.selectivity.LARGE_FOR = 0.0
+    found, index_reads, _ = await search()
+    assert found == left and index_reads == 1  # gender probed again: 6 keys, which drive (no other index read)
+
+
 async def test_a_counted_search_over_several_types_resolves_its_chain_once_per_type(service) -> None:
     """``_type=Observation,DiagnosticReport`` with a chain and ``_total=accurate``: each type's chain is resolved
     (a scan of the Patients' family keys) once, for the page and the count alike (it was twice)."""

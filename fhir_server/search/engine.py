@@ -286,12 +286,31 @@ class _Probes:
 
 class _Selectivity:
     """How many keys the first probe of each parameter (per type) found lately, as a moving average of
-    ``min(found, limit + 1)``. It only orders probes: a wrong guess costs one store command, never a result."""
+    ``min(found, limit + 1)``. It only orders probes: a wrong guess costs one store command, never a result.
+
+    Also the clauses (per type, by the key spans they scan) that a probe lately found larger than its limit:
+    ``status=active``, ``gender=female``, a ``:missing=true`` that most resources match. Probing one of them again
+    within ``LARGE_FOR`` seconds at that limit or below is known to say "more" and is not read; a clause that
+    shrank since costs a slower walk until then, never a result."""
 
     MAX_SHAPES = 10_000  # clause names come from requests; forget everything rather than grow without bound
+    LARGE_FOR = 10.0
 
     def __init__(self) -> None:
         self.recent: dict[tuple[str, str], float] = {}
+        self.large: dict[tuple[str, tuple[Span, ...]], tuple[int, float]] = {}  # -> (limit exceeded, when)
+
+    def known_larger(self, rtype: str, spans: tuple[Span, ...], limit: int) -> bool:
+        seen = self.large.get((rtype, spans))
+        return seen is not None and seen[0] >= limit and time.monotonic() - seen[1] < self.LARGE_FOR
+
+    def learn_larger(self, rtype: str, spans: tuple[Span, ...], limit: int) -> None:
+        if len(self.large) >= self.MAX_SHAPES:
+            self.large.clear()
+        seen = self.large.get((rtype, spans))
+        now = time.monotonic()
+        if seen is None or seen[0] <= limit or now - seen[1] >= self.LARGE_FOR:
+            self.large[(rtype, spans)] = (limit, now)
 
     def learn(self, rtype: str, clause: Clause, found: int) -> None:
         if len(self.recent) >= self.MAX_SHAPES:
@@ -609,11 +628,15 @@ class SearchEngine:
             if clause.ids is not None:
                 return [""] * min(len(clause.ids), limit + 1)  # sized, not read: ids are looked up directly
             assert clause.keys is not None
+            spans = tuple(clause.keys.spans)
+            if self.selectivity.known_larger(rtype, spans, limit):
+                return [""] * (limit + 1)  # more than ``limit``, as a probe found lately: never taken for keys
             found: list[str] = []
-            for low, high, containing in clause.keys.spans:
+            for low, high, containing in spans:
                 found += await self.store.scan_index(rtype, low, high, after=None, limit=limit + 1 - len(found),
                                                      containing=containing)
                 if len(found) > limit:
+                    self.selectivity.learn_larger(rtype, spans, limit)
                     break
             return found
 
