@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from fhir_server.auth.scopes import Principal, parse_scopes
+from fhir_server.search.engine import SearchPage
 from fhir_server.search.keys import INDEX_LAYOUT, LAYOUT_MARKER, string_enc
 from fhir_server.service.resources import ResourceService
 from fhir_server.settings import Settings
@@ -159,6 +160,19 @@ async def test_a_counted_search_over_several_types_resolves_its_chain_once_per_t
     assert sum(family in str(f) for f in reads.filters[before:]) == 2
 
 
+async def _everything_pages(service: ResourceService, pid: str, count: int) -> tuple[list[list[str]], SearchPage]:
+    """The keys of every page of the patient's ``$everything`` of ``count`` a page, by the next links; the last page."""
+    pages: list[list[str]] = []
+    cursor = None
+    while True:
+        page = await service.everything(principal=ADMIN, pid=pid, since=None, types=None, count=count, cursor=cursor)
+        pages.append([v.key for v in page.matches])
+        if page.next_cursor is None:
+            return pages, page
+        cursor = page.next_cursor
+        assert len(pages) < 100
+
+
 async def test_everything_asks_the_compartment_types_whether_they_have_a_match_together(service) -> None:
     """``$everything`` searches each of the ~65 types of the Patient compartment; most have no match. Their
     first scans go out together, a window of types at a time, sharing commands: a handful of index reads for
@@ -184,14 +198,7 @@ async def test_everything_asks_the_compartment_types_whether_they_have_a_match_t
     assert sorted(v.key for v in page.matches) == sorted(made) and page.next_cursor is None
     assert [v.key for v in page.included] == [doctor.version.key]
     assert reads.count - before <= 16, reads.count - before  # 12 here; 96 one type after the other
-    pages: list[list[str]] = []
-    cursor = None
-    while True:
-        page = await service.everything(principal=ADMIN, pid=pid, since=None, types=None, count=2, cursor=cursor)
-        pages.append([v.key for v in page.matches])
-        if page.next_cursor is None:
-            break
-        cursor = page.next_cursor
+    pages, page = await _everything_pages(service, pid, 2)
     assert sorted(k for keys in pages for k in keys) == sorted(made)
     # and back by the previous links, over the empty types between them just as cheaply
     before, back = reads.count, []
@@ -210,6 +217,38 @@ async def test_everything_asks_the_compartment_types_whether_they_have_a_match_t
                                            count=10, cursor=None, compartment=("Patient", pid))
     assert counted.total == len(made)
     assert reads.count - before <= 32, reads.count - before
+
+
+async def test_everything_reads_each_resource_of_the_compartment_once(store_uri: str) -> None:
+    """The probes that ask the compartment's types whether they have a match read each such type's first keys
+    and their resources; the page takes those matches rather than scanning and reading them again (it did: 20
+    store commands for a patient with five resources, now 12). Paged one match at a time, a type whose probe read
+    more than the page wants continues from the cursor after the last it gave."""
+    finds, scans = CommandCounter("resources"), CommandCounter("search_index")
+    async with fresh_store(store_uri, owner="everything-test", listeners=(finds, scans)) as store:
+        await store.db["jobs"].insert_one({"_id": LAYOUT_MARKER, "layout": INDEX_LAYOUT})
+        service = ResourceService(store=store, settings=Settings())
+        patient = await service.create(principal=ADMIN, rtype="Patient", resource=_patient(1, "诸葛", "1966-06-06"))
+        pid = patient.version.rid
+        subject = {"reference": f"Patient/{pid}"}
+        made = []
+        for rtype, extra in [("Observation", {"status": "final", "code": {"text": f"CEA {n}"}}) for n in range(3)] + [
+                ("Condition", {"code": {"text": "gastric cancer"}}),
+                ("ServiceRequest", {"status": "active", "intent": "order", "code": {"text": "CT"}})]:
+            written = await service.create(principal=ADMIN, rtype=rtype, resource={
+                "resourceType": rtype, "subject": subject, **extra})
+            made.append(written.version.key)
+        before_finds, before_scans = len(finds.filters), len(scans.filters)
+        page = await service.everything(principal=ADMIN, pid=pid, since=None, types=None, count=50, cursor=None)
+        assert sorted(v.key for v in page.matches) == sorted([f"Patient/{pid}", *made])
+        read = [i for f in finds.filters[before_finds:] for i in f["_id"]["$in"]]
+        assert sorted(k for k in read if k in made) == sorted(made)  # each one once (the Patient: read, then found)
+        scanned = [str(f) for f in scans.filters[before_scans:]]
+        for rtype in ("Observation", "Condition", "ServiceRequest"):  # each type's subject keys scanned once
+            assert sum(f"'{rtype}|subject|" in f for f in scanned) == 1, (rtype, scanned)
+        pages, _ = await _everything_pages(service, pid, 1)
+        assert sorted(k for keys in pages for k in keys) == sorted([f"Patient/{pid}", *made])
+        assert all(len(keys) == 1 for keys in pages[:-1]) and len(pages[-1]) <= 1, pages  # (the types after it)
 
 
 async def _sorted_pages(service: ResourceService, finds: CommandCounter, scans: CommandCounter, sort: str,

@@ -196,6 +196,29 @@ class _Scan:
     prev_state: Any
 
 
+# the matches a probe of a search over several reads (``_Head``): its first store call reads this many keys + 1 and
+# their resources whether it wants one match or all of them
+_HEAD = 19
+
+
+@dataclass(frozen=True, slots=True)
+class _Head:
+    """The first matches of a search (at most ``_HEAD`` + 1) with their positions in its driver's order, and the
+    clauses they were read with: what a probe of a search over several read, for its first page."""
+
+    clauses: list[Clause]
+    driver: int
+    items: list[tuple[str, Version]]
+
+    def page(self, want: int) -> _Scan | None:
+        """The first page of ``want`` matches, or None when that needs more than was read."""
+        if len(self.items) > want:
+            return _Scan([v for _, v in self.items[:want]], [self.driver, self.items[want - 1][0]], None)
+        if len(self.items) <= _HEAD:  # every match
+            return _Scan([v for _, v in self.items], None, None)
+        return None
+
+
 @dataclass(slots=True)
 class SearchPage:
     matches: list[Version]
@@ -282,6 +305,8 @@ class _Probes:
 
     probed: int
     empty: set[int] = field(default_factory=set)
+    # with ``heads``: the first matches of the searches probed forward, which their first pages take (``_Head``)
+    heads: dict[int, _Head] | None = None
 
 
 class _Selectivity:
@@ -355,9 +380,11 @@ class SearchEngine:
     # ---- entry points -------------------------------------------------------------------------------------
 
     async def page(self, query: SearchQuery, *, count: int, cursor: str | None, from_end: bool = False,
-                   clauses: list[Clause] | None = None) -> SearchPage:
+                   clauses: list[Clause] | None = None, head: _Head | None = None) -> SearchPage:
         """A page from ``cursor`` (None: the first page; ``from_end``: the last page). ``clauses``: the query's,
-        resolved already."""
+        resolved already; ``head``: its first matches, read already (the first page of an unsorted search)."""
+        if head is not None:
+            clauses = head.clauses
         if clauses is None:
             clauses = await self._resolve(query)
         warnings: list[str] = []
@@ -365,7 +392,9 @@ class SearchEngine:
             page = await self._sorted_page([query], count=count, cursor=cursor, from_end=from_end, clauses=[clauses])
         else:
             state = _decode_cursor(cursor) if cursor else None
-            found = await self._scan_page(query.rtype, clauses, want=count, state=state, from_end=from_end)
+            found = head.page(count) if head is not None and state is None and not from_end else None
+            if found is None:
+                found = await self._scan_page(query.rtype, clauses, want=count, state=state, from_end=from_end)
             matches, nxt = found.matches, found.next_state
             page = SearchPage(matches, None if nxt is None else _encode_cursor(nxt),
                               previous_cursor=None if found.prev_state is None else _encode_cursor(found.prev_state))
@@ -442,14 +471,16 @@ class SearchEngine:
                                                    resolved=resolved)
         index, inner = state
         out = SearchPage([], None)
-        probes = _Probes(index + 1)
+        probes = _Probes(index + 1, heads={})
         while index < len(queries) and len(out.matches) < count:
+            head = None
             if inner is None:
                 index = await self._next_with_matches(queries, index, resolved, probes)
                 if index == len(queries):
                     break
+                head = probes.heads.pop(index, None) if probes.heads is not None else None
             page = await self.page(queries[index], count=count - len(out.matches), cursor=inner,
-                                   clauses=None if resolved is None else resolved[index])
+                                   clauses=None if resolved is None else resolved[index], head=head)
             if not out.matches and page.matches and cursor is not None:  # the page before ends before this match
                 before = [index, page.previous_cursor, "prev"] if page.previous_cursor is not None else \
                     [index - 1, None, "prev"] if index > 0 else None
@@ -477,7 +508,15 @@ class SearchEngine:
         while index != end:
             if (index - probes.probed) * step >= 0:
                 window = range(index, min(index + _PROBED, end) if step > 0 else max(index - _PROBED, end), step)
-                if len(window) > 1:
+                if len(window) > 1 and probes.heads is not None and step > 0:  # the first page's worth, kept
+                    heads = await asyncio.gather(*(self._head(queries[i], None if resolved is None else resolved[i])
+                                                   for i in window))
+                    for i, head in zip(window, heads, strict=True):
+                        if head.items:
+                            probes.heads[i] = head
+                        else:
+                            probes.empty.add(i)
+                elif len(window) > 1:
                     found = await asyncio.gather(*(self.matches(queries[i], limit=1,
                                                                 clauses=None if resolved is None else resolved[i])
                                                    for i in window))
@@ -520,6 +559,14 @@ class SearchEngine:
                 [i + 1, None] if i + 1 < len(queries) else None
             out.next_cursor = None if after is None else _encode_cursor(after)
         return out
+
+    async def _head(self, query: SearchQuery, clauses: list[Clause] | None) -> _Head:
+        """The first matches of a search as a probe for one reads them: its first store call's worth (``_HEAD``)."""
+        if clauses is None:
+            clauses = await self._resolve(query)
+        driver, known = await self._choose_driver(query.rtype, clauses)
+        walk = self._walk(query.rtype, clauses, driver, start=None, backward=False, known=known, batch=_HEAD + 1)
+        return _Head(clauses, driver, await _first(walk, _HEAD + 1))
 
     async def matches(self, query: SearchQuery, *, limit: int, clauses: list[Clause] | None = None) -> list[Version]:
         """Up to ``limit`` matches in driver order (conditional operations ask for 2: one or several)."""
