@@ -42,7 +42,7 @@ from fhir_server.search.keys import (
     within_value,
 )
 from fhir_server.search.query import TOP, Clause, KeyRange, KeySet, SearchQuery, Span, exact_entry
-from fhir_server.search.registry import indexed_as, parameters_for
+from fhir_server.search.registry import generation, indexed_as, parameters_for
 from fhir_server.settings import Settings
 from fhir_server.storage import ResourceStore, Version
 from fhir_server.storage.versions import index_key, items_starting, split_index_key, split_item
@@ -237,12 +237,20 @@ def compartment_clause(rtype: str, compartment: str, cid: str, params: list[str]
     if rtype == compartment:
         return Clause(f"{compartment}/{cid}", ids=frozenset({cid}))
     target = hexs(f"{compartment}/{cid}")
-    indexed = sorted({indexed_as(rtype, p)[0] for p in params})
-    value = within_value("reference", f"{compartment}/{cid}")
-    whole = compartment == COMPARTMENT and any(by == COMPARTMENT for by, _ in SORTS_WITHIN.get(rtype, ()))
-    by = COMPARTMENT if whole else indexed[0] if len(indexed) == 1 else None
+    indexed, by = _compartment_entries(rtype, compartment, tuple(params), generation())
     return Clause(f"{compartment}/{cid}", keys=KeySet(tuple(exact_entry(f"{p}|{target}") for p in indexed)),
-                  within=None if by is None else (by, value))
+                  within=None if by is None else (by, within_value("reference", f"{compartment}/{cid}")))
+
+
+@functools.cache
+def _compartment_entries(rtype: str, compartment: str, params: tuple[str, ...],
+                         _generation: int) -> tuple[list[str], str | None]:
+    """The parameters (as indexed) whose entries place a resource of ``rtype`` in a compartment of that type, and
+    the one a date's entries are kept within (``compartment_clause``), if any: the same for every compartment
+    while the registry's custom parameters stay (``generation``)."""
+    indexed = sorted({indexed_as(rtype, p)[0] for p in params})
+    whole = compartment == COMPARTMENT and any(by == COMPARTMENT for by, _ in SORTS_WITHIN.get(rtype, ()))
+    return indexed, COMPARTMENT if whole else indexed[0] if len(indexed) == 1 else None
 
 
 def _held(keys: KeySet, version: Version) -> list[str]:

@@ -101,6 +101,17 @@ class Span(NamedTuple):
     containing: tuple[str, ...] = ()
 
 
+def _common_prefix(a: str, b: str) -> str:
+    if b.startswith(a):  # an exact value's range: ``p|enc|`` to ``p|enc|~``
+        return a
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return a[:n]
+
+
 @dataclass(frozen=True, slots=True)
 class KeySet:
     """A union of key ranges; ``spans`` are its disjoint covering intervals, in order (what a scan reads)."""
@@ -110,9 +121,7 @@ class KeySet:
     prefixes: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "prefixes", tuple({
-            r.lo[:next((i for i, (a, b) in enumerate(zip(r.lo, r.hi, strict=False)) if a != b),
-                       min(len(r.lo), len(r.hi)))] for r in self.ranges}))
+        object.__setattr__(self, "prefixes", tuple({_common_prefix(r.lo, r.hi) for r in self.ranges}))
 
     def holds(self, entry: str) -> bool:
         return any(r.holds(entry) for r in self.ranges)
