@@ -498,6 +498,8 @@ class SearchEngine:
                 out.next_cursor = _encode_cursor([index, page.next_cursor])
                 return out
             index, inner = index + 1, None
+        while index < min(probes.probed, len(queries)) and index in probes.empty:
+            index += 1  # probed without a match: a next page of these alone would be empty
         if index < len(queries):
             out.next_cursor = _encode_cursor([index, None])
         elif cursor is None:
