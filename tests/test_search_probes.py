@@ -15,6 +15,7 @@ from fhir_server.search.engine import SearchPage
 from fhir_server.search.keys import INDEX_LAYOUT, LAYOUT_MARKER, string_enc
 from fhir_server.service.resources import ResourceService
 from fhir_server.settings import Settings
+from fhir_server.storage.versions import index_key
 from tests.conftest import CommandCounter, collated, fresh_store
 
 ADMIN = Principal(subject="probe-test", grants=parse_scopes("system/*.cruds"))
@@ -222,7 +223,8 @@ async def test_everything_asks_the_compartment_types_whether_they_have_a_match_t
 async def test_everything_reads_each_resource_of_the_compartment_once(store_uri: str) -> None:
     """The probes that ask the compartment's types whether they have a match read each such type's first keys
     and their resources; the page takes those matches rather than scanning and reading them again (it did: 20
-    store commands for a patient with five resources, now 12). Paged one match at a time, a type whose probe read
+    store commands for a patient with five resources, then 12; 8 since the probes of a window are read
+    together). Paged one match at a time, a type whose probe read
     more than the page wants continues from the cursor after the last it gave; the page of the last match has no
     next link when the types after it were probed without a match (it led to an empty page)."""
     finds, scans = CommandCounter("resources"), CommandCounter("search_index")
@@ -251,6 +253,53 @@ async def test_everything_reads_each_resource_of_the_compartment_once(store_uri:
         assert sorted(k for keys in pages for k in keys) == sorted([f"Patient/{pid}", *made])
         # the last page is the last match's: the types after it were probed without a match, so no next link
         assert all(len(keys) == 1 for keys in pages), pages
+
+
+async def test_everything_probes_read_together_agree_with_a_walk_of_each_type(service) -> None:
+    """The probes of a window of types are scanned and read together (``_heads``); a type whose range fills its
+    probe (25 Observations), a resource that is in the compartment by two parameters (an Observation whose
+    subject and performer are the patient; an AllergyIntolerance that is the patient's and recorded by the
+    patient), another patient's resources and entries a crashed writer left must come out as walking each type
+    does: each match once, at any page size."""
+    service, _ = service
+    patient = await service.create(principal=ADMIN, rtype="Patient", resource=_patient(1, "上官", "1958-08-08"))
+    other = await service.create(principal=ADMIN, rtype="Patient", resource=_patient(2, "上官", "1959-09-09"))
+    pid = patient.version.rid
+    me, them = {"reference": f"Patient/{pid}"}, {"reference": f"Patient/{other.version.rid}"}
+    made = [f"Patient/{pid}"]
+    for n in range(25):
+        extra = {"performer": [me]} if n == 22 else {}
+        written = await service.create(principal=ADMIN, rtype="Observation", resource={
+            "resourceType": "Observation", "status": "final", "code": {"text": f"CA19-9 {n}"}, "subject": me,
+            **extra})
+        made.append(written.version.key)
+    for rtype, resource in (("AllergyIntolerance", {"patient": me, "recorder": me}),
+                            ("Condition", {"subject": me, "code": {"text": "pancreatic cancer"}})):
+        written = await service.create(principal=ADMIN, rtype=rtype, resource={"resourceType": rtype, **resource})
+        made.append(written.version.key)
+    for rtype, resource in (("Observation", {"status": "final", "code": {"text": "x"}, "subject": them}),
+                            ("Condition", {"subject": them, "code": {"text": "y"}})):
+        await service.create(principal=ADMIN, rtype=rtype, resource={"resourceType": rtype, **resource})
+    for count in (50, 7, 1):
+        pages, _ = await _everything_pages(service, pid, count)
+        found = [k for keys in pages for k in keys]
+        assert sorted(found) == sorted(made) and len(found) == len(set(found)), count
+        assert all(len(keys) == count for keys in pages[:-1]), (count, [len(k) for k in pages])
+    # what crashed writers left: 20 entries of resources that never became visible, before the real ones' keys:
+    # Condition's one range, and Observation's first (performer: the Observation whose performer is the patient
+    # comes after them; its subject range after that has 25). A probe's range filled with them and fewer
+    # matches is walked on its own further, and a later range's matches do not stand in for the rest of it
+    for rtype, key, param in (("Condition", made[-1], "subject|"), ("Observation", made[23], "performer|")):
+        version = await service.store.current(rtype, key.split("/")[1], with_index=True)
+        assert version is not None
+        item = next(i for i in version.index if i.startswith(param))
+        await service.store.search_index.insert_many([{"_id": index_key(rtype, f"00orphan{n:02d}", item)}
+                                                      for n in range(20)])
+    for count in (50, 7, 1):
+        pages, _ = await _everything_pages(service, pid, count)
+        found = [k for keys in pages for k in keys]
+        assert sorted(found) == sorted(made) and len(found) == len(set(found)), count
+        assert all(len(keys) == count for keys in pages[:-1]), (count, [len(k) for k in pages])
 
 
 async def _sorted_pages(service: ResourceService, finds: CommandCounter, scans: CommandCounter, sort: str,

@@ -253,6 +253,33 @@ def _compartment_entries(rtype: str, compartment: str, params: tuple[str, ...],
     return indexed, COMPARTMENT if whole else indexed[0] if len(indexed) == 1 else None
 
 
+def _candidate_ids(keys: KeySet, found: list[str]) -> list[tuple[str, str]]:
+    """The (key, id) of the index keys ``found`` whose entries ``keys`` holds."""
+    out = []
+    for key in found:
+        entry, rid = split_index_key(key)
+        if keys.holds(entry):
+            out.append((key, rid))
+    return out
+
+
+def _matching(rtype: str, clauses: list[Clause], keys: KeySet, candidates: list[tuple[str, str]],
+              versions: dict[str, Version]) -> list[tuple[str, Version]]:
+    """The matches among ``candidates`` (in their order), given their current ``versions``: each key must be its
+    resource's smallest in the driver's ranges (a resource is emitted once) and the resource must pass every
+    clause."""
+    out = []
+    for key, rid in candidates:
+        version = versions.get(rid)
+        if version is None or version.body is None:
+            continue
+        own = [index_key(rtype, rid, item) for item in _held(keys, version)]
+        # else an orphan, or not its first entry
+        if own and min(own) == key and _passes(clauses, version, held=keys):
+            out.append((key, version))
+    return out
+
+
 def _held(keys: KeySet, version: Version) -> list[str]:
     """The ``ix`` items of ``version`` whose entries ``keys`` holds."""
     prefixes = keys.prefixes
@@ -519,8 +546,8 @@ class SearchEngine:
             if (index - probes.probed) * step >= 0:
                 window = range(index, min(index + _PROBED, end) if step > 0 else max(index - _PROBED, end), step)
                 if len(window) > 1 and probes.heads is not None and step > 0:  # the first page's worth, kept
-                    heads = await asyncio.gather(*(self._head(queries[i], None if resolved is None else resolved[i])
-                                                   for i in window))
+                    heads = await self._heads([queries[i] for i in window],
+                                              [None if resolved is None else resolved[i] for i in window])
                     for i, head in zip(window, heads, strict=True):
                         if head.items:
                             probes.heads[i] = head
@@ -569,6 +596,43 @@ class SearchEngine:
                 [i + 1, None] if i + 1 < len(queries) else None
             out.next_cursor = None if after is None else _encode_cursor(after)
         return out
+
+    async def _heads(self, queries: list[SearchQuery], resolved: list[list[Clause] | None]) -> list[_Head]:
+        """``_head`` of each search, at once. A search that one clause drives by plain key ranges (a compartment's
+        types: its references to the patient) has those ranges scanned together with the others' and its
+        candidates read in one command with theirs, without a coroutine of its own: ~65 such probes cost the hub
+        a task and ~8 callbacks each otherwise. A range that fills its scan without 20 matches before it, and any
+        other search, gets its own ``_head``."""
+        clauses = [r if r is not None else await self._resolve(q) for q, r in zip(queries, resolved, strict=True)]
+        plain: list[tuple[int, int, KeySet, list[Span]]] = []  # search, its driving clause, its keys, their spans
+        for n, these in enumerate(clauses):
+            drivers = [k for k, c in enumerate(these) if c.drives]
+            held = these[drivers[0]].keys if len(drivers) == 1 else None
+            spans = held.spans if held is not None else []
+            if held is not None and not any(span.containing for span in spans):
+                plain.append((n, drivers[0], held, spans))
+        ranges = [(queries[n].rtype, span.low, span.high) for n, _, _, spans in plain for span in spans]
+        scanned = iter(await self.store.scan_index_many(ranges, limit=_HEAD + 1))
+        keyed = [(n, driver, held, [next(scanned) for _ in spans]) for n, driver, held, spans in plain]
+        versions = await self.store.current_of_types(sorted({
+            (queries[n].rtype, rid) for n, _, held, runs in keyed for found in runs
+            for _, rid in _candidate_ids(held, found)}))
+        heads: list[_Head | None] = [None] * len(queries)
+        for n, driver, held, runs in keyed:
+            rtype = queries[n].rtype
+            mine = {rid: v for (t, rid), v in versions.items() if t == rtype}
+            items: list[tuple[str, Version]] = []
+            for found in runs:  # in the order the walk reads them: a range that filled its scan may hold more
+                items += _matching(rtype, clauses[n], held, _candidate_ids(held, found), mine)
+                if len(items) > _HEAD or len(found) > _HEAD:
+                    break
+            if len(items) > _HEAD or all(len(found) <= _HEAD for found in runs):
+                heads[n] = _Head(clauses[n], driver, items[:_HEAD + 1])
+        others = [n for n, head in enumerate(heads) if head is None]
+        for n, head in zip(others, await asyncio.gather(*(self._head(queries[n], clauses[n]) for n in others)),
+                           strict=True):
+            heads[n] = head
+        return [head for head in heads if head is not None]
 
     async def _head(self, query: SearchQuery, clauses: list[Clause] | None) -> _Head:
         """The first matches of a search as a probe for one reads them: its first store call's worth (``_HEAD``)."""
@@ -833,22 +897,9 @@ class SearchEngine:
                           found: list[str]) -> list[tuple[str, Version]]:
         """The matches among index keys ``found`` (in their order): each key must be its resource's smallest in
         the driver's ranges (a resource is emitted once) and the resource must pass every clause."""
-        candidates = []
-        for key in found:
-            entry, rid = split_index_key(key)
-            if keys.holds(entry):
-                candidates.append((key, rid))
+        candidates = _candidate_ids(keys, found)
         versions = await self.store.current_many(rtype, sorted({rid for _, rid in candidates}))
-        out = []
-        for key, rid in candidates:
-            version = versions.get(rid)
-            if version is None or version.body is None:
-                continue
-            own = [index_key(rtype, rid, item) for item in _held(keys, version)]
-            # else an orphan, or not its first entry
-            if own and min(own) == key and _passes(clauses, version, held=keys):
-                out.append((key, version))
-        return out
+        return _matching(rtype, clauses, keys, candidates, versions)
 
     # ---- sorting ------------------------------------------------------------------------------------------
 
