@@ -613,20 +613,22 @@ class SearchEngine:
                 plain.append((n, drivers[0], held, spans))
         ranges = [(queries[n].rtype, span.low, span.high) for n, _, _, spans in plain for span in spans]
         scanned = iter(await self.store.scan_index_many(ranges, limit=_HEAD + 1))
-        keyed = [(n, driver, held, [next(scanned) for _ in spans]) for n, driver, held, spans in plain]
-        versions = await self.store.current_of_types(sorted({
-            (queries[n].rtype, rid) for n, _, held, runs in keyed for found in runs
-            for _, rid in _candidate_ids(held, found)}))
+        keyed = [(n, driver, held, [(found, _candidate_ids(held, found)) for found in (next(scanned) for _ in spans)])
+                 for n, driver, held, spans in plain]  # each range's keys and the (key, id) of its candidates
+        versions: dict[str, dict[str, Version]] = {}  # by type, by id
+        for (rtype, rid), version in (await self.store.current_of_types(sorted({
+                (queries[n].rtype, rid) for n, _, _, runs in keyed for _, candidates in runs
+                for _, rid in candidates}))).items():
+            versions.setdefault(rtype, {})[rid] = version
         heads: list[_Head | None] = [None] * len(queries)
         for n, driver, held, runs in keyed:
             rtype = queries[n].rtype
-            mine = {rid: v for (t, rid), v in versions.items() if t == rtype}
             items: list[tuple[str, Version]] = []
-            for found in runs:  # in the order the walk reads them: a range that filled its scan may hold more
-                items += _matching(rtype, clauses[n], held, _candidate_ids(held, found), mine)
+            for found, candidates in runs:  # in the walk's order: a range that filled its scan may hold more
+                items += _matching(rtype, clauses[n], held, candidates, versions.get(rtype, {}))
                 if len(items) > _HEAD or len(found) > _HEAD:
                     break
-            if len(items) > _HEAD or all(len(found) <= _HEAD for found in runs):
+            if len(items) > _HEAD or all(len(found) <= _HEAD for found, _ in runs):
                 heads[n] = _Head(clauses[n], driver, items[:_HEAD + 1])
         others = [n for n, head in enumerate(heads) if head is None]
         for n, head in zip(others, await asyncio.gather(*(self._head(queries[n], clauses[n]) for n in others)),

@@ -47,11 +47,15 @@ class _Batcher(Generic[Item, Result]):
         self._flusher: asyncio.Task[None] | None = None
 
     async def _submit(self, items: list[Item]) -> Result:
+        return await asyncio.shield(self._queue(items))
+
+    def _queue(self, items: list[Item]) -> asyncio.Future[Result]:
+        """Queue a request (the flusher started if none runs); its future gets the result."""
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._pending.append((items, future))
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush())
-        return await asyncio.shield(future)
+        return future
 
     async def _flush(self) -> None:
         try:
@@ -249,14 +253,8 @@ class ScanBatcher(_Batcher[Scan, tuple[list[str], Bounds | None]]):
         """``scan`` of each (bounds, family) at once, unfiltered ranges of at most ``_MAX_SHARED`` keys: queued
         together and awaited together, without a task each (``$everything`` probes ~65 types' ranges)."""
         assert 0 < limit <= self._MAX_SHARED
-        loop = asyncio.get_running_loop()
-        futures: list[asyncio.Future[tuple[list[str], Bounds | None]]] = []
-        for bounds, family in ranges:
-            assert "$regex" not in bounds and "$not" not in bounds
-            futures.append(loop.create_future())
-            self._pending.append(([(bounds, limit, self._fills.get(family, 0.0) >= 0.25)], futures[-1]))
-        if futures and self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush())
+        assert not any("$regex" in bounds or "$not" in bounds for bounds, _ in ranges)
+        futures = [self._queue([(bounds, limit, self._fills.get(family, 0.0) >= 0.25)]) for bounds, family in ranges]
         replies = await asyncio.gather(*(asyncio.shield(f) for f in futures))
         out = []
         for (_, family), (keys, rest) in zip(ranges, replies, strict=True):

@@ -141,6 +141,11 @@ def split_item(item: str) -> tuple[str, str]:
     return item[:cut], item[cut:]
 
 
+def _family(rtype: str, low: str) -> str:
+    """The type and parameter of a scan of the search index from ``low`` (``ScanBatcher`` learns per family)."""
+    return f"{rtype}|{low.split('|', 1)[0]}|"
+
+
 def index_key(rtype: str, rid: str, item: str) -> str:
     """The ``search_index`` key of one ``ix`` item (``param|enc|vid``) of resource ``rtype/rid``."""
     entry, vid = split_item(item)
@@ -287,14 +292,13 @@ class ResourceStore:
         if without:
             bounds["$not"] = {"$regex": re.escape(without)}
         batcher = self._scans_back if backward else self._scans
-        return await batcher.scan(bounds, limit, family=f"{rtype}|{low.split('|', 1)[0]}|")
+        return await batcher.scan(bounds, limit, family=_family(rtype, low))
 
     async def scan_index_many(self, ranges: list[tuple[str, str, str]], *, limit: int) -> list[list[str]]:
         """``scan_index`` of each (type, low, high) at once, forward, unfiltered, the first ``limit`` keys of each:
         their scans share commands as concurrent ones do, without a task each."""
-        return await self._scans.scan_many([({"$gte": f"{rtype}|{low}", "$lt": f"{rtype}|{high}"},
-                                             f"{rtype}|{low.split('|', 1)[0]}|") for rtype, low, high in ranges],
-                                           limit)
+        return await self._scans.scan_many([({"$gte": f"{rtype}|{low}", "$lt": f"{rtype}|{high}"}, _family(rtype, low))
+                                            for rtype, low, high in ranges], limit)
 
     async def current_of_types(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], Version]:
         """``current_many`` of (type, id) pairs of several types at once (one round trip per 500)."""
