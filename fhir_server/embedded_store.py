@@ -98,8 +98,14 @@ class EmbeddedStore:
         # transaction, and each INSERT after the first wrote a statement journal to a temporary file (pwrite
         # syscalls) for a rollback that never came: 15 % of FerretDB's CPU on creates. Durability is the WAL's.
         pragmas = "_pragma=mmap_size(2147418112)&_pragma=temp_store(2)"
+        # --test-batch-size: FerretDB commits an insert_many in SQLite transactions of this many documents (100
+        # by default). A transaction Bundle's ~2,100 index documents were 21 commits, each writing its pages to
+        # the WAL and syncing it while the other writers wait their turn (ferretdb-writers-take-turns.patch); in
+        # 1,000s, 3: transaction ingest +17-20 % (docs/benchmarks.md). Under that ingest a write held the lock 6 ms
+        # on average, these large inserts included.
         args = [
             str(self.binary), "--handler=sqlite", f"--sqlite-url=file:{sqlite_dir}/?{pragmas}",
+            "--test-batch-size=1000",
             f"--state-dir={self.data_dir}", f"--listen-addr=127.0.0.1:{self.port}", "--debug-addr=-",
             "--telemetry=disable", "--log-level=warn", "--log-format=text", "--no-log-uuid",
         ]

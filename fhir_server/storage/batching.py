@@ -1,14 +1,14 @@
 """Group commit: concurrent inserts, replaces, deletes or finds by ``_id`` in one collection leave for the store
 together.
 
-On FerretDB every write command is a SQLite transaction and its writer is serialized, so sixteen clients
-creating resources at once cost sixteen transactions for the resources and sixteen for their index
-entries. A batcher sends the first request at once; requests that arrive while it is in flight queue and
-leave as one ``insert_many`` (``ordered=False``), one unordered ``bulk_write`` of replaces, one ``delete_many``
-or one ``find`` by ``$in`` when it returns. Each caller still awaits its own documents, so the order of a
-caller's writes (index entries before the version) holds, and a read is sent after it was asked for: it sees
-every write completed before. (FerretDB runs each replace of a bulk write in its own transaction; batching
-them saves the hub a command per update, ~0.25 ms of CPU.)
+On FerretDB every write command is a SQLite transaction (one per 1,000 documents of an insert: the embedded store's
+``--test-batch-size``) and writers take their turns one after another, so sixteen clients creating resources at once
+cost sixteen transactions for the resources and sixteen for their index entries. A batcher sends the first request
+at once; requests that arrive while it is in flight queue and leave as one ``insert_many`` (``ordered=False``), one
+unordered ``bulk_write`` of replaces, one ``delete_many`` or one ``find`` by ``$in`` when it returns. Each caller
+still awaits its own documents, so the order of a caller's writes (index entries before the version) holds, and a
+read is sent after it was asked for: it sees every write completed before. (FerretDB runs each replace of a bulk
+write in its own transaction; batching them saves the hub a command per update, ~0.25 ms of CPU.)
 
 Reads are batched because a command costs the hub ~0.2 ms of CPU in PyMongo's async path and FerretDB about
 as much again, whatever it returns: under sixteen searching clients most searches' resource fetches share a
