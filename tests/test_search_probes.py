@@ -255,6 +255,43 @@ async def test_everything_reads_each_resource_of_the_compartment_once(store_uri:
         assert all(len(keys) == 1 for keys in pages), pages
 
 
+async def test_a_page_ending_a_type_links_on_only_to_a_later_type_with_a_match(service) -> None:
+    """A page over several types that fills with the last match of a type, in a request that had not asked the
+    later types yet whether they have a match: ``$everything?_count=1`` of a patient with nothing else (the
+    Patient fills the first page), and a page from a cursor inside ``_type=Observation,Condition`` that ends with
+    the last Observation. Both linked to a next page that came back empty; the later types are asked then, and
+    the next link, when there is one, leads to the type that has a match."""
+    service, _ = service
+    lone = await service.create(principal=ADMIN, rtype="Patient", resource=_patient(1, "独孤", "1949-10-01"))
+    pages, last = await _everything_pages(service, lone.version.rid, 1)
+    assert pages == [[lone.version.key]] and last.total == 1
+    patient = await service.create(principal=ADMIN, rtype="Patient", resource=_patient(2, "独孤", "1950-01-01"))
+    subject = {"reference": patient.version.key}
+    made = []
+    for n in range(4):
+        written = await service.create(principal=ADMIN, rtype="Observation", resource={
+            "resourceType": "Observation", "status": "final", "code": {"text": f"AFP {n}"}, "subject": subject})
+        made.append(written.version.key)
+
+    async def pages_of(count: int) -> list[list[str]]:
+        found: list[list[str]] = []
+        cursor = None
+        while len(found) < 10:
+            _, page = await service.search_many(principal=ADMIN, types=["Observation", "Condition"],
+                                                pairs=[("subject", patient.version.key)], count=count, cursor=cursor)
+            found.append([v.key for v in page.matches])
+            if (cursor := page.next_cursor) is None:
+                return found
+        raise AssertionError(found)
+
+    assert [len(p) for p in await pages_of(2)] == [2, 2]  # the second page's last is the last Observation
+    condition = await service.create(principal=ADMIN, rtype="Condition", resource={
+        "resourceType": "Condition", "subject": subject, "code": {"text": "hepatocellular carcinoma"}})
+    pages = await pages_of(2)
+    assert pages[-1] == [condition.version.key] and [len(p) for p in pages] == [2, 2, 1]
+    assert sorted(k for p in pages[:2] for k in p) == sorted(made)
+
+
 async def test_everything_probes_read_together_agree_with_a_walk_of_each_type(service) -> None:
     """The probes of a window of types are scanned and read together (``_heads``); a type whose range fills its
     probe (25 Observations), a resource that is in the compartment by two parameters (an Observation whose

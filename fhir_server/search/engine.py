@@ -525,8 +525,10 @@ class SearchEngine:
                 out.next_cursor = _encode_cursor([index, page.next_cursor])
                 return out
             index, inner = index + 1, None
-        while index < min(probes.probed, len(queries)) and index in probes.empty:
-            index += 1  # probed without a match: a next page of these alone would be empty
+        # full at the end of a search: the next page starts at the first later search with a match, and there is
+        # none when no later search has one (the searches this request did not probe yet are asked now; the next
+        # page then starts at that search without asking again)
+        index = await self._next_with_matches(queries, index, resolved, probes, lone=True)
         if index < len(queries):
             out.next_cursor = _encode_cursor([index, None])
         elif cursor is None:
@@ -536,16 +538,18 @@ class SearchEngine:
         return out
 
     async def _next_with_matches(self, queries: list[SearchQuery], index: int, resolved: list[list[Clause]] | None,
-                                 probes: _Probes, *, step: int = 1) -> int:
+                                 probes: _Probes, *, step: int = 1, lone: bool = False) -> int:
         """The first of ``queries`` from ``index`` on (``step`` -1: down) that may have a match (``len(queries)``,
         or -1 down: none has). A compartment's ~65 types mostly have none: a window of the searches from
         ``probes.probed`` on are asked at once whether they have one (their scans share commands), rather than
-        read one round trip each in turn."""
+        read one round trip each in turn. A window of one search is not asked (its page reads it) unless
+        ``lone``."""
         end = len(queries) if step > 0 else -1
         while index != end:
             if (index - probes.probed) * step >= 0:
                 window = range(index, min(index + _PROBED, end) if step > 0 else max(index - _PROBED, end), step)
-                if len(window) > 1 and probes.heads is not None and step > 0:  # the first page's worth, kept
+                asked = len(window) > 1 or lone
+                if asked and probes.heads is not None and step > 0:  # the first page's worth, kept
                     heads = await self._heads([queries[i] for i in window],
                                               [None if resolved is None else resolved[i] for i in window])
                     for i, head in zip(window, heads, strict=True):
@@ -553,7 +557,7 @@ class SearchEngine:
                             probes.heads[i] = head
                         else:
                             probes.empty.add(i)
-                elif len(window) > 1:
+                elif asked:
                     found = await asyncio.gather(*(self.matches(queries[i], limit=1,
                                                                 clauses=None if resolved is None else resolved[i])
                                                    for i in window))
