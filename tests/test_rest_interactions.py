@@ -407,6 +407,8 @@ def test_history_type_and_system_with_paging(api: httpx.Client, hub: Hub) -> Non
     instance = api.get(f"/Basic/{ids[0]}/_history", params={"_count": 1}).json()
     assert len(instance["entry"]) == 1 and any(link["relation"] == "next" for link in instance["link"])
     assert api.get("/_history", params={"_since": "not-a-date"}).status_code == 400
+    broken = api.get("/Basic/_history", params={"_cursor": "yesterday"})
+    assert broken.status_code == 400 and broken.json()["issue"][0]["expression"] == ["_cursor"], broken.text
     empty = api.get("/Basic/_history", params={"_count": 0}).json()
     assert empty.get("entry", []) == [] and not [link for link in empty["link"] if link["relation"] == "next"]
 
@@ -494,6 +496,20 @@ def test_search_by_identifier_and_id_with_paging(api: httpx.Client, hub: Hub) ->
         seen += [e["resource"]["id"] for e in page["entry"]]
         url = next((link["url"] for link in page["link"] if link["relation"] == "next"), None)
     assert seen == ids  # every match once, in a stable order
+    # a cursor names the index layout its position is in: one from before an upgrade that changed the layout
+    # would skip or repeat matches, so it is refused and the client told to start again; so is a broken one
+    first = api.get("/Patient", params={"identifier": f"urn:mrn|{mrn}", "_count": 1}).json()
+    cursor = next(x["url"] for x in first["link"] if x["relation"] == "next").split("_cursor=")[1].split("&")[0]
+    layout, _, position = cursor.partition(".")
+    assert layout.isdigit() and position
+    again = api.get("/Patient", params={"identifier": f"urn:mrn|{mrn}", "_count": 1, "_cursor": cursor}).json()
+    assert [e["resource"]["id"] for e in again["entry"]] == ids[1:2]
+    for bad, says in ((f"{int(layout) - 1}.{position}", "before the hub's search index changed"),
+                      (position, "not valid"), (f"{layout}.{position[:len(position) // 2]}", "not valid")):
+        refused = api.get("/Patient", params={"identifier": f"urn:mrn|{mrn}", "_cursor": bad})
+        outcome = refused.json()
+        assert refused.status_code == 400 and outcome["resourceType"] == "OperationOutcome", refused.text
+        assert says in outcome["issue"][0]["diagnostics"] and outcome["issue"][0]["expression"] == ["_cursor"]
     api.delete(f"/Patient/{ids[1]}")
     assert api.get("/Patient", params={"identifier": f"urn:mrn|{mrn}"}).json()["total"] == 2  # deleted: gone
     summary = api.get("/Patient", params={"_id": ids[0], "_elements": "gender"}).json()

@@ -308,16 +308,28 @@ def _passes(clauses: list[Clause], version: Version, *, held: KeySet | None = No
 
 
 def _encode_cursor(value: Any) -> str:
-    return base64.urlsafe_b64encode(orjson.dumps(value)).decode().rstrip("=")
+    """A page cursor: a position in the index, so it says which index layout (keys.py) it is a position in."""
+    return f"{INDEX_LAYOUT}.{base64.urlsafe_b64encode(orjson.dumps(value)).decode().rstrip('=')}"
 
 
 def _decode_cursor(text: str) -> Any:
+    layout, dot, encoded = text.partition(".")
+    if dot and layout.isdigit() and int(layout) != INDEX_LAYOUT:  # keys encoded otherwise: it would skip or repeat
+        raise _bad_cursor("The page cursor was made before the hub's search index changed (an upgrade); start "
+                          "again from the first page")
     try:
-        return orjson.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+        if not dot or not layout.isdigit():
+            raise ValueError(text)
+        return orjson.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
     except (ValueError, orjson.JSONDecodeError):
-        raise BadRequest("The page cursor is not valid; start again from the first page", issues=[
-            Issue(code="value", diagnostics="The page cursor is not valid; start again from the first page",
-                  expression=("_cursor",))]) from None
+        raise _bad_cursor("The page cursor is not valid; start again from the first page") from None
+
+
+_NOT_THIS_SEARCH = "The page cursor does not belong to this search; start again from the first page"
+
+
+def _bad_cursor(message: str) -> BadRequest:
+    return BadRequest(message, issues=[Issue(code="value", diagnostics=message, expression=("_cursor",))])
 
 
 def _merge(out: SearchPage, page: SearchPage) -> None:
@@ -498,7 +510,7 @@ class SearchEngine:
         if not (isinstance(state, list) and len(state) in (2, 3) and isinstance(state[0], int)
                 and 0 <= state[0] <= len(queries) and (state[1] is None or isinstance(state[1], str))
                 and (len(state) == 2 or (state[2] == "prev" and state[0] < len(queries)))):
-            raise BadRequest("The page cursor does not belong to this search; start again from the first page")
+            raise _bad_cursor(_NOT_THIS_SEARCH)
         if count <= 0:
             return SearchPage([], None)
         if len(state) == 3:
@@ -813,7 +825,7 @@ class SearchEngine:
             if not (isinstance(state, list) and len(state) in (2, 3) and isinstance(state[0], int)
                     and isinstance(state[1], str) and -1 <= state[0] < len(clauses)
                     and (len(state) == 2 or state[2] == "prev")):
-                raise BadRequest("The page cursor does not belong to this search; start again from the first page")
+                raise _bad_cursor(_NOT_THIS_SEARCH)
             driver, position, backward = state[0], state[1], len(state) == 3
         items = await _first(self._walk(rtype, clauses, driver, start=position, backward=backward, known=known,
                                         batch=min(max(want + 1, 20), 1000)), want + 1)
@@ -988,7 +1000,7 @@ class SearchEngine:
             backward = isinstance(mark, dict) and "b" in mark
             mark = mark["b"] if backward else mark
             if not isinstance(mark, list) or len(mark) != len(query.sort) + 1:
-                raise BadRequest("The page cursor does not belong to this search; start again from the first page")
+                raise _bad_cursor(_NOT_THIS_SEARCH)
             while start < len(keyed) and _compare(query, keyed[start][0], mark) < (0 if backward else 1):
                 start += 1
             if backward:  # the page that ends just before the mark
@@ -1026,7 +1038,7 @@ class SearchEngine:
                     and isinstance(walk[1], str)
                     and (walk[0] == "t" or (order.holds if walk[0] == "k" else order.holds_tail)(walk[1]))
                     and (isinstance(seen, list) and len(seen) == len(query.sort) + 1 if grouped else seen is None)):
-                raise BadRequest("The page cursor does not belong to this search; start again from the first page")
+                raise _bad_cursor(_NOT_THIS_SEARCH)
             phase, position, back = walk[0], walk[1], bool(mark.get("p"))
         batch = min(max(count + 1, 20), 1000)
         found = (self._in_groups(order, query, clauses, phase, position, seen, back=back, batch=batch, budget=budget)

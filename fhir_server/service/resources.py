@@ -148,7 +148,8 @@ class ResourceService:
         if cursor:
             ts, _, key = cursor.partition(":")
             if not ts.isdigit() or not key:
-                raise BadRequest("The history page cursor is not valid; start again from the first page")
+                msg = "The history page cursor is not valid; start again from the first page"
+                raise BadRequest(msg, issues=[Issue(code="value", diagnostics=msg, expression=("_cursor",))])
             parsed = (int(ts), key)
         page = await self.store.history_page(rtype=rtype, since=since, at=at, count=count, cursor=parsed)
         nxt = None if page.next_cursor is None else f"{page.next_cursor[0]}:{page.next_cursor[1]}"
