@@ -15,6 +15,7 @@ import random
 import shutil
 import time
 from collections.abc import Awaitable, Callable
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -237,6 +238,29 @@ async def main(patients: int, seconds: float, clients: int, store_dir: Path | No
             async def no_organization_raw(rng: random.Random) -> bool:
                 return not await raw("Patient", "@lacks|", "@lacks|~", limit=21, containing=(".organization.",))
 
+            def born_in_a_week(rng: random.Random) -> str:  # a date range bounded on both sides: ~20 Patients
+                _, born = birth(pick(rng))
+                return f"/Patient?birthdate=ge{born}&birthdate=lt{date.fromisoformat(born) + timedelta(days=7)}" \
+                    "&_count=50"
+
+            async def born_in_a_week_raw(rng: random.Random) -> bool:  # the week's birthdate entries from a day
+                _, born = birth(pick(rng))  # before (the longest birth date, date_spans.py), and their Patients
+                found = date_range(born, zone)
+                assert found is not None
+                return bool(await raw("Patient", f"birthdate|L{sortable_int(found[0] - MICROS_PER_DAY)}",
+                                      f"birthdate|L{sortable_int(found[0] + 7 * MICROS_PER_DAY)}"))
+
+            def results_in_an_hour(rng: random.Random) -> str:  # ~600 Observations of a morning: page 1
+                day = f"2026-{rng.randrange(1, 13):02d}-{rng.randrange(1, 29):02d}"
+                return (f"/Observation?date=ge{day}T09:00:00%2B08:00&date=lt{day}T10:00:00%2B08:00&_count=20")
+
+            async def results_in_an_hour_raw(rng: random.Random) -> bool:
+                day = f"2026-{rng.randrange(1, 13):02d}-{rng.randrange(1, 29):02d}"
+                found = date_range(f"{day}T09:00:00+08:00", zone)
+                assert found is not None
+                return bool(await raw("Observation", f"date|L{sortable_int(found[0] - 1_000_000)}",
+                                      f"date|L{sortable_int(found[0] + 3_600_000_000)}", limit=21))
+
             async def next_page(url: str) -> str | None:
                 """The next link of the page at ``url`` (None on the last page)."""
                 async with http.get(hub.base + url) as answer:
@@ -322,6 +346,8 @@ async def main(patients: int, seconds: float, clients: int, store_dir: Path | No
                 ("Patient?phonetic=<pinyin of the name> (_count=20)", phonetic, phonetic_raw),
                 ("ServiceRequest?status=active&performer:missing=true", unassigned, unassigned_raw),
                 ("Patient?organization:missing=true (no match)", no_organization, no_organization_raw),
+                ("Patient?birthdate=ge…&birthdate=lt… (a week, ~20)", born_in_a_week, born_in_a_week_raw),
+                ("Observation?date=ge…&date=lt… (an hour) page 1", results_in_an_hour, results_in_an_hour_raw),
                 ("Patient?_sort=family page 1 (_count=20)", by_name[1], by_name_raw),
                 ("Patient?_sort=family page 50 (_count=20)", by_name[50], by_name_raw),
                 ("Patient?_sort=family,given page 1 (_count=20)", by_names[1], by_names_raw),

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import orjson
 
 from fhir_server.errors import BadRequest, Issue
+from fhir_server.search.date_spans import UNBOUNDED, DateSpans
 from fhir_server.search.entries import reference_type
 from fhir_server.search.index_order import IndexOrder, index_order, within, within_group
 from fhir_server.search.keys import (
@@ -35,13 +36,14 @@ from fhir_server.search.keys import (
     LAYOUT_MARKER,
     PRESENT,
     SORTS_WITHIN,
+    SPANS_LAYOUT,
     decode_hex,
     hexs,
     sort_value,
     within_layout,
     within_value,
 )
-from fhir_server.search.query import TOP, Clause, KeyRange, KeySet, SearchQuery, Span, exact_entry
+from fhir_server.search.query import TOP, Clause, KeyRange, KeySet, SearchQuery, Span, date_window, exact_entry
 from fhir_server.search.registry import generation, indexed_as, parameters_for
 from fhir_server.settings import Settings
 from fhir_server.storage import ResourceStore, Version
@@ -407,6 +409,7 @@ class SearchEngine:
         self.groups = _Groups(settings.search_sort_keep)
         self.keeping: set[asyncio.Task[None]] = set()  # groups being read whole behind a page (``_keep_later``)
         self._store_layout = 0  # once INDEX_LAYOUT, stays (``_layout``)
+        self.spans = DateSpans(store.db["date_spans"])  # every writer's entries raise it first (ResourceService)
         self._layout_asked = -1e9
 
     async def stop(self) -> None:
@@ -476,7 +479,7 @@ class SearchEngine:
         else:
             counted = head.total in ("accurate", "estimate")
             # counted: every search is resolved (chains, _has) once, for the page and the count alike
-            resolved = [await self._resolve(q) for q in queries] if counted else None
+            resolved = list(await asyncio.gather(*(self._resolve(q) for q in queries))) if counted else None
             page = await self._page_of_many([replace(q, total="none") if counted else q for q in queries],
                                             count=count, cursor=cursor, resolved=resolved)
             if counted:
@@ -619,7 +622,9 @@ class SearchEngine:
         candidates read in one command with theirs, without a coroutine of its own: ~65 such probes cost the hub
         a task and ~8 callbacks each otherwise. A range that fills its scan without 20 matches before it, and any
         other search, gets its own ``_head``."""
-        clauses = [r if r is not None else await self._resolve(q) for q, r in zip(queries, resolved, strict=True)]
+        pending = [n for n, r in enumerate(resolved) if r is None]  # resolved at once: their reads share commands
+        made = dict(zip(pending, await asyncio.gather(*(self._resolve(queries[n]) for n in pending)), strict=True))
+        clauses = [r if r is not None else made[n] for n, r in enumerate(resolved)]
         plain: list[tuple[int, int, KeySet, list[Span]]] = []  # search, its driving clause, its keys, their spans
         for n, these in enumerate(clauses):
             drivers = [k for k, c in enumerate(these) if c.drives]
@@ -723,6 +728,19 @@ class SearchEngine:
                        if ref.startswith(f"{query.rtype}/")}
                 clause = replace(clause, has=None, ids=frozenset(ids))
             out.append(clause)
+        groups: dict[str, list[Clause]] = {}
+        for clause in out:
+            if clause.dated is not None:
+                groups.setdefault(clause.dated[0], []).append(clause)
+        for param, group in reversed(groups.items()):  # date=ge…&date=le…: a window (query.py ``date_window``)
+            if len(group) > 1:
+                longest = await self.spans.longest(query.rtype, param) if await self._layout() >= SPANS_LAYOUT \
+                    else UNBOUNDED  # (not known for every stored value yet)
+                window = date_window(group, longest) if longest < UNBOUNDED else None
+                # before its clauses: of clauses whose probes are all too large to tell, the first drives. Without
+                # a window (a resource with several values of the parameter), a clause that drives nothing keeps
+                # the place, as cursors name their driver by its place
+                out.insert(out.index(group[0]), window or Clause(group[0].name))
         return out
 
     # ---- scans --------------------------------------------------------------------------------------------
@@ -827,6 +845,8 @@ class SearchEngine:
                     and (len(state) == 2 or state[2] == "prev")):
                 raise _bad_cursor(_NOT_THIS_SEARCH)
             driver, position, backward = state[0], state[1], len(state) == 3
+            if driver >= 0 and not clauses[driver].drives:  # (a date window that could not be made this time)
+                raise _bad_cursor(_NOT_THIS_SEARCH)
         items = await _first(self._walk(rtype, clauses, driver, start=position, backward=backward, known=known,
                                         batch=min(max(want + 1, 20), 1000)), want + 1)
         more = len(items) > want

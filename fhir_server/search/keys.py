@@ -81,6 +81,7 @@ __all__ = [
     "PRESENT",
     "SORTS_WITHIN",
     "SOUNDS",
+    "SPANS_LAYOUT",
     "WITHIN_LAYOUT",
     "base_code",
     "decode_hex",
@@ -111,12 +112,14 @@ __all__ = [
 # sortable form, Chinese characters with their pinyin (collation.py); 9: dates within a status or a subject
 # (``SORTS_WITHIN``); 10: Observation dates within the Patient compartment; 11: given names within family names;
 # 12: ``@lacks`` entries listed with commas (never read: the store scans for a comma without its index); 13: ``@lacks``
-# entries; 14: ``phonetic:pinyin`` entries.
-INDEX_LAYOUT = 14
+# entries; 14: ``phonetic:pinyin`` entries; 15: no new entries, but the longest span of each date parameter's values is
+# known for every stored resource (search/date_spans.py).
+INDEX_LAYOUT = 15
 ABSENT_LAYOUT = 6  # the first layout with ``@absent`` entries
 LACKS_LAYOUT = 13  # the first layout with ``@lacks`` entries
 PINYIN_LAYOUT = 8  # the first layout with strings in their sortable form
 PHONETIC_LAYOUT = 14  # the first layout with ``phonetic:pinyin`` entries
+SPANS_LAYOUT = 15  # the first layout whose dates' longest spans cover every stored value (search/date_spans.py)
 PHONETIC = "phonetic"  # the code of the parameters searched by how a name sounds (``SOUNDS``)
 SOUNDS = f"{PHONETIC}:pinyin"  # the code of their entries of sounds
 WITHIN_LAYOUT = 9  # the first layout with the entries of ``SORTS_WITHIN`` (some pairs came later: ``within_layout``)

@@ -179,6 +179,9 @@ class Clause:
     # entries name it (keys.py ``within_value``: the code, the target's id): a sort by a date may read the date's
     # entries within it (index_order.py ``within``)
     within: tuple[str, str] | None = None
+    # a date clause of one value with a prefix that bounds its values on one side: (parameter, prefix, the value's
+    # low and high bound in µs); two or more of one parameter make a window (``date_window``)
+    dated: tuple[str, str, int, int] | None = None
 
     @property
     def drives(self) -> bool:
@@ -378,6 +381,56 @@ def _date_clause(p: str, values: list[str], zone: ZoneInfo, where: str) -> list[
 
             ranges.append(KeyRange(low_family, low_family + sortable_int(b + spread) + TOP, reaches))
     return ranges
+
+
+# what a value (low ``lo``, high ``hi``) must be to match a date of bounds ``a``, ``b`` with each prefix: as
+# ``_date_clause`` finds them (FHIR R4 search.html#prefix; ``ne`` and ``ap`` bound no side)
+_WINDOWED: dict[str, Callable[[int, int, int, int], bool]] = {
+    "eq": lambda lo, hi, a, b: a <= lo and hi <= b,
+    "gt": lambda lo, hi, a, b: hi > b,
+    "lt": lambda lo, hi, a, b: lo < a,
+    "ge": lambda lo, hi, a, b: hi > b or (a <= lo and hi <= b),
+    "le": lambda lo, hi, a, b: lo <= b and (lo < a or hi <= b),
+    "sa": lambda lo, hi, a, b: lo > b,
+    "eb": lambda lo, hi, a, b: hi < a,
+}
+
+
+def date_window(clauses: list[Clause], longest: int) -> Clause | None:
+    """One clause that can drive a search by several ``dated`` clauses of one date parameter (AND) when each
+    resource has at most one value of it: the values whose start lies where every clause allows it, read by their
+    ``L`` entries, and that meet every clause. A clause that bounds the end (``gt``, ``ge``) bounds the start by
+    ``longest``, the longest span of the parameter's values (date_spans.py). None when the clauses bound no
+    window. The clauses themselves stay: each candidate is still checked against every one."""
+    code = clauses[0].dated[0] if clauses[0].dated else ""
+    bottom, top = -(1 << 62), 1 << 62
+    start, end = bottom, top  # bounds of a matching value's low bound
+    for clause in clauses:
+        assert clause.dated is not None and clause.dated[0] == code
+        _, prefix, a, b = clause.dated
+        if prefix == "eq":
+            start, end = max(start, a), min(end, b)
+        elif prefix == "sa":
+            start = max(start, b + 1)
+        elif prefix in ("gt", "ge"):
+            start = max(start, b + 1 - longest if prefix == "gt" else min(a, b + 1 - longest))
+        elif prefix in ("lt", "eb"):
+            end = min(end, a - 1)
+        elif prefix == "le":
+            end = min(end, b)
+    if start == bottom and end == top:
+        return None
+    tests = [(_WINDOWED[c.dated[1]], c.dated[2], c.dated[3]) for c in clauses if c.dated is not None]
+
+    def within(e: str) -> bool:
+        lo, hi = split_date(e[e.index("|") + 1:])
+        return all(test(lo, hi, a, b) for test, a, b in tests)
+
+    family = f"{code}|L"
+    low = family if start == bottom else family + sortable_int(start)
+    high = family + TOP if end == top else family + sortable_int(end) + TOP
+    name = "&".join(c.name for c in clauses)
+    return Clause(name, keys=KeySet((KeyRange(low, high, within),) if low < high else ()))
 
 
 def _token_ranges(p: str, value: str) -> list[KeyRange]:
@@ -661,7 +714,11 @@ class _Parser:
         if modifier:
             raise _bad_modifier(modifier, kind, name)
         if kind == "date":
-            return Clause(name, keys=KeySet(tuple(_date_clause(code, values, self.zone, name))))
+            clause = Clause(name, keys=KeySet(tuple(_date_clause(code, values, self.zone, name))))
+            prefix, text = _prefixed(values[0])
+            if len(values) == 1 and prefix in _WINDOWED and (bounds := date_range(text, self.zone)) is not None:
+                clause.dated = (code, prefix, *bounds)
+            return clause
         all_ranges: list[KeyRange] = []
         for v in values:
             if kind == "number":

@@ -88,6 +88,7 @@ class ResourceService:
         self.store = store
         self.settings = settings
         self.engine = SearchEngine(store=store, settings=settings)
+        store.before_entries = self.engine.spans.cover  # the longest date spans cover every entry written
         self._search_parameters: dict[str, tuple[int, dict[str, Any] | None]] = {}  # id -> (vid, usable SP)
         # SearchParameters written here while a refresh reads the store, one dict per refresh in progress
         self._written_during_refresh: list[dict[str, Version]] = []

@@ -37,7 +37,7 @@ import dataclasses
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -229,6 +229,10 @@ class ResourceStore:
         # the lease locks (``lock``) this process holds or waits for: its waiters queue here, first come first
         # served, and only the first polls the store; (lock, waiters)
         self._lock_queues: dict[str, tuple[asyncio.Lock, int]] = {}
+        # awaited with the versions whose index entries are about to be inserted, before any of them is (a write,
+        # a transaction, a re-index): what the search layer keeps about the entries in the store must cover them
+        # first (search/date_spans.py)
+        self.before_entries: Callable[[Sequence[Version]], Awaitable[None]] | None = None
 
     async def ensure_indexes(self) -> None:
         """Create the indexes the hub needs; idempotent (same name and keys each start). ``resources`` and
@@ -548,6 +552,8 @@ class ResourceStore:
         resource took 5 ms of its CPU).
         """
         new = dataclasses.replace(current, index=index)
+        if self.before_entries is not None:  # also when nothing is written: an upgrade's job covers every resource
+            await self.before_entries([new])
         keys = [index_key(new.rtype, new.rid, item) for item in index]
         present = await self._index_reads.find(keys)  # with those of the other resources re-indexed at once
         missing = [k for k in keys if k not in present]
@@ -569,6 +575,8 @@ class ResourceStore:
         """Insert index documents and the history keys of new ``versions``, before the versions are visible;
         one that exists already (an orphan of a lost race, same meaning) is fine, and so is an orphan history
         key: history checks each key against the version it names."""
+        if versions and self.before_entries is not None:
+            await self.before_entries(versions)
         docs = docs + _history_docs([(v.rtype, v.ts, v.version_key) for v in versions])
         await self._index_inserts.insert(docs)  # with the entries of concurrent writes: one store command
 

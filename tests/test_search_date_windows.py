@@ -1,0 +1,153 @@
+"""Date ranges bounded on both sides (``birthdate=ge1960-01-01&birthdate=le1960-12-31``), on the real FerretDB.
+
+Each clause alone holds a large part of the type; together they read a window of the date's entries, bounded below
+by the longest span of the parameter's values (search/date_spans.py). The oracle is the searches of each clause
+alone (a path the window does not touch), intersected: FHIR's AND. The cost is the resources the search reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fhir_server.auth.scopes import Principal, parse_scopes
+from fhir_server.search.date_spans import UNBOUNDED
+from fhir_server.search.keys import INDEX_LAYOUT, LAYOUT_MARKER, SPANS_LAYOUT
+from fhir_server.service.reindex import Reindexer
+from fhir_server.service.resources import ResourceService
+from fhir_server.settings import Settings
+from fhir_server.storage import ResourceStore
+from tests.conftest import CommandCounter, fresh_store
+
+ADMIN = Principal(subject="window-test", grants=parse_scopes("system/*.cruds"))
+
+# two-sided ranges of every prefix that bounds a side, and some that bound one side only (no window)
+RANGES = [
+    ("ge1960-01-01", "le1960-12-31"), ("gt1960-01-01", "lt1961-01-01"), ("ge1960-06", "lt1961"),
+    ("ge1961-02-15", "le1961-02-15"), ("sa1959-12-31", "eb1961-01-01"), ("ge1958", "le1958"),
+    ("gt1962-03-01T12:00:00+08:00", "le1962-03-10"), ("eq1960", "ge1960-03-01"), ("ge1963-01-01", "le1962-01-01"),
+    ("ge1960-01-01", "ne1960-05-05"), ("ap1960-05-05", "le1961-01-01"), ("ge1959-07-01", "le1961-06-30", "gt1960"),
+]
+
+
+async def _ids(service: ResourceService, rtype: str, pairs: list[tuple[str, str]], count: int = 1000) -> list[str]:
+    """Every match, page after page."""
+    out: list[str] = []
+    cursor = None
+    while True:
+        _, page = await service.search(principal=ADMIN, rtype=rtype, pairs=pairs, count=count, cursor=cursor)
+        out += [v.rid for v in page.matches]
+        if (cursor := page.next_cursor) is None:
+            return out
+
+
+async def _read(service: ResourceService, finds: CommandCounter, rtype: str, pairs: list[tuple[str, str]]
+                ) -> tuple[set[str], int]:
+    """The matches, and how many resources the search read."""
+    before = len(finds.filters)
+    found = await _ids(service, rtype, pairs)
+    return set(found), sum(len(f.get("_id", {}).get("$in", [])) for f in finds.filters[before:])
+
+
+def _birth(n: int) -> str:
+    """Days 1958–1963 every 11 days; every tenth Patient a month, every fifteenth a year."""
+    year, day = 1958 + n // 34, n % 34 * 11 % 365
+    month, mday = 1 + day // 31 % 12, 1 + day % 28
+    if n % 15 == 0:
+        return f"{year}"
+    if n % 10 == 0:
+        return f"{year}-{month:02d}"
+    return f"{year}-{month:02d}-{mday:02d}"
+
+
+async def test_two_sided_date_ranges_read_their_window_and_match_as_each_clause_alone(store_uri: str) -> None:
+    finds = CommandCounter("resources")
+    async with fresh_store(store_uri, owner="window-test", listeners=(finds,)) as store:
+        await store.db["jobs"].insert_one({"_id": LAYOUT_MARKER, "layout": INDEX_LAYOUT})  # as on a hub's new store
+        service = ResourceService(store=store, settings=Settings())
+        for n in range(200):
+            await service.create(principal=ADMIN, rtype="Patient", resource={
+                "resourceType": "Patient", "birthDate": _birth(n), "name": [{"family": f"F{n}"}]})
+        assert (await store.db["date_spans"].find_one({"_id": "Patient|birthdate"}) or {})["d"] >= 365 * 86_400_000_000
+        for ranged in RANGES:
+            pairs = [("birthdate", v) for v in ranged]
+            alone = [set(await _ids(service, "Patient", [pair])) for pair in pairs]
+            expected = set.intersection(*alone)
+            found, read = await _read(service, finds, "Patient", pairs)
+            assert found == expected, ranged
+            paged = await _ids(service, "Patient", pairs, count=3)  # the window's cursor, page after page
+            assert sorted(paged) == sorted(expected) and len(paged) == len(set(paged)), ranged
+            one_sided = all(v[:2] in ("ge", "gt", "le", "lt", "sa", "eb") for v in ranged)
+            if one_sided:  # each clause alone reads ~half of the 200 Patients; the window its matches (few orphans)
+                assert read <= len(expected) + 2, (ranged, read, len(expected))
+        one_sided = [("birthdate", "ge1960-01-01"), ("birthdate", "ge1961-01-01")]  # no window: still right
+        assert set(await _ids(service, "Patient", one_sided)) == set(await _ids(service, "Patient", one_sided[1:]))
+
+
+async def test_a_value_longer_than_any_this_process_knew_of_is_found_by_another(store_uri: str) -> None:
+    """Two hub processes on one store (two services, each with its own memory of the spans): after one has
+    searched with days only, the other stores a birth year; the first finds it in a window of a month of that
+    year (it reads the longest span from the store for each search; it did not, it would start the window a day
+    before the month)."""
+    async with fresh_store(store_uri, owner="window-a") as store_a:
+        store_b = ResourceStore(store_a.db, owner="window-b", lease_seconds=60)
+        await store_a.db["jobs"].insert_one({"_id": LAYOUT_MARKER, "layout": INDEX_LAYOUT})
+        first, second = ResourceService(store=store_a, settings=Settings()), ResourceService(store=store_b,
+                                                                                         settings=Settings())
+        for day in range(1, 29):
+            await first.create(principal=ADMIN, rtype="Patient", resource={
+                "resourceType": "Patient", "birthDate": f"1975-06-{day:02d}"})
+        june = [("birthdate", "ge1975-06-10"), ("birthdate", "le1975-06-12")]
+        assert len(await _ids(first, "Patient", june)) == 3
+        year = await second.create(principal=ADMIN, rtype="Patient", resource={
+            "resourceType": "Patient", "birthDate": "1975"})
+        assert year.version.rid in await _ids(first, "Patient", june)
+
+
+async def test_several_values_of_a_date_in_one_resource_are_searched_without_a_window(store_uri: str) -> None:
+    """A Goal with two targets, due 2020 and 2030: ``target-date=ge2025-01-01&target-date=le2021-01-01`` matches it
+    (each clause by another value; no window holds one value meeting both). Its write marks the parameter
+    unbounded, so the search reads both clauses as before."""
+    async with fresh_store(store_uri, owner="window-goal") as store:
+        await store.db["jobs"].insert_one({"_id": LAYOUT_MARKER, "layout": INDEX_LAYOUT})
+        service = ResourceService(store=store, settings=Settings())
+        subject = {"reference": "Patient/p1"}
+        single = await service.create(principal=ADMIN, rtype="Goal", resource={
+            "resourceType": "Goal", "lifecycleStatus": "active", "description": {"text": "weight"},
+            "subject": subject, "target": [{"dueDate": "2026-03-01"}]})
+        assert await _ids(service, "Goal", [("target-date", "ge2026-01-01"), ("target-date", "le2026-12-31")]) == [
+            single.version.rid]
+        both = await service.create(principal=ADMIN, rtype="Goal", resource={
+            "resourceType": "Goal", "lifecycleStatus": "active", "description": {"text": "ECOG 1"},
+            "subject": subject, "target": [{"dueDate": "2020-01-01"}, {"dueDate": "2030-01-01"}]})
+        assert (await store.db["date_spans"].find_one({"_id": "Goal|target-date"}) or {})["d"] == UNBOUNDED
+        found = await _ids(service, "Goal", [("target-date", "ge2025-01-01"), ("target-date", "le2021-01-01")])
+        assert found == [both.version.rid]
+
+
+async def test_an_upgraded_store_learns_the_spans_of_what_it_held_before(store_uri: str) -> None:
+    """A store whose resources were written before the spans were kept (layout 14: no ``date_spans``) is searched
+    without windows until its upgrade job has passed every resource through the same check; then with them."""
+    finds = CommandCounter("resources")
+    async with fresh_store(store_uri, owner="window-upgrade", listeners=(finds,)) as store:
+        await store.db["jobs"].insert_one({"_id": LAYOUT_MARKER, "layout": INDEX_LAYOUT})
+        service = ResourceService(store=store, settings=Settings())
+        for n in range(60):
+            await service.create(principal=ADMIN, rtype="Patient", resource={
+                "resourceType": "Patient", "birthDate": _birth(n)})
+        await store.db["date_spans"].drop()  # as a hub of layout 14 left it
+        await store.db["jobs"].replace_one({"_id": LAYOUT_MARKER}, {"_id": LAYOUT_MARKER, "layout": SPANS_LAYOUT - 1})
+        pairs = [("birthdate", "ge1959-01-01"), ("birthdate", "le1959-03-31")]
+        expected = set.intersection(*[set(await _ids(service, "Patient", [p])) for p in pairs])
+        before = ResourceService(store=store, settings=Settings())
+        found, read = await _read(before, finds, "Patient", pairs)
+        assert found == expected and read > len(expected) + 10  # no window yet: a clause alone drives
+        reindexer = Reindexer(resources=before, settings=Settings())
+        assert await reindexer.upgrade() is not None
+        await asyncio.gather(*reindexer._tasks)
+        marker: dict[str, Any] = await store.db["jobs"].find_one({"_id": LAYOUT_MARKER}) or {}
+        assert marker["layout"] == INDEX_LAYOUT
+        assert (await store.db["date_spans"].find_one({"_id": "Patient|birthdate"}) or {})["d"] > 0
+        after = ResourceService(store=store, settings=Settings())  # (an instance asks for the layout every 5 s)
+        found, read = await _read(after, finds, "Patient", pairs)
+        assert found == expected and read <= len(expected) + 2
