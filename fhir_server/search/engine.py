@@ -737,10 +737,12 @@ class SearchEngine:
                 longest = await self.spans.longest(query.rtype, param) if await self._layout() >= SPANS_LAYOUT \
                     else UNBOUNDED  # (not known for every stored value yet)
                 window = date_window(group, longest) if longest < UNBOUNDED else None
-                # before its clauses: of clauses whose probes are all too large to tell, the first drives. Without
-                # a window (a resource with several values of the parameter), a clause that drives nothing keeps
-                # the place, as cursors name their driver by its place
-                out.insert(out.index(group[0]), window or Clause(group[0].name))
+                if window is not None:  # it drives instead of them
+                    out = [replace(c, windowed=True) if any(c is g for g in group) else c for c in out]
+                # without one (a resource with several values of the parameter), a clause that drives nothing
+                # keeps its place, as cursors name their driver by its place
+                out.insert(next(i for i, c in enumerate(out) if c.dated == group[0].dated),
+                           window or Clause(group[0].name))
         return out
 
     # ---- scans --------------------------------------------------------------------------------------------
