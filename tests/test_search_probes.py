@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from fhir_server.auth.scopes import Principal, parse_scopes
-from fhir_server.search.engine import SearchPage
+from fhir_server.search.engine import SearchPage, TooManyMatches
 from fhir_server.search.keys import INDEX_LAYOUT, LAYOUT_MARKER, string_enc
 from fhir_server.service.resources import ResourceService
 from fhir_server.settings import Settings
@@ -140,6 +140,25 @@ async def test_a_clause_found_large_lately_is_not_probed_again(service) -> None:
     service.engine.selectivity.LARGE_FOR = 0.0
     found, index_reads, _ = await search()
     assert found == left and index_reads == 1  # gender probed again: 6 keys, which drive (no other index read)
+
+
+async def test_a_chain_or_has_over_its_cap_names_the_search_it_narrows(store_uri: str) -> None:
+    """A chain or ``_has`` whose inner search matches more than ``search_chain_max`` is a 400 that names that
+    inner search (it named none: "The search  matches more than 1000 resources")."""
+    async with fresh_store(store_uri, owner="cap-test") as store:
+        await store.db["jobs"].insert_one({"_id": LAYOUT_MARKER, "layout": INDEX_LAYOUT})
+        service = ResourceService(store=store, settings=Settings(search_chain_max=3))
+        for n in range(4):
+            made = await service.create(principal=ADMIN, rtype="Patient", resource=_patient(n, "夏侯", "1970-01-01"))
+            await service.create(principal=ADMIN, rtype="Observation", resource={
+                "resourceType": "Observation", "status": "final", "code": {"text": "PSA"},
+                "subject": {"reference": made.version.key}})
+        for rtype, pairs, named in (
+                ("Patient", [("_has:Observation:subject:code:text", "PSA")], "Observation?code:text=PSA"),
+                ("Observation", [("subject:Patient.family", "夏侯")], "Patient?family=夏侯")):
+            with pytest.raises(TooManyMatches) as refused:
+                await service.search(principal=ADMIN, rtype=rtype, pairs=pairs, count=10, cursor=None)
+            assert f"The search {named} matches more than 3 resources" in refused.value.message
 
 
 async def test_a_counted_search_over_several_types_resolves_its_chain_once_per_type(service) -> None:

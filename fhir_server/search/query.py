@@ -784,7 +784,7 @@ class _Parser:
         inner = _Parser(zone=self.zone, base_url=self.base_url, depth=self.depth + 1)
         queries = []
         for target in targets:
-            query = SearchQuery(rtype=target)
+            query = SearchQuery(rtype=target, text=f"{target}?{rest}={value}")  # (what an error names)
             try:
                 found = inner.clause(target, rest, value, [])
             except _Undefined:
@@ -812,7 +812,7 @@ class _Parser:
         if self.depth >= 4:
             raise _bad("Chains and _has may nest 4 levels at most", code="too-costly", where=name)
         inner = _Parser(zone=self.zone, base_url=self.base_url, depth=self.depth + 1)
-        query = SearchQuery(rtype=source)
+        query = SearchQuery(rtype=source, text=f"{source}?{rest}={value}")
         try:
             found = inner.clause(source, rest, value, ignored)
         except _Undefined as exc:  # dropped and reported, as at the top level
