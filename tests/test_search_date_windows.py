@@ -8,6 +8,7 @@ alone (a path the window does not touch), intersected: FHIR's AND. The cost is t
 from __future__ import annotations
 
 import asyncio
+from datetime import date, timedelta
 from typing import Any
 
 from fhir_server.auth.scopes import Principal, parse_scopes
@@ -151,3 +152,28 @@ async def test_an_upgraded_store_learns_the_spans_of_what_it_held_before(store_u
         after = ResourceService(store=store, settings=Settings())  # (an instance asks for the layout every 5 s)
         found, read = await _read(after, finds, "Patient", pairs)
         assert found == expected and read <= len(expected) + 2
+
+
+async def test_ap_alone_reads_a_window_of_its_own(store_uri: str) -> None:
+    """``ap`` bounds both sides (the value widened by a tenth of its distance from now): its page reads the keys
+    from the window's start, where it walked the date's keys from the type's first one."""
+    scans = CommandCounter("search_index")
+    async with fresh_store(store_uri, owner="window-ap", listeners=(scans,)) as store:
+        await store.db["jobs"].insert_one({"_id": LAYOUT_MARKER, "layout": INDEX_LAYOUT})
+        service = ResourceService(store=store, settings=Settings())
+        for n in range(300):  # 200 born long ago, then one a week since 2025; all to the day (the longest span)
+            born = str(date(1958 + n // 40, 1 + n % 12, 1 + n % 28) if n < 200 else
+                       date(2025, 1, 1) + timedelta(days=7 * (n - 200)))
+            await service.create(principal=ADMIN, rtype="Patient", resource={"resourceType": "Patient",
+                                                                              "birthDate": born})
+        near = [("birthdate", f"ap{date.today() - timedelta(days=300)}")]  # ± a month
+        everything = set(await _ids(service, "Patient", near))
+        before = len(scans.filters)
+        _, page = await service.search(principal=ADMIN, rtype="Patient", pairs=near, count=3, cursor=None)
+        assert len(page.matches) == 3 and len(scans.filters) - before == 1
+        await store.db["jobs"].replace_one({"_id": LAYOUT_MARKER}, {"_id": LAYOUT_MARKER, "layout": SPANS_LAYOUT - 1})
+        plain = ResourceService(store=store, settings=Settings())  # no windows below layout 15
+        assert set(await _ids(plain, "Patient", near)) == everything and 5 < len(everything) < 20
+        before = len(scans.filters)
+        await plain.search(principal=ADMIN, rtype="Patient", pairs=near, count=3, cursor=None)
+        assert len(scans.filters) - before > 3  # 20, 40, 80, 160 keys... from 1958 on

@@ -733,7 +733,7 @@ class SearchEngine:
             if clause.dated is not None:
                 groups.setdefault(clause.dated[0], []).append(clause)
         for param, group in reversed(groups.items()):  # date=ge…&date=le…: a window (query.py ``date_window``)
-            if len(group) > 1:
+            if len(group) > 1 or any(c.dated and c.dated[1] == "ap" for c in group):  # (ap alone: from the start)
                 longest = await self.spans.longest(query.rtype, param) if await self._layout() >= SPANS_LAYOUT \
                     else UNBOUNDED  # (not known for every stored value yet)
                 window = date_window(group, longest) if longest < UNBOUNDED else None

@@ -334,7 +334,14 @@ def _ends_before(p: str, a: int) -> list[KeyRange]:
             KeyRange(f"{p}|L", f"{p}|L{sortable_int(a)}", lambda e: _high(e) < a)]
 
 
-def _date_clause(p: str, values: list[str], zone: ZoneInfo, where: str) -> list[KeyRange]:
+def _approximately(a: int, b: int, now: int) -> tuple[int, int]:
+    """``ap``'s range for a date of bounds ``a``, ``b``: widened by a tenth of its distance from ``now``, at least a
+    day (FHIR R4 search.html#prefix leaves the amount to the server)."""
+    spread = max(abs(now - a) // 10, MICROS_PER_DAY)
+    return a - spread, b + spread
+
+
+def _date_clause(p: str, values: list[str], zone: ZoneInfo, where: str, now: int) -> list[KeyRange]:
     ranges: list[KeyRange] = []
     for raw in values:
         prefix, text = _prefixed(raw)
@@ -373,19 +380,17 @@ def _date_clause(p: str, values: list[str], zone: ZoneInfo, where: str) -> list[
         elif prefix == "eb":
             ranges += _ends_before(p, a)
         else:  # ap: overlaps the value widened by 10 % of its distance from now, at least a day
-            now = int(time.time() * 1_000_000)
-            spread = max(abs(now - a) // 10, MICROS_PER_DAY)
-            lowest = a - spread
+            lowest, highest = _approximately(a, b, now)
 
             def reaches(e: str, lowest: int = lowest) -> bool:
                 return split_date(e[e.index("|") + 1:])[1] >= lowest
 
-            ranges.append(KeyRange(low_family, low_family + sortable_int(b + spread) + TOP, reaches))
+            ranges.append(KeyRange(low_family, low_family + sortable_int(highest) + TOP, reaches))
     return ranges
 
 
 # what a value (low ``lo``, high ``hi``) must be to match a date of bounds ``a``, ``b`` with each prefix: as
-# ``_date_clause`` finds them (FHIR R4 search.html#prefix; ``ne`` and ``ap`` bound no side)
+# ``_date_clause`` finds them (FHIR R4 search.html#prefix; ``ne`` bounds no side)
 _WINDOWED: dict[str, Callable[[int, int, int, int], bool]] = {
     "eq": lambda lo, hi, a, b: a <= lo and hi <= b,
     "gt": lambda lo, hi, a, b: hi > b,
@@ -394,6 +399,7 @@ _WINDOWED: dict[str, Callable[[int, int, int, int], bool]] = {
     "le": lambda lo, hi, a, b: lo <= b and (lo < a or hi <= b),
     "sa": lambda lo, hi, a, b: lo > b,
     "eb": lambda lo, hi, a, b: hi < a,
+    "ap": lambda lo, hi, a, b: hi >= a and lo <= b,  # (``a``, ``b``: the range ``_approximately`` widened)
 }
 
 
@@ -422,6 +428,8 @@ def date_window(clauses: list[Clause], longest: int) -> Clause | None:
             end = min(end, a - 1)
         elif prefix == "le":
             end = min(end, b)
+        elif prefix == "ap":  # ends at a or later, starts at b or earlier: alone, a window of its own
+            start, end = max(start, a - longest), min(end, b)
     if start == bottom and end == top:
         return None
     tests = [(_WINDOWED[c.dated[1]], c.dated[2], c.dated[3]) for c in clauses if c.dated is not None]
@@ -718,10 +726,11 @@ class _Parser:
         if modifier:
             raise _bad_modifier(modifier, kind, name)
         if kind == "date":
-            clause = Clause(name, keys=KeySet(tuple(_date_clause(code, values, self.zone, name))))
+            now = int(time.time() * 1_000_000)
+            clause = Clause(name, keys=KeySet(tuple(_date_clause(code, values, self.zone, name, now))))
             prefix, text = _prefixed(values[0])
             if len(values) == 1 and prefix in _WINDOWED and (bounds := date_range(text, self.zone)) is not None:
-                clause.dated = (code, prefix, *bounds)
+                clause.dated = (code, prefix, *(_approximately(*bounds, now) if prefix == "ap" else bounds))
             return clause
         all_ranges: list[KeyRange] = []
         for v in values:
