@@ -12,7 +12,7 @@ from datetime import date, timedelta
 from typing import Any
 
 from fhir_server.auth.scopes import Principal, parse_scopes
-from fhir_server.search.date_spans import UNBOUNDED
+from fhir_server.search.date_spans import UNBOUNDED, WINDOWED_SPAN
 from fhir_server.search.keys import INDEX_LAYOUT, LAYOUT_MARKER, SPANS_LAYOUT
 from fhir_server.service.reindex import Reindexer
 from fhir_server.service.resources import ResourceService
@@ -124,6 +124,25 @@ async def test_several_values_of_a_date_in_one_resource_are_searched_without_a_w
         assert (await store.db["date_spans"].find_one({"_id": "Goal|target-date"}) or {})["d"] == UNBOUNDED
         found = await _ids(service, "Goal", [("target-date", "ge2025-01-01"), ("target-date", "le2021-01-01")])
         assert found == [both.version.rid]
+
+
+async def test_a_parameter_with_values_longer_than_a_year_is_read_by_its_clauses(store_uri: str) -> None:
+    """Observations whose effective periods last two years: a window would start two years before the range and
+    read more than the ``gt`` clause, so the clauses drive as they did; the matches are the same either way."""
+    async with fresh_store(store_uri, owner="window-long") as store:
+        await store.db["jobs"].insert_one({"_id": LAYOUT_MARKER, "layout": INDEX_LAYOUT})
+        service = ResourceService(store=store, settings=Settings())
+        for year in range(2000, 2026):
+            await service.create(principal=ADMIN, rtype="Observation", resource={
+                "resourceType": "Observation", "status": "final", "code": {"text": "smoking status"},
+                "effectivePeriod": {"start": f"{year}-01-01", "end": f"{year + 1}-12-31"}})
+        assert (await store.db["date_spans"].find_one({"_id": "Observation|date"}) or {})["d"] > WINDOWED_SPAN
+        pairs = [("date", "gt2010-06-01"), ("date", "lt2012-01-01")]
+        query = service.parse("Observation", pairs)
+        clauses = await service.engine._resolve(query)
+        assert [c.drives for c in clauses] == [False, True, True]  # a place kept, and the two clauses
+        expected = set.intersection(*[set(await _ids(service, "Observation", [p])) for p in pairs])
+        assert set(await _ids(service, "Observation", pairs)) == expected and len(expected) == 3
 
 
 async def test_an_upgraded_store_learns_the_spans_of_what_it_held_before(store_uri: str) -> None:

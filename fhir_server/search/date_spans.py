@@ -31,9 +31,13 @@ from fhir_server.search.keys import split_date
 from fhir_server.storage import Version
 from fhir_server.storage.batching import FindBatcher
 
-__all__ = ["UNBOUNDED", "DateSpans", "spans_of"]
+__all__ = ["UNBOUNDED", "WINDOWED_SPAN", "DateSpans", "spans_of"]
 
-UNBOUNDED = 1 << 62  # several values in one resource, or a span that bounds nothing
+UNBOUNDED = 1 << 62  # several values in one resource, or a span that bounds nothing (a period open at one end)
+# the longest span for which a window is read: a parameter with longer values (stays of months, plans of years)
+# would start its window that long before its lower bound, reading more of the type than its ``gt``/``ge`` clause
+# alone, which then drives as before (a birth year is 366 days at most)
+WINDOWED_SPAN = 366 * 86_400_000_000
 _ENC = 34  # len("L" + 16 hex + "." + 16 hex)
 
 

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import orjson
 
 from fhir_server.errors import BadRequest, Issue
-from fhir_server.search.date_spans import UNBOUNDED, DateSpans
+from fhir_server.search.date_spans import UNBOUNDED, WINDOWED_SPAN, DateSpans
 from fhir_server.search.entries import reference_type
 from fhir_server.search.index_order import IndexOrder, index_order, within, within_group
 from fhir_server.search.keys import (
@@ -736,11 +736,11 @@ class SearchEngine:
             if len(group) > 1 or any(c.dated and c.dated[1] == "ap" for c in group):  # (ap alone: from the start)
                 longest = await self.spans.longest(query.rtype, param) if await self._layout() >= SPANS_LAYOUT \
                     else UNBOUNDED  # (not known for every stored value yet)
-                window = date_window(group, longest) if longest < UNBOUNDED else None
+                window = date_window(group, longest) if longest <= WINDOWED_SPAN else None
                 if window is not None:  # it drives instead of them
                     out = [replace(c, windowed=True) if any(c is g for g in group) else c for c in out]
-                # without one (a resource with several values of the parameter), a clause that drives nothing
-                # keeps its place, as cursors name their driver by its place
+                # without one (a resource with several values of the parameter, a value longer than
+                # WINDOWED_SPAN), a clause that drives nothing keeps its place, as cursors name their driver by it
                 out.insert(next(i for i, c in enumerate(out) if c.dated == group[0].dated),
                            window or Clause(group[0].name))
         return out
