@@ -315,16 +315,17 @@ def _encode_cursor(value: Any) -> str:
 
 
 def _decode_cursor(text: str) -> Any:
+    invalid = "The page cursor is not valid; start again from the first page"
     layout, dot, encoded = text.partition(".")
-    if dot and layout.isdigit() and int(layout) != INDEX_LAYOUT:  # keys encoded otherwise: it would skip or repeat
+    if not dot or not layout.isdigit():
+        raise _bad_cursor(invalid)
+    if int(layout) != INDEX_LAYOUT:  # keys encoded otherwise: it would skip or repeat matches
         raise _bad_cursor("The page cursor was made before the hub's search index changed (an upgrade); start "
                           "again from the first page")
     try:
-        if not dot or not layout.isdigit():
-            raise ValueError(text)
         return orjson.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
     except (ValueError, orjson.JSONDecodeError):
-        raise _bad_cursor("The page cursor is not valid; start again from the first page") from None
+        raise _bad_cursor(invalid) from None
 
 
 _NOT_THIS_SEARCH = "The page cursor does not belong to this search; start again from the first page"
@@ -728,21 +729,35 @@ class SearchEngine:
                        if ref.startswith(f"{query.rtype}/")}
                 clause = replace(clause, has=None, ids=frozenset(ids))
             out.append(clause)
+        return await self._with_windows(query.rtype, out)
+
+    async def _with_windows(self, rtype: str, clauses: list[Clause]) -> list[Clause]:
+        """``clauses`` with a date window (query.py ``date_window``) before the first clause of each date parameter
+        that has two or more (``date=ge…&date=le…``) or ``ap``; the window drives instead of them. Without one (a
+        resource with several values of the parameter, a value longer than ``WINDOWED_SPAN``, a store below
+        ``SPANS_LAYOUT``), a clause that drives nothing keeps its place, as cursors name their driver by it."""
         groups: dict[str, list[Clause]] = {}
-        for clause in out:
+        for clause in clauses:
             if clause.dated is not None:
                 groups.setdefault(clause.dated[0], []).append(clause)
-        for param, group in reversed(groups.items()):  # date=ge…&date=le…: a window (query.py ``date_window``)
-            if len(group) > 1 or any(c.dated and c.dated[1] == "ap" for c in group):  # (ap alone: from the start)
-                longest = await self.spans.longest(query.rtype, param) if await self._layout() >= SPANS_LAYOUT \
-                    else UNBOUNDED  # (not known for every stored value yet)
-                window = date_window(group, longest) if longest <= WINDOWED_SPAN else None
-                if window is not None:  # it drives instead of them
-                    out = [replace(c, windowed=True) if any(c is g for g in group) else c for c in out]
-                # without one (a resource with several values of the parameter, a value longer than
-                # WINDOWED_SPAN), a clause that drives nothing keeps its place, as cursors name their driver by it
-                out.insert(next(i for i, c in enumerate(out) if c.dated == group[0].dated),
-                           window or Clause(group[0].name))
+        windows: dict[str, Clause | None] = {}
+        for param, group in groups.items():
+            if len(group) > 1 or any(c.dated is not None and c.dated[1] == "ap" for c in group):  # (ap: both sides)
+                longest = await self.spans.longest(rtype, param) if await self._layout() >= SPANS_LAYOUT \
+                    else UNBOUNDED
+                windows[param] = date_window(group, longest) if longest <= WINDOWED_SPAN else None
+        if not windows:
+            return clauses
+        out: list[Clause] = []
+        for clause in clauses:
+            param = clause.dated[0] if clause.dated is not None else ""
+            if param in windows:
+                window = windows[param]
+                if clause is groups[param][0]:
+                    out.append(window or Clause(clause.name))
+                if window is not None:
+                    clause = replace(clause, windowed=True)
+            out.append(clause)
         return out
 
     # ---- scans --------------------------------------------------------------------------------------------
