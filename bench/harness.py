@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -182,6 +183,8 @@ async def running_hub(*, workers: int = 1, data_dir: Path | None = None) -> Asyn
         hub.terminate()
         hub.wait(timeout=15)
         store.stop()
+        if data_dir is None:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def machine_line() -> str:
