@@ -250,6 +250,19 @@ async def main(patients: int, seconds: float, clients: int, store_dir: Path | No
                 return bool(await raw("Patient", f"birthdate|L{sortable_int(found[0] - MICROS_PER_DAY)}",
                                       f"birthdate|L{sortable_int(found[0] + 7 * MICROS_PER_DAY)}"))
 
+            def name_and_birth_year(rng: random.Random) -> str:  # each clause hundreds to thousands of Patients
+                family, born = birth(pick(rng))
+                return f"/Patient?family={quote(family)}&birthdate={born[:4]}&_count=20"
+
+            async def name_and_birth_year_raw(rng: random.Random) -> bool:  # the year's birthdate keys (~1,100),
+                _, born = birth(pick(rng))  # then a page of their Patients: as if the store knew which 20 match
+                found = date_range(born[:4], zone)
+                assert found is not None
+                keys = await store.scan_index("Patient", f"birthdate|L{sortable_int(found[0])}",
+                                              f"birthdate|L{sortable_int(found[1])}~", after=None, limit=4096)
+                rids = sorted({split_index_key(k)[1] for k in keys})
+                return bool(await store.current_many("Patient", rids[::max(1, len(rids) // 20)][:20]))
+
             def results_in_an_hour(rng: random.Random) -> str:  # ~600 Observations of a morning: page 1
                 day = f"2026-{rng.randrange(1, 13):02d}-{rng.randrange(1, 29):02d}"
                 return (f"/Observation?date=ge{day}T09:00:00%2B08:00&date=lt{day}T10:00:00%2B08:00&_count=20")
@@ -348,6 +361,8 @@ async def main(patients: int, seconds: float, clients: int, store_dir: Path | No
                 ("Patient?organization:missing=true (no match)", no_organization, no_organization_raw),
                 ("Patient?birthdate=ge…&birthdate=lt… (a week, ~20)", born_in_a_week, born_in_a_week_raw),
                 ("Observation?date=ge…&date=lt… (an hour) page 1", results_in_an_hour, results_in_an_hour_raw),
+                ("Patient?family=<family>&birthdate=<year> (_count=20)", name_and_birth_year,
+                 name_and_birth_year_raw),
                 ("Patient?_sort=family page 1 (_count=20)", by_name[1], by_name_raw),
                 ("Patient?_sort=family page 50 (_count=20)", by_name[50], by_name_raw),
                 ("Patient?_sort=family,given page 1 (_count=20)", by_names[1], by_names_raw),

@@ -145,11 +145,18 @@ async def test_a_parameter_with_values_longer_than_a_year_is_read_by_its_clauses
         assert set(await _ids(service, "Observation", pairs)) == expected and len(expected) == 3
 
 
+def _from_the_first_date(filters: list[dict[str, Any]]) -> bool:
+    """Whether one of the index scans ``filters`` read the birth dates' ``L`` keys from the first one on."""
+    return any(bounds.get("_id", {}).get("$gte") == "Patient|birthdate|L"
+               for f in filters for bounds in f.get("$or", [f]))
+
+
 async def test_an_upgraded_store_learns_the_spans_of_what_it_held_before(store_uri: str) -> None:
     """A store whose resources were written before the spans were kept (layout 14: no ``date_spans``) is searched
-    without windows until its upgrade job has passed every resource through the same check; then with them."""
-    finds = CommandCounter("resources")
-    async with fresh_store(store_uri, owner="window-upgrade", listeners=(finds,)) as store:
+    without windows until its upgrade job has passed every resource through the same check; then with them: the
+    ``le`` clause's keys no longer scanned from the first birth date on, one scan of the window read instead."""
+    finds, scans = CommandCounter("resources"), CommandCounter("search_index")
+    async with fresh_store(store_uri, owner="window-upgrade", listeners=(finds, scans)) as store:
         await store.db["jobs"].insert_one({"_id": LAYOUT_MARKER, "layout": INDEX_LAYOUT})
         service = ResourceService(store=store, settings=Settings())
         for n in range(60):
@@ -160,8 +167,9 @@ async def test_an_upgraded_store_learns_the_spans_of_what_it_held_before(store_u
         pairs = [("birthdate", "ge1959-01-01"), ("birthdate", "le1959-03-31")]
         expected = set.intersection(*[set(await _ids(service, "Patient", [p])) for p in pairs])
         before = ResourceService(store=store, settings=Settings())
+        scanned = scans.count
         found, read = await _read(before, finds, "Patient", pairs)
-        assert found == expected and read > len(expected) + 10  # no window yet: a clause alone drives
+        assert found == expected and _from_the_first_date(scans.filters[scanned:])  # no window yet: both probed
         reindexer = Reindexer(resources=before, settings=Settings())
         assert await reindexer.upgrade() is not None
         await asyncio.gather(*reindexer._tasks)
@@ -169,8 +177,10 @@ async def test_an_upgraded_store_learns_the_spans_of_what_it_held_before(store_u
         assert marker["layout"] == INDEX_LAYOUT
         assert (await store.db["date_spans"].find_one({"_id": "Patient|birthdate"}) or {})["d"] > 0
         after = ResourceService(store=store, settings=Settings())  # (an instance asks for the layout every 5 s)
+        scanned = scans.count
         found, read = await _read(after, finds, "Patient", pairs)
         assert found == expected and read <= len(expected) + 2
+        assert scans.count - scanned == 1 and not _from_the_first_date(scans.filters[scanned:])
 
 
 async def test_ap_alone_reads_a_window_of_its_own(store_uri: str) -> None:

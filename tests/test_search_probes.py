@@ -6,6 +6,7 @@ selective in recent searches is probed alone, and a wrong guess still gives the 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -82,20 +83,31 @@ def _regex_scans(reads: CommandCounter, since: int) -> list[dict[str, Any]]:
     return [f for f in reads.filters[since:] if filtered(f)]
 
 
+async def _create_all(service: ResourceService, resources: list[dict[str, Any]]) -> list[str]:
+    """Create the Patients, fifty at a time (their writes share commands), and return their ids in order."""
+    made: list[str] = []
+    for start in range(0, len(resources), 50):
+        made += [w.version.rid for w in await asyncio.gather(*(
+            service.create(principal=ADMIN, rtype="Patient", resource=r) for r in resources[start:start + 50]))]
+    return made
+
+
 async def test_a_substring_scan_is_probed_only_when_no_other_clause_is_selective(service) -> None:
     """``_content`` (a scan of every ``_content`` key, filtered in the store) beside ``family``: when the family
-    has few keys, the ``_content`` range is not read at all; when it has more than 256, the substring scan is
-    probed, and drives if it holds fewer. Either way the matches are the same."""
+    has few keys, the ``_content`` range is not read at all; when it has more than the largest probe (2,048), the
+    substring scan is probed, and drives if it holds fewer. Either way the matches are the same."""
     service, reads = service
-    for n in range(300):  # 300 Wangs; three of them with a note naming a rare word
+    wangs = []
+    for n in range(2100):  # 2,100 Wangs; three of them with a note naming a rare word, 99 a common one
         resource = _patient(n, "王", "1970-01-01")
-        if n % 100 == 7:
+        if n % 700 == 7:
             resource["extension"] = [{"url": "http://example.cn/note", "valueString": f"罕见病例 {n}"}]
-        elif n % 3 == 0:  # 99 of them
+        elif n % 21 == 0:
             resource["extension"] = [{"url": "http://example.cn/note", "valueString": f"常见病例 {n}"}]
-        await service.create(principal=ADMIN, rtype="Patient", resource=resource)
+        wangs.append(resource)
+    await _create_all(service, wangs)
     note = [{"url": "http://example.cn/note", "valueString": "罕见病例"}]
-    await service.create(principal=ADMIN, rtype="Patient", resource={**_patient(999, "欧阳", "1970-01-01"),
+    await service.create(principal=ADMIN, rtype="Patient", resource={**_patient(9999, "欧阳", "1970-01-01"),
                                                                        "extension": note})
     before = len(reads.filters)
     found, _ = await _ids(service, reads, "family=欧阳&_content=罕见病例")
@@ -110,16 +122,17 @@ async def test_a_substring_scan_is_probed_only_when_no_other_clause_is_selective
 
 async def test_a_clause_found_large_lately_is_not_probed_again(service) -> None:
     """``gender=female&general-practitioner:missing=true``, as a worklist asks it again and again: both clauses
-    hold hundreds of Patients. The first search probes both (8, 64 and 256 ``gender`` keys, then 256 ``@lacks``
-    keys) before its page; searches within ``LARGE_FOR`` seconds read the page only. A clause that shrank since
-    costs a slower walk, never a result; after ``LARGE_FOR`` the probes are read again."""
+    hold thousands of Patients. The first search probes both (8, 64, 256 and 2,048 ``gender`` keys, then 256
+    ``@lacks`` keys) before its page; searches within ``LARGE_FOR`` seconds read the page only. A clause that
+    shrank since costs a slower walk, never a result; after ``LARGE_FOR`` the probes are read again."""
     service, reads = service
-    made = []
-    for n in range(400):  # 300 women, every fourth Patient with a general practitioner: 225 match
+    patients = []
+    for n in range(2800):  # 2,100 women, every fourth Patient with a general practitioner: 1,575 match
         resource = {**_patient(n, f"F{n}", "1970-01-01"), "gender": "female" if n % 4 else "male"}
         if n % 4 == 1:
             resource["generalPractitioner"] = [{"reference": "Practitioner/gp"}]
-        made.append((n, (await service.create(principal=ADMIN, rtype="Patient", resource=resource)).version.rid))
+        patients.append(resource)
+    made = list(enumerate(await _create_all(service, patients)))
     expected = {rid for n, rid in made if n % 4 in (2, 3)}
     query = "gender=female&general-practitioner:missing=true"
 
@@ -131,15 +144,55 @@ async def test_a_clause_found_large_lately_is_not_probed_again(service) -> None:
     found, probed, lacks_scans = await search()
     assert len(found) == 100 and found <= expected and lacks_scans >= 1  # a page of 100
     again, index_reads, lacks_scans = await search()
-    assert again == found and index_reads == probed - 4 and lacks_scans == 0  # the page's own reads only
-    for n, rid in made[:-8]:  # now 6 women, 4 of them without a practitioner: gender=female is small
-        await service.delete(principal=ADMIN, rtype="Patient", rid=rid)
+    assert again == found and index_reads == probed - 5 and lacks_scans == 0  # the page's own reads only
+    gone = made[:-8]  # now 6 women, 4 of them without a practitioner: gender=female is small
+    for start in range(0, len(gone), 50):
+        await asyncio.gather(*(service.delete(principal=ADMIN, rtype="Patient", rid=rid)
+                               for _, rid in gone[start:start + 50]))
     left = {rid for n, rid in made[-8:] if n % 4 in (2, 3)}
     found, _, _ = await search()
     assert found == left and len(left) == 4
     service.engine.selectivity.LARGE_FOR = 0.0
     found, index_reads, _ = await search()
     assert found == left and index_reads == 1  # gender probed again: 6 keys, which drive (no other index read)
+
+
+async def test_a_clause_of_a_few_thousand_keys_is_found_beside_larger_ones(store_uri: str) -> None:
+    """``family=王&given=小东&birthdate=1960``, where every clause holds more than 256 Patients: the probes grow to
+    2,048 keys, and of the clauses whose probe then read every key (given, birthdate) the smallest drives, its keys
+    narrowed to the Patients the other complete probe found too. It reads 400 resources for its 100 matches: 600
+    without the narrowing (everyone named 小东), ~2,400 without the fourth probe (every Wang: the first clause
+    drove when no probe was complete)."""
+    finds = CommandCounter("resources")
+    async with fresh_store(store_uri, owner="probe-test", listeners=(finds,)) as store:
+        await store.db["jobs"].insert_one({"_id": LAYOUT_MARKER, "layout": INDEX_LAYOUT})
+        service = ResourceService(store=store, settings=Settings())
+        people = []
+        for n in range(2400):  # 2,400 Wangs, 300 of them 小东, 400 born in 1960: 100 Wangs named 小东 born in 1960
+            person = _patient(n, "王", "1960-03-03" if n % 6 == 0 else "1971-01-01")
+            person["name"][0]["given"] = ["小东" if n % 8 == 0 else f"G{n}"]
+            people.append(person)
+        for n in range(300):  # 300 others named 小东 born in 1960
+            person = _patient(n, "李", "1960-05-05")
+            person["name"][0]["given"] = ["小东"]
+            people.append(person)
+        made = await _create_all(service, people)
+        expected = {rid for n, rid in enumerate(made[:2400]) if n % 24 == 0}
+        for query in ("family=王&given=小东&birthdate=1960", "birthdate=1960&given=小东&family=王"):
+            before = len(finds.filters)
+            found, _ = await _ids(service, finds, query)
+            read = sum(len(f.get("_id", {}).get("$in", [])) for f in finds.filters[before:])
+            assert found == expected, query
+            assert read == 400, query
+        paged: list[str] = []  # pages of 30: the first from the narrowed keys, the next ones from its cursor on
+        cursor = None
+        while True:
+            _, page = await service.search(principal=ADMIN, rtype="Patient", count=30, cursor=cursor, pairs=[
+                ("family", "王"), ("given", "小东"), ("birthdate", "1960")])
+            paged += [v.rid for v in page.matches]
+            if (cursor := page.next_cursor) is None:
+                break
+        assert sorted(paged) == sorted(expected)
 
 
 async def test_a_chain_or_has_over_its_cap_names_the_search_it_narrows(store_uri: str) -> None:
