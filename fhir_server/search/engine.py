@@ -782,14 +782,15 @@ class SearchEngine:
 
     async def _choose_driver(self, rtype: str, clauses: list[Clause]) -> tuple[int, list[str] | None]:
         """The index of the clause to scan (-1: the type's resources), and, when the probe read all its keys,
-        those keys. The clause with the fewest keys wins; probes grow (8, 64, 256 keys) only while every
-        candidate still has more, so a selective clause beside an unselective one costs a few keys to find.
+        those keys (narrowed by the other complete probes: ``_probe_for_driver``). The clause with the fewest keys
+        wins; probes grow (``_PROBE_LIMITS``: 8, 64, 256, 2,048 keys) only while every candidate still has more, so
+        a selective clause beside an unselective one costs a few keys to find.
         A clause whose parameter was selective in recent searches is probed alone first: when it is again, the
         other probes are not read (one store command less for ``family=…&birthdate=…``).
 
         A clause scanned with a substring filter (``:contains``, ``system|``, ``_text``/``_content``) can cost a
         read of its parameter's every key to probe, however few it holds: it is probed only when no other
-        clause has 256 keys or fewer (``family=…&_content=…`` reads a few ``family`` keys, not the ``_content``
+        clause has 2,048 keys or fewer (``family=…&_content=…`` reads a few ``family`` keys, not the ``_content``
         range), and then once, at 256 (so are several such clauses without another)."""
         candidates = [i for i, c in enumerate(clauses) if c.drives]
         if not candidates:
@@ -814,7 +815,8 @@ class SearchEngine:
     async def _probe_for_driver(self, rtype: str, clauses: list[Clause], candidates: list[int],
                                 limits: tuple[int, ...]) -> tuple[int, list[str] | None, bool]:
         """``_choose_driver`` among ``candidates`` with probes of ``limits`` keys; also whether the chosen clause
-        has at most the last limit of keys."""
+        has at most the last limit of keys. When its probe read every key and others read every key of theirs,
+        the keys returned are only those of resources that every complete probe found: no other can match."""
         async def probe(i: int, limit: int) -> list[str]:
             clause = clauses[i]
             if clause.ids is not None:
