@@ -297,9 +297,11 @@ def _matching(rtype: str, clauses: list[Clause], keys: KeySet, candidates: list[
 
 
 def _held(keys: KeySet, version: Version) -> list[str]:
-    """The ``ix`` items of ``version`` whose entries ``keys`` holds."""
-    prefixes = keys.prefixes
-    return [item for item in version.index if item.startswith(prefixes) and keys.holds(split_item(item)[0])]
+    """The ``ix`` items of ``version`` whose entries ``keys`` holds: those under each of its prefixes, found by
+    bisection (a Patient has ~100 items; testing each was a fifth of a search's time when it read a thousand), an
+    item under two of them twice."""
+    return [item for prefix in keys.prefixes for item in items_starting(version.index, prefix)
+            if keys.holds(split_item(item)[0])]
 
 
 def _passes(clauses: list[Clause], version: Version, *, held: KeySet | None = None) -> bool:
