@@ -7,7 +7,8 @@ selective in recent searches is probed alone, and a wrong guess still gives the 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import pytest
 
@@ -20,6 +21,7 @@ from fhir_server.storage.versions import index_key
 from tests.conftest import CommandCounter, collated, fresh_store
 
 ADMIN = Principal(subject="probe-test", grants=parse_scopes("system/*.cruds"))
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -83,13 +85,18 @@ def _regex_scans(reads: CommandCounter, since: int) -> list[dict[str, Any]]:
     return [f for f in reads.filters[since:] if filtered(f)]
 
 
+async def _fifty_at_a_time(calls: list[Awaitable[T]]) -> list[T]:
+    """Await the writes fifty at a time (their store commands shared), their results in order."""
+    done: list[T] = []
+    for start in range(0, len(calls), 50):
+        done += await asyncio.gather(*calls[start:start + 50])
+    return done
+
+
 async def _create_all(service: ResourceService, resources: list[dict[str, Any]]) -> list[str]:
-    """Create the Patients, fifty at a time (their writes share commands), and return their ids in order."""
-    made: list[str] = []
-    for start in range(0, len(resources), 50):
-        made += [w.version.rid for w in await asyncio.gather(*(
-            service.create(principal=ADMIN, rtype="Patient", resource=r) for r in resources[start:start + 50]))]
-    return made
+    """Create the Patients and return their ids in order."""
+    return [w.version.rid for w in await _fifty_at_a_time([
+        service.create(principal=ADMIN, rtype="Patient", resource=r) for r in resources])]
 
 
 async def test_a_substring_scan_is_probed_only_when_no_other_clause_is_selective(service) -> None:
@@ -145,10 +152,8 @@ async def test_a_clause_found_large_lately_is_not_probed_again(service) -> None:
     assert len(found) == 100 and found <= expected and lacks_scans >= 1  # a page of 100
     again, index_reads, lacks_scans = await search()
     assert again == found and index_reads == probed - 5 and lacks_scans == 0  # the page's own reads only
-    gone = made[:-8]  # now 6 women, 4 of them without a practitioner: gender=female is small
-    for start in range(0, len(gone), 50):
-        await asyncio.gather(*(service.delete(principal=ADMIN, rtype="Patient", rid=rid)
-                               for _, rid in gone[start:start + 50]))
+    # now 6 women, 4 of them without a practitioner: gender=female is small
+    await _fifty_at_a_time([service.delete(principal=ADMIN, rtype="Patient", rid=rid) for _, rid in made[:-8]])
     left = {rid for n, rid in made[-8:] if n % 4 in (2, 3)}
     found, _, _ = await search()
     assert found == left and len(left) == 4

@@ -27,7 +27,7 @@ from pymongo import ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
-from fhir_server.search.keys import split_date
+from fhir_server.search.keys import start_ordered_date
 from fhir_server.storage import Version
 from fhir_server.storage.batching import FindBatcher
 
@@ -38,7 +38,6 @@ UNBOUNDED = 1 << 62  # several values in one resource, or a span that bounds not
 # would start its window that long before its lower bound, reading more of the type than its ``gt``/``ge`` clause
 # alone, which then drives as before (a birth year is 366 days at most)
 WINDOWED_SPAN = 366 * 86_400_000_000
-_ENC = 34  # len("L" + 16 hex + "." + 16 hex)
 
 
 def spans_of(rtype: str, index: Sequence[str]) -> dict[str, int]:
@@ -48,9 +47,9 @@ def spans_of(rtype: str, index: Sequence[str]) -> dict[str, int]:
     out: dict[str, int] = {}
     for item in index:
         param, _, rest = item.partition("|")
-        if "@" in param or len(rest) <= _ENC or rest[0] != "L" or rest[17] != "." or rest[_ENC] != "|":
+        if "@" in param or (bounds := start_ordered_date(rest)) is None:
             continue
-        low, high = split_date(rest[:_ENC])
+        low, high = bounds
         key = f"{rtype}|{param}"
         out[key] = UNBOUNDED if key in out else min(max(high - low, 0), UNBOUNDED)
     return out

@@ -958,8 +958,10 @@ class SearchEngine:
     async def _key_batches(self, rtype: str, keys: KeySet, *, start: str | None, backward: bool,
                            known: list[str] | None, batch: int) -> AsyncGenerator[list[str], None]:
         """The keys of ``keys``' spans from ``start`` on, ``batch`` first, then twice as many each time up to 1,000:
-        scanned, or taken from ``known`` (a page of 50 among 1,100 known keys reads a hundred resources, not all)."""
+        scanned, or taken from ``known`` (a page of 50 among 1,100 known keys reads a hundred resources, not all:
+        known keys are those of a first page's probe, so there is no ``start``)."""
         if known is not None:
+            assert start is None
             ordered, first = sorted(known, reverse=backward), 0
             while first < len(ordered):
                 yield ordered[first:first + batch]

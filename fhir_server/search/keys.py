@@ -97,6 +97,7 @@ __all__ = [
     "sort_value",
     "sortable_int",
     "split_date",
+    "start_ordered_date",
     "string_enc",
     "token_enc",
     "within_code",
@@ -170,6 +171,7 @@ MAX_TEXT = 100  # characters of a string value that are indexed (longer values m
 # conclusion). The entry (hex: twice that) is also in the version's ``ix``: the cost of a long text
 MAX_FULL_TEXT = 4096
 _INT_OFFSET = 2**63
+_DATE_ENC = 34  # len("L" + 16 hex + "." + 16 hex): a date's encoding
 
 
 def hexs(text: str) -> str:
@@ -201,8 +203,16 @@ def decode_number(enc: str) -> float:
 
 def split_date(enc: str) -> tuple[int, int]:
     """``(low, high)`` of a date encoding (either form)."""
-    first, second = int(enc[1:17], 16) - _INT_OFFSET, int(enc[18:34], 16) - _INT_OFFSET
+    first, second = int(enc[1:17], 16) - _INT_OFFSET, int(enc[18:_DATE_ENC], 16) - _INT_OFFSET
     return (first, second) if enc[0] == "L" else (second, first)
+
+
+def start_ordered_date(rest: str) -> tuple[int, int] | None:
+    """``(low, high)`` when ``rest`` (an ``ix`` item after its parameter code: ``enc|vid``) is a date's ``L``
+    entry, the one each date value has (ordered by its start); None for any other entry."""
+    if len(rest) <= _DATE_ENC or rest[0] != "L" or rest[17] != "." or rest[_DATE_ENC] != "|":
+        return None
+    return split_date(rest[:_DATE_ENC])
 
 
 def sort_value(kind: str, enc: str, descending: bool) -> Any:

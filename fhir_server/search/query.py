@@ -410,8 +410,8 @@ def date_window(clauses: list[Clause], longest: int) -> Clause | None:
     ``longest``, the longest span of the parameter's values (date_spans.py). None when the clauses bound no
     window. The clauses themselves stay, to check each candidate, but no longer drive: the window holds no value
     that the ``le``, ``lt`` or ``eq`` clause's scan does not, and with the longest span short (a day, a second) few
-    that the ``ge`` or ``gt`` clause's does not; probing them too cost a search of an hour of results three probes
-    of 8, 64 and 256 keys each."""
+    that the ``ge`` or ``gt`` clause's does not; probing them too cost a search of an hour of results a probe of
+    each at every size (engine ``_PROBE_LIMITS``)."""
     code = clauses[0].dated[0] if clauses[0].dated else ""
     bottom, top = -(1 << 62), 1 << 62
     start, end = bottom, top  # bounds of a matching value's low bound
