@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+import orjson
 from pymongo import AsyncMongoClient
 
 from bench.harness import Result, drive, drive_urls, hub_rss, machine_line, running_hub
@@ -263,6 +264,51 @@ async def main(patients: int, seconds: float, clients: int, store_dir: Path | No
                 rids = sorted({split_index_key(k)[1] for k in keys})
                 return bool(await store.current_many("Patient", rids[::max(1, len(rids) // 20)][:20]))
 
+            # chains and _has whose sub-search has more than search_chain_max (1,000) matches: checked on each
+            # candidate (engine ``Join``); the store rows read what an indexed join would for the same page
+            def reports_of_orders(rng: random.Random) -> str:  # one patient's reports whose order has a status
+                i = pick(rng)
+                status = patient_group(i, observations=0)[1]["status"]  # one of five: ~20,000 orders each
+                return (f"/DiagnosticReport?subject=Patient/{patient_id(i)}"
+                        f"&based-on:ServiceRequest.status={status}")
+
+            async def reports_of_orders_raw(rng: random.Random) -> bool:  # the patient's reports, then their orders
+                i = pick(rng)
+                reports = await raw("DiagnosticReport", *exact("subject", hexs(f"Patient/{patient_id(i)}")))
+                orders = sorted({ref["reference"].split("/", 1)[1] for r in reports
+                                 for ref in orjson.loads(r.body).get("basedOn", [])})
+                return bool(await store.current_many("ServiceRequest", orders))
+
+            def active_at_hospital(rng: random.Random) -> str:  # a hospital's patients with an active order
+                return (f"/Patient?_has:ServiceRequest:subject:status=active"
+                        f"&organization=Organization/h{pick(rng) % 15:02d}&_count=20")
+
+            async def active_at_hospital_raw(rng: random.Random) -> bool:
+                """A hundred of the hospital's Patients (one in five has an active order: a page of 20), the
+                orders' entries naming each, and those orders."""
+                org = hexs(f"Organization/h{pick(rng) % 15:02d}")
+                patients = await raw("Patient", *exact("organization", org), limit=100)
+                ranges = [("ServiceRequest", *exact("subject", hexs(f"Patient/{v.rid}"))) for v in patients]
+                keys = await store.scan_index_many(ranges, limit=8)
+                rids = sorted({split_index_key(k)[1] for found in keys for k in found})
+                return bool(await store.current_many("ServiceRequest", rids))
+
+            def results_by_birth_year(rng: random.Random) -> str:  # a chain alone: ~1,100 Patients, 2,200 results
+                return f"/Observation?subject:Patient.birthdate={birth(pick(rng))[1][:4]}&_count=20"
+
+            async def results_by_birth_year_raw(rng: random.Random) -> bool:
+                """The year's birthdate keys (~1,100), the result entries naming ten of those Patients, and their
+                twenty Observations."""
+                found = date_range(birth(pick(rng))[1][:4], zone)
+                assert found is not None
+                keys = await store.scan_index("Patient", f"birthdate|L{sortable_int(found[0])}",
+                                              f"birthdate|L{sortable_int(found[1])}~", after=None, limit=4096)
+                pids = sorted({split_index_key(k)[1] for k in keys})[:10]
+                ranges = [("Observation", *exact("subject", hexs(f"Patient/{pid}"))) for pid in pids]
+                hits = await store.scan_index_many(ranges, limit=8)
+                rids = sorted({split_index_key(k)[1] for found in hits for k in found})
+                return bool(await store.current_many("Observation", rids))
+
             def results_in_an_hour(rng: random.Random) -> str:  # ~600 Observations of a morning: page 1
                 day = f"2026-{rng.randrange(1, 13):02d}-{rng.randrange(1, 29):02d}"
                 return (f"/Observation?date=ge{day}T09:00:00%2B08:00&date=lt{day}T10:00:00%2B08:00&_count=20")
@@ -363,6 +409,12 @@ async def main(patients: int, seconds: float, clients: int, store_dir: Path | No
                 ("Observation?date=ge…&date=lt… (an hour) page 1", results_in_an_hour, results_in_an_hour_raw),
                 ("Patient?family=<family>&birthdate=<year> (_count=20)", name_and_birth_year,
                  name_and_birth_year_raw),
+                ("chain over 1,000: DiagnosticReport?subject=…&based-on:…status", reports_of_orders,
+                 reports_of_orders_raw),
+                ("_has over 1,000: Patient?_has:…status=active&organization", active_at_hospital,
+                 active_at_hospital_raw),
+                ("chain over 1,000 alone: Observation?subject:Patient.birthdate", results_by_birth_year,
+                 results_by_birth_year_raw),
                 ("Patient?_sort=family page 1 (_count=20)", by_name[1], by_name_raw),
                 ("Patient?_sort=family page 50 (_count=20)", by_name[50], by_name_raw),
                 ("Patient?_sort=family,given page 1 (_count=20)", by_names[1], by_names_raw),

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import pytest
 
 from fhir_server.auth.scopes import Principal, parse_scopes
-from fhir_server.search.engine import SearchPage, TooManyMatches
+from fhir_server.search.engine import SearchPage
 from fhir_server.search.keys import INDEX_LAYOUT, LAYOUT_MARKER, string_enc
 from fhir_server.service.resources import ResourceService
 from fhir_server.settings import Settings
@@ -200,23 +200,73 @@ async def test_a_clause_of_a_few_thousand_keys_is_found_beside_larger_ones(store
         assert sorted(paged) == sorted(expected)
 
 
-async def test_a_chain_or_has_over_its_cap_names_the_search_it_narrows(store_uri: str) -> None:
-    """A chain or ``_has`` whose inner search matches more than ``search_chain_max`` is a 400 that names that
-    inner search (it named none: "The search  matches more than 1000 resources")."""
-    async with fresh_store(store_uri, owner="cap-test") as store:
+async def test_a_chain_or_has_over_its_cap_is_checked_on_each_candidate(store_uri: str) -> None:
+    """A chain or ``_has`` whose sub-search matches more than ``search_chain_max`` (3 here) is checked on each
+    candidate (engine ``Join``) instead of being a 400. A chain alone is driven by its own entries and reads only
+    the resources that name a match (their targets first); beside a selective clause, that clause drives. A
+    ``_has`` reads a few of a candidate's referring resources first and more only when those all fail (here the
+    match is the twelfth); a deleted target matches no longer; pages of 2 give every match once."""
+    reads = CommandCounter("resources")
+    async with fresh_store(store_uri, owner="cap-test", listeners=(reads,)) as store:
         await store.db["jobs"].insert_one({"_id": LAYOUT_MARKER, "layout": INDEX_LAYOUT})
         service = ResourceService(store=store, settings=Settings(search_chain_max=3))
-        for n in range(4):
-            made = await service.create(principal=ADMIN, rtype="Patient", resource=_patient(n, "夏侯", "1970-01-01"))
-            await service.create(principal=ADMIN, rtype="Observation", resource={
-                "resourceType": "Observation", "status": "final", "code": {"text": "PSA"},
-                "subject": {"reference": made.version.key}})
-        for rtype, pairs, named in (
-                ("Patient", [("_has:Observation:subject:code:text", "PSA")], "Observation?code:text=PSA"),
-                ("Observation", [("subject:Patient.family", "夏侯")], "Patient?family=夏侯")):
-            with pytest.raises(TooManyMatches) as refused:
-                await service.search(principal=ADMIN, rtype=rtype, pairs=pairs, count=10, cursor=None)
-            assert f"The search {named} matches more than 3 resources" in refused.value.message
+        xiahou: list[str] = []
+        others: list[str] = []
+        psa: list[tuple[str, str]] = []  # (Patient, its PSA Observation)
+
+        def observation(subject: str, code: str, status: str = "final") -> dict[str, Any]:
+            return {"resourceType": "Observation", "status": status, "code": {"text": code},
+                    "subject": {"reference": subject}}
+
+        for n in range(10):  # five 夏侯, five 欧阳; a PSA for each odd one, CEA for the others
+            family = "夏侯" if n < 5 else "欧阳"
+            made = await service.create(principal=ADMIN, rtype="Patient", resource=_patient(n, family, "1970-01-01"))
+            (xiahou if n < 5 else others).append(made.version.rid)
+            for _ in range(12 if n == 0 else 1):
+                code = "PSA" if n % 2 else "CEA"
+                obs = await service.create(principal=ADMIN, rtype="Observation", resource=observation(
+                    made.version.key, code, "amended" if n == 3 else "final"))
+                if code == "PSA":
+                    psa.append((made.version.rid, obs.version.rid))
+        # the first Patient has twelve Observations: the last in the index's order (by id) becomes a PSA
+        first = f"Patient/{xiahou[0]}"
+        _, page = await service.search(principal=ADMIN, rtype="Observation", pairs=[("subject", first)], count=20,
+                                       cursor=None)
+        last = max(v.rid for v in page.matches)
+        await service.update(principal=ADMIN, rtype="Observation", rid=last, resource={
+            **observation(first, "PSA"), "id": last})
+        psa.append((xiahou[0], last))
+
+        async def every(rtype: str, pairs: list[tuple[str, str]]) -> list[str]:
+            found, cursor = [], None
+            while True:
+                _, page = await service.search(principal=ADMIN, rtype=rtype, pairs=pairs, count=2, cursor=cursor)
+                found += [v.rid for v in page.matches]
+                if (cursor := page.next_cursor) is None:
+                    return found
+
+        def observations_read() -> int:
+            return sum(str(f).count("'Observation/") for f in reads.filters)
+
+        on_xiahou = await every("Observation", [("subject:Patient.family", "夏侯")])
+        assert len(on_xiahou) == 16 and len(set(on_xiahou)) == 16  # 12 + 4, in pages of 2
+        reads.filters.clear()
+        on_xiahou_psa = await every("Observation", [("subject:Patient.family", "夏侯"), ("code:text", "PSA")])
+        assert sorted(on_xiahou_psa) == sorted(o for p, o in psa if p in xiahou)
+        reads.filters.clear()
+        _, page = await service.search(principal=ADMIN, rtype="Observation", pairs=[
+            ("subject:Patient.family", "欧阳")], count=10, cursor=None)
+        assert len(page.matches) == 5 and observations_read() == 5  # not the other 16: their targets fail
+        psa_patients = sorted({p for p, _ in psa})
+        assert sorted(await every("Patient", [("_has:Observation:subject:code:text", "PSA")])) == psa_patients
+        assert sorted(await every("Patient", [("_has:Observation:subject:code:text", "PSA"), ("family", "夏侯")])) \
+            == sorted(p for p in psa_patients if p in xiahou)
+        assert await every("Patient", [("_has:Observation:subject:status", "final"), ("family", "欧阳"),
+                                       ("_has:Observation:subject:code:text", "PSA")]) == sorted(
+            p for p in psa_patients if p in others)
+        await service.delete(principal=ADMIN, rtype="Patient", rid=xiahou[1])
+        assert sorted(await every("Observation", [("subject:Patient.family", "夏侯"), ("code:text", "PSA")])) == \
+            sorted(o for p, o in psa if p in xiahou and p != xiahou[1])
 
 
 async def test_a_counted_search_over_several_types_resolves_its_chain_once_per_type(service) -> None:

@@ -572,35 +572,81 @@ def test_two_clauses_of_one_date_parameter_against_brute_force(search_hub: Hub,
     assert checked > 100, checked
 
 
-def test_chains_and_has_over_every_kind_of_case(search_hub: Hub, stored: dict[str, list[dict[str, Any]]]) -> None:
+@pytest.fixture(scope="module")
+def joining_hub(store_uri: str, tmp_path_factory: pytest.TempPathFactory,
+                stored: dict[str, list[dict[str, Any]]]) -> Iterator[Hub]:
+    """A second hub on the same data that resolves a chain's or ``_has``'s sub-search first only when it has at
+    most 2 matches (``search_chain_max``): a larger one is checked on each candidate (engine ``Join``). It sorts
+    more than 5 matches in index order (``search_sort_in_memory``), so sorted searches read through those walks."""
+    running = start_hub(store_uri, tmp_path_factory.mktemp("joining-hub"), database="search_semantics",
+                        extra={"MEDUNION_SEARCH_CHAIN_MAX": "2", "MEDUNION_SEARCH_SORT_IN_MEMORY": "5",
+                               "MEDUNION_INSTANCE_ID": "joining"})
+    yield running
+    stop_hub(running)
+
+
+@pytest.mark.parametrize("hub_name", ["search_hub", "joining_hub"])
+def test_chains_and_has_over_every_kind_of_case(hub_name: str, request: pytest.FixtureRequest,
+                                                stored: dict[str, list[dict[str, Any]]]) -> None:
     """``subject:Patient.<case>`` must give the resources whose subject is a Patient of the case, and
-    ``Patient?_has:<type>:subject:<case>`` the Patients that the case's resources name as subject."""
-    base = search_hub.base
+    ``Patient?_has:<type>:subject:<case>`` the Patients that the case's resources name as subject: alone, beside
+    a case of the type searched (which may drive instead) and sorted (in the brute-force order). On
+    ``joining_hub`` every sub-search of more than two matches is checked on each candidate, in pages of 7: alone,
+    the chain's own entries drive it (``_has``: the type's resources), and sorted, the index-order walks."""
+    hub: Hub = request.getfixturevalue(hub_name)
+    base = hub.base
+    count = 100 if hub_name == "search_hub" else 7
     cases = _cases_by_type(stored, 20261127, base)
     rng = random.Random(20261127)
-    patients = {r["id"] for r in stored["Patient"]}
+    patients = {r["id"]: r for r in stored["Patient"]}
+    dated = {"Observation": ("date", "date"), "DiagnosticReport": ("date", "date"),
+             "ServiceRequest": ("authored", "date")}
 
     def subjects(r: dict[str, Any]) -> set[str]:
         return set(references(r, "subject", base))
 
     failures: list[str] = []
     checked = 0
-    with search_hub.client() as api:
+    with hub.client() as api:
+        def check(rtype: str, params: list[tuple[str, str]], expected: set[str],
+                  universe: dict[str, dict[str, Any]], sort: tuple[str, str] | None = None) -> None:
+            nonlocal failures, checked
+            text = "&".join(f"{k}={v}" for k, v in params)
+            if sort is None:
+                failures += _differences(f"{rtype}?{text}", search_all(api, base, rtype, params, count=count),
+                                         sorted(expected))
+            else:
+                got = search_all(api, base, rtype, [*params, ("_sort", f"-{sort[0]}")], count=count)
+                wanted = _sorted_by({i: universe[i] for i in expected}, [(sort[0], sort[1], True)], base)
+                keys = [_sort_key(universe[i], sort[0], sort[1], True, base) if i in universe else i for i in got]
+                # (ties in any order: walked down the index, they come by id descending; sorted in memory, ascending)
+                if sorted(got) != sorted(wanted) or keys != [_sort_key(universe[i], sort[0], sort[1], True, base)
+                                                             for i in wanted]:
+                    failures.append(f"{rtype}?{text}&_sort=-{sort[0]}: {got[:5]} for {wanted[:5]}")
+            checked += 1
+
         for source in ("Observation", "DiagnosticReport", "ServiceRequest"):
-            for name, value, matched in rng.sample(cases["Patient"], 25):
+            universe = {r["id"]: r for r in stored[source]}
+            for n, (name, value, matched) in enumerate(rng.sample(cases["Patient"], 25)):
                 wanted = {f"Patient/{i}" for i in matched}
-                expected = sorted(r["id"] for r in stored[source] if subjects(r) & wanted)
-                got = search_all(api, base, source, [(f"subject:Patient.{name}", value)])
-                failures += _differences(f"{source}?subject:Patient.{name}={value}", got, expected)
-                checked += 1
-            for name, value, matched in rng.sample(cases[source], min(25, len(cases[source]))):
+                expected = {i for i, r in universe.items() if subjects(r) & wanted}
+                chain = [(f"subject:Patient.{name}", value)]
+                check(source, chain, expected, universe)
+                other, other_value, others = rng.choice(cases[source])
+                check(source, [*chain, (other, other_value)], expected & others, universe)
+                if n % 5 == 0:
+                    check(source, chain, expected, universe, sort=dated[source])
+            for n, (name, value, matched) in enumerate(rng.sample(cases[source], min(25, len(cases[source])))):
                 named = {ref for r in stored[source] if r["id"] in matched for ref in subjects(r)}
-                expected = sorted(p for p in patients if f"Patient/{p}" in named)
-                got = search_all(api, base, "Patient", [(f"_has:{source}:subject:{name}", value)])
-                failures += _differences(f"Patient?_has:{source}:subject:{name}={value}", got, expected)
-                checked += 1
+                expected = {p for p in patients if f"Patient/{p}" in named}
+                has = [(f"_has:{source}:subject:{name}", value)]
+                check("Patient", has, expected, patients)
+                other, other_value, others = rng.choice(cases["Patient"])
+                check("Patient", [*has, (other, other_value)], expected & others, patients)
+                if n % 5 == 0:
+                    check("Patient", has, expected, patients, sort=("birthdate", "date"))
     assert not failures, f"{len(failures)} of {checked} cases differ:\n" + "\n".join(failures[:40])
-    assert checked >= 140, checked
+    assert checked >= 320, checked
 
 
 def test_concurrent_searches_get_their_own_results(search_hub: Hub, stored: dict[str, list[dict[str, Any]]]) -> None:

@@ -43,7 +43,17 @@ from fhir_server.search.keys import (
     within_layout,
     within_value,
 )
-from fhir_server.search.query import Clause, KeyRange, KeySet, SearchQuery, Span, date_window, exact_entry
+from fhir_server.search.query import (
+    Clause,
+    Join,
+    KeyRange,
+    KeySet,
+    SearchQuery,
+    Span,
+    date_window,
+    exact_entry,
+    joined_chain,
+)
 from fhir_server.search.registry import generation, indexed_as, parameters_for
 from fhir_server.settings import Settings
 from fhir_server.storage import ResourceStore, Version
@@ -270,6 +280,8 @@ def _probed_ids(clause: Clause, probed: list[str]) -> frozenset[str]:
     if clause.ids is not None:
         return clause.ids
     assert clause.keys is not None
+    if clause.join is not None:  # (its verdicts are not settled for a probe: every resource its keys name)
+        return frozenset(split_index_key(key)[1] for key in probed)
     return frozenset(rid for _, rid in _candidate_ids(clause.keys, probed))
 
 
@@ -310,7 +322,11 @@ def _passes(clauses: list[Clause], version: Version, *, held: KeySet | None = No
     if version.body is None:
         return False
     body: dict[str, Any] | None = None
+    joins: list[Clause] = []
     for clause in clauses:
+        if clause.join is not None:  # checked after the others: the engine settles verdicts for those that pass
+            joins.append(clause)
+            continue
         ok = True
         if clause.ids is not None:
             ok = version.rid in clause.ids
@@ -321,6 +337,16 @@ def _passes(clauses: list[Clause], version: Version, *, held: KeySet | None = No
                 body = orjson.loads(version.body)
             ok = clause.check(body)
         if ok == clause.negate:
+            return False
+    for clause in joins:
+        join = clause.join
+        assert join is not None
+        if join.reverse:
+            ok = join.verdict(version.rid)
+        else:  # a chain: its keys hold an entry of the version only when the entry's target matches
+            assert clause.keys is not None
+            ok = clause.keys is held or bool(_held(clause.keys, version))
+        if not ok:
             return False
     return True
 
@@ -651,7 +677,7 @@ class SearchEngine:
             drivers = [k for k, c in enumerate(these) if c.drives]
             held = these[drivers[0]].keys if len(drivers) == 1 else None
             spans = held.spans if held is not None else []
-            if held is not None and not any(span.containing for span in spans):
+            if held is not None and not any(span.containing for span in spans) and all(c.join is None for c in these):
                 plain.append((n, drivers[0], held, spans))
         ranges = [(queries[n].rtype, span.low, span.high) for n, _, _, spans in plain for span in spans]
         scanned = iter(await self.store.scan_index_many(ranges, limit=_HEAD + 1))
@@ -711,7 +737,8 @@ class SearchEngine:
     async def _estimate(self, query: SearchQuery, clauses: list[Clause]) -> int | None:
         """``_total=estimate``: with one indexed clause, the resources its entries name (orphans included, up to
         10,000); otherwise the exact count when it is under 1,000; None beyond."""
-        if len(clauses) == 1 and clauses[0].keys is not None and not clauses[0].negate and not clauses[0].check:
+        if (len(clauses) == 1 and clauses[0].keys is not None and not clauses[0].negate and not clauses[0].check
+                and clauses[0].join is None):
             rids: set[str] = set()
             held = clauses[0].keys
             for low, high, containing in held.spans:
@@ -737,19 +764,124 @@ class SearchEngine:
             while clause.fallback is not None and await self._layout() < clause.fallback_below:
                 clause = clause.fallback  # (phonetic: the string search, which falls back below layout 8)
             if clause.chain is not None:
-                refs: list[str] = []
+                inner = {sub.rtype: await self._resolve(sub) for sub in clause.chain.queries}
+                refs: list[str] | None = []
                 for sub in clause.chain.queries:
-                    found = await self.all_matches(sub, cap=self.settings.search_chain_max)
-                    refs += [f"{sub.rtype}/{v.rid}" for v in found]
+                    found = await self._sub_matches(sub, inner[sub.rtype]) if refs is not None else None
+                    refs = None if found is None or refs is None else refs + [f"{sub.rtype}/{v.rid}" for v in found]
                 p = clause.chain.param
-                clause = replace(clause, chain=None, keys=KeySet(tuple(exact_entry(f"{p}|{hexs(r)}") for r in refs)))
-            elif clause.has is not None:
-                found = await self.all_matches(clause.has.query, cap=self.settings.search_chain_max)
-                ids = {ref.split("/", 1)[1] for v in found for ref in _references(v, clause.has.param)
-                       if ref.startswith(f"{query.rtype}/")}
-                clause = replace(clause, has=None, ids=frozenset(ids))
+                if refs is None:
+                    clause = joined_chain(clause, Join(p, inner, reverse=False))
+                else:
+                    clause = replace(clause, chain=None,
+                                     keys=KeySet(tuple(exact_entry(f"{p}|{hexs(r)}") for r in refs)))
+            elif (has := clause.has) is not None:
+                inner = {has.query.rtype: await self._resolve(has.query)}
+                found = await self._sub_matches(has.query, inner[has.query.rtype])
+                if found is None:
+                    clause = replace(clause, has=None, join=Join(has.param, inner, reverse=True))
+                else:
+                    ids = {ref.split("/", 1)[1] for v in found for ref in _references(v, has.param)
+                           if ref.startswith(f"{query.rtype}/")}
+                    clause = replace(clause, has=None, ids=frozenset(ids))
             out.append(clause)
         return await self._with_windows(query.rtype, out)
+
+    async def _sub_matches(self, query: SearchQuery, clauses: list[Clause]) -> list[Version] | None:
+        """Every match of a chain's or ``_has``'s sub-search (``clauses``: resolved), or None when its clause that
+        drives has more than ``search_chain_max`` keys (or ids), or none drives: then the clause is a ``Join``,
+        checked on each candidate. Decided by the probes of its keys, not by reading its resources (which cost
+        16 clients a second when each read a thousand at once), so a sub-search of ``search_chain_max`` matches
+        or fewer may still be joined when it has more entries than matches."""
+        cap = self.settings.search_chain_max
+        drivers = [i for i, c in enumerate(clauses) if c.drives]
+        if not drivers:
+            return None
+        if len(drivers) == 1 and clauses[drivers[0]].ids is None:
+            driver, known, _ = await self._probe_for_driver(query.rtype, clauses, drivers, (cap,))
+        else:
+            driver, known = await self._choose_driver(query.rtype, clauses)
+        ids = clauses[driver].ids
+        if (len(ids) if ids is not None else len(known) if known is not None else cap + 1) > cap:
+            return None
+        return [v async for _, v in self._walk(query.rtype, clauses, driver, start=None, backward=False, known=known,
+                                               batch=1000)]
+
+    async def _read(self, rtype: str, clauses: list[Clause], rids: list[str], *,
+                    driver: Clause | None = None) -> dict[str, Version]:
+        """The current versions of ``rids``, with the verdicts of ``clauses``' joins settled for them."""
+        versions = await self.store.current_many(rtype, rids)
+        await self._settle(rtype, clauses, list(versions.values()), driver=driver)
+        return versions
+
+    async def _settle(self, rtype: str, clauses: list[Clause], versions: list[Version], *,
+                      driver: Clause | None = None) -> None:
+        """Settle the verdicts of ``clauses``' joins (``Join``) that ``versions`` need before they are checked:
+        for those that pass every other clause (each join in turn narrows them). A chain that drives (``driver``)
+        is settled for every version: its entries that hold decide where a resource is met (``_matching``)."""
+        joins = [c for c in clauses if c.join is not None]
+        if not joins:
+            return
+        read = [v for v in versions if v.body is not None]
+        others = [c for c in clauses if c.join is None]
+        alive = [v for v in read if _passes(others, v)]
+        for clause in joins:
+            join = clause.join
+            assert join is not None
+            these = read if clause is driver else alive
+            if join.reverse:
+                await self._settle_has(rtype, join, {v.rid for v in these})
+            else:
+                await self._settle_chain(join, {ref for v in these for ref in _references(v, join.param)
+                                                if ref.partition("/")[0] in join.inner})
+            alive = [v for v in alive if _passes([clause], v)]
+
+    async def _settle_chain(self, join: Join, refs: set[str]) -> None:
+        """Whether each target of ``refs`` (``Type/id``) matches its type's sub-search: read and checked."""
+        by_type: dict[str, list[str]] = {}
+        for ref in sorted(refs - join.verdicts.keys()):
+            target, _, rid = ref.partition("/")
+            by_type.setdefault(target, []).append(rid)
+        for target, rids in by_type.items():
+            clauses = join.inner.get(target)
+            for at in range(0, len(rids), 1000):
+                chunk = rids[at:at + 1000]
+                versions = await self._read(target, clauses, chunk) if clauses is not None else {}
+                for rid in chunk:
+                    version = versions.get(rid)
+                    join.verdicts[f"{target}/{rid}"] = (clauses is not None and version is not None
+                                                        and _passes(clauses, version))
+
+    async def _settle_has(self, rtype: str, join: Join, rids: set[str]) -> None:
+        """Whether a match of the ``_has`` sub-search refers to each of ``rids`` (of ``rtype``) by ``join.param``:
+        the sub-search type's entries naming each are scanned (a few first, in commands shared by all of them) and
+        their resources read and checked; more entries are read only for those whose first all failed."""
+        ((source, clauses),) = join.inner.items()
+        wanted = sorted(rids - join.verdicts.keys())
+        entries = {rid: exact_entry(f"{join.param}|{hexs(f'{rtype}/{rid}')}") for rid in wanted}
+        pending: dict[str, str | None] = dict.fromkeys(wanted)  # each id's position in its entries
+        limit = 8
+        while pending:
+            if all(position is None for position in pending.values()):
+                scanned = await self.store.scan_index_many(
+                    [(source, entries[rid].lo, entries[rid].hi) for rid in pending], limit=limit)
+            else:
+                scanned = await asyncio.gather(*(self.store.scan_index(
+                    source, entries[rid].lo, entries[rid].hi, after=position, limit=limit)
+                    for rid, position in pending.items()))
+            found = dict(zip(pending, scanned, strict=True))
+            versions = await self._read(source, clauses, sorted({split_index_key(key)[1]
+                                                                 for keys in found.values() for key in keys}))
+            for rid, keys in found.items():
+                referring = (versions.get(split_index_key(key)[1]) for key in keys)
+                # (the version must hold the entry still: an orphan's resource may no longer refer to it)
+                if any(v is not None and items_starting(v.index, entries[rid].lo) and _passes(clauses, v)
+                       for v in referring):
+                    join.verdicts[rid] = True
+                elif len(keys) < limit:
+                    join.verdicts[rid] = False
+            pending = {rid: found[rid][-1] for rid in pending if rid not in join.verdicts}
+            limit = min(limit * 8, 1000)
 
     async def _with_windows(self, rtype: str, clauses: list[Clause]) -> list[Clause]:
         """``clauses`` with a date window (query.py ``date_window``) before the first clause of each date parameter
@@ -916,6 +1048,7 @@ class SearchEngine:
         """The type's resources that pass ``clauses``, in id order; ``spend`` is told of each one that does not."""
         while True:
             versions = await self.store.scan_type(rtype, after=start, limit=batch, backward=backward)
+            await self._settle(rtype, clauses, versions)
             for version in versions:
                 if _passes(clauses, version):
                     yield version.rid, version
@@ -935,7 +1068,7 @@ class SearchEngine:
             chunk = ids[first:first + batch]
             first += batch
             batch = min(batch * 2, 500)
-            found = await self.store.current_many(rtype, chunk)
+            found = await self._read(rtype, clauses, chunk)
             for rid in chunk:
                 version = found.get(rid)
                 if version is not None and _passes(clauses, version):
@@ -987,8 +1120,13 @@ class SearchEngine:
                           found: list[str]) -> list[tuple[str, Version]]:
         """The matches among index keys ``found`` (in their order): each key must be its resource's smallest in
         the driver's ranges (a resource is emitted once) and the resource must pass every clause."""
+        driver = next((c for c in clauses if c.keys is keys and c.join is not None), None)
+        if driver is not None:  # a chain that drives: its targets first, then the resources that name a match
+            join = driver.join
+            assert join is not None
+            await self._settle_chain(join, {join.target(split_index_key(key)[0]) for key in found})
         candidates = _candidate_ids(keys, found)
-        versions = await self.store.current_many(rtype, sorted({rid for _, rid in candidates}))
+        versions = await self._read(rtype, clauses, sorted({rid for _, rid in candidates}), driver=driver)
         return _matching(rtype, clauses, keys, candidates, versions)
 
     # ---- sorting ------------------------------------------------------------------------------------------
@@ -1200,7 +1338,7 @@ class SearchEngine:
         async def walked() -> AsyncGenerator[tuple[str, str, Version], None]:
             if anchor is not None and kept is None:  # the anchor itself, then what lies beyond it
                 rid = anchor if phase == "t" else split_index_key(anchor)[1]
-                version = (await self.store.current_many(order.rtype, [rid])).get(rid)
+                version = (await self._read(order.rtype, clauses, [rid])).get(rid)
                 if version is not None and _stands_at(order, phase, anchor, version) and _passes(clauses, version):
                     yield phase, anchor, version
             async with aclosing(self._in_order(order, clauses, phase, anchor, back=back, batch=batch,
@@ -1373,7 +1511,7 @@ class SearchEngine:
             at = 0
             while at < len(rids):
                 chunk, at = rids[at:at + size], at + size
-                versions = await self.store.current_many(order.rtype, sorted(chunk))
+                versions = await self._read(order.rtype, clauses, sorted(chunk))
                 found = []
                 for rid in chunk:
                     version = versions.get(rid)
@@ -1460,7 +1598,7 @@ class SearchEngine:
 
         async def without_value() -> AsyncGenerator[_Placed, None]:
             candidates = await self._without_second(order, second, members)
-            versions = await self.store.current_many(order.rtype, sorted(candidates - met))
+            versions = await self._read(order.rtype, clauses, sorted(candidates - met))
             run = [(_sort_values(query, v), v) for v in versions.values() if second.canonical(v) is None and member(v)]
             if len(run) > cap:
                 raise _too_many_sharing(cap, " and have none of the second")
@@ -1519,7 +1657,7 @@ class SearchEngine:
 
         async def keep() -> None:
             try:
-                versions = await self.store.current_many(order.rtype, sorted(members.rids or ()))
+                versions = await self._read(order.rtype, clauses, sorted(members.rids or ()))
                 found = []
                 for version in versions.values():
                     key = _in_group(order, members.value, version)
@@ -1556,7 +1694,7 @@ class SearchEngine:
             items = items[bisect.bisect_right(items, order_of((seen, "")), key=order_of):]
         for at in range(0, len(items), batch):
             chunk = items[at:at + batch]
-            versions = await self.store.current_many(order.rtype, sorted({rid for _, rid in chunk}))
+            versions = await self._read(order.rtype, clauses, sorted({rid for _, rid in chunk}))
             for values, rid in chunk:
                 version = versions.get(rid)
                 if version is not None and _passes(clauses, version) and _sort_values(query, version) == values:
@@ -1609,7 +1747,7 @@ class SearchEngine:
             async with aclosing(_chunks(pairs, batch)) as chunks:  # a page's worth of pairs, then doubling
                 async for chunk in chunks:
                     keyed = [(key, split_index_key(key)[1]) for _, key in chunk]
-                    versions = await self.store.current_many(rtype, sorted({rid for _, rid in keyed}))
+                    versions = await self._read(rtype, clauses, sorted({rid for _, rid in keyed}))
                     for key, rid in keyed:
                         found = versions.get(rid)
                         if found is not None and order.canonical(found) == key and _passes(clauses, found):

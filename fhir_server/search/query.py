@@ -159,6 +159,42 @@ class Has:
 
 
 @dataclass(slots=True)
+class Join:
+    """A chain or ``_has`` whose sub-search matches more than ``search_chain_max``: not resolved into keys or ids
+    before the scan but checked on each candidate, by ``verdicts`` that the engine settles (``_settle``) for a
+    batch of candidates before it checks them: by reference (``Type/id``) for a chain, whether that target matches
+    its type's sub-search; by the candidate's id for ``_has``, whether a match of the sub-search refers to it
+    through ``param``. ``inner``: each sub-search's type and its clauses, resolved (they may hold joins too)."""
+
+    param: str
+    inner: dict[str, list[Clause]]
+    reverse: bool  # ``_has``
+    verdicts: dict[str, bool] = field(default_factory=dict)
+
+    def verdict(self, key: str) -> bool:
+        found = self.verdicts.get(key)
+        if found is None:
+            raise AssertionError("a joined clause checked before its verdicts were settled")
+        return found
+
+    def target(self, entry: str) -> str:
+        """The reference (``Type/id``) of a chain's entry of its parameter (``param|hex(Type/id)|``)."""
+        return decode_hex(entry[len(self.param) + 1:-1])
+
+    def holds_entry(self, entry: str) -> bool:
+        """Whether the target of a chain's entry matches."""
+        return self.verdict(self.target(entry))
+
+
+def joined_chain(clause: Clause, join: Join) -> Clause:
+    """``clause``, a chain, checked on each candidate by ``join`` (``Join``): it scans the entries of the chain's
+    parameter that refer to the sub-searches' types, holding those whose target matches. Its keys are those the
+    chain resolved first would have (the matching targets' entries), so a page cursor holds in either form."""
+    ranges = tuple(_starting(f"{join.param}|{hexs(target + '/')}", join.holds_entry) for target in join.inner)
+    return replace(clause, chain=None, keys=KeySet(ranges), join=join)
+
+
+@dataclass(slots=True)
 class Clause:
     """One search parameter with its values (OR). ``test`` re-checks a candidate; ``keys`` can drive a scan."""
 
@@ -183,6 +219,7 @@ class Clause:
     # low and high bound in µs); two or more of one parameter make a window (``date_window``)
     dated: tuple[str, str, int, int] | None = None
     windowed: bool = False  # a window of its parameter drives instead (engine ``_resolve``): it only checks
+    join: Join | None = None  # a chain or ``_has`` checked on each candidate (``Join``)
 
     @property
     def drives(self) -> bool:
