@@ -53,6 +53,7 @@ from fhir_server.search.query import (
     date_window,
     exact_entry,
     joined_chain,
+    reference_entries,
 )
 from fhir_server.search.registry import generation, indexed_as, parameters_for
 from fhir_server.settings import Settings
@@ -764,48 +765,59 @@ class SearchEngine:
             while clause.fallback is not None and await self._layout() < clause.fallback_below:
                 clause = clause.fallback  # (phonetic: the string search, which falls back below layout 8)
             if clause.chain is not None:
-                inner = {sub.rtype: await self._resolve(sub) for sub in clause.chain.queries}
-                refs: list[str] | None = []
-                for sub in clause.chain.queries:
-                    found = await self._sub_matches(sub, inner[sub.rtype]) if refs is not None else None
-                    refs = None if found is None or refs is None else refs + [f"{sub.rtype}/{v.rid}" for v in found]
+                queries = clause.chain.queries
+                inner = {sub.rtype: await self._resolve(sub) for sub in queries}
+                results = [await self._sub_matches(sub, inner[sub.rtype]) for sub in queries]
                 p = clause.chain.param
-                if refs is None:
-                    clause = joined_chain(clause, Join(p, inner, reverse=False))
+                if all(found is not None for found, _ in results):
+                    clause = replace(clause, chain=None, keys=reference_entries(
+                        p, [f"{sub.rtype}/{v.rid}" for sub, (found, _) in zip(queries, results, strict=True)
+                            for v in found or ()]))
                 else:
-                    clause = replace(clause, chain=None,
-                                     keys=KeySet(tuple(exact_entry(f"{p}|{hexs(r)}") for r in refs)))
+                    join = Join(p, inner, reverse=False)
+                    among: list[str] | None = []
+                    for sub, (found, known) in zip(queries, results, strict=True):
+                        for v in found or ():
+                            join.verdicts[f"{sub.rtype}/{v.rid}"] = True
+                        rids = [v.rid for v in found] if found is not None else known
+                        among = None if among is None or rids is None else among + [f"{sub.rtype}/{r}" for r in rids]
+                    clause = joined_chain(clause, join, among)
             elif (has := clause.has) is not None:
                 inner = {has.query.rtype: await self._resolve(has.query)}
-                found = await self._sub_matches(has.query, inner[has.query.rtype])
+                found, _ = await self._sub_matches(has.query, inner[has.query.rtype])
                 if found is None:
                     clause = replace(clause, has=None, join=Join(has.param, inner, reverse=True))
                 else:
-                    ids = {ref.split("/", 1)[1] for v in found for ref in _references(v, has.param)
-                           if ref.startswith(f"{query.rtype}/")}
-                    clause = replace(clause, has=None, ids=frozenset(ids))
+                    clause = replace(clause, has=None, ids=frozenset(
+                        ref.split("/", 1)[1] for v in found for ref in _references(v, has.param)
+                        if ref.startswith(f"{query.rtype}/")))
             out.append(clause)
         return await self._with_windows(query.rtype, out)
 
-    async def _sub_matches(self, query: SearchQuery, clauses: list[Clause]) -> list[Version] | None:
-        """Every match of a chain's or ``_has``'s sub-search (``clauses``: resolved), or None when its clause that
-        drives has more than ``search_chain_max`` keys (or ids), or none drives: then the clause is a ``Join``,
-        checked on each candidate. Decided by the probes of its keys, not by reading its resources (which cost
-        16 clients a second when each read a thousand at once), so a sub-search of ``search_chain_max`` matches
-        or fewer may still be joined when it has more entries than matches."""
+    async def _sub_matches(self, query: SearchQuery,
+                           clauses: list[Clause]) -> tuple[list[Version] | None, list[str] | None]:
+        """Every match of a chain's or ``_has``'s sub-search (``clauses``: resolved); or, when its clause that
+        drives has more than ``search_chain_max`` keys (or ids), None (the clause is then a ``Join``, checked on
+        each candidate) and, when the probe read every key of it (up to 2,048), the ids every match is among.
+        Decided by the probes of its keys, not by reading its resources (which cost 16 clients a second when each
+        read a thousand at once), so a sub-search of ``search_chain_max`` matches or fewer may still be joined when
+        it has more entries than matches."""
         cap = self.settings.search_chain_max
         drivers = [i for i, c in enumerate(clauses) if c.drives]
         if not drivers:
-            return None
+            return None, None
         if len(drivers) == 1 and clauses[drivers[0]].ids is None:
-            driver, known, _ = await self._probe_for_driver(query.rtype, clauses, drivers, (cap,))
+            driver, known, _ = await self._probe_for_driver(query.rtype, clauses, drivers,
+                                                            (max(cap, _PROBE_LIMITS[-1]),))
         else:
             driver, known = await self._choose_driver(query.rtype, clauses)
         ids = clauses[driver].ids
-        if (len(ids) if ids is not None else len(known) if known is not None else cap + 1) > cap:
-            return None
+        among = sorted(ids) if ids is not None else None if known is None else \
+            sorted({split_index_key(key)[1] for key in known})
+        if among is None or len(known if known is not None else among) > cap:
+            return None, among
         return [v async for _, v in self._walk(query.rtype, clauses, driver, start=None, backward=False, known=known,
-                                               batch=1000)]
+                                               batch=1000)], None
 
     async def _read(self, rtype: str, clauses: list[Clause], rids: list[str], *,
                     driver: Clause | None = None) -> dict[str, Version]:
@@ -831,9 +843,11 @@ class SearchEngine:
             these = read if clause is driver else alive
             if join.reverse:
                 await self._settle_has(rtype, join, {v.rid for v in these})
-            else:
+            else:  # (the targets it may hold: of the sub-searches' types; among their known ids, if known)
+                among = clause.keys.exact if clause.keys is not None else None
                 await self._settle_chain(join, {ref for v in these for ref in _references(v, join.param)
-                                                if ref.partition("/")[0] in join.inner})
+                                                if ref.partition("/")[0] in join.inner
+                                                and (among is None or f"{join.param}|{hexs(ref)}|" in among)})
             alive = [v for v in alive if _passes([clause], v)]
 
     async def _settle_chain(self, join: Join, refs: set[str]) -> None:
@@ -960,12 +974,19 @@ class SearchEngine:
             if self.selectivity.known_larger(rtype, spans, limit):
                 return [""] * (limit + 1)  # more than ``limit``, as a probe found lately: never taken for keys
             found: list[str] = []
-            for low, high, containing in spans:
-                found += await self.store.scan_index(rtype, low, high, after=None, limit=limit + 1 - len(found),
-                                                     containing=containing)
-                if len(found) > limit:
-                    self.selectivity.learn_larger(rtype, spans, limit)
-                    break
+            if clause.keys.exact is not None:  # (a chain's targets, maybe thousands: ranges read together)
+                async for keys in self._exact_batches(rtype, clause.keys, limit + 1, start=None):
+                    found += keys
+                    if len(found) > limit:
+                        break
+            else:
+                for low, high, containing in spans:
+                    found += await self.store.scan_index(rtype, low, high, after=None, limit=limit + 1 - len(found),
+                                                         containing=containing)
+                    if len(found) > limit:
+                        break
+            if len(found) > limit:
+                self.selectivity.learn_larger(rtype, spans, limit)
             return found
 
         read: dict[int, list[str]] = {}  # the probes read at the current limit, by clause
@@ -1101,6 +1122,10 @@ class SearchEngine:
                 first += batch
                 batch = min(batch * 2, 1000)
             return
+        if keys.exact is not None and not backward:
+            async for found in self._exact_batches(rtype, keys, batch, start=start):
+                yield found
+            return
         for low, high, containing in reversed(keys.spans) if backward else keys.spans:
             if start is not None and (start <= f"{rtype}|{low}" if backward else start >= f"{rtype}|{high}"):
                 continue
@@ -1115,6 +1140,42 @@ class SearchEngine:
                 if len(found) < batch:
                     break
                 batch = min(batch * 2, 1000)
+
+    async def _exact_batches(self, rtype: str, keys: KeySet, batch: int, *,
+                             start: str | None) -> AsyncGenerator[list[str], None]:
+        """The keys of a set of exact entries (``KeySet.exact``: a chain's targets) after the key ``start``, in
+        order, the ranges read together in shared commands, 8 ranges first, then twice as many each time up to 64;
+        each batch the keys of those ranges (a range with more than ``batch`` keys: those, then the rest of it
+        alone, in batches; so is the rest of the range that holds ``start``)."""
+        limit = min(batch, 1000)
+        spans = [span for span in keys.spans if start is None or start < f"{rtype}|{span.high}"]
+        if start is not None and spans and start >= f"{rtype}|{spans[0].low}":
+            low, high, _ = spans.pop(0)
+            position = start
+            while more := await self.store.scan_index(rtype, low, high, after=position, limit=limit):
+                yield more
+                if len(more) < limit:
+                    break
+                position = more[-1]
+        width, at = 8, 0
+        while at < len(spans):
+            chunk = spans[at:at + width]
+            at, width = at + width, min(width * 2, 64)
+            scanned = await self.store.scan_index_many([(rtype, low, high) for low, high, _ in chunk], limit=limit)
+            out: list[str] = []
+            for (low, high, _), found in zip(chunk, scanned, strict=True):
+                out += found
+                if len(found) < limit:
+                    continue
+                yield out
+                out, position = [], found[-1]
+                while more := await self.store.scan_index(rtype, low, high, after=position, limit=limit):
+                    yield more
+                    if len(more) < limit:
+                        break
+                    position = more[-1]
+            if out:
+                yield out
 
     async def _candidates(self, rtype: str, clauses: list[Clause], keys: KeySet,
                           found: list[str]) -> list[tuple[str, Version]]:

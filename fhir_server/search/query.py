@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 from typing import Any, NamedTuple
@@ -117,13 +117,25 @@ class KeySet:
     """A union of key ranges; ``spans`` are its disjoint covering intervals, in order (what a scan reads)."""
 
     ranges: tuple[KeyRange, ...]
-    # what every entry it holds starts with (each range's bounds' common prefix): a cheap first filter
+    # the ranges' own entries when each holds exactly one and all share one ``accept`` (``reference_entries``: a
+    # chain's targets, which may be thousands): an entry is then held by a lookup, not by a test of each range
+    exact: frozenset[str] | None = None
+    # what every entry it holds starts with (each range's bounds' common prefix; of ``exact``, the entries'):
+    # a cheap first filter
     prefixes: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "prefixes", tuple({_common_prefix(r.lo, r.hi) for r in self.ranges}))
+        prefixes: tuple[str, ...]
+        if self.exact is not None:
+            prefixes = (_common_prefix(min(self.exact), max(self.exact)),) if self.exact else ()  # (of them all)
+        else:
+            prefixes = tuple({_common_prefix(r.lo, r.hi) for r in self.ranges})
+        object.__setattr__(self, "prefixes", prefixes)
 
     def holds(self, entry: str) -> bool:
+        if self.exact is not None:
+            accept = self.ranges[0].accept if self.ranges else None
+            return entry in self.exact and (accept is None or accept(entry))
         return any(r.holds(entry) for r in self.ranges)
 
     @property
@@ -186,10 +198,20 @@ class Join:
         return self.verdict(self.target(entry))
 
 
-def joined_chain(clause: Clause, join: Join) -> Clause:
+def reference_entries(param: str, refs: Iterable[str], accept: Callable[[str], bool] | None = None) -> KeySet:
+    """The entries of reference parameter ``param`` naming each of ``refs`` (``Type/id``), held by a lookup (a
+    reference's hex holds no ``|``: an entry its range holds is the range's own)."""
+    entries = sorted({f"{param}|{hexs(ref)}|" for ref in refs})
+    return KeySet(tuple(KeyRange(entry, entry + TOP, accept) for entry in entries), exact=frozenset(entries))
+
+
+def joined_chain(clause: Clause, join: Join, among: list[str] | None) -> Clause:
     """``clause``, a chain, checked on each candidate by ``join`` (``Join``): it scans the entries of the chain's
-    parameter that refer to the sub-searches' types, holding those whose target matches. Its keys are those the
-    chain resolved first would have (the matching targets' entries), so a page cursor holds in either form."""
+    parameter that name one of ``among`` (``Type/id``: targets every match is among), or, without those, every
+    entry that refers to a sub-search's type, and holds those whose target matches. Its keys are those the chain
+    resolved first would have (the matching targets' entries), so a page cursor holds in either form."""
+    if among is not None:
+        return replace(clause, chain=None, keys=reference_entries(join.param, among, join.holds_entry), join=join)
     ranges = tuple(_starting(f"{join.param}|{hexs(target + '/')}", join.holds_entry) for target in join.inner)
     return replace(clause, chain=None, keys=KeySet(ranges), join=join)
 
