@@ -807,8 +807,9 @@ class SearchEngine:
         if not drivers:
             return None, None
         if len(drivers) == 1 and clauses[drivers[0]].ids is None:
-            driver, known, _ = await self._probe_for_driver(query.rtype, clauses, drivers,
-                                                            (max(cap, _PROBE_LIMITS[-1]),))
+            # (a probe of up to 1,024 keys shares a store command with other requests' scans: the usual one first)
+            limits = (cap, _PROBE_LIMITS[-1]) if cap < _PROBE_LIMITS[-1] else (cap,)
+            driver, known, _ = await self._probe_for_driver(query.rtype, clauses, drivers, limits)
         else:
             driver, known = await self._choose_driver(query.rtype, clauses)
         ids = clauses[driver].ids
