@@ -206,7 +206,7 @@ async def test_a_chain_or_has_over_its_cap_is_checked_on_each_candidate(store_ur
     candidate (engine ``Join``) instead of being a 400. A chain alone is driven by its own entries and reads only
     the resources that name a match (their targets first); beside a selective clause, that clause drives. A
     ``_has`` reads a few of a candidate's referring resources first and more only when those all fail (here the
-    match is the twelfth); a deleted target matches no longer; pages of 2 give every match once."""
+    match is the seventieth); a deleted target matches no longer; pages of 2 give every match once."""
     reads = CommandCounter("resources")
     async with fresh_store(store_uri, owner="cap-test", listeners=(reads,)) as store:
         await store.db["jobs"].insert_one({"_id": LAYOUT_MARKER, "layout": INDEX_LAYOUT})
@@ -223,15 +223,16 @@ async def test_a_chain_or_has_over_its_cap_is_checked_on_each_candidate(store_ur
             family = "夏侯" if n < 5 else "欧阳"
             made = await service.create(principal=ADMIN, rtype="Patient", resource=_patient(n, family, "1970-01-01"))
             (xiahou if n < 5 else others).append(made.version.rid)
-            for _ in range(12 if n == 0 else 1):
+            for _ in range(70 if n == 0 else 1):
                 code = "PSA" if n % 2 else "CEA"
                 obs = await service.create(principal=ADMIN, rtype="Observation", resource=observation(
                     made.version.key, code, "amended" if n == 3 else "final"))
                 if code == "PSA":
                     psa.append((made.version.rid, obs.version.rid))
-        # the first Patient has twelve Observations: the last in the index's order (by id) becomes a PSA
+        # the first Patient has seventy Observations (more than a chunk's range asks for, 64): the last in the
+        # index's order (by id) becomes a PSA
         first = f"Patient/{xiahou[0]}"
-        _, page = await service.search(principal=ADMIN, rtype="Observation", pairs=[("subject", first)], count=20,
+        _, page = await service.search(principal=ADMIN, rtype="Observation", pairs=[("subject", first)], count=100,
                                        cursor=None)
         last = max(v.rid for v in page.matches)
         await service.update(principal=ADMIN, rtype="Observation", rid=last, resource={
@@ -256,7 +257,10 @@ async def test_a_chain_or_has_over_its_cap_is_checked_on_each_candidate(store_ur
                                              "$regex": re.escape(f"|{xiahou[0]}|")}}))["_id"]
         await index.insert_one({"_id": key.replace(f"|{xiahou[0]}|", f"|{others[0]}|")})
         on_xiahou = await every("Observation", [("subject:Patient.family", "夏侯")])
-        assert len(on_xiahou) == 16 and len(set(on_xiahou)) == 16  # 12 + 4, in pages of 2
+        assert len(on_xiahou) == 74 and len(set(on_xiahou)) == 74  # 70 + 4, in pages of 2
+        _, page = await service.search(principal=ADMIN, rtype="Observation", count=100, cursor=None,
+                                       pairs=[("subject:Patient.family", "夏侯")])
+        assert [v.rid for v in page.matches] == on_xiahou  # in one page: the first's 70 keys read past 64
         reads.filters.clear()
         on_xiahou_psa = await every("Observation", [("subject:Patient.family", "夏侯"), ("code:text", "PSA")])
         assert sorted(on_xiahou_psa) == sorted(o for p, o in psa if p in xiahou)

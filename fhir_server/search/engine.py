@@ -1146,18 +1146,24 @@ class SearchEngine:
                              start: str | None) -> AsyncGenerator[list[str], None]:
         """The keys of a set of exact entries (``KeySet.exact``: a chain's targets) after the key ``start``, in
         order, the ranges read together in shared commands, 8 ranges first, then twice as many each time up to 64;
-        each batch the keys of those ranges (a range with more than ``batch`` keys: those, then the rest of it
-        alone, in batches; so is the rest of the range that holds ``start``)."""
-        limit = min(batch, 1000)
+        each batch the keys of those ranges. A range asks for up to 64 keys (a shared command holds 64 ranges of
+        64: ``ScanBatcher``; most targets are named a few times); one that has more is read on alone, in batches
+        twice as large each time up to 1,000 (so is the rest of the range that holds ``start``)."""
+        limit = min(batch, 64)
+
+        async def rest(low: str, high: str, position: str) -> AsyncGenerator[list[str], None]:
+            step = limit
+            while more := await self.store.scan_index(rtype, low, high, after=position, limit=step):
+                yield more
+                if len(more) < step:
+                    return
+                position, step = more[-1], min(step * 2, 1000)
+
         spans = [span for span in keys.spans if start is None or start < f"{rtype}|{span.high}"]
         if start is not None and spans and start >= f"{rtype}|{spans[0].low}":
             low, high, _ = spans.pop(0)
-            position = start
-            while more := await self.store.scan_index(rtype, low, high, after=position, limit=limit):
+            async for more in rest(low, high, start):
                 yield more
-                if len(more) < limit:
-                    break
-                position = more[-1]
         width, at = 8, 0
         while at < len(spans):
             chunk = spans[at:at + width]
@@ -1169,12 +1175,9 @@ class SearchEngine:
                 if len(found) < limit:
                     continue
                 yield out
-                out, position = [], found[-1]
-                while more := await self.store.scan_index(rtype, low, high, after=position, limit=limit):
+                out = []
+                async for more in rest(low, high, found[-1]):
                     yield more
-                    if len(more) < limit:
-                        break
-                    position = more[-1]
             if out:
                 yield out
 
