@@ -386,6 +386,11 @@ async def main(patients: int, seconds: float, clients: int, store_dir: Path | No
             async def worklist_raw(rng: random.Random) -> bool:  # the latest 21 active orders' entries and the orders
                 return bool(await raw("ServiceRequest", f"{active}|L", f"{active}|M", limit=21, backward=True))
 
+            # the same worklist urgent orders apart: by priority (routine: ~50,000 orders, ~10,000 of them active),
+            # each priority latest first, walked down its orders' authored entries (engine ``_by_second_key``); the
+            # store row is the plain worklist's, as if the store had entries of active orders by priority and date
+            by_priority = await page_urls("/ServiceRequest?status=active&_sort=priority,-authored&_count=20")
+
             history_pages = await page_urls("/Patient/_history?_count=20")
 
             async def history_raw(rng: random.Random) -> bool:
@@ -415,6 +420,8 @@ async def main(patients: int, seconds: float, clients: int, store_dir: Path | No
                  active_at_hospital_raw),
                 ("chain over 1,000 alone: Observation?subject:Patient.birthdate", results_by_birth_year,
                  results_by_birth_year_raw),
+                ("ServiceRequest?status=active&_sort=priority,-authored p1", by_priority[1], worklist_raw),
+                ("ServiceRequest?status=active&_sort=priority,-authored p50", by_priority[50], worklist_raw),
                 ("Patient?_sort=family page 1 (_count=20)", by_name[1], by_name_raw),
                 ("Patient?_sort=family page 50 (_count=20)", by_name[50], by_name_raw),
                 ("Patient?_sort=family,given page 1 (_count=20)", by_names[1], by_names_raw),

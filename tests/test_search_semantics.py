@@ -1833,6 +1833,56 @@ def test_a_worklist_reads_the_dates_of_its_status_alone(store_uri: str, tmp_path
         stop_hub(hub)
 
 
+def test_a_worklist_by_priority_then_latest_first_takes_a_large_priority_by_its_dates(store_uri: str,
+                                                                                       tmp_path: Any) -> None:
+    """``_sort=priority,-authored``: a priority shared by more orders than ``search_sort_max`` is taken in the order
+    of the ``authored`` entries walked down from the cursor's date (engine ``_by_second_key``; a descending date's
+    position names its end, index_order.py ``start_of``), not read whole (which is a 400 past that cap). Dates of
+    every precision (a year or a month ends after the seconds inside it), ties of one date, orders without one
+    (last within their priority); alone and beside a status, both directions of the first key and of the second,
+    pages both ways in the evaluator's order. Then with 1,100 asap orders, more than ``_Groups.BY_IDS``: the walk
+    of the dates checks each order it meets for its priority instead of reading the group's ids first (which past
+    ten times ``search_sort_max`` is a 400)."""
+    hub = start_hub(store_uri, tmp_path / "home", database=f"priorities_{uuid.uuid4().hex[:8]}",
+                    extra={"MEDUNION_SEARCH_SORT_IN_MEMORY": "5", "MEDUNION_SEARCH_SORT_MAX": "60"})
+    rng = random.Random(5)
+    moments = ["2031", "2031-03", "2031-03-04", "2031-03-04T09:15:00+08:00", "2031-03-04T09:15:00.5+08:00",
+               "2030-12-31T23:59:59+08:00", "2031-12-31", "2032-01-01T00:00:00+08:00"]
+    def orders(n: int, priority: Callable[[int], str]) -> list[dict[str, Any]]:
+        bodies = []
+        for i in range(n):
+            when = rng.choice(moments) if i % 3 == 0 else None if i % 17 == 5 else (
+                datetime(2031, 1, 1, 8, tzinfo=ZONE) + timedelta(hours=rng.randrange(8000))).isoformat()
+            bodies.append({"resourceType": "ServiceRequest", "intent": "order", "priority": priority(i),
+                           "status": "active" if rng.random() < 0.6 else "completed",
+                           "subject": {"display": "周"}, **({"authoredOn": when} if when else {})})
+        return bodies
+
+    def check(api: httpx.Client, counts: tuple[int, int]) -> None:
+        made = _all_resources(api, hub, "/ServiceRequest?_count=1000")
+        for query, count in zip(("", "status=active&"), counts, strict=True):
+            mine = {rid: r for rid, r in made.items() if not query or r["status"] == "active"}
+            for first, second in ((False, True), (True, True), (False, False)):
+                sort = f"{'-' if first else ''}priority,{'-' if second else ''}authored"
+                url = f"/ServiceRequest?{query}_sort={sort}&_count={count}"
+                expected = _sorted_by(mine, [("priority", "token", first), ("authored", "date", second)], hub.base)
+                ids, plans = _walk_with_plans(api, hub, url)
+                assert ids == expected, url
+                assert set(plans) == {"index"}, (url, plans)
+                assert [rid for page in pages_both_ways(api, hub, url) for rid in page] == expected, url
+
+    try:
+        with hub.client() as api:
+            # 130 routine: more than the sort may order in memory as one group
+            _create_all(api, orders(170, lambda i: "routine" if i < 130 else "urgent" if i < 155 else "stat"))
+            check(api, (7, 5))
+            # a new group (the routine group's ids are kept for its pages after the first: not written into here)
+            _create_all(api, orders(1100, lambda i: "asap"))
+            check(api, (40, 30))
+    finally:
+        stop_hub(hub)
+
+
 def _without_entries(db: Any, rtype: str, code: str) -> int:
     """Take the entries whose code starts with ``code`` from the database's resources of ``rtype`` (their versions'
     ``ix`` and ``search_index``), as a hub of a layout before them left it; how many index keys went."""

@@ -99,10 +99,18 @@ class _Members:
     far: str
     rids: frozenset[str] | None
     made: float
+    # a group too large to read its ids (``_large_group``): the resources without a value of the second key among
+    # which its members without one are (``rids`` is None; every resource the walk meets is checked for the group)
+    unvalued: frozenset[str] | None = None
 
     @property
     def size(self) -> int:
         return 0 if self.rids is None else len(self.rids)
+
+    @property
+    def checked(self) -> bool:
+        """Whether the second key is walked over the whole type, each resource met checked for the group."""
+        return self.unvalued is not None
 
 
 class _Groups:
@@ -118,6 +126,12 @@ class _Groups:
     group's entries again (a resource written into the group since is missed by them likewise)."""
 
     LARGE = 100  # matches
+    # entries of one value of a string or token first key past which its members are not read from them, and the
+    # walk of its second key checks each resource it meets instead (``_checked_group``), if the resources without a
+    # second value are at most ``UNVALUED``; that walk reads at most ``CHECKED_WALK`` entries a page
+    BY_IDS = 1024
+    UNVALUED = 1000
+    CHECKED_WALK = 10_000
     MAX_ITEMS = 200_000  # matches of the groups and ids of the members kept
 
     def __init__(self, ttl: float) -> None:
@@ -1362,7 +1376,7 @@ class SearchEngine:
             if kept is None:
                 reading = self.groups.reading[at] = asyncio.Event()
         try:
-            large = None if kept is not None else await self._large_group(order, query, phase, anchor, seen,
+            large = None if kept is not None else await self._large_group(order, query, clauses, phase, anchor, seen,
                                                                           back=back, known=not fresh)
             if large is not None:
                 second, members = large
@@ -1437,7 +1451,7 @@ class SearchEngine:
                     group, first = [], False
                 if (len(group) == min(_Groups.LARGE, cap) and group[0][0] == "k"
                         and not (first and (seen is not None or whole))
-                        and (large := await self._large_group(order, query, "k", group[0][1], None,
+                        and (large := await self._large_group(order, query, clauses, "k", group[0][1], None,
                                                               back=back)) is not None):
                     # a large group met on the way: taken by its second key from its start, and on beyond it
                     second, members = large
@@ -1454,12 +1468,12 @@ class SearchEngine:
             for placed in ordered(group, first):
                 yield placed
 
-    async def _large_group(self, order: IndexOrder, query: SearchQuery, phase: str, anchor: str,
-                           seen: list[Any] | None, *, back: bool, known: bool = False
+    async def _large_group(self, order: IndexOrder, query: SearchQuery, clauses: list[Clause], phase: str,
+                           anchor: str, seen: list[Any] | None, *, back: bool, known: bool = False
                            ) -> tuple[IndexOrder, _Members] | None:
         """The group a page enters at ``anchor``, when that page can take it in the order of the second sort key's
         entries (``_by_second_key``) instead of reading it whole: a second key walked in index order whose walk
-        can start at a value (index_order.py: strings, tokens, ascending dates) and at least ``_Groups.LARGE``
+        can start at a value (index_order.py: strings, tokens, dates) and at least ``_Groups.LARGE``
         entries of the group's value, or, of any size, one whose second key has entries within the first's values
         (``within_group``: given names within a family, on a store of that layout), taken from those without reading
         the group's entries. ``known``: the members may be those kept for a page entering at ``anchor``
@@ -1477,12 +1491,41 @@ class SearchEngine:
             return narrow, _Members(value, anchor, anchor, None, time.monotonic())
         if known and (kept := self.groups.members(_Groups.members_key(order, back, anchor))) is not None:
             return second, kept
+        if (checked := await self._checked_group(order, second, clauses, anchor, value, back=back)) is not None:
+            return checked
         rids, far = await self._group_ids(order, anchor, value, rising=order.descending == back)
         if len(rids) < _Groups.LARGE:
             return None
         members = _Members(value, anchor, far, rids, time.monotonic())
         self.groups.put_members(order, back, members)
         return second, members
+
+    async def _checked_group(self, order: IndexOrder, second: IndexOrder, clauses: list[Clause], anchor: str,
+                             value: Any, *, back: bool) -> tuple[IndexOrder, _Members] | None:
+        """A group of more than ``_Groups.BY_IDS`` entries of a string or token value (``priority=routine``: half the
+        orders), taken by a walk of the second key (narrowed within a clause's value, as the worklist's dates within
+        ``status=active``: ``_within``) that checks each resource it meets for the group, instead of reading the
+        group's every entry first (50,000 keys: seconds, for each first page). The members without a second value
+        are among the resources the second key's ``tail`` names, read now: at most ``_Groups.UNVALUED`` of them,
+        else None (the group's ids are read). None also for other first keys, and where the second key's tail is
+        not in the index (a store before ``@absent`` entries, a custom parameter)."""
+        if order.kind not in ("string", "token") or not second.absent:
+            return None
+        low = order.run_prefix(anchor)
+        spans = (Span(low, f"{low}~", ()),)  # found larger lately: not read again (``_Selectivity``)
+        if not self.selectivity.known_larger(order.rtype, spans, _Groups.BY_IDS):
+            group = await self.store.scan_index(order.rtype, low, f"{low}~", after=None, limit=_Groups.BY_IDS + 1)
+            if len(group) <= _Groups.BY_IDS:
+                return None
+            self.selectivity.learn_larger(order.rtype, spans, _Groups.BY_IDS)
+        tails = await self.store.scan_index_many([(order.rtype, a, b) for a, b in second.tail],
+                                                 limit=_Groups.UNVALUED + 1)
+        if any(len(keys) > _Groups.UNVALUED for keys in tails):
+            return None
+        unvalued = frozenset(split_index_key(key)[1] for keys in tails for key in keys)
+        far = await order.run_end(self.store, anchor, rising=order.descending == back)
+        return (await self._within(second, clauses, None),
+                _Members(value, anchor, far, None, time.monotonic(), unvalued=unvalued))
 
     async def _group_ids(self, order: IndexOrder, anchor: str, value: Any, *,
                          rising: bool) -> tuple[frozenset[str], str]:
@@ -1508,6 +1551,8 @@ class SearchEngine:
         a family's persons without a given name; and the persons with that family among others)."""
         if members.rids is not None:
             return members.rids
+        if members.unvalued is not None:
+            return members.unvalued
         bound = 10 * self.settings.search_sort_max
         low = f"{second.param}|{PRESENT}|"
         keys = await self.store.scan_index(order.rtype, low, f"{low}~", after=None, limit=bound + 1)
@@ -1604,7 +1649,9 @@ class SearchEngine:
                 start = None
             else:  # a page inside a run read as met starts past its cursor: pages deep in a run cost the same
                 start = resume(seen[1], rising) if streams else second.start_of(seen[1], rising=rising)
-            limit = None if members.rids is None else max(4 * len(members.rids), 1000)  # within: the group's own
+            # within: the group's own entries; checked: any resource's, as long as members come now and then
+            limit = (_Groups.CHECKED_WALK if members.checked else None if members.rids is None
+                     else max(4 * len(members.rids), 1000))
             read = 0
             run: dict[str, set[str]] = {}  # the members' pairs of one value of the second key: id -> keys
             run_value: Any = run  # no value yet
@@ -1693,7 +1740,7 @@ class SearchEngine:
                 if sparse:
                     break
             far = members.far
-            if members.rids is None:  # walked within: where the group ends, found now that the walk goes beyond it
+            if members.rids is None and not members.checked:  # walked within: where the group ends, found now
                 far = await order.run_end(self.store, members.anchor, rising=order.descending == back)
             beyond = (self._groups_from(order, query, clauses, "k", members.anchor, last, None, shape, back=back,
                                         batch=batch, budget=budget, whole=True) if sparse else

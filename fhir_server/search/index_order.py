@@ -70,6 +70,8 @@ Pair = tuple[Any, str]  # (sort value, index key)
 # what follows the vid in the ``ix`` item (and ``search_index`` key) of an entry an ascending (False) or descending
 # (True) sort passes over: ``^`` is in no type, parameter code, encoding, id or vid
 PASSED_OVER = {False: "^a", True: "^d"}
+# after ``Type|param|`` in a position of a descending date's walk (``start_of``): no date encoding starts with it
+AT_VALUE = "@"
 
 
 def marks_of(vid: str) -> str:
@@ -186,10 +188,15 @@ class IndexOrder:
         return self.value(self._enc(key))
 
     def start_of(self, value: Any, *, rising: bool) -> str | None:
-        """A position from which the walk (values ``rising`` or falling) meets first the pairs of sort value
-        ``value``, or None where the order has no such position (numbers, quantities, descending dates). Strings
-        and tokens are encoded as the hex of the value then ``.`` (a value's extensions sort after it, ``/`` just
-        after the ``.``); dates ascending by their low bound, ``L`` and its 16 digits then ``.``."""
+        """A position from which the walk (values ``rising`` or falling: the walk must be asked in that direction)
+        meets first the pairs of sort value ``value``, or None where the order has no such position (numbers,
+        quantities). Strings and tokens are encoded as the hex of the value then ``.`` (a value's extensions sort
+        after it, ``/`` just after the ``.``); dates ascending by their low bound, ``L`` and its 16 digits then
+        ``.``. Descending dates are walked by (high bound, key) pairs merged from two kinds of entries, so no key
+        lies before or after every pair of one value: the position names the value itself (``AT_VALUE``), which
+        ``_windowed`` places before all its pairs (``rising``) or after them."""
+        if self.windowed and isinstance(value, int) and not isinstance(value, bool):
+            return f"{self.rtype}|{self.param}|{AT_VALUE}{'<' if rising else '>'}{value}"
         if self.positioned and self.kind == "date" and isinstance(value, int):
             prefix = f"L{sortable_int(value)}"
         elif self.positioned and self.kind != "date" and isinstance(value, str):
@@ -208,7 +215,7 @@ class IndexOrder:
     @property
     def positioned(self) -> bool:
         """Whether ``start_of`` gives positions in this order."""
-        return self.kind in ("string", "token") or (self.kind == "date" and not self.windowed)
+        return self.kind in ("string", "token", "date")
 
     def holds(self, key: str) -> bool:
         """Whether ``key`` is a key of this order's parameter that stands for a resource (a cursor's position)."""
@@ -290,32 +297,52 @@ class IndexOrder:
             if found is not None:
                 yield found
 
-    async def run(self, store: ResourceStore, *, after: str, rising: bool, batch: int) -> AsyncGenerator[str, None]:
-        """The keys after ``after`` (a key of a string parameter, values ``rising`` or falling) that share its
-        encoding, so its sort value, and stand for their resources in this order: the rest of its run of one
-        value, as ``walk`` would give them, without decoding each (a string's encoding is its value)."""
+    def run_prefix(self, key: str) -> str:
+        """What the entries of the sort value of ``key`` (of a string or token parameter) start with, after the type:
+        a string's one encoding (its value), a token's code then ``.`` (the code in any system: tokens sort by
+        code, and no code's hex is followed by ``.`` in another's)."""
+        enc = self._enc(key)
+        if self.kind == "token":
+            return f"{self.param}|{enc.split('.', 1)[0]}."
         assert self.kind == "string"
-        run = f"{self.param}|{self._enc(after)}|"
+        return f"{self.param}|{enc}|"
+
+    async def run(self, store: ResourceStore, *, after: str, rising: bool, batch: int) -> AsyncGenerator[str, None]:
+        """The keys after ``after`` (a key of a string or token parameter, values ``rising`` or falling) that share
+        its sort value (``run_prefix``) and stand for their resources in this order: the rest of its run of one
+        value, as ``walk`` would give them, without decoding each."""
+        run = self.run_prefix(after)
         keys = _Keys(store, self.rtype, run, f"{run}~", rising, batch, after=after,
                      passing=PASSED_OVER[self.descending])
         while (key := await keys.take()) is not None:
             yield key
 
     async def run_end(self, store: ResourceStore, key: str, *, rising: bool) -> str:
-        """The last key of the run of ``key``'s value (a string's) in the walk's direction (values ``rising`` or
-        falling) that stands for its resource: where a group entered at ``key`` ends (``key`` itself if no other)."""
-        assert self.kind == "string"
-        run = f"{self.param}|{self._enc(key)}|"
+        """The last key of the run of ``key``'s value (a string's or a token's) in the walk's direction (values
+        ``rising`` or falling) that stands for its resource: where a group entered at ``key`` ends (``key`` itself if
+        no other)."""
+        run = self.run_prefix(key)
         keys = _Keys(store, self.rtype, run, f"{run}~", not rising, 8, passing=PASSED_OVER[self.descending])
         return await keys.peek() or key
+
+    def _mark(self, after: str | None) -> Pair | None:
+        """The pair a windowed walk starts after: a cursor's (its key's, whatever its marks), or, for a position of
+        ``start_of``, one below every pair of its value (walked rising) or above every one (falling): every key
+        is above "" and below "~" (it starts with the type)."""
+        if after is None:
+            return None
+        position = f"{self.rtype}|{self.param}|{AT_VALUE}"
+        if after.startswith(position):
+            return int(after[len(position) + 1:]), "" if after[len(position)] == "<" else "~"
+        at = self.key_value(after)
+        return None if at is None else (at, after)
 
     async def _windowed(self, store: ResourceStore, *, after: str | None, rising: bool,
                         batch: int) -> AsyncGenerator[Pair, None]:
         """Descending dates: pairs ordered by (high bound, key), merged from the ``H`` entries (in that order in
         the store) and the short dates' ``L`` entries (in the order of their low bounds: a pair is released once
         every ``L`` entry still unread has a low bound that puts its high bound on the far side)."""
-        at = None if after is None else self.key_value(after)  # a cursor's pair, whatever its marks
-        mark = None if at is None else (at, after)
+        mark = self._mark(after)
 
         def beyond(pair: Pair) -> bool:  # strictly after the cursor in the walk's order
             return mark is None or (pair > mark if rising else pair < mark)
