@@ -105,7 +105,9 @@ class _Members:
 
     @property
     def size(self) -> int:
-        return 0 if self.rids is None else len(self.rids)
+        if self.rids is not None:
+            return len(self.rids)
+        return 0 if self.unvalued is None else len(self.unvalued) + 1
 
     @property
     def checked(self) -> bool:
@@ -1490,7 +1492,7 @@ class SearchEngine:
                 and (narrow := within_group(order, second, anchor)) is not None):  # any size: a page's worth read
             return narrow, _Members(value, anchor, anchor, None, time.monotonic())
         if known and (kept := self.groups.members(_Groups.members_key(order, back, anchor))) is not None:
-            return second, kept
+            return (await self._within(second, clauses, None) if kept.checked else second), kept
         if (checked := await self._checked_group(order, second, clauses, anchor, value, back=back)) is not None:
             return checked
         rids, far = await self._group_ids(order, anchor, value, rising=order.descending == back)
@@ -1507,8 +1509,9 @@ class SearchEngine:
         ``status=active``: ``_within``) that checks each resource it meets for the group, instead of reading the
         group's every entry first (50,000 keys: seconds, for each first page). The members without a second value
         are among the resources the second key's ``tail`` names, read now: at most ``_Groups.UNVALUED`` of them,
-        else None (the group's ids are read). None also for other first keys, and where the second key's tail is
-        not in the index (a store before ``@absent`` entries, a custom parameter)."""
+        else None (the group's ids are read); kept like a group's ids (``_Groups``) for the pages after. None also
+        for other first keys, and where the second key's tail is not in the index (a store before ``@absent``
+        entries, a custom parameter)."""
         if order.kind not in ("string", "token") or not second.absent:
             return None
         low = order.run_prefix(anchor)
@@ -1524,8 +1527,9 @@ class SearchEngine:
             return None
         unvalued = frozenset(split_index_key(key)[1] for keys in tails for key in keys)
         far = await order.run_end(self.store, anchor, rising=order.descending == back)
-        return (await self._within(second, clauses, None),
-                _Members(value, anchor, far, None, time.monotonic(), unvalued=unvalued))
+        members = _Members(value, anchor, far, None, time.monotonic(), unvalued=unvalued)
+        self.groups.put_members(order, back, members)  # for the pages after, as a run's ids are
+        return await self._within(second, clauses, None), members
 
     async def _group_ids(self, order: IndexOrder, anchor: str, value: Any, *,
                          rising: bool) -> tuple[frozenset[str], str]:
