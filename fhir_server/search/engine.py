@@ -114,6 +114,19 @@ class _Members:
         """Whether the second key is walked over the whole type, each resource met checked for the group."""
         return self.unvalued is not None
 
+    @property
+    def walked_within(self) -> bool:
+        """Whether the second key is walked within the group (``within_group``): its entries are the group's own."""
+        return self.rids is None and self.unvalued is None
+
+    @property
+    def walk_limit(self) -> int | None:
+        """Entries the walk of the second key may read before the group is read whole instead: four per member
+        (at least 1,000); ``_Groups.CHECKED_WALK`` when checked; no limit walked within (the group's own entries)."""
+        if self.unvalued is not None:
+            return _Groups.CHECKED_WALK
+        return None if self.rids is None else max(4 * len(self.rids), 1000)
+
 
 class _Groups:
     """Large groups of recent sorts by several keys, kept ``ttl`` seconds (``search_sort_keep``; at most
@@ -1491,10 +1504,11 @@ class SearchEngine:
         if (await self._layout() >= within_layout(order.param)
                 and (narrow := within_group(order, second, anchor)) is not None):  # any size: a page's worth read
             return narrow, _Members(value, anchor, anchor, None, time.monotonic())
-        if known and (kept := self.groups.members(_Groups.members_key(order, back, anchor))) is not None:
+        kept = self.groups.members(_Groups.members_key(order, back, anchor)) if known else None
+        if kept is None:
+            kept = await self._checked_group(order, second, anchor, value, back=back)
+        if kept is not None:  # a checked group's walk goes within a clause's value, where it can
             return (await self._within(second, clauses, None) if kept.checked else second), kept
-        if (checked := await self._checked_group(order, second, clauses, anchor, value, back=back)) is not None:
-            return checked
         rids, far = await self._group_ids(order, anchor, value, rising=order.descending == back)
         if len(rids) < _Groups.LARGE:
             return None
@@ -1502,8 +1516,8 @@ class SearchEngine:
         self.groups.put_members(order, back, members)
         return second, members
 
-    async def _checked_group(self, order: IndexOrder, second: IndexOrder, clauses: list[Clause], anchor: str,
-                             value: Any, *, back: bool) -> tuple[IndexOrder, _Members] | None:
+    async def _checked_group(self, order: IndexOrder, second: IndexOrder, anchor: str, value: Any, *,
+                             back: bool) -> _Members | None:
         """A group of more than ``_Groups.BY_IDS`` entries of a string or token value (``priority=routine``: half the
         orders), taken by a walk of the second key (narrowed within a clause's value, as the worklist's dates within
         ``status=active``: ``_within``) that checks each resource it meets for the group, instead of reading the
@@ -1529,7 +1543,7 @@ class SearchEngine:
         far = await order.run_end(self.store, anchor, rising=order.descending == back)
         members = _Members(value, anchor, far, None, time.monotonic(), unvalued=unvalued)
         self.groups.put_members(order, back, members)  # for the pages after, as a run's ids are
-        return await self._within(second, clauses, None), members
+        return members
 
     async def _group_ids(self, order: IndexOrder, anchor: str, value: Any, *,
                          rising: bool) -> tuple[frozenset[str], str]:
@@ -1653,9 +1667,7 @@ class SearchEngine:
                 start = None
             else:  # a page inside a run read as met starts past its cursor: pages deep in a run cost the same
                 start = resume(seen[1], rising) if streams else second.start_of(seen[1], rising=rising)
-            # within: the group's own entries; checked: any resource's, as long as members come now and then
-            limit = (_Groups.CHECKED_WALK if members.checked else None if members.rids is None
-                     else max(4 * len(members.rids), 1000))
+            limit = members.walk_limit
             read = 0
             run: dict[str, set[str]] = {}  # the members' pairs of one value of the second key: id -> keys
             run_value: Any = run  # no value yet
@@ -1744,7 +1756,7 @@ class SearchEngine:
                 if sparse:
                     break
             far = members.far
-            if members.rids is None and not members.checked:  # walked within: where the group ends, found now
+            if members.walked_within:  # where the group ends, found now that the walk goes beyond it
                 far = await order.run_end(self.store, members.anchor, rising=order.descending == back)
             beyond = (self._groups_from(order, query, clauses, "k", members.anchor, last, None, shape, back=back,
                                         batch=batch, budget=budget, whole=True) if sparse else

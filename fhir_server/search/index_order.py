@@ -195,7 +195,7 @@ class IndexOrder:
         ``.``. Descending dates are walked by (high bound, key) pairs merged from two kinds of entries, so no key
         lies before or after every pair of one value: the position names the value itself (``AT_VALUE``), which
         ``_windowed`` places before all its pairs (``rising``) or after them."""
-        if self.windowed and isinstance(value, int) and not isinstance(value, bool):
+        if self.windowed and isinstance(value, int):
             return f"{self.rtype}|{self.param}|{AT_VALUE}{'<' if rising else '>'}{value}"
         if self.positioned and self.kind == "date" and isinstance(value, int):
             prefix = f"L{sortable_int(value)}"
