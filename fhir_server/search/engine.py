@@ -53,6 +53,8 @@ from fhir_server.search.query import (
     date_window,
     exact_entry,
     joined_chain,
+    keyed_code,
+    read_within,
     reference_entries,
 )
 from fhir_server.search.registry import generation, indexed_as, parameters_for
@@ -821,7 +823,7 @@ class SearchEngine:
                         ref.split("/", 1)[1] for v in found for ref in _references(v, has.param)
                         if ref.startswith(f"{query.rtype}/")))
             out.append(clause)
-        return await self._with_windows(query.rtype, out)
+        return await self._read_within(query.rtype, await self._with_windows(query.rtype, out))
 
     async def _sub_matches(self, query: SearchQuery,
                            clauses: list[Clause]) -> tuple[list[Version] | None, list[str] | None]:
@@ -956,6 +958,28 @@ class SearchEngine:
             out.append(clause)
         return out
 
+    async def _read_within(self, rtype: str, clauses: list[Clause]) -> list[Clause]:
+        """``clauses`` with each clause that drives on a date (or a window of one) beside a clause whose every match
+        holds one value that the date has entries within (``Clause.within``: a status, a subject, the compartment's
+        patient; keys.py ``SORTS_WITHIN``) read from the date's entries within that value (query.py
+        ``read_within``): ``ServiceRequest?status=active&authored=ge…`` reads the active orders of those dates, not
+        every order of them; ``Observation?subject=…&date=…`` the patient's results of those dates, not every
+        patient's. In the clause's place, as cursors name their driver by its place (one made before the store had
+        these entries is refused: ``_scan_page``). The clause naming the value stays and still checks."""
+        holders = [c.within for c in clauses if c.within is not None and not c.negate]
+        pairs = SORTS_WITHIN.get(rtype, ())
+        if not holders or not pairs:
+            return clauses
+        out: list[Clause] = []
+        for clause in clauses:
+            code = keyed_code(clause) if clause.drives and clause.join is None else None
+            for by, value in holders if code is not None else ():
+                if (by, code) in pairs and await self._layout() >= within_layout(by):
+                    clause = read_within(clause, by, value)
+                    break
+            out.append(clause)
+        return out
+
     # ---- scans --------------------------------------------------------------------------------------------
 
     async def _choose_driver(self, rtype: str, clauses: list[Clause]) -> tuple[int, list[str] | None]:
@@ -1072,6 +1096,8 @@ class SearchEngine:
             driver, position, backward = state[0], state[1], len(state) == 3
             if driver >= 0 and not clauses[driver].drives:  # (a date window that could not be made this time)
                 raise _bad_cursor(_NOT_THIS_SEARCH)
+            if driver >= 0 and not _scans_to(rtype, clauses[driver], position):  # (its entries are read elsewhere
+                raise _bad_cursor(_NOT_THIS_SEARCH)  # now: a date within a status, where the store came to hold it)
         items = await _first(self._walk(rtype, clauses, driver, start=position, backward=backward, known=known,
                                         batch=min(max(want + 1, 20), 1000)), want + 1)
         more = len(items) > want
@@ -1990,6 +2016,14 @@ async def _one_by_one(found: AsyncGenerator[tuple[str, str, Version], None]) -> 
     async with aclosing(found):
         async for phase, position, version in found:
             yield _Placed.at(version, phase, position)
+
+
+def _scans_to(rtype: str, clause: Clause, position: str) -> bool:
+    """Whether a cursor's ``position`` is one that a scan by ``clause`` (which drives) reaches: an id when it
+    drives by ids, else a key within its spans."""
+    if clause.ids is not None or clause.keys is None:
+        return True
+    return any(f"{rtype}|{low}" <= position < f"{rtype}|{high}" for low, high, _ in clause.keys.spans)
 
 
 def _too_many_sharing(limit: int, also: str = "") -> TooManyMatches:

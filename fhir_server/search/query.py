@@ -57,6 +57,7 @@ from fhir_server.search.keys import (
     split_date,
     string_enc,
     token_enc,
+    within_code,
     within_value,
 )
 from fhir_server.search.paths import children
@@ -502,6 +503,32 @@ def date_window(clauses: list[Clause], longest: int) -> Clause | None:
     high = family + TOP if end == top else family + sortable_int(end) + TOP
     name = "&".join(c.name for c in clauses)
     return Clause(name, keys=KeySet((KeyRange(low, high, within),) if low < high else ()))
+
+
+def keyed_code(clause: Clause) -> str | None:
+    """The one parameter code whose entries every key range of ``clause`` reads (``authored`` of
+    ``authored|L…``), when none filters by a substring and they are not a set of exact entries; else None."""
+    keys = clause.keys
+    if keys is None or keys.exact is not None or not keys.ranges:
+        return None
+    code = keys.ranges[0].lo.partition("|")[0]
+    head = f"{code}|"
+    held = all(r.lo.startswith(head) and r.hi.startswith(head) and not r.containing for r in keys.ranges)
+    return code if held else None
+
+
+def read_within(clause: Clause, by: str, value: str) -> Clause:
+    """``clause``, whose ranges all read the entries of one code (``keyed_code``), read instead from that code's
+    entries kept again within ``value`` of ``by`` (keys.py ``SORTS_WITHIN``, ``within_code``:
+    ``authored@status@<hex(active)>|L…``): each range's bounds moved under that code, with its own test (which
+    reads an entry after its first ``|``, the same in both). It holds a resource that has an entry of the
+    clause's ranges and that value; beside a clause that every match of which holds the value (``Clause.within``,
+    which still checks), it matches what the clause did, from the entries of that value alone."""
+    code = keyed_code(clause)
+    assert clause.keys is not None and code is not None
+    at, moved = len(code) + 1, f"{within_code(code, by, value)}|"
+    ranges = tuple(replace(r, lo=moved + r.lo[at:], hi=moved + r.hi[at:]) for r in clause.keys.ranges)
+    return replace(clause, keys=KeySet(ranges))
 
 
 def _token_ranges(p: str, value: str) -> list[KeyRange]:

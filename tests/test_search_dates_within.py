@@ -1,0 +1,162 @@
+"""A date searched beside a status, a subject or the patient compartment, on the real FerretDB.
+
+``ServiceRequest?status=active&authored=ge…`` reads the dates' entries kept within the status (keys.py
+``SORTS_WITHIN``), so it reads the active orders of those dates and no other order. The oracle is the searches of
+each clause alone (paths that read no entries within a value), intersected: FHIR's AND. The cost is the resources
+the search reads.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from fhir_server.auth.scopes import Principal, parse_scopes
+from fhir_server.errors import BadRequest
+from fhir_server.search.keys import INDEX_LAYOUT, LAYOUT_MARKER, WITHIN_LAYOUT
+from fhir_server.service.resources import ResourceService
+from fhir_server.settings import Settings
+from tests.conftest import CommandCounter, fresh_store
+
+ADMIN = Principal(subject="within-test", grants=parse_scopes("system/*.cruds"))
+STATUSES = ["active", "completed", "draft", "on-hold", "revoked"]
+
+
+def _authored(n: int) -> str | None:
+    """30 days of March 2026 at every precision; every 23rd order has none."""
+    day = 1 + n * 7 % 30
+    if n % 23 == 0:
+        return None
+    if n % 11 == 0:
+        return f"2026-03-{day:02d}"
+    if n % 13 == 0:
+        return "2026-03"
+    return f"2026-03-{day:02d}T{8 + n % 10:02d}:{n % 60:02d}:00+08:00"
+
+
+def _order(n: int) -> dict[str, Any]:
+    order: dict[str, Any] = {"resourceType": "ServiceRequest", "status": STATUSES[n % 5], "intent": "order",
+                             "subject": {"reference": f"Patient/p{n % 7}"}}
+    if (when := _authored(n)) is not None:
+        order["authoredOn"] = when
+    return order
+
+
+def _result(n: int) -> dict[str, Any]:
+    when = f"2026-03-{1 + n * 3 % 28:02d}T09:{n % 60:02d}:00+08:00"
+    return {"resourceType": "Observation", "status": "final", "code": {"text": "WBC"},
+            "subject": {"reference": f"Patient/p{n % 12}"}, "effectiveDateTime": when}
+
+
+async def _ids(service: ResourceService, rtype: str, pairs: list[tuple[str, str]], *, count: int = 1000,
+               compartment: tuple[str, str] | None = None) -> list[str]:
+    """Every match, page after page."""
+    out: list[str] = []
+    cursor = None
+    while True:
+        _, page = await service.search(principal=ADMIN, rtype=rtype, pairs=pairs, count=count, cursor=cursor,
+                                       compartment=compartment)
+        out += [v.rid for v in page.matches]
+        if (cursor := page.next_cursor) is None:
+            return out
+
+
+async def _backward(service: ResourceService, rtype: str, pairs: list[tuple[str, str]], count: int) -> list[str]:
+    """Every match, from the last page to the first by the ``previous`` links."""
+    cursor, last = None, []
+    while True:  # to the last page
+        _, page = await service.search(principal=ADMIN, rtype=rtype, pairs=pairs, count=count, cursor=cursor)
+        if page.next_cursor is None:
+            last = [v.rid for v in page.matches]
+            break
+        cursor = page.next_cursor
+    out, back = last, page.previous_cursor
+    while back is not None:
+        _, page = await service.search(principal=ADMIN, rtype=rtype, pairs=pairs, count=count, cursor=back)
+        out = [v.rid for v in page.matches] + out
+        back = page.previous_cursor
+    return out
+
+
+async def _read(service: ResourceService, finds: CommandCounter, rtype: str, pairs: list[tuple[str, str]],
+                compartment: tuple[str, str] | None = None) -> tuple[set[str], int]:
+    """The matches, and how many resources the search read."""
+    before = len(finds.filters)
+    found = await _ids(service, rtype, pairs, compartment=compartment)
+    return set(found), sum(len(f.get("_id", {}).get("$in", [])) for f in finds.filters[before:])
+
+
+ORDER_SEARCHES = [
+    [("status", "active"), ("authored", "ge2026-03-20")],
+    [("authored", "lt2026-03-08"), ("status", "completed")],
+    [("status", "|draft"), ("authored", "ge2026-03-05"),
+     ("authored", "lt2026-03-12")],  # a window of a week, within the draft orders
+    [("status", "on-hold"), ("authored", "2026-03")],  # every value of the month, the month itself too
+    [("status", "active"), ("authored", "ne2026-03-04")],
+    [("status", "revoked"), ("authored", "sa2026-03-10,eb2026-03-03")],
+    [("status", "active"), ("authored", "ap2026-03-15")],
+    [("status", "active"), ("subject", "Patient/p3"), ("authored", "le2026-03-06")],
+]
+RESULT_SEARCHES = [
+    [("subject", "Patient/p5"), ("date", "ge2026-03-10")],
+    [("date", "ge2026-03-02"), ("date", "le2026-03-20"), ("subject", "p7")],
+]
+
+
+async def test_a_date_beside_a_status_or_a_subject_reads_the_entries_within_it(store_uri: str) -> None:
+    finds, scans = CommandCounter("resources"), CommandCounter("search_index")
+    async with fresh_store(store_uri, owner="within-test", listeners=(finds, scans)) as store:
+        await store.db["jobs"].insert_one({"_id": LAYOUT_MARKER, "layout": INDEX_LAYOUT})  # as on a hub's new store
+        service = ResourceService(store=store, settings=Settings())
+        for n in range(400):
+            await service.create(principal=ADMIN, rtype="ServiceRequest", resource=_order(n))
+        for n in range(240):
+            await service.create(principal=ADMIN, rtype="Observation", resource=_result(n))
+        searches = [("ServiceRequest", s) for s in ORDER_SEARCHES] + [("Observation", s) for s in RESULT_SEARCHES]
+        for rtype, pairs in searches:
+            alone = [set(await _ids(service, rtype, [pair])) for pair in pairs]
+            expected = set.intersection(*alone)
+            assert expected, pairs  # (a search that matches nothing would prove little)
+            scanned = len(scans.filters)
+            found, read = await _read(service, finds, rtype, pairs)
+            assert found == expected, pairs
+            # the date's own entries are not scanned, even to probe them: its entries within the value are
+            date = "authored" if rtype == "ServiceRequest" else "date"
+            assert f"'{rtype}|{date}|" not in str(scans.filters[scanned:]), pairs
+            assert f"'{rtype}|{date}@" in str(scans.filters[scanned:]), pairs
+            # each clause alone holds from a fifth to most of its type; within the value, its matches (an order
+            # of a whole month or day, or a range's edge, may be read and not match)
+            assert read <= len(expected) + 3, (pairs, read, len(expected))
+            paged = await _ids(service, rtype, pairs, count=4)
+            assert sorted(paged) == sorted(expected) and len(paged) == len(set(paged)), pairs
+            assert await _backward(service, rtype, pairs, 4) == paged, pairs
+        # the Patient compartment (a patient/ token's every search): the patient's results of those dates
+        pairs = [("date", "ge2026-03-15")]
+        expected = set(await _ids(service, "Observation", [*pairs, ("subject", "Patient/p5")]))
+        scanned = len(scans.filters)
+        found, read = await _read(service, finds, "Observation", pairs, compartment=("Patient", "p5"))
+        assert found == expected and read <= len(expected) + 3, (read, len(expected))
+        assert "'Observation|date@Patient@" in str(scans.filters[scanned:])
+
+
+async def test_a_cursor_made_before_the_store_held_the_entries_within_is_refused(store_uri: str) -> None:
+    """A page read while the store was below ``WITHIN_LAYOUT`` walked the dates themselves; its cursor, taken on
+    once the store holds the dates within the status, would fall outside what the search now scans: refused with
+    a 400, not an empty page that looks like the end."""
+    async with fresh_store(store_uri, owner="within-test") as store:
+        await store.db["jobs"].insert_one({"_id": LAYOUT_MARKER, "layout": WITHIN_LAYOUT - 1})
+        before = ResourceService(store=store, settings=Settings())
+        for n in range(200):
+            await before.create(principal=ADMIN, rtype="ServiceRequest", resource=_order(n))
+        # (the last two days hold fewer orders than the drafts: the date drives, and names the cursor's key)
+        pairs = [("status", "draft"), ("authored", "ge2026-03-30")]
+        _, page = await before.search(principal=ADMIN, rtype="ServiceRequest", pairs=pairs, count=3, cursor=None)
+        assert page.next_cursor is not None
+        await store.db["jobs"].update_one({"_id": LAYOUT_MARKER}, {"$set": {"layout": INDEX_LAYOUT}})
+        after = ResourceService(store=store, settings=Settings())  # (another process, or this one 5 s on)
+        with pytest.raises(BadRequest):
+            await after.search(principal=ADMIN, rtype="ServiceRequest", pairs=pairs, count=3,
+                               cursor=page.next_cursor)
+        every = await _ids(after, "ServiceRequest", pairs, count=3)  # a new first page pages on as before
+        assert sorted(every) == sorted(await _ids(before, "ServiceRequest", pairs))
