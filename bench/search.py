@@ -320,6 +320,16 @@ async def main(patients: int, seconds: float, clients: int, store_dir: Path | No
                 return bool(await raw("Observation", f"date|L{sortable_int(found[0] - 1_000_000)}",
                                       f"date|L{sortable_int(found[0] + 3_600_000_000)}", limit=21))
 
+            def active_of_a_day(rng: random.Random) -> str:  # a day's ~300 orders, ~60 of them active: page 1
+                day = f"2026-{rng.randrange(1, 13):02d}-{rng.randrange(1, 29):02d}"
+                return f"/ServiceRequest?status=active&authored={day}&_count=20"
+
+            async def active_of_a_day_raw(rng: random.Random) -> bool:  # the day's entries within the status
+                found = date_range(f"2026-{rng.randrange(1, 13):02d}-{rng.randrange(1, 29):02d}", zone)
+                assert found is not None
+                return bool(await raw("ServiceRequest", f"{active}|L{sortable_int(found[0])}",
+                                      f"{active}|L{sortable_int(found[1])}~", limit=21))
+
             async def next_page(url: str) -> str | None:
                 """The next link of the page at ``url`` (None on the last page)."""
                 async with http.get(hub.base + url) as answer:
@@ -412,6 +422,7 @@ async def main(patients: int, seconds: float, clients: int, store_dir: Path | No
                 ("Patient?organization:missing=true (no match)", no_organization, no_organization_raw),
                 ("Patient?birthdate=ge…&birthdate=lt… (a week, ~20)", born_in_a_week, born_in_a_week_raw),
                 ("Observation?date=ge…&date=lt… (an hour) page 1", results_in_an_hour, results_in_an_hour_raw),
+                ("ServiceRequest?status=active&authored=<day> page 1", active_of_a_day, active_of_a_day_raw),
                 ("Patient?family=<family>&birthdate=<year> (_count=20)", name_and_birth_year,
                  name_and_birth_year_raw),
                 ("chain over 1,000: DiagnosticReport?subject=…&based-on:…status", reports_of_orders,
