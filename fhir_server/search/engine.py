@@ -954,7 +954,7 @@ class SearchEngine:
                 if clause is groups[param][0]:
                     out.append(window or Clause(clause.name))
                 if window is not None:
-                    clause = replace(clause, windowed=True)
+                    clause = replace(clause, checks_only=True)
             out.append(clause)
         return out
 
@@ -965,20 +965,23 @@ class SearchEngine:
         ``read_within``): ``ServiceRequest?status=active&authored=ge…`` reads the active orders of those dates, not
         every order of them; ``Observation?subject=…&date=…`` the patient's results of those dates, not every
         patient's. In the clause's place, as cursors name their driver by its place (one made before the store had
-        these entries is refused: ``_scan_page``). The clause naming the value stays and still checks."""
-        holders = [c.within for c in clauses if c.within is not None and not c.negate]
+        these entries is refused: ``_scans_to``). The clause naming the value then only checks: the entries within
+        it hold no resource that it does not, so it never drives better, and probing it cost a store command."""
+        holders = [(k, c.within) for k, c in enumerate(clauses) if c.within is not None and not c.negate]
         pairs = SORTS_WITHIN.get(rtype, ())
         if not holders or not pairs:
             return clauses
         out: list[Clause] = []
+        used: set[int] = set()
         for clause in clauses:
             code = keyed_code(clause) if clause.drives and clause.join is None else None
-            for by, value in holders if code is not None else ():
+            for k, (by, value) in holders if code is not None else ():
                 if (by, code) in pairs and await self._layout() >= within_layout(by):
                     clause = read_within(clause, by, value)
+                    used.add(k)
                     break
             out.append(clause)
-        return out
+        return [replace(c, checks_only=True) if k in used else c for k, c in enumerate(out)]
 
     # ---- scans --------------------------------------------------------------------------------------------
 
@@ -1277,7 +1280,8 @@ class SearchEngine:
                     return await self._ordered_page(by_index, query, resolved, count=count, mark=mark)
                 # within the value of the one clause that drives, the walk meets matches alone: few or many, it reads
                 # no more than a page's worth (and the resources without the date), so they need not be counted first
-                alone = by_index.narrowed and sum(c.drives for c in resolved) == 1
+                # (not when a date clause drives within that value instead: its matches may be a few of the value's)
+                alone = by_index.narrowed and [c.within is not None for c in resolved if c.drives] == [True]
                 if alone or await self._many(query.rtype, resolved):
                     try:  # a first page that passes over too many resources is sorted in memory, as a few matches are
                         return await self._ordered_page(by_index, query, resolved, count=count, mark=None,

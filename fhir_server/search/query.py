@@ -241,12 +241,14 @@ class Clause:
     # a date clause of one value with a prefix that bounds its values on one side: (parameter, prefix, the value's
     # low and high bound in µs); two or more of one parameter make a window (``date_window``)
     dated: tuple[str, str, int, int] | None = None
-    windowed: bool = False  # a window of its parameter drives instead (engine ``_resolve``): it only checks
+    # another clause drives in its place (engine ``_resolve``): a window of its date parameter, or the date's entries
+    # within its value (``read_within``); it only checks
+    checks_only: bool = False
     join: Join | None = None  # a chain or ``_has`` checked on each candidate (``Join``)
 
     @property
     def drives(self) -> bool:
-        return not self.negate and not self.windowed and (self.keys is not None or self.ids is not None)
+        return not self.negate and not self.checks_only and (self.keys is not None or self.ids is not None)
 
 
 @dataclass(frozen=True, slots=True)
