@@ -971,13 +971,14 @@ class SearchEngine:
         pairs = SORTS_WITHIN.get(rtype, ())
         if not holders or not pairs:
             return clauses
+        layout = await self._layout()
         out: list[Clause] = []
         used: set[int] = set()
         for clause in clauses:
             code = keyed_code(clause) if clause.drives and clause.join is None else None
-            for k, (by, value) in holders if code is not None else ():
-                if (by, code) in pairs and await self._layout() >= within_layout(by):
-                    clause = read_within(clause, by, value)
+            for k, (by, value) in holders:
+                if code is not None and (by, code) in pairs and layout >= within_layout(by):
+                    clause = read_within(clause, code, by, value)
                     used.add(k)
                     break
             out.append(clause)

@@ -519,15 +519,14 @@ def keyed_code(clause: Clause) -> str | None:
     return code if held else None
 
 
-def read_within(clause: Clause, by: str, value: str) -> Clause:
-    """``clause``, whose ranges all read the entries of one code (``keyed_code``), read instead from that code's
+def read_within(clause: Clause, code: str, by: str, value: str) -> Clause:
+    """``clause``, whose ranges all read the entries of ``code`` (``keyed_code``), read instead from that code's
     entries kept again within ``value`` of ``by`` (keys.py ``SORTS_WITHIN``, ``within_code``:
     ``authored@status@<hex(active)>|L…``): each range's bounds moved under that code, with its own test (which
     reads an entry after its first ``|``, the same in both). It holds a resource that has an entry of the
     clause's ranges and that value; beside a clause that every match of which holds the value (``Clause.within``,
     which still checks), it matches what the clause did, from the entries of that value alone."""
-    code = keyed_code(clause)
-    assert clause.keys is not None and code is not None
+    assert clause.keys is not None
     at, moved = len(code) + 1, f"{within_code(code, by, value)}|"
     ranges = tuple(replace(r, lo=moved + r.lo[at:], hi=moved + r.hi[at:]) for r in clause.keys.ranges)
     return replace(clause, keys=KeySet(ranges))
