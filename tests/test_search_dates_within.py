@@ -160,3 +160,84 @@ async def test_a_cursor_made_before_the_store_held_the_entries_within_is_refused
                                cursor=page.next_cursor)
         every = await _ids(after, "ServiceRequest", pairs, count=3)  # a new first page pages on as before
         assert sorted(every) == sorted(await _ids(before, "ServiceRequest", pairs))
+
+
+FAMILIES = ["chen", "Chén", "CHEN", "王", "王小", "li", "lin", "zhou"]  # chen one value; 王 and li start 王小 and lin
+BORN = ["1950", "1962-07", "1970", "1970-05", "1970-05-03", "1971-12-31", "1980-02-29", "1990", None]
+
+
+def _person(n: int) -> dict[str, Any]:
+    names = [{"family": FAMILIES[n % 8], **({"given": [["an", "bo", "小东"][n % 3]]} if n % 5 else {})}]
+    if n % 9 == 0:  # a second name: the person's birth date is within both families
+        names.append({"family": FAMILIES[(n // 9) % 8]})
+    person: dict[str, Any] = {"resourceType": "Patient", "name": names}
+    if (born := BORN[n % 9 if n % 4 else (n // 4) % 9]) is not None:
+        person["birthDate"] = born
+    return person
+
+
+# (the search, whether its family names one value: no longer family starts with it)
+PERSON_SEARCHES = [
+    ([("family", "chen"), ("birthdate", "1970")], True),
+    ([("family", "CHÉN"), ("birthdate", "ge1970-05"), ("birthdate", "lt1980")], True),  # a window, in any case
+    ([("family:exact", "Chén"), ("birthdate", "le1971")], True),  # exact: the spelling checked on each chen read
+    ([("family", "王小"), ("birthdate", "ne1970")], True),
+    ([("family", "王"), ("birthdate", "ge1970")], False),  # 王 and 王小
+    ([("family", "li"), ("birthdate", "sa1962")], False),  # li and lin
+    ([("family", "lin"), ("birthdate", "1970,1990")], True),
+    ([("family", "chen"), ("given", "小")], True),  # given names within the family, by prefix
+]
+
+
+async def test_a_birth_date_beside_a_family_name_reads_the_entries_within_it(store_uri: str) -> None:
+    """``Patient?family=chen&birthdate=1970`` reads the birth dates kept within the family chen (case and accents
+    folded), when no longer family starts with chen (one key of the store tells): the chen born in 1970, not every
+    chen nor everyone born then. 王 is also the start of 王小, whose people have no birth dates within 王: that search
+    reads as before. A page after the first goes on as its cursor began, though a person named cheng (or the last
+    lin) is written in between; the next first page sees the change."""
+    finds, scans = CommandCounter("resources"), CommandCounter("search_index")
+    async with fresh_store(store_uri, owner="within-test", listeners=(finds, scans)) as store:
+        await store.db["jobs"].insert_one({"_id": LAYOUT_MARKER, "layout": INDEX_LAYOUT})
+        service = ResourceService(store=store, settings=Settings())
+        made = [(await service.create(principal=ADMIN, rtype="Patient", resource=_person(n))).version.rid
+                for n in range(360)]
+        for pairs, sole in PERSON_SEARCHES:
+            expected = set.intersection(*[set(await _ids(service, "Patient", [pair])) for pair in pairs])
+            assert expected, pairs
+            scanned = len(scans.filters)
+            found, read = await _read(service, finds, "Patient", pairs)
+            assert found == expected, pairs
+            within = str(scans.filters[scanned:])
+            dated = pairs[1][0]
+            assert (f"'Patient|{dated}@family@" in within) == sole, pairs
+            if sole:  # the families' own entries and the dates' are not scanned, beyond the one key that tells;
+                # what is read is the matches of the folded family (an exact search's other spellings are read too)
+                folded = [("family", p[1]) if p[0] == "family:exact" else p for p in pairs]
+                bound = len(set.intersection(*[set(await _ids(service, "Patient", [pair])) for pair in folded]))
+                assert f"'Patient|{dated}|" not in within and read <= bound + 3, (pairs, read, bound)
+            paged = await _ids(service, "Patient", pairs, count=4)
+            assert sorted(paged) == sorted(expected) and len(paged) == len(set(paged)), pairs
+            assert await _backward(service, "Patient", pairs, 4) == paged, pairs
+
+        for pairs, written in (([("family", "chen"), ("birthdate", "ge1950")], "cheng"),
+                               ([("family", "li"), ("birthdate", "ge1950")], "lin")):
+            before = set(await _ids(service, "Patient", pairs))
+            _, page = await service.search(principal=ADMIN, rtype="Patient", pairs=pairs, count=4, cursor=None)
+            seen = [v.rid for v in page.matches]
+            if written == "cheng":  # chen is no longer one value
+                await service.create(principal=ADMIN, rtype="Patient",
+                                     resource={"resourceType": "Patient", "name": [{"family": "cheng"}],
+                                               "birthDate": "1960"})
+            else:  # li becomes one value
+                for n, rid in enumerate(made):
+                    if FAMILIES[n % 8] == "lin" or (n % 9 == 0 and FAMILIES[(n // 9) % 8] == "lin"):
+                        await service.delete(principal=ADMIN, rtype="Patient", rid=rid)
+            cursor = page.next_cursor
+            while cursor is not None:
+                _, page = await service.search(principal=ADMIN, rtype="Patient", pairs=pairs, count=4, cursor=cursor)
+                seen += [v.rid for v in page.matches]
+                cursor = page.next_cursor
+            assert len(seen) == len(set(seen)), written
+            after = set(await _ids(service, "Patient", pairs))
+            assert set(seen) >= before & after and set(seen) <= before | after, written
+            assert after == set.intersection(*[set(await _ids(service, "Patient", [pair])) for pair in pairs])

@@ -47,19 +47,20 @@ async def _ids(service: ResourceService, reads: CommandCounter, query: str) -> t
 
 async def test_a_parameter_selective_lately_is_probed_alone(service) -> None:
     service, reads = service
-    # 40 Wangs over 20 birthdays: family alone is unselective, a birthday holds two people
+    # 40 Wangs over 20 birthdays: the name alone is unselective, a birthday holds two people (by name, not by
+    # family: the birth dates within a family would drive alone, test_search_dates_within.py)
     for n in range(40):
         await service.create(principal=ADMIN, rtype="Patient", resource=_patient(n, "王", f"1980-01-{n % 20 + 1:02d}"))
     expected = {}
     for day in range(1, 21):
-        expected[day], reads_first = await _ids(service, reads, f"family=王&birthdate=1980-01-{day:02d}")
+        expected[day], reads_first = await _ids(service, reads, f"name=王&birthdate=1980-01-{day:02d}")
         assert len(expected[day]) == 2
         if day == 1:
             # nothing known yet: both probed (the birthdate probe holds every key), in one shared command
             assert reads_first == 1 and len(reads.filters[-1]["$or"]) == 2
     # by now birthdate is known to be selective: one probe, whose keys are the candidates
     for day in range(1, 21):
-        found, index_reads = await _ids(service, reads, f"birthdate=1980-01-{day:02d}&family=王")
+        found, index_reads = await _ids(service, reads, f"birthdate=1980-01-{day:02d}&name=王")
         assert found == expected[day]
         assert index_reads == 1
 
@@ -72,11 +73,11 @@ async def test_a_wrong_guess_costs_a_probe_not_a_result(service) -> None:
     for n in range(10):
         await service.create(principal=ADMIN, rtype="Patient",
                              resource=_patient(100 + n, "Solo", f"1991-02-{n + 1:02d}"))
-    for n in range(10):  # teaches: birthdate is selective (one key), family is not (ten)
-        await _ids(service, reads, f"family=Solo&birthdate=1991-02-{n + 1:02d}")
-    found, index_reads = await _ids(service, reads, "family=李&birthdate=1990-05-05")
+    for n in range(10):  # teaches: birthdate is selective (one key), name is not (ten)
+        await _ids(service, reads, f"name=Solo&birthdate=1991-02-{n + 1:02d}")
+    found, index_reads = await _ids(service, reads, "name=李&birthdate=1990-05-05")
     assert len(found) == 4
-    assert index_reads == 2  # birthdate alone (9 keys: not selective this time), then family, which drives
+    assert index_reads == 2  # birthdate alone (9 keys: not selective this time), then name, which drives
 
 
 def _regex_scans(reads: CommandCounter, since: int) -> list[dict[str, Any]]:
@@ -168,7 +169,8 @@ async def test_a_clause_of_a_few_thousand_keys_is_found_beside_larger_ones(store
     2,048 keys, and of the clauses whose probe then read every key (given, birthdate) the smallest drives, its keys
     narrowed to the Patients the other complete probe found too. It reads 400 resources for its 100 matches: 600
     without the narrowing (everyone named 小东), ~2,400 without the fourth probe (every Wang: the first clause
-    drove when no probe was complete)."""
+    drove when no probe was complete). So while a family 王小 starts with 王 too; without it, the given names and
+    birth dates within 王 are probed (keys.py ``SORTS_WITHIN``) and it reads its 100 matches alone."""
     finds = CommandCounter("resources")
     async with fresh_store(store_uri, owner="probe-test", listeners=(finds,)) as store:
         await store.db["jobs"].insert_one({"_id": LAYOUT_MARKER, "layout": INDEX_LAYOUT})
@@ -182,14 +184,18 @@ async def test_a_clause_of_a_few_thousand_keys_is_found_beside_larger_ones(store
             person = _patient(n, "李", "1960-05-05")
             person["name"][0]["given"] = ["小东"]
             people.append(person)
+        people.append(_patient(0, "王小", "1971-01-01"))
         made = await _create_all(service, people)
         expected = {rid for n, rid in enumerate(made[:2400]) if n % 24 == 0}
-        for query in ("family=王&given=小东&birthdate=1960", "birthdate=1960&given=小东&family=王"):
-            before = len(finds.filters)
-            found, _ = await _ids(service, finds, query)
-            read = sum(len(f.get("_id", {}).get("$in", [])) for f in finds.filters[before:])
-            assert found == expected, query
-            assert read == 400, query
+        for within in (False, True):
+            if within:
+                await service.delete(principal=ADMIN, rtype="Patient", rid=made[-1])
+            for query in ("family=王&given=小东&birthdate=1960", "birthdate=1960&given=小东&family=王"):
+                before = len(finds.filters)
+                found, _ = await _ids(service, finds, query)
+                read = sum(len(f.get("_id", {}).get("$in", [])) for f in finds.filters[before:])
+                assert found == expected, query
+                assert read == (100 if within else 400), (query, within)
         paged: list[str] = []  # pages of 30: the first from the narrowed keys, the next ones from its cursor on
         cursor = None
         while True:

@@ -1283,8 +1283,9 @@ def test_sorts_by_a_date_within_one_status_or_subject_over_the_official_examples
     """Each pair of keys.py ``SORTS_WITHIN`` over the official examples and the generated data: for every code
     of the status (any system) and up to 12 subjects or Patient compartments, ``<param>=<value>&_sort=±<date>`` or
     ``Patient/<id>/<type>?_sort=±<date>`` paged 3 at a time gives the evaluator's matches with their dates in its
-    order (read within that value: one clause drives); a given name within a family: ``_sort=±family,±given``
-    gives the evaluator's order (each family's group taken from its given names' entries within it)."""
+    order (read within that value: one clause drives); a given name or a birth date within a family:
+    ``_sort=±family,±given`` (``±birthdate``) gives the evaluator's order (each family's group taken from its
+    entries within it), and ``family=<f>&_sort=±birthdate`` too (within f where no longer family starts with it)."""
     failures: list[str] = []
     base = search_hub.base
     checked = 0
@@ -1292,9 +1293,11 @@ def test_sorts_by_a_date_within_one_status_or_subject_over_the_official_examples
         for rtype, pairs in SORTS_WITHIN.items():
             universe = stored.get(rtype, [])
             for by, dated in pairs:
-                if _definitions()[rtype][dated]["type"] == "string":
+                by_kind = "reference" if by == COMPARTMENT else _definitions()[rtype][by]["type"]
+                dated_kind = _definitions()[rtype][dated]["type"]
+                if by_kind == "string":  # a given name or a birth date within a family name: both keys
                     for first, then in itertools.product((False, True), repeat=2):
-                        sort = [(by, "string", first), (dated, "string", then)]
+                        sort = [(by, "string", first), (dated, dated_kind, then)]
                         text = f"{'-' * first}{by},{'-' * then}{dated}"
                         expected = _sorted_by({r["id"]: r for r in universe}, sort, base)
                         got = _ids_or_failure(api, base, rtype, [("_sort", text), ("_elements", "id")], 3, failures)
@@ -1303,17 +1306,23 @@ def test_sorts_by_a_date_within_one_status_or_subject_over_the_official_examples
                         checked += 1
                         if got != expected:
                             failures.append(f"{rtype}?_sort={text}: {_first_difference(got, expected)}")
-                    continue
-                def held(resource: dict[str, Any], by: str = by) -> set[str]:
+                    if dated_kind == "string":
+                        continue
+
+                def held(resource: dict[str, Any], by: str = by, by_kind: str = by_kind) -> set[str]:
                     if by == COMPARTMENT:  # the Patients whose compartment holds it
                         return {r for p in patient_compartment_params(rtype) for r in references(resource, p, base)
                                 if r.startswith("Patient/")}
-                    if _definitions()[rtype][by]["type"] == "reference":
+                    if by_kind == "reference":
                         return {r for r in references(resource, by, base) if "/" in r and "://" not in r}
+                    if by_kind == "string":  # a family name: its matches start with it (Hu: Huang too)
+                        return {t for v in values(resource, by) for t in texts(v)}
                     return {c for v in values(resource, by) for _, c in codes(v)}
                 wanted = sorted({v for r in universe for v in held(r)})
                 for value in wanted[:12]:
-                    theirs = [r for r in universe if value in held(r)]
+                    has = (matcher(by, "", value, "string", base, rtype) if by_kind == "string"
+                           else lambda r, value=value: value in held(r))
+                    theirs = [r for r in universe if has(r)]
                     for descending in (False, True):
                         sort = f"-{dated}" if descending else dated
                         date_of = {r["id"]: _sort_key(r, dated, "date", descending, base) for r in theirs}
@@ -1648,8 +1657,8 @@ def test_a_group_larger_than_memory_takes_pages_in_the_order_of_the_second_key(s
     walks the second key's entries inside that group (a string, a date, a token; both ways) instead of sorting
     it in memory, so every page comes, on pages of 7 both ways, in the evaluator's order: ties of the second key
     ordered by the third and by id, several given names, a Patient with two families (in the group descending
-    only), the members without a given name last. By given name, the pages walk the given names within the family
-    (keys.py ``SORTS_WITHIN``); by the others, the group's ids are kept for the pages after the first (with
+    only), the members without a given name last. By given name or birth date, the pages walk those within the
+    family (keys.py ``SORTS_WITHIN``); by identifier, the group's ids are kept for the pages after the first (with
     ``search_sort_keep`` 30, not 0): a member added after the second page is missed by the later pages (within the
     family, it comes). More members without a value of the second key than ``search_sort_max`` are a 400 that
     says so, at the page that reaches them."""
@@ -1680,10 +1689,12 @@ def test_a_group_larger_than_memory_takes_pages_in_the_order_of_the_second_key(s
                 pages = pages_both_ways(api, hub, f"/Patient?_sort={text}&_count=7")
                 assert [rid for ids in pages for rid in ids] == _sorted_by(mine, sort, hub.base), text
 
-            # a chen Patient added after the second page: by birth date, the group's ids kept (keep 30), its later
-            # pages miss it; by given name, the pages walk the given names within chen and meet it
-            for text, within in (("family,birthdate", False), ("family,given", True)):
-                sort = [("family", "string", False), (text.split(",")[1], "string" if within else "date", False)]
+            # a chen Patient added after the second page: by identifier, the group's ids kept (keep 30), its later
+            # pages miss it; by given name or birth date, the pages walk those within chen and meet it
+            for text, within in (("family,identifier", False), ("family,given", True), ("family,birthdate", True)):
+                second = text.split(",")[1]
+                sort = [("family", "string", False), (second, {"identifier": "token", "given": "string",
+                                                                "birthdate": "date"}[second], False)]
                 url: str | None = f"/Patient?_sort={text}&_count=7"
                 seen: list[str] = []
                 for _ in range(2):
@@ -1691,6 +1702,7 @@ def test_a_group_larger_than_memory_takes_pages_in_the_order_of_the_second_key(s
                     seen += [e["resource"]["id"] for e in page["entry"]]
                     url = next(x["url"].replace(hub.base, "") for x in page["link"] if x["relation"] == "next")
                 added = api.post("/Patient", json={"resourceType": "Patient", "birthDate": "1961",
+                                                   "identifier": [{"system": "urn:big", "value": "999"}],
                                                    "name": [{"family": "chen", "given": ["zzz"]}]})
                 assert added.status_code == 201, added.text
                 while url:
@@ -2016,7 +2028,7 @@ def test_a_compartment_on_a_store_indexed_before_its_entries_reads_the_dates_the
             assert walked == (expected, ["index"] * 3)
 
     _across_upgrade(store_uri, home, database, extra, "Observation", "date@Patient@",
-                    within_layout(COMPARTMENT) - 1, 30, check)  # both patients'
+                    within_layout(COMPARTMENT, "date") - 1, 30, check)  # both patients'
 
 
 def test_a_sort_by_name_on_a_store_indexed_before_given_names_within_families(store_uri: str,
@@ -2047,8 +2059,49 @@ def test_a_sort_by_name_on_a_store_indexed_before_given_names_within_families(st
         for sort, ids in expected.items():
             assert _walk_with_plans(api, hub, f"/Patient?_sort={sort}&_count=4")[0] == ids, sort
 
-    _across_upgrade(store_uri, home, database, extra, "Patient", "given@family@", within_layout("family") - 1, 30,
-                    check)
+    _across_upgrade(store_uri, home, database, extra, "Patient", "given@family@", within_layout("family", "given") - 1,
+                    30, check)
+
+
+def test_a_name_and_birth_date_search_on_a_store_indexed_before_birth_dates_within_families(store_uri: str,
+                                                                                          tmp_path: Any) -> None:
+    """A store of layout 15 has no birth dates within family names: until its upgrade completes,
+    ``Patient?family=zhao&birthdate=ge1970`` and ``_sort=family,-birthdate`` read the families' and the dates' own
+    entries, and afterwards the new ones (two per Patient with a birth date, a ``~`` one for the Patient without),
+    with the same matches in the same order. The upgrade re-indexes the Patients alone: no other type's entries
+    changed at layout 16."""
+    home, database = tmp_path / "home", f"born_{uuid.uuid4().hex[:8]}"
+    extra = {"MEDUNION_SEARCH_SORT_IN_MEMORY": "2"}
+    born = ["1960", "1970-05", "1971-02-03", "1990", None]
+    hub = start_hub(store_uri, home, database=database, extra=extra)
+    try:
+        with hub.client() as api:
+            _create_all(api, [{"resourceType": "Patient", "name": [{"family": ["zhao", "li", "王"][i % 3]}],
+                               **({"birthDate": b} if (b := born[i % 5]) else {})} for i in range(30)])
+            _create_all(api, [{"resourceType": "Observation", "status": "final", "code": {"text": "x"}}])
+            made = _all_resources(api, hub, "/Patient?_count=1000")
+            searches = {"/Patient?family=zhao&birthdate=ge1970&_count=4": sorted(
+                            r for r, b in made.items() if b["name"][0]["family"] == "zhao" and b.get("birthDate", "0")
+                            >= "1970"),
+                        "/Patient?family=王&birthdate=lt1980&_count=4": sorted(
+                            r for r, b in made.items() if b["name"][0]["family"] == "王" and "birthDate" in b
+                            and b["birthDate"] < "1980")}
+            ordered = _sorted_by(made, [("family", "string", False), ("birthdate", "date", True)], hub.base)
+            assert all(searches.values())
+    finally:
+        stop_hub(hub)
+
+    def check(api: httpx.Client, hub: Hub, upgraded: bool) -> None:
+        for url, ids in searches.items():
+            assert sorted(_walk_with_plans(api, hub, url)[0]) == ids, url
+        assert _walk_with_plans(api, hub, "/Patient?_sort=family,-birthdate&_count=4")[0] == ordered
+        if upgraded:
+            with MongoClient(store_uri) as mongo:
+                job = mongo[database]["jobs"].find_one({"kind": "reindex", "layout": INDEX_LAYOUT})
+            assert job is not None and job["types"] == ["Patient"] and job["status"] == "completed", job
+
+    _across_upgrade(store_uri, home, database, extra, "Patient", "birthdate@family@",
+                    within_layout("family", "birthdate") - 1, sum(2 if born[i % 5] else 1 for i in range(30)), check)
 
 
 def test_a_patients_timeline_reads_the_dates_of_its_observations_alone(store_uri: str, tmp_path: Any) -> None:

@@ -37,6 +37,7 @@ from fhir_server.search.keys import (
     PRESENT,
     SORTS_WITHIN,
     SPANS_LAYOUT,
+    WITHIN,
     decode_hex,
     hexs,
     sort_value,
@@ -44,6 +45,7 @@ from fhir_server.search.keys import (
     within_value,
 )
 from fhir_server.search.query import (
+    TOP,
     Clause,
     Join,
     KeyRange,
@@ -515,7 +517,7 @@ class SearchEngine:
         if head is not None:
             clauses = head.clauses
         if clauses is None:
-            clauses = await self._resolve(query)
+            clauses = await self._resolve(query, cursor)
         warnings: list[str] = []
         if query.sort:
             page = await self._sorted_page([query], count=count, cursor=cursor, from_end=from_end, clauses=[clauses])
@@ -790,7 +792,10 @@ class SearchEngine:
 
     # ---- chains and _has ----------------------------------------------------------------------------------
 
-    async def _resolve(self, query: SearchQuery) -> list[Clause]:
+    async def _resolve(self, query: SearchQuery, cursor: str | None = None) -> list[Clause]:
+        """The query's clauses as the store is read for them: each on the layout's entries, chains and ``_has``
+        resolved to the ids they name (or joins), a string's value checked to be the only one it names
+        (``_sole_values``: ``cursor``, of the page asked for), date windows, dates read within a value."""
         out = []
         for clause in query.clauses:
             while clause.fallback is not None and await self._layout() < clause.fallback_below:
@@ -823,7 +828,36 @@ class SearchEngine:
                         ref.split("/", 1)[1] for v in found for ref in _references(v, has.param)
                         if ref.startswith(f"{query.rtype}/")))
             out.append(clause)
+        out = await self._sole_values(query, out, cursor)
         return await self._read_within(query.rtype, await self._with_windows(query.rtype, out))
+
+    async def _sole_values(self, query: SearchQuery, clauses: list[Clause], cursor: str | None) -> list[Clause]:
+        """``clauses`` with the ``within`` of each string clause that matches by prefix (``Clause.within_prefix``:
+        ``family=王``) kept only where it serves (a pair of ``SORTS_WITHIN`` by its parameter whose other names a
+        clause that drives, or the first sort key) and every match holds that very value: no longer value of the
+        parameter starts with it, as one key of the store tells (``王小`` would match too, and its persons have no
+        birth dates within 王). A page after the first keeps the choice its cursor's position shows (a key within
+        the value, or not), so a person named 王小 written between two pages does not move the walk elsewhere."""
+        prefixed = [k for k, c in enumerate(clauses) if c.within_prefix and c.within is not None]
+        if not prefixed:
+            return clauses
+        pairs = SORTS_WITHIN.get(query.rtype, ())
+        keyed = {keyed_code(c) for c in clauses if c.drives and c.join is None} | {s[0] for s in query.sort[:1]}
+        layout = await self._layout()
+        mark = orjson.dumps(_decode_cursor(cursor)).decode() if cursor else None
+        out = list(clauses)
+        for k in prefixed:
+            by, value = clauses[k].within or ("", "")
+            serves = any(b == by and d in keyed and layout >= within_layout(b, d) for b, d in pairs)
+            if not serves:
+                sole = False
+            elif mark is not None:
+                sole = f"{WITHIN}{by}{WITHIN}{value}|" in mark
+            else:
+                sole = not await self.store.scan_index(query.rtype, f"{by}|{value}.{TOP}", f"{by}|{value}{TOP}",
+                                                       after=None, limit=1)
+            out[k] = replace(clauses[k], within=clauses[k].within if sole else None, within_prefix=False)
+        return out
 
     async def _sub_matches(self, query: SearchQuery,
                            clauses: list[Clause]) -> tuple[list[Version] | None, list[str] | None]:
@@ -977,7 +1011,7 @@ class SearchEngine:
         for clause in clauses:
             code = keyed_code(clause) if clause.drives and clause.join is None else None
             for k, (by, value) in holders:
-                if code is not None and (by, code) in pairs and layout >= within_layout(by):
+                if code is not None and (by, code) in pairs and layout >= within_layout(by, code):
                     clause = read_within(clause, code, by, value)
                     used.add(k)
                     break
@@ -1274,7 +1308,7 @@ class SearchEngine:
             mark = _decode_cursor(cursor) if cursor else None
             walked = isinstance(mark, dict) and "w" in mark
             if by_index is not None and (walked or mark is None):
-                resolved = clauses[0] if clauses is not None else await self._resolve(query)
+                resolved = clauses[0] if clauses is not None else await self._resolve(query, cursor)
                 clauses = [resolved]
                 by_index = await self._within(by_index, resolved, mark if walked else None)
                 if walked:
@@ -1300,7 +1334,8 @@ class SearchEngine:
         orders by date, a patient's observations by date), when the store's resources all have those entries. A
         cursor ``mark`` of a page read in ``order`` itself (before the store's upgrade completed) stays in it."""
         for clause in clauses:
-            if clause.within is None or clause.negate or await self._layout() < within_layout(clause.within[0]):
+            if clause.within is None or clause.negate or await self._layout() < within_layout(
+                    clause.within[0], order.param):
                 continue
             narrow = within(order, *clause.within)
             if narrow is not None:
@@ -1532,7 +1567,7 @@ class SearchEngine:
         value = order.key_value(anchor)
         if value is None:  # not a position of this order (a cursor made up): no group to take
             return None
-        if (await self._layout() >= within_layout(order.param)
+        if (await self._layout() >= within_layout(order.param, second.param)
                 and (narrow := within_group(order, second, anchor)) is not None):  # any size: a page's worth read
             return narrow, _Members(value, anchor, anchor, None, time.monotonic())
         kept = self.groups.members(_Groups.members_key(order, back, anchor)) if known else None

@@ -37,7 +37,8 @@ Encodings (``hex`` is the hex of the UTF-8 bytes, ``n`` a sortable 16-hex-digit 
   takes letters, digits, ``_``, ``-``, ``.`` and ``|`` in it), instead of reading every resource of the type
 - a date within a token's code or a reference's target (``SORTS_WITHIN``): the date's entries again, under the code
   ``<date>@<token or reference>@<hex(code or id)>`` (``within_code``); a given name within a family name likewise,
-  ``given@family@<hex(sortable family)>``, and ``~`` there for a person with a family and no given name
+  ``given@family@<hex(sortable family)>``, and ``~`` there for a person with a family and no given name; a birth date
+  within a family name, ``birthdate@family@<hex(sortable family)>`` (``~``: none)
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ __all__ = [
     "SORTS_WITHIN",
     "SOUNDS",
     "SPANS_LAYOUT",
+    "WITHIN",
     "WITHIN_LAYOUT",
     "base_code",
     "decode_hex",
@@ -94,6 +96,7 @@ __all__ = [
     "local_reference",
     "num",
     "reads_absent_entries",
+    "reindexed_since",
     "sort_value",
     "sortable_int",
     "split_date",
@@ -114,8 +117,8 @@ __all__ = [
 # (``SORTS_WITHIN``); 10: Observation dates within the Patient compartment; 11: given names within family names;
 # 12: ``@lacks`` entries listed with commas (never read: the store scans for a comma without its index); 13: ``@lacks``
 # entries; 14: ``phonetic:pinyin`` entries; 15: no new entries, but the longest span of each date parameter's values is
-# known for every stored resource (search/date_spans.py).
-INDEX_LAYOUT = 15
+# known for every stored resource (search/date_spans.py); 16: Patient birth dates within family names.
+INDEX_LAYOUT = 16
 ABSENT_LAYOUT = 6  # the first layout with ``@absent`` entries
 LACKS_LAYOUT = 13  # the first layout with ``@lacks`` entries
 PINYIN_LAYOUT = 8  # the first layout with strings in their sortable form
@@ -148,7 +151,10 @@ SORTED_KINDS = ("date", "number", "quantity", "token", "string")  # entries that
 # A string within a string: every given name of a person within each of its family names (``given@family@<hex of the
 # sortable family>``), so that ``Patient?_sort=family,given`` takes a family's thousands of members in given-name
 # order from their own run (engine.py ``_large_group``) instead of learning the members from the family's entries and
-# passing over the other families' given names.
+# passing over the other families' given names. A date within a string: a person's birth date within each of its
+# family names, so that ``Patient?family=王&birthdate=1970`` (a clerk's lookup) reads the 王 born that year, not
+# every 王 nor everyone born that year (engine.py ``_read_within``; family is a prefix search: only when no longer
+# family starts with it, ``Clause.within_prefix``), and ``_sort=family,birthdate`` takes a family's members by date.
 COMPARTMENT = "Patient"
 SORTS_WITHIN: dict[str, tuple[tuple[str, str], ...]] = {
     "ServiceRequest": (("status", "authored"),),
@@ -156,11 +162,14 @@ SORTS_WITHIN: dict[str, tuple[tuple[str, str], ...]] = {
     "ImagingStudy": (("status", "started"),),
     "Task": (("status", "authored-on"),),
     "Observation": (("subject", "date"), (COMPARTMENT, "date")),
-    "Patient": (("family", "given"),),
+    "Patient": (("family", "given"), ("family", "birthdate")),
     "Practitioner": (("family", "given"),),
 }
-# the layout from which the store's resources have the entries within values of a parameter (others: WITHIN_LAYOUT)
-_WITHIN_SINCE = {COMPARTMENT: 10, "family": 11}
+# the layout from which the store's resources have the entries of a pair of ``SORTS_WITHIN`` (others: WITHIN_LAYOUT)
+_WITHIN_SINCE = {(COMPARTMENT, "date"): 10, ("family", "given"): 11, ("family", "birthdate"): 16}
+# the types whose entries a layout changed, where it changed only some: a store a layout or more behind re-indexes
+# the types that any layout since changed (``reindexed_since``), every type when one of them is not listed here
+_LAYOUT_TYPES = {16: ("Patient",)}
 WITHIN = "@"  # joins the codes of such entries: ``<date>@<token or reference>@<value>``; in no parameter code
 _META = frozenset({"_tag", "_profile", "_security", "_source"})  # on few resources, rarely sorted by
 log = logging.getLogger("medunion.search")
@@ -257,9 +266,20 @@ def within_value(kind: str, text: str) -> str:
     return hexs(text.rsplit("/", 1)[-1] if kind == "reference" else text)
 
 
-def within_layout(by: str) -> int:
-    """The first layout whose resources all have the ``SORTS_WITHIN`` entries within values of ``by``."""
-    return _WITHIN_SINCE.get(by, WITHIN_LAYOUT)
+def within_layout(by: str, dated: str) -> int:
+    """The first layout whose resources all have the ``SORTS_WITHIN`` entries of ``dated`` within values of ``by``."""
+    return _WITHIN_SINCE.get((by, dated), WITHIN_LAYOUT)
+
+
+def reindexed_since(layout: int) -> tuple[str, ...] | None:
+    """The types whose entries changed after ``layout`` (a store indexed under it re-indexes those to reach
+    ``INDEX_LAYOUT``); None: every type."""
+    changed: set[str] = set()
+    for later in range(layout + 1, INDEX_LAYOUT + 1):
+        if later not in _LAYOUT_TYPES:
+            return None
+        changed.update(_LAYOUT_TYPES[later])
+    return tuple(sorted(changed))
 
 
 def base_code(code: str) -> str:

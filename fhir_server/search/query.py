@@ -238,6 +238,9 @@ class Clause:
     # entries name it (keys.py ``within_value``: the code, the target's id): a sort by a date may read the date's
     # entries within it (index_order.py ``within``)
     within: tuple[str, str] | None = None
+    # ``within`` names the value that a string clause's matches start with (``family=王``): they all hold it only
+    # when no longer value of the parameter starts so, which the engine asks the store (``_sole_values``)
+    within_prefix: bool = False
     # a date clause of one value with a prefix that bounds its values on one side: (parameter, prefix, the value's
     # low and high bound in µs); two or more of one parameter make a window (``date_window``)
     dated: tuple[str, str, int, int] | None = None
@@ -749,7 +752,9 @@ class _Parser:
             normalized = [normalize_string(v)[:MAX_TEXT] for v in values]
             check = _string_check(parameter, values) if modifier == "exact" else None
             keys = _string_keys(code, modifier, normalized, sortable)
-            clause = Clause(name, keys=keys, check=check)
+            one = within_value(kind, sortable(normalized[0])) if len(normalized) == 1 and modifier != "contains" else ""
+            clause = Clause(name, keys=keys, check=check, within=(code, one) if one else None,
+                            within_prefix=modifier == "")
             if any(has_reading(n) for n in normalized):  # a store indexed before layout 8 holds the plain text
                 both = keys.ranges + _string_keys(code, modifier, normalized, _plain).ranges
                 clause.fallback = Clause(name, keys=KeySet(both), check=check)

@@ -9,8 +9,10 @@ its own jobs that were ``running`` when it stopped, from where they were (``resu
 that never comes back stays ``running`` with a stale ``updated`` time; start another.
 
 A store indexed by an older hub (``INDEX_LAYOUT`` in ``search/keys.py``: entries added since) is brought up to
-date by a job of all types that the first instance to start after the upgrade launches by itself
-(``upgrade``); when it completes, the store records the layout, so it runs once.
+date by a job that the first instance to start after the upgrade launches by itself (``upgrade``): of the types whose
+entries changed since the store's layout (``reindexed_since``: a store one layout behind re-indexes its Patients
+alone for layout 16), of every type when that is not known; when it completes, the store records the layout, so it
+runs once.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pymongo.errors import DuplicateKeyError
 from fhir_server.auth.scopes import Principal
 from fhir_server.errors import NotFound
 from fhir_server.model.types import SUPPORTED_TYPES, require_supported_type
-from fhir_server.search.keys import INDEX_LAYOUT, LAYOUT_MARKER
+from fhir_server.search.keys import INDEX_LAYOUT, LAYOUT_MARKER, reindexed_since
 from fhir_server.service.resources import ResourceService, instant
 from fhir_server.settings import Settings
 from fhir_server.storage import ResourceStore, now_micros
@@ -58,8 +60,8 @@ class Reindexer:
 
     async def upgrade(self) -> str | None:
         """At start-up: if the store's resources were indexed under an older ``INDEX_LAYOUT``, start the job that
-        re-indexes every type (unless another instance has started it); returns its id. An empty store is
-        marked as up to date at once."""
+        re-indexes the types whose entries changed since (unless another instance has started it); returns its id.
+        An empty store is marked as up to date at once."""
         marker = await self.jobs.find_one({"_id": LAYOUT_MARKER})
         if marker is not None and int(marker.get("layout", 0)) >= INDEX_LAYOUT:
             return None
@@ -71,9 +73,11 @@ class Reindexer:
                                         "started": now_micros()})
         except DuplicateKeyError:
             return None
-        job = await self._new_job(sorted(SUPPORTED_TYPES), layout=INDEX_LAYOUT)
-        log.info("search index: the stored resources were indexed by an older hub; re-indexing them in the "
-                 "background (job %s, GET [base]/$reindex/%s)", job, job)
+        changed = reindexed_since(int(marker.get("layout", 0)) if marker is not None else 0)
+        job = await self._new_job(sorted(SUPPORTED_TYPES) if changed is None else list(changed), layout=INDEX_LAYOUT)
+        log.info("search index: the stored resources were indexed by an older hub; re-indexing %s in the "
+                 "background (job %s, GET [base]/$reindex/%s)", "every type" if changed is None else
+                 ", ".join(changed), job, job)
         return job
 
     async def _new_job(self, types: list[str], *, layout: int | None = None) -> str:
