@@ -219,6 +219,17 @@ async def test_a_birth_date_beside_a_family_name_reads_the_entries_within_it(sto
             assert sorted(paged) == sorted(expected) and len(paged) == len(set(paged)), pairs
             assert await _backward(service, "Patient", pairs, 4) == paged, pairs
 
+        # sorted in index order (past 2 matches): by the date within the family (chen), by the date of every family
+        # starting so (li), and by family then date, whose walk within the family 王 names a key within it though 王
+        # is not one value (王小 is)
+        walking = ResourceService(store=store, settings=Settings(search_sort_in_memory=2))
+        for pairs in ([("family", "chen"), ("_sort", "-birthdate")], [("family", "li"), ("_sort", "birthdate")],
+                      [("family", "王"), ("birthdate", "ge1950"), ("_sort", "family,birthdate")],
+                      [("family", "王"), ("birthdate", "ge1950"), ("_sort", "birthdate")]):
+            expected = set.intersection(*[set(await _ids(service, "Patient", [pair])) for pair in pairs[:-1]])
+            paged = await _ids(walking, "Patient", pairs, count=4)
+            assert sorted(paged) == sorted(expected) and len(paged) == len(set(paged)), pairs
+
         for pairs, written in (([("family", "chen"), ("birthdate", "ge1950")], "cheng"),
                                ([("family", "li"), ("birthdate", "ge1950")], "lin")):
             before = set(await _ids(service, "Patient", pairs))

@@ -407,6 +407,16 @@ def _decode_cursor(text: str) -> Any:
 _NOT_THIS_SEARCH = "The page cursor does not belong to this search; start again from the first page"
 
 
+def _cursor_position(cursor: str, *, sorted_by: bool) -> str | None:
+    """The index key a page cursor goes on from: a scan's (``[driver, key]``), or a sort's walk in index order
+    (``{"w": [phase, key]}``); None for another (a sort in memory's values, an id)."""
+    mark = _decode_cursor(cursor)
+    if sorted_by:
+        walk = mark.get("w") if isinstance(mark, dict) else None
+        return walk[1] if isinstance(walk, list) and len(walk) == 2 and isinstance(walk[1], str) else None
+    return mark[1] if isinstance(mark, list) and len(mark) in (2, 3) and isinstance(mark[1], str) else None
+
+
 def _bad_cursor(message: str) -> BadRequest:
     return BadRequest(message, issues=[Issue(code="value", diagnostics=message, expression=("_cursor",))])
 
@@ -836,23 +846,28 @@ class SearchEngine:
         ``family=王``) kept only where it serves (a pair of ``SORTS_WITHIN`` by its parameter whose other names a
         clause that drives, or the first sort key) and every match holds that very value: no longer value of the
         parameter starts with it, as one key of the store tells (``王小`` would match too, and its persons have no
-        birth dates within 王). A page after the first keeps the choice its cursor's position shows (a key within
-        the value, or not), so a person named 王小 written between two pages does not move the walk elsewhere."""
+        birth dates within 王). A page after the first whose position lies in entries the choice decides keeps the
+        choice it shows (within 王, or the dates' or the family's own), so a person named 王小 written between two
+        pages does not turn its cursor into one of another search."""
         prefixed = [k for k, c in enumerate(clauses) if c.within_prefix and c.within is not None]
         if not prefixed:
             return clauses
         pairs = SORTS_WITHIN.get(query.rtype, ())
-        keyed = {keyed_code(c) for c in clauses if c.drives and c.join is None} | {s[0] for s in query.sort[:1]}
+        first = query.sort[0][0] if query.sort else None
+        keyed = {keyed_code(c) for c in clauses if c.drives and c.join is None} | {first}
         layout = await self._layout()
-        mark = orjson.dumps(_decode_cursor(cursor)).decode() if cursor else None
+        position = _cursor_position(cursor, sorted_by=first is not None) if cursor else None
         out = list(clauses)
         for k in prefixed:
             by, value = clauses[k].within or ("", "")
-            serves = any(b == by and d in keyed and layout >= within_layout(b, d) for b, d in pairs)
-            if not serves:
+            served = [d for b, d in pairs if b == by and d in keyed and layout >= within_layout(b, d)]
+            # the entries the choice decides a position in: a sort's walk, of its first key; a scan, of its driver
+            decided = [f"{query.rtype}|{d}{end}" for d in served if first is None or d == first
+                       for end in ("|", f"{WITHIN}{by}{WITHIN}")] + ([f"{query.rtype}|{by}|"] if first is None else [])
+            if not served:
                 sole = False
-            elif mark is not None:
-                sole = f"{WITHIN}{by}{WITHIN}{value}|" in mark
+            elif position is not None and position.startswith(tuple(decided)):
+                sole = any(position.startswith(f"{query.rtype}|{d}{WITHIN}{by}{WITHIN}{value}|") for d in served)
             else:
                 sole = not await self.store.scan_index(query.rtype, f"{by}|{value}.{TOP}", f"{by}|{value}{TOP}",
                                                        after=None, limit=1)
