@@ -130,13 +130,17 @@ async def main(patients: int, seconds: float, clients: int, store_dir: Path | No
                 family, born = birth(pick(rng))
                 return f"/Patient?family={quote(family)}&birthdate={born}"
 
-            async def by_family_birthdate_raw(rng: random.Random) -> bool:
-                _, born = birth(pick(rng))
+            def born_within(family: str) -> str:
+                """The code of the birth dates kept within a family name (keys.py ``SORTS_WITHIN``)."""
+                return within_code("birthdate", "family", string_enc(normalize_string(family))[:-1])
+
+            async def by_family_birthdate_raw(rng: random.Random) -> bool:  # the day's birth dates within the family
+                family, born = birth(pick(rng))
                 found = date_range(born, zone)
                 assert found is not None
-                low = found[0]
-                return bool(await raw("Patient", f"birthdate|L{sortable_int(low)}",
-                                      f"birthdate|L{sortable_int(low + MICROS_PER_DAY)}"))
+                low, code = found[0], born_within(family)
+                return bool(await raw("Patient", f"{code}|L{sortable_int(low)}",
+                                      f"{code}|L{sortable_int(low + MICROS_PER_DAY)}"))
 
             def sr_by_subject_status(rng: random.Random) -> str:
                 i = pick(rng)
@@ -255,14 +259,13 @@ async def main(patients: int, seconds: float, clients: int, store_dir: Path | No
                 family, born = birth(pick(rng))
                 return f"/Patient?family={quote(family)}&birthdate={born[:4]}&_count=20"
 
-            async def name_and_birth_year_raw(rng: random.Random) -> bool:  # the year's birthdate keys (~1,100),
-                _, born = birth(pick(rng))  # then a page of their Patients: as if the store knew which 20 match
+            async def name_and_birth_year_raw(rng: random.Random) -> bool:  # a page of the year's birth dates
+                family, born = birth(pick(rng))  # within the family (~60 Patients) and those Patients
                 found = date_range(born[:4], zone)
                 assert found is not None
-                keys = await store.scan_index("Patient", f"birthdate|L{sortable_int(found[0])}",
-                                              f"birthdate|L{sortable_int(found[1])}~", after=None, limit=4096)
-                rids = sorted({split_index_key(k)[1] for k in keys})
-                return bool(await store.current_many("Patient", rids[::max(1, len(rids) // 20)][:20]))
+                code = born_within(family)
+                return bool(await raw("Patient", f"{code}|L{sortable_int(found[0])}",
+                                      f"{code}|L{sortable_int(found[1])}~", limit=21))
 
             # chains and _has whose sub-search has more than search_chain_max (1,000) matches: checked on each
             # candidate (engine ``Join``); the store rows read what an indexed join would for the same page
