@@ -162,28 +162,30 @@ async def test_a_cursor_made_before_the_store_held_the_entries_within_is_refused
         assert sorted(every) == sorted(await _ids(before, "ServiceRequest", pairs))
 
 
-FAMILIES = ["chen", "Chén", "CHEN", "王", "王小", "li", "lin", "zhou"]  # chen one value; 王 and li start 王小 and lin
+# chen one value; 王 and li start 王小 and lin; ma starts five longer families, more than are read within
+FAMILIES = ["chen", "Chén", "CHEN", "王", "王小", "li", "lin", "zhou", "ma", "mab", "mac", "mad", "mae", "maf"]
 BORN = ["1950", "1962-07", "1970", "1970-05", "1970-05-03", "1971-12-31", "1980-02-29", "1990", None]
 
 
 def _person(n: int) -> dict[str, Any]:
-    names = [{"family": FAMILIES[n % 8], **({"given": [["an", "bo", "小东"][n % 3]]} if n % 5 else {})}]
+    names = [{"family": FAMILIES[n % len(FAMILIES)], **({"given": [["an", "bo", "小东"][n % 3]]} if n % 5 else {})}]
     if n % 9 == 0:  # a second name: the person's birth date is within both families
-        names.append({"family": FAMILIES[(n // 9) % 8]})
+        names.append({"family": FAMILIES[(n // 9) % len(FAMILIES)]})
     person: dict[str, Any] = {"resourceType": "Patient", "name": names}
     if (born := BORN[n % 9 if n % 4 else (n // 4) % 9]) is not None:
         person["birthDate"] = born
     return person
 
 
-# (the search, whether its family names one value: no longer family starts with it)
+# (the search, whether it reads within the family's values: that one, and the few longer ones that start with it)
 PERSON_SEARCHES = [
     ([("family", "chen"), ("birthdate", "1970")], True),
     ([("family", "CHÉN"), ("birthdate", "ge1970-05"), ("birthdate", "lt1980")], True),  # a window, in any case
     ([("family:exact", "Chén"), ("birthdate", "le1971")], True),  # exact: the spelling checked on each chen read
     ([("family", "王小"), ("birthdate", "ne1970")], True),
-    ([("family", "王"), ("birthdate", "ge1970")], False),  # 王 and 王小
-    ([("family", "li"), ("birthdate", "sa1962")], False),  # li and lin
+    ([("family", "王"), ("birthdate", "ge1970")], True),  # within 王 and within 王小
+    ([("family", "li"), ("birthdate", "sa1962")], True),  # li and lin
+    ([("family", "ma"), ("birthdate", "ge1962")], False),  # ma and five more: the dates' own entries
     ([("family", "lin"), ("birthdate", "1970,1990")], True),
     ([("family", "chen"), ("given", "小")], True),  # given names within the family, by prefix
 ]
@@ -191,10 +193,11 @@ PERSON_SEARCHES = [
 
 async def test_a_birth_date_beside_a_family_name_reads_the_entries_within_it(store_uri: str) -> None:
     """``Patient?family=chen&birthdate=1970`` reads the birth dates kept within the family chen (case and accents
-    folded), when no longer family starts with chen (one key of the store tells): the chen born in 1970, not every
-    chen nor everyone born then. 王 is also the start of 王小, whose people have no birth dates within 王: that search
-    reads as before. A page after the first goes on as its cursor began, though a person named cheng (or the last
-    lin) is written in between; the next first page sees the change."""
+    folded; no longer family starts with chen, as one key of the store tells): the chen born in 1970, not every chen
+    nor everyone born then. 王 is also the start of 王小, whose people have no birth dates within 王: that search
+    reads within both. ma starts five longer families, more than are read within: it reads as before. A page after
+    the first goes on as its cursor began, though a person named cheng (or the last lin) is written in between; the
+    next first page sees the change."""
     finds, scans = CommandCounter("resources"), CommandCounter("search_index")
     async with fresh_store(store_uri, owner="within-test", listeners=(finds, scans)) as store:
         await store.db["jobs"].insert_one({"_id": LAYOUT_MARKER, "layout": INDEX_LAYOUT})
@@ -220,12 +223,13 @@ async def test_a_birth_date_beside_a_family_name_reads_the_entries_within_it(sto
             assert await _backward(service, "Patient", pairs, 4) == paged, pairs
 
         # sorted in index order (past 2 matches): by the date within the family (chen), by the date of every family
-        # starting so (li), and by family then date, whose walk within the family 王 names a key within it though 王
-        # is not one value (王小 is)
+        # starting so (li, ma: a walk reads one value's run), and by family then date, whose walk passes the groups
+        # of 王 and 王小 within them
         walking = ResourceService(store=store, settings=Settings(search_sort_in_memory=2))
         for pairs in ([("family", "chen"), ("_sort", "-birthdate")], [("family", "li"), ("_sort", "birthdate")],
                       [("family", "王"), ("birthdate", "ge1950"), ("_sort", "family,birthdate")],
-                      [("family", "王"), ("birthdate", "ge1950"), ("_sort", "birthdate")]):
+                      [("family", "王"), ("birthdate", "ge1950"), ("_sort", "birthdate")],
+                      [("family", "ma"), ("birthdate", "ge1962"), ("_sort", "-birthdate")]):
             expected = set.intersection(*[set(await _ids(service, "Patient", [pair])) for pair in pairs[:-1]])
             paged = await _ids(walking, "Patient", pairs, count=4)
             assert sorted(paged) == sorted(expected) and len(paged) == len(set(paged)), pairs
@@ -241,7 +245,7 @@ async def test_a_birth_date_beside_a_family_name_reads_the_entries_within_it(sto
                                                "birthDate": "1960"})
             else:  # li becomes one value
                 for n, rid in enumerate(made):
-                    if FAMILIES[n % 8] == "lin" or (n % 9 == 0 and FAMILIES[(n // 9) % 8] == "lin"):
+                    if "lin" in (FAMILIES[n % len(FAMILIES)], FAMILIES[(n // 9) % len(FAMILIES)] if n % 9 == 0 else ""):
                         await service.delete(principal=ADMIN, rtype="Patient", rid=rid)
             cursor = page.next_cursor
             while cursor is not None:

@@ -432,6 +432,11 @@ def _merge(out: SearchPage, page: SearchPage) -> None:
 # year beside a common family name: ~2,049 keys read each, ~12 µs a key, where walking the wrong one reads thousands
 # of resources at ~100 µs each); a clause scanned with a substring filter is probed once, at 256
 _PROBE_LIMITS = (8, 64, 256, 2048)
+# longer values of a string searched by prefix whose entries within each a date is read from (``_prefix_values``):
+# one store command each (Hu: Huang); past these (``family=w``) the clauses read as before. A page after the first
+# whose cursor lies within one takes up to ``_PREFIX_VALUES_PAGED`` (one written since need not turn it away)
+_PREFIX_VALUES = 4
+_PREFIX_VALUES_PAGED = 64
 _SUBSTRING_PROBE = (256,)
 # searches of a search over several types asked at once whether they have a match (``_page_of_many``): a window's
 # scans share a few commands (``ScanBatcher``: 64 ranges a command); a page filled early asks this many in vain
@@ -804,8 +809,8 @@ class SearchEngine:
 
     async def _resolve(self, query: SearchQuery, cursor: str | None = None) -> list[Clause]:
         """The query's clauses as the store is read for them: each on the layout's entries, chains and ``_has``
-        resolved to the ids they name (or joins), a string's value checked to be the only one it names
-        (``_sole_values``: ``cursor``, of the page asked for), date windows, dates read within a value."""
+        resolved to the ids they name (or joins), the longer values of a string searched by prefix found
+        (``_prefix_values``: ``cursor``, of the page asked for), date windows, dates read within a value."""
         out = []
         for clause in query.clauses:
             while clause.fallback is not None and await self._layout() < clause.fallback_below:
@@ -838,17 +843,19 @@ class SearchEngine:
                         ref.split("/", 1)[1] for v in found for ref in _references(v, has.param)
                         if ref.startswith(f"{query.rtype}/")))
             out.append(clause)
-        out = await self._sole_values(query, out, cursor)
+        out = await self._prefix_values(query, out, cursor)
         return await self._read_within(query.rtype, await self._with_windows(query.rtype, out))
 
-    async def _sole_values(self, query: SearchQuery, clauses: list[Clause], cursor: str | None) -> list[Clause]:
+    async def _prefix_values(self, query: SearchQuery, clauses: list[Clause], cursor: str | None) -> list[Clause]:
         """``clauses`` with the ``within`` of each string clause that matches by prefix (``Clause.within_prefix``:
         ``family=王``) kept only where it serves (a pair of ``SORTS_WITHIN`` by its parameter whose other names a
-        clause that drives, or the first sort key) and every match holds that very value: no longer value of the
-        parameter starts with it, as one key of the store tells (``王小`` would match too, and its persons have no
-        birth dates within 王). A page after the first whose position lies in entries the choice decides keeps the
-        choice it shows (within 王, or the dates' or the family's own), so a person named 王小 written between two
-        pages does not turn its cursor into one of another search."""
+        clause that drives, or the first sort key), with the longer values of the parameter that start with it
+        (``within_also``: 王小 beside 王, Huang beside Hu), found one store command each, as the next key of the
+        parameter past the last found: a date is then read within each. Past ``_PREFIX_VALUES`` of them (``family=w``)
+        it is dropped (the clauses read as before), and a sort walks within the value only when there is none. A
+        page after the first whose position lies in entries the choice decides keeps the choice it shows (within a
+        value, or the dates' or the family's own), so a person named 王小 written between two pages does not turn
+        its cursor into one of another search."""
         prefixed = [k for k, c in enumerate(clauses) if c.within_prefix and c.within is not None]
         if not prefixed:
             return clauses
@@ -864,15 +871,32 @@ class SearchEngine:
             # the entries the choice decides a position in: a sort's walk, of its first key; a scan, of its driver
             decided = [f"{query.rtype}|{d}{end}" for d in served if first is None or d == first
                        for end in ("|", f"{WITHIN}{by}{WITHIN}")] + ([f"{query.rtype}|{by}|"] if first is None else [])
+            kept: tuple[str, ...] | None = None  # the longer values; None: not read within
             if not served:
-                sole = False
+                pass
             elif position is not None and position.startswith(tuple(decided)):
-                sole = any(position.startswith(f"{query.rtype}|{d}{WITHIN}{by}{WITHIN}{value}|") for d in served)
+                named = next((position[len(head):].partition("|")[0] for d in served
+                              if position.startswith(head := f"{query.rtype}|{d}{WITHIN}{by}{WITHIN}")), None)
+                if named is not None and named.startswith(value):  # within: the values now, and the position's
+                    longer = await self._longer_values(query.rtype, by, value, _PREFIX_VALUES_PAGED)
+                    kept = None if longer is None else tuple(sorted({*longer, named} - {value}))
             else:
-                sole = not await self.store.scan_index(query.rtype, f"{by}|{value}.{TOP}", f"{by}|{value}{TOP}",
-                                                       after=None, limit=1)
-            out[k] = replace(clauses[k], within=clauses[k].within if sole else None, within_prefix=False)
+                kept = await self._longer_values(query.rtype, by, value, _PREFIX_VALUES)
+            out[k] = replace(clauses[k], within=None if kept is None else clauses[k].within, within_prefix=False,
+                             within_also=kept or ())
         return out
+
+    async def _longer_values(self, rtype: str, by: str, value: str, cap: int) -> tuple[str, ...] | None:
+        """The values of the string parameter ``by`` (hex of their sortable forms, as its keys hold them) that
+        start with ``value`` and are longer, in order; None when there are more than ``cap``."""
+        found: list[str] = []
+        low, high = f"{by}|{value}.{TOP}", f"{by}|{value}{TOP}"
+        while keys := await self.store.scan_index(rtype, low, high, after=None, limit=1):
+            if len(found) == cap:
+                return None
+            found.append(split_index_key(keys[0])[0].split("|", 2)[1].partition(".")[0])
+            low = f"{by}|{found[-1]}.{TOP}"
+        return tuple(found)
 
     async def _sub_matches(self, query: SearchQuery,
                            clauses: list[Clause]) -> tuple[list[Version] | None, list[str] | None]:
@@ -1016,7 +1040,8 @@ class SearchEngine:
         patient's. In the clause's place, as cursors name their driver by its place (one made before the store had
         these entries is refused: ``_scans_to``). The clause naming the value then only checks: the entries within
         it hold no resource that it does not, so it never drives better, and probing it cost a store command."""
-        holders = [(k, c.within) for k, c in enumerate(clauses) if c.within is not None and not c.negate]
+        holders = [(k, c.within, c.within_also) for k, c in enumerate(clauses) if c.within is not None
+                   and not c.negate]
         pairs = SORTS_WITHIN.get(rtype, ())
         if not holders or not pairs:
             return clauses
@@ -1025,9 +1050,9 @@ class SearchEngine:
         used: set[int] = set()
         for clause in clauses:
             code = keyed_code(clause) if clause.drives and clause.join is None else None
-            for k, (by, value) in holders:
+            for k, (by, value), also in holders:
                 if code is not None and (by, code) in pairs and layout >= within_layout(by, code):
-                    clause = read_within(clause, code, by, value)
+                    clause = read_within(clause, code, by, (value, *also))
                     used.add(k)
                     break
             out.append(clause)
@@ -1349,8 +1374,8 @@ class SearchEngine:
         orders by date, a patient's observations by date), when the store's resources all have those entries. A
         cursor ``mark`` of a page read in ``order`` itself (before the store's upgrade completed) stays in it."""
         for clause in clauses:
-            if clause.within is None or clause.negate or await self._layout() < within_layout(
-                    clause.within[0], order.param):
+            if clause.within is None or clause.within_also or clause.negate or await self._layout() < within_layout(
+                    clause.within[0], order.param):  # (a walk reads one value's run)
                 continue
             narrow = within(order, *clause.within)
             if narrow is not None:

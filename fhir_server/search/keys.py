@@ -153,8 +153,9 @@ SORTED_KINDS = ("date", "number", "quantity", "token", "string")  # entries that
 # order from their own run (engine.py ``_large_group``) instead of learning the members from the family's entries and
 # passing over the other families' given names. A date within a string: a person's birth date within each of its
 # family names, so that ``Patient?family=王&birthdate=1970`` (a clerk's lookup) reads the 王 born that year, not
-# every 王 nor everyone born that year (engine.py ``_read_within``; family is a prefix search: only when no longer
-# family starts with it, ``Clause.within_prefix``), and ``_sort=family,birthdate`` takes a family's members by date.
+# every 王 nor everyone born that year (engine.py ``_read_within``; family is a prefix search: within it and the few
+# longer families that start with it, ``Clause.within_prefix``), and ``_sort=family,birthdate`` takes a family's
+# members by date.
 COMPARTMENT = "Patient"
 SORTS_WITHIN: dict[str, tuple[tuple[str, str], ...]] = {
     "ServiceRequest": (("status", "authored"),),

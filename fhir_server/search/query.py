@@ -239,8 +239,11 @@ class Clause:
     # entries within it (index_order.py ``within``)
     within: tuple[str, str] | None = None
     # ``within`` names the value that a string clause's matches start with (``family=王``): they all hold it only
-    # when no longer value of the parameter starts so, which the engine asks the store (``_sole_values``)
+    # when no longer value of the parameter starts so, which the engine asks the store (``_prefix_values``)
     within_prefix: bool = False
+    # the longer values that start with ``within``'s (王小 beside 王): each match holds one of them or that value,
+    # so a date is read within each (``read_within``); a sort walks one value's run only (none of these)
+    within_also: tuple[str, ...] = ()
     # a date clause of one value with a prefix that bounds its values on one side: (parameter, prefix, the value's
     # low and high bound in µs); two or more of one parameter make a window (``date_window``)
     dated: tuple[str, str, int, int] | None = None
@@ -388,9 +391,15 @@ def _high(e: str) -> int:
 
 def _ends_after(p: str, b: int) -> list[KeyRange]:
     """Dates whose high bound is after ``b``: long ones by their H entry, short ones (under ``LONG_SPAN``, a
-    second, no H entry, keys.py) by their low bound, which is then less than that before ``b``."""
+    second, no H entry, keys.py) by their low bound, which is then less than that before ``b``. A long one's L
+    entry in that range is not held: its H entry holds it, and each would have its resource read (``birthdate=
+    ge1970`` read every Patient born since twice)."""
+    def short_and_after(e: str) -> bool:
+        low, high = split_date(e[e.index("|") + 1:])
+        return high > b and high - low < LONG_SPAN
+
     return [KeyRange(f"{p}|H{sortable_int(b + 1)}", f"{p}|H{TOP}"),
-            KeyRange(f"{p}|L{sortable_int(b + 1 - LONG_SPAN)}", f"{p}|L{TOP}", lambda e: _high(e) > b)]
+            KeyRange(f"{p}|L{sortable_int(b + 1 - LONG_SPAN)}", f"{p}|L{TOP}", short_and_after)]
 
 
 def _ends_before(p: str, a: int) -> list[KeyRange]:
@@ -522,16 +531,18 @@ def keyed_code(clause: Clause) -> str | None:
     return code if held else None
 
 
-def read_within(clause: Clause, code: str, by: str, value: str) -> Clause:
+def read_within(clause: Clause, code: str, by: str, values: Iterable[str]) -> Clause:
     """``clause``, whose ranges all read the entries of ``code`` (``keyed_code``), read instead from that code's
-    entries kept again within ``value`` of ``by`` (keys.py ``SORTS_WITHIN``, ``within_code``:
+    entries kept again within each of ``values`` of ``by`` (keys.py ``SORTS_WITHIN``, ``within_code``:
     ``authored@status@<hex(active)>|L…``): each range's bounds moved under that code, with its own test (which
     reads an entry after its first ``|``, the same in both). It holds a resource that has an entry of the
-    clause's ranges and that value; beside a clause that every match of which holds the value (``Clause.within``,
-    which still checks), it matches what the clause did, from the entries of that value alone."""
+    clause's ranges and one of those values; beside a clause every match of which holds one of them
+    (``Clause.within``, ``within_also``; which still checks), it matches what the clause did, from the entries of
+    those values alone."""
     assert clause.keys is not None
-    at, moved = len(code) + 1, f"{within_code(code, by, value)}|"
-    ranges = tuple(replace(r, lo=moved + r.lo[at:], hi=moved + r.hi[at:]) for r in clause.keys.ranges)
+    at = len(code) + 1
+    ranges = tuple(replace(r, lo=moved + r.lo[at:], hi=moved + r.hi[at:])
+                   for moved in (f"{within_code(code, by, value)}|" for value in values) for r in clause.keys.ranges)
     return replace(clause, keys=KeySet(ranges))
 
 
