@@ -267,6 +267,21 @@ async def main(patients: int, seconds: float, clients: int, store_dir: Path | No
                 return bool(await raw("Patient", f"{code}|L{sortable_int(found[0])}",
                                       f"{code}|L{sortable_int(found[1])}~", limit=21))
 
+            def prefix_and_birth_year(rng: random.Random) -> str:  # Hu starts Huang, Li starts Liu (pinyin names)
+                family = rng.choice(["Hu", "Li"])
+                return f"/Patient?family={family}&birthdate={birth(pick(rng))[1][:4]}&_count=20"
+
+            async def prefix_and_birth_year_raw(rng: random.Random) -> bool:  # the year's birth dates within each
+                family = rng.choice(["Hu", "Li"])  # of the two families, a page of them, and those Patients
+                found = date_range(birth(pick(rng))[1][:4], zone)
+                assert found is not None
+                keys: list[str] = []
+                for code in (born_within(family), born_within({"Hu": "Huang", "Li": "Liu"}[family])):
+                    keys += await store.scan_index("Patient", f"{code}|L{sortable_int(found[0])}",
+                                                   f"{code}|L{sortable_int(found[1])}~", after=None, limit=21)
+                rids = sorted({split_index_key(k)[1] for k in keys})[:21]
+                return bool(await store.current_many("Patient", rids))
+
             # chains and _has whose sub-search has more than search_chain_max (1,000) matches: checked on each
             # candidate (engine ``Join``); the store rows read what an indexed join would for the same page
             def reports_of_orders(rng: random.Random) -> str:  # one patient's reports whose order has a status
@@ -428,6 +443,8 @@ async def main(patients: int, seconds: float, clients: int, store_dir: Path | No
                 ("ServiceRequest?status=active&authored=<day> page 1", active_of_a_day, active_of_a_day_raw),
                 ("Patient?family=<family>&birthdate=<year> (_count=20)", name_and_birth_year,
                  name_and_birth_year_raw),
+                ("Patient?family=Hu or Li (prefixes of Huang, Liu)&birthdate=<year>", prefix_and_birth_year,
+                 prefix_and_birth_year_raw),
                 ("chain over 1,000: DiagnosticReport?subject=…&based-on:…status", reports_of_orders,
                  reports_of_orders_raw),
                 ("_has over 1,000: Patient?_has:…status=active&organization", active_at_hospital,
