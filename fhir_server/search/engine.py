@@ -1719,6 +1719,9 @@ class SearchEngine:
                     if _beyond(query, values, seen, back)]
 
         met: set[str] = set()
+        # versions read ahead (``valued``: the runs that begin and end within one chunk of the walk, in one store
+        # call; None: no such resource); a run takes its members from here before it reads the others
+        ahead: dict[str, Version | None] = {}
 
         by_id = len(query.sort) == 2  # a run of one second-key value is then ordered by id alone (``_tied``)
         # ... and a string's run (one value, one encoding) comes in that order when walked up, forward, and in its
@@ -1745,7 +1748,11 @@ class SearchEngine:
             at = 0
             while at < len(rids):
                 chunk, at = rids[at:at + size], at + size
-                versions = await self._read(order.rtype, clauses, sorted(chunk))
+                missing = [rid for rid in chunk if rid not in ahead]
+                versions = await self._read(order.rtype, clauses, sorted(missing)) if missing else {}
+                for rid in chunk:
+                    if (early := ahead.pop(rid, None)) is not None:
+                        versions[rid] = early
                 found = []
                 for rid in chunk:
                     version = versions.get(rid)
@@ -1800,6 +1807,13 @@ class SearchEngine:
                         if limit is not None and read > limit:
                             yield None
                             return
+                        if only is None:  # the members of the runs wholly in this chunk, read in one call
+                            inside = sorted({rid for there, key in chunk if there != run_value
+                                             and there != chunk[-1][0] and (rid := split_index_key(key)[1]) not in met
+                                             and (members.rids is None or rid in members.rids)} - ahead.keys())
+                            if len(inside) > 1:
+                                early = await self._read(order.rtype, clauses, inside)
+                                ahead.update({rid: early.get(rid) for rid in inside})
                         ended = False
                         for there, key in chunk:
                             if there != run_value:
