@@ -872,15 +872,13 @@ class SearchEngine:
             decided = [f"{query.rtype}|{d}{end}" for d in served if first is None or d == first
                        for end in ("|", f"{WITHIN}{by}{WITHIN}")] + ([f"{query.rtype}|{by}|"] if first is None else [])
             kept: tuple[str, ...] | None = None  # the longer values; None: not read within
-            if not served:
-                pass
-            elif position is not None and position.startswith(tuple(decided)):
+            if served and position is not None and position.startswith(tuple(decided)):
                 named = next((position[len(head):].partition("|")[0] for d in served
                               if position.startswith(head := f"{query.rtype}|{d}{WITHIN}{by}{WITHIN}")), None)
                 if named is not None and named.startswith(value):  # within: the values now, and the position's
                     longer = await self._longer_values(query.rtype, by, value, _PREFIX_VALUES_PAGED)
                     kept = None if longer is None else tuple(sorted({*longer, named} - {value}))
-            else:
+            elif served:
                 kept = await self._longer_values(query.rtype, by, value, _PREFIX_VALUES)
             out[k] = replace(clauses[k], within=None if kept is None else clauses[k].within, within_prefix=False,
                              within_also=kept or ())
@@ -889,12 +887,14 @@ class SearchEngine:
     async def _longer_values(self, rtype: str, by: str, value: str, cap: int) -> tuple[str, ...] | None:
         """The values of the string parameter ``by`` (hex of their sortable forms, as its keys hold them) that
         start with ``value`` and are longer, in order; None when there are more than ``cap``."""
+        order = index_order(rtype, by, False)
+        assert order is not None and order.kind == "string"
         found: list[str] = []
         low, high = f"{by}|{value}.{TOP}", f"{by}|{value}{TOP}"
         while keys := await self.store.scan_index(rtype, low, high, after=None, limit=1):
             if len(found) == cap:
                 return None
-            found.append(split_index_key(keys[0])[0].split("|", 2)[1].partition(".")[0])
+            found.append(order.string_hex(keys[0]))
             low = f"{by}|{found[-1]}.{TOP}"
         return tuple(found)
 
@@ -1719,6 +1719,10 @@ class SearchEngine:
                     if _beyond(query, values, seen, back)]
 
         met: set[str] = set()
+
+        def unmet(rid: str) -> bool:  # a member of the group the walk has not yet met
+            return (members.rids is None or rid in members.rids) and rid not in met
+
         # versions read ahead (``valued``: the runs that begin and end within one chunk of the walk, in one store
         # call; None: no such resource); a run takes its members from here before it reads the others
         ahead: dict[str, Version | None] = {}
@@ -1789,7 +1793,7 @@ class SearchEngine:
             def take(key: str) -> bool:
                 """A pair of the run at hand; whether its members met so far are to be read now."""
                 rid = split_index_key(key)[1]
-                if (members.rids is None or rid in members.rids) and rid not in met:
+                if unmet(rid):
                     run.setdefault(rid, set()).add(key)
                 return streaming and len(run) >= batch
 
@@ -1808,9 +1812,8 @@ class SearchEngine:
                             yield None
                             return
                         if only is None:  # the members of the runs wholly in this chunk, read in one call
-                            inside = sorted({rid for there, key in chunk if there != run_value
-                                             and there != chunk[-1][0] and (rid := split_index_key(key)[1]) not in met
-                                             and (members.rids is None or rid in members.rids)} - ahead.keys())
+                            inside = sorted({rid for there, key in chunk if there not in (run_value, chunk[-1][0])
+                                             and unmet(rid := split_index_key(key)[1])} - ahead.keys())
                             if len(inside) > 1:
                                 early = await self._read(order.rtype, clauses, inside)
                                 ahead.update({rid: early.get(rid) for rid in inside})

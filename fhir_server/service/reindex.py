@@ -63,7 +63,8 @@ class Reindexer:
         re-indexes the types whose entries changed since (unless another instance has started it); returns its id.
         An empty store is marked as up to date at once."""
         marker = await self.jobs.find_one({"_id": LAYOUT_MARKER})
-        if marker is not None and int(marker.get("layout", 0)) >= INDEX_LAYOUT:
+        stored = int(marker.get("layout", 0)) if marker is not None else 0
+        if stored >= INDEX_LAYOUT:
             return None
         if not await self.store.any_resource():
             await self._layout_done(INDEX_LAYOUT)
@@ -73,7 +74,7 @@ class Reindexer:
                                         "started": now_micros()})
         except DuplicateKeyError:
             return None
-        changed = reindexed_since(int(marker.get("layout", 0)) if marker is not None else 0)
+        changed = reindexed_since(stored)
         job = await self._new_job(sorted(SUPPORTED_TYPES) if changed is None else list(changed), layout=INDEX_LAYOUT)
         log.info("search index: the stored resources were indexed by an older hub; re-indexing %s in the "
                  "background (job %s, GET [base]/$reindex/%s)", "every type" if changed is None else
