@@ -407,6 +407,15 @@ def _decode_cursor(text: str) -> Any:
 _NOT_THIS_SEARCH = "The page cursor does not belong to this search; start again from the first page"
 
 
+def _inner_cursor(cursor: str | None) -> tuple[int, str | None]:
+    """The search a cursor of ``page_of_many`` is within, and its cursor there (-1, None: none; a cursor not of
+    that form is refused where the page is read)."""
+    state = _decode_cursor(cursor) if cursor else None
+    if isinstance(state, list) and len(state) in (2, 3) and isinstance(state[0], int) and isinstance(state[1], str):
+        return state[0], state[1]
+    return -1, None
+
+
 def _cursor_position(cursor: str, *, sorted_by: bool) -> str | None:
     """The index key a page cursor goes on from: a scan's (``[driver, key]``), or a sort's walk in index order
     (``{"w": [phase, key]}``); None for another (a sort in memory's values, an id)."""
@@ -574,8 +583,11 @@ class SearchEngine:
                     page.warnings += [w for w in warnings if w not in page.warnings]
         else:
             counted = head.total in ("accurate", "estimate")
-            # counted: every search is resolved (chains, _has) once, for the page and the count alike
-            resolved = list(await asyncio.gather(*(self._resolve(q) for q in queries))) if counted else None
+            # counted: every search is resolved (chains, _has) once, for the page and the count alike; the one the
+            # cursor is within by that cursor, so that its page reads its entries as the cursor's first page did
+            at, inner = _inner_cursor(cursor)
+            resolved = list(await asyncio.gather(*(self._resolve(q, inner if i == at else None)
+                                                   for i, q in enumerate(queries)))) if counted else None
             page = await self._page_of_many([replace(q, total="none") if counted else q for q in queries],
                                             count=count, cursor=cursor, resolved=resolved)
             if counted:
