@@ -1684,9 +1684,21 @@ class SearchEngine:
     async def _without_second(self, order: IndexOrder, second: IndexOrder, members: _Members) -> frozenset[str]:
         """Ids among which are the group's members without a value of the second key: its members; for a group
         walked within (``members.rids`` None), those that its ``~`` entry there names (keys.py ``_within_entries``:
-        a family's persons without a given name; and the persons with that family among others)."""
+        a family's persons without a given name; and the persons with that family among others). A group of known
+        members whose type keeps entries of the resources without the second key (``IndexOrder.tail``): those of
+        its members the tail names, when the tail is no more than eight keys a member (a key costs about an eighth
+        of a resource read); else every member, and each is read."""
         if members.rids is not None:
-            return members.rids
+            if not (second.absent and await self._layout() >= ABSENT_LAYOUT):
+                return members.rids
+            bound = 8 * len(members.rids)
+            named: set[str] = set()
+            for low, high in second.tail:
+                keys = await self.store.scan_index(order.rtype, low, high, after=None, limit=bound + 1)
+                named.update(split_index_key(key)[1] for key in keys)
+                if len(keys) > bound or len(named) > bound:
+                    return members.rids
+            return members.rids & named
         if members.unvalued is not None:
             return members.unvalued
         bound = 10 * self.settings.search_sort_max
@@ -1738,6 +1750,7 @@ class SearchEngine:
         # versions read ahead (``valued``: the runs that begin and end within one chunk of the walk, in one store
         # call; None: no such resource); a run takes its members from here before it reads the others
         ahead: dict[str, Version | None] = {}
+        given = 0  # the members yielded: a page takes no more than ``batch``
 
         by_id = len(query.sort) == 2  # a run of one second-key value is then ordered by id alone (``_tied``)
         # ... and a string's run (one value, one encoding) comes in that order when walked up, forward, and in its
@@ -1751,6 +1764,7 @@ class SearchEngine:
             """The members among the pairs of one value of the second key (each id with its keys there), in the
             walk's order past ``seen``. Sorted by two keys, they are in id order before they are read, and are read
             a page's worth at a time (a run of thousands costs its keys, and the resources the page takes)."""
+            nonlocal given
             rids = list(pairs)
             size = len(rids)
             if by_id:
@@ -1776,6 +1790,7 @@ class SearchEngine:
                         met.add(rid)
                         found.append((_sort_values(query, version), version))
                 for placed in ordered(found):
+                    given += 1
                     yield placed
                 size = min(size * 2, 1000)
 
@@ -1823,11 +1838,13 @@ class SearchEngine:
                         if limit is not None and read > limit:
                             yield None
                             return
-                        if only is None:  # the members of the runs wholly in this chunk, read in one call
-                            inside = sorted({rid for there, key in chunk if there not in (run_value, chunk[-1][0])
-                                             and unmet(rid := split_index_key(key)[1])} - ahead.keys())
+                        if only is None:  # the members of the runs wholly in this chunk, read in one call: the
+                            # first that the page may still take in the walk's order (the others as their runs end)
+                            inside = list(dict.fromkeys(
+                                rid for there, key in chunk if there not in (run_value, chunk[-1][0])
+                                and unmet(rid := split_index_key(key)[1]) and rid not in ahead))[:max(batch - given, 0)]
                             if len(inside) > 1:
-                                early = await self._read(order.rtype, clauses, inside)
+                                early = await self._read(order.rtype, clauses, sorted(inside))
                                 ahead.update({rid: early.get(rid) for rid in inside})
                         ended = False
                         for there, key in chunk:
