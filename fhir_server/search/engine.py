@@ -1463,7 +1463,8 @@ class SearchEngine:
                 raise _bad_cursor(_NOT_THIS_SEARCH)
             phase, position, back = walk[0], walk[1], bool(mark.get("p"))
         batch = min(max(count + 1, 20), 1000)
-        found = (self._in_groups(order, query, clauses, phase, position, seen, back=back, batch=batch, budget=budget)
+        found = (self._in_groups(order, query, clauses, phase, position, seen, back=back, batch=batch, budget=budget,
+                                 want=count + 1)
                  if grouped else _one_by_one(self._in_order(order, clauses, phase, position, back=back, batch=batch,
                                                             budget=budget)))
         items = await _first(found, count + 1)
@@ -1479,13 +1480,14 @@ class SearchEngine:
 
     async def _in_groups(self, order: IndexOrder, query: SearchQuery, clauses: list[Clause], phase: str,
                          anchor: str | None, seen: list[Any] | None, *, back: bool, batch: int,
-                         budget: int | None) -> AsyncGenerator[_Placed, None]:
+                         budget: int | None, want: int | None = None) -> AsyncGenerator[_Placed, None]:
         """The matches of a sort by several keys: in index order of the first (``_in_order``), each run of matches
         with one value of it (a group; those without one are a group, last) sorted in memory by all the keys.
         From the group whose first match in the walk's direction is at ``anchor`` (None: from the start), past the
         match whose sort values are ``seen``. A group of more than ``search_sort_max`` matches is a 400. A large
         group is kept a while (``_Groups``): the next pages inside it read only their own resources, and a page
-        that finds its group being read by another waits for it."""
+        that finds its group being read by another waits for it. ``want``: the matches the page takes (the second key's
+        read-ahead, ``_by_second_key``)."""
         shape = (query.text, tuple(query.sort), tuple(c.name for c in clauses))  # c.name: a compartment's too
         fresh = anchor is None  # a first page: nothing kept is used, and it starts at the walk's first match
         if fresh:  # where the walk starts: its first pair (each resource met from there is read and checked), or,
@@ -1518,7 +1520,7 @@ class SearchEngine:
                     reading.set()
                     reading = None
                 found = self._by_second_key(order, second, query, clauses, members, seen, shape, back=back,
-                                            batch=batch, budget=budget)
+                                            batch=batch, budget=budget, want=want)
             else:
                 found = self._groups_from(order, query, clauses, phase, anchor, seen, kept, shape, back=back,
                                           batch=batch, budget=budget)
@@ -1711,7 +1713,7 @@ class SearchEngine:
     async def _by_second_key(self, order: IndexOrder, second: IndexOrder, query: SearchQuery,
                              clauses: list[Clause], members: _Members, seen: list[Any] | None,
                              shape: tuple[Any, ...], *, back: bool, batch: int,
-                             budget: int | None) -> AsyncGenerator[_Placed, None]:
+                             budget: int | None, want: int | None = None) -> AsyncGenerator[_Placed, None]:
         """A large group (``_large_group``) past ``seen``, in the order of the second key's entries: the walk of
         that key (from ``seen``'s value) takes the pairs of the group's members, each read and checked, and sorts
         each run of one value by all the keys; the members without a value of the second key come last (read when
@@ -1719,7 +1721,7 @@ class SearchEngine:
         of the second's, however large the group and however deep the page. When the walk would read more than
         four entries per member of the group, the group is read whole after all (``_groups_from``). Walked within
         the group (``members.rids`` None), the second key's entries are the group's own: a page costs a page's worth
-        of them. Then the walk goes on beyond the group."""
+        of them. Then the walk goes on beyond the group. ``want``: the matches the page takes (None: ``batch``)."""
         cap = self.settings.search_sort_max
         order_of = _by_sort_values(query)
         head, tail = ("k", members.far), ("k", members.anchor)
@@ -1750,7 +1752,16 @@ class SearchEngine:
         # versions read ahead (``valued``: the runs that begin and end within one chunk of the walk, in one store
         # call; None: no such resource); a run takes its members from here before it reads the others
         ahead: dict[str, Version | None] = {}
-        given = 0  # the members yielded: a page takes no more than ``batch``
+        want = batch if want is None else want
+        given = fetched = hits = 0  # the members yielded (the page takes ``want``), the resources read, the members
+
+        def wanted() -> int:
+            """The resources to read ahead for what the page may still take, at the share of members among those
+            read so far (about half, for the routine orders among the active ones), and four more: a run that the
+            read-ahead leaves out costs a store call of its own, about what eight resources read in one do."""
+            if given >= want:
+                return 0
+            return min(-(-(want - given) * (fetched + 1) // (hits + 1)) + 4, 4 * batch)
 
         by_id = len(query.sort) == 2  # a run of one second-key value is then ordered by id alone (``_tied``)
         # ... and a string's run (one value, one encoding) comes in that order when walked up, forward, and in its
@@ -1764,7 +1775,7 @@ class SearchEngine:
             """The members among the pairs of one value of the second key (each id with its keys there), in the
             walk's order past ``seen``. Sorted by two keys, they are in id order before they are read, and are read
             a page's worth at a time (a run of thousands costs its keys, and the resources the page takes)."""
-            nonlocal given
+            nonlocal given, fetched, hits
             rids = list(pairs)
             size = len(rids)
             if by_id:
@@ -1780,6 +1791,7 @@ class SearchEngine:
                 chunk, at = rids[at:at + size], at + size
                 missing = [rid for rid in chunk if rid not in ahead]
                 versions = await self._read(order.rtype, clauses, sorted(missing)) if missing else {}
+                fetched += len(missing)
                 for rid in chunk:
                     if (early := ahead.pop(rid, None)) is not None:
                         versions[rid] = early
@@ -1789,12 +1801,14 @@ class SearchEngine:
                     if version is not None and second.canonical(version) in pairs[rid] and member(version):
                         met.add(rid)
                         found.append((_sort_values(query, version), version))
+                hits += len(found)
                 for placed in ordered(found):
                     given += 1
                     yield placed
                 size = min(size * 2, 1000)
 
         async def valued() -> AsyncGenerator[_Placed | None, None]:  # None: too sparse, read the group whole
+            nonlocal fetched
             rising = second.descending == back
 
             def resume(value: Any, up: bool) -> str | None:
@@ -1839,12 +1853,14 @@ class SearchEngine:
                             yield None
                             return
                         if only is None:  # the members of the runs wholly in this chunk, read in one call: the
-                            # first that the page may still take in the walk's order (the others as their runs end)
+                            # first that the page may still take in the walk's order (``wanted``; the others as their
+                            # runs end)
                             inside = list(dict.fromkeys(
                                 rid for there, key in chunk if there not in (run_value, chunk[-1][0])
-                                and unmet(rid := split_index_key(key)[1]) and rid not in ahead))[:max(batch - given, 0)]
+                                and unmet(rid := split_index_key(key)[1]) and rid not in ahead))[:wanted()]
                             if len(inside) > 1:
                                 early = await self._read(order.rtype, clauses, sorted(inside))
+                                fetched += len(inside)
                                 ahead.update({rid: early.get(rid) for rid in inside})
                         ended = False
                         for there, key in chunk:
