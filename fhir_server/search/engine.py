@@ -537,11 +537,14 @@ class SearchEngine:
     async def page(self, query: SearchQuery, *, count: int, cursor: str | None, from_end: bool = False,
                    clauses: list[Clause] | None = None, head: _Head | None = None) -> SearchPage:
         """A page from ``cursor`` (None: the first page; ``from_end``: the last page). ``clauses``: the query's,
-        resolved already; ``head``: its first matches, read already (the first page of an unsorted search)."""
+        resolved already; ``head``: its first matches, read already (the first page of an unsorted search).
+        ``_summary=count``: the count alone, not paged (no matches, no cursors, the cursor not read)."""
         if head is not None:
             clauses = head.clauses
         if clauses is None:
-            clauses = await self._resolve(query, cursor)
+            clauses = await self._resolve(query, None if query.summary_count else cursor)
+        if query.summary_count:
+            return SearchPage([], None, total=await self.count(query, clauses))
         warnings: list[str] = []
         if query.sort:
             page = await self._sorted_page([query], count=count, cursor=cursor, from_end=from_end, clauses=[clauses])
@@ -555,7 +558,7 @@ class SearchEngine:
                               previous_cursor=None if found.prev_state is None else _encode_cursor(found.prev_state))
             if cursor is None and not from_end and nxt is None and query.total != "none":
                 page.total = len(matches)
-        if query.summary_count or query.total == "accurate":
+        if query.total == "accurate":
             page.total = await self.count(query, clauses)
         elif query.total == "estimate" and page.total is None:
             page.total = await self._estimate(query, clauses)
