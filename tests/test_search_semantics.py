@@ -798,8 +798,11 @@ def test_sort_total_count_and_system_search(search_hub: Hub, stored: dict[str, l
         count = api.get("/Observation", params={"code": "718-7", "_summary": "count"}).json()
         assert count["total"] == sum(1 for r in stored["Observation"] if matcher("code", "", "718-7", "token", base)(r))
         assert "entry" not in count or not [e for e in count["entry"] if e["search"]["mode"] == "match"]
-        # a count is not paged: no link to follow (each would count again, page after page)
+        # a count is not paged: no link to follow (each would count again, page after page); _count=0 counts too
+        # (FHIR R5's reading; it gave total 0 and the searches over several types no total)
         assert [link["relation"] for link in count["link"]] == ["self"], count["link"]
+        zero = api.get("/Observation", params={"code": "718-7", "_count": "0"}).json()
+        assert zero["total"] == count["total"] > 0 and not zero.get("entry") and len(zero["link"]) == 1, zero
         accurate = api.get("/ServiceRequest", params={"status": "active", "_total": "accurate", "_count": "3"}).json()
         assert accurate["total"] == sum(1 for r in stored["ServiceRequest"] if r.get("status") == "active")
         estimate = api.get("/ServiceRequest", params={"status": "active", "_total": "estimate", "_count": "3"}).json()
@@ -1008,6 +1011,8 @@ def test_sort_totals_and_includes_span_every_type_of_a_search_over_several(
         count = api.get("", params={"_type": "Patient,Organization", "_summary": "count"}).json()
         assert count["total"] == expected and not count.get("entry")
         assert [link["relation"] for link in count["link"]] == ["self"], count["link"]
+        zero = api.get("", params={"_type": "Patient,Organization", "_count": "0"}).json()
+        assert zero["total"] == expected and not zero.get("entry") and len(zero["link"]) == 1, zero
         accurate = api.get("", params={"_type": "Patient,Organization", "_total": "accurate", "_count": "1"}).json()
         assert accurate["total"] == expected and len(accurate["entry"]) == 1
 

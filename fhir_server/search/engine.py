@@ -538,12 +538,14 @@ class SearchEngine:
                    clauses: list[Clause] | None = None, head: _Head | None = None) -> SearchPage:
         """A page from ``cursor`` (None: the first page; ``from_end``: the last page). ``clauses``: the query's,
         resolved already; ``head``: its first matches, read already (the first page of an unsorted search).
-        ``_summary=count``: the count alone, not paged (no matches, no cursors, the cursor not read)."""
+        ``_summary=count``, and ``_count=0`` (as FHIR R5 defines it): the count alone, not paged (no matches, no
+        cursors, the cursor not read)."""
         if head is not None:
             clauses = head.clauses
+        counting = query.summary_count or count == 0
         if clauses is None:
-            clauses = await self._resolve(query, None if query.summary_count else cursor)
-        if query.summary_count:
+            clauses = await self._resolve(query, None if counting else cursor)
+        if counting:
             return SearchPage([], None, total=await self.count(query, clauses))
         warnings: list[str] = []
         if query.sort:
@@ -574,7 +576,7 @@ class SearchEngine:
         if not queries:
             return SearchPage([], None, total=0)
         head = queries[0]
-        if head.summary_count:
+        if head.summary_count or count == 0:  # the count alone (``page``)
             return SearchPage([], None, total=await self._total(queries, "accurate"))
         if head.sort:
             page = await self._sorted_page(queries, count=count, cursor=cursor)
