@@ -692,3 +692,53 @@ async def test_the_short_runs_of_a_worklists_second_key_are_read_together(store_
             back.insert(0, [v.rid for v in page.matches])
             cursor = page.previous_cursor
         assert back == pages[:-1]
+
+
+async def test_a_counted_search_counts_on_its_first_page_and_its_cursors_keep_the_count(store_uri: str) -> None:
+    """``_total=accurate`` counts every match (here by reading each) on the first page; the next and previous links
+    keep that count, so the pages after it read a page's worth, not every match again (they did: a 20,000-match
+    worklist cost ~850 ms a page). The total is the first page's: an order written since is on a later page but not
+    in its total, as a paged result gives one. At type level, and over several types."""
+    finds = CommandCounter("resources")
+    async with fresh_store(store_uri, owner="count-test", listeners=(finds,)) as store:
+        await store.db["jobs"].insert_one({"_id": LAYOUT_MARKER, "layout": INDEX_LAYOUT})
+        service = ResourceService(store=store, settings=Settings())
+        await _fifty_at_a_time([service.create(principal=ADMIN, rtype="ServiceRequest", resource={
+            "resourceType": "ServiceRequest", "status": "active", "intent": "order",
+            "subject": {"reference": f"Patient/p{n}"}}) for n in range(120)])
+        pairs = [("status", "active"), ("_total", "accurate")]
+
+        async def read(page_of: Any, cursor: str | None) -> tuple[SearchPage, int]:
+            before = len(finds.filters)
+            page = await page_of(cursor)
+            return page, sum(len(f.get("_id", {}).get("$in", [])) for f in finds.filters[before:])
+
+        async def typed(cursor: str | None) -> SearchPage:
+            return (await service.search(principal=ADMIN, rtype="ServiceRequest", pairs=pairs, count=10,
+                                         cursor=cursor))[1]
+
+        async def several(cursor: str | None) -> SearchPage:
+            return (await service.search_many(principal=ADMIN, types=["ServiceRequest", "Observation"], pairs=pairs,
+                                              count=10, cursor=cursor))[1]
+
+        stored = 120
+        for page_of in (typed, several):
+            first, cost = await read(page_of, None)
+            assert first.total == stored and cost >= stored, cost
+            await service.create(principal=ADMIN, rtype="ServiceRequest", resource={
+                "resourceType": "ServiceRequest", "status": "active", "intent": "order",
+                "subject": {"reference": "Patient/late"}})
+            second, cost = await read(page_of, first.next_cursor)
+            assert second.total == stored and len(second.matches) == 10 and cost <= 30, cost
+            back, _ = await read(page_of, second.previous_cursor)
+            assert back.total == stored and [v.rid for v in back.matches] == [v.rid for v in first.matches]
+            seen, cursor = [v.rid for v in first.matches + second.matches], second.next_cursor
+            while cursor is not None:
+                page, _ = await read(page_of, cursor)
+                assert page.total == stored
+                seen += [v.rid for v in page.matches]
+                cursor = page.next_cursor
+            stored += 1
+            assert len(seen) == len(set(seen)) >= stored - 1
+            fresh, _ = await read(page_of, None)  # a new first page counts again
+            assert fresh.total == stored

@@ -390,6 +390,27 @@ def _encode_cursor(value: Any) -> str:
     return f"{INDEX_LAYOUT}.{base64.urlsafe_b64encode(orjson.dumps(value)).decode().rstrip('=')}"
 
 
+def _counted_cursor(cursor: str | None) -> tuple[str | None, int | None]:
+    """A cursor without the total its first page counted (``_with_total``), and that total (None: none kept)."""
+    if cursor is None or cursor.count(".") != 2:
+        return cursor, None
+    head, _, total = cursor.rpartition(".")
+    if not total.isdigit() or len(total) > 12:
+        raise _bad_cursor("The page cursor is not valid; start again from the first page")
+    return head, int(total)
+
+
+def _with_total(page: SearchPage) -> SearchPage:
+    """The page's cursors carrying its total: the pages after the first of a counted search (``_total``) give the
+    total of its first page, as a paged result does, rather than count every match again on every page."""
+    if page.total is not None:
+        if page.next_cursor is not None:
+            page.next_cursor = f"{page.next_cursor}.{page.total}"
+        if page.previous_cursor is not None:
+            page.previous_cursor = f"{page.previous_cursor}.{page.total}"
+    return page
+
+
 def _decode_cursor(text: str) -> Any:
     invalid = "The page cursor is not valid; start again from the first page"
     layout, dot, encoded = text.partition(".")
@@ -539,7 +560,9 @@ class SearchEngine:
         """A page from ``cursor`` (None: the first page; ``from_end``: the last page). ``clauses``: the query's,
         resolved already; ``head``: its first matches, read already (the first page of an unsorted search).
         ``_summary=count``, and ``_count=0`` (as FHIR R5 defines it): the count alone, not paged (no matches, no
-        cursors, the cursor not read)."""
+        cursors, the cursor not read). ``_total``: counted on the first page, and that count kept in the cursors
+        (``_with_total``)."""
+        cursor, counted = _counted_cursor(cursor)
         if head is not None:
             clauses = head.clauses
         counting = query.summary_count or count == 0
@@ -560,14 +583,16 @@ class SearchEngine:
                               previous_cursor=None if found.prev_state is None else _encode_cursor(found.prev_state))
             if cursor is None and not from_end and nxt is None and query.total != "none":
                 page.total = len(matches)
-        if query.total == "accurate":
+        if query.total in ("accurate", "estimate") and counted is not None:
+            page.total = counted
+        elif query.total == "accurate":
             page.total = await self.count(query, clauses)
         elif query.total == "estimate" and page.total is None:
             page.total = await self._estimate(query, clauses)
         if (query.includes or query.revincludes) and page.matches:
             page.included, warnings = await self._include(query, page.matches)
         page.warnings += warnings
-        return page
+        return _with_total(page) if query.total in ("accurate", "estimate") else page
 
     async def page_of_many(self, queries: list[SearchQuery], *, count: int, cursor: str | None) -> SearchPage:
         """One page over several searches (system search over ``_type``, a compartment's ``*``, ``$everything``),
@@ -575,6 +600,7 @@ class SearchEngine:
         ``_total`` count all of them; a resource included by several of them is included once."""
         if not queries:
             return SearchPage([], None, total=0)
+        cursor, counted_before = _counted_cursor(cursor)
         head = queries[0]
         if head.summary_count or count == 0:  # the count alone (``page``)
             return SearchPage([], None, total=await self._total(queries, "accurate"))
@@ -596,7 +622,9 @@ class SearchEngine:
             page = await self._page_of_many([replace(q, total="none") if counted else q for q in queries],
                                             count=count, cursor=cursor, resolved=resolved)
             if counted:
-                page.total = await self._total(queries, head.total or "accurate", resolved)
+                page.total = counted_before if counted_before is not None else \
+                    await self._total(queries, head.total or "accurate", resolved)
+                _with_total(page)
         matched = {v.key for v in page.matches}
         page.included = list({v.key: v for v in page.included if v.key not in matched}.values())
         return page
