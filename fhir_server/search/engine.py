@@ -390,13 +390,16 @@ def _encode_cursor(value: Any) -> str:
     return f"{INDEX_LAYOUT}.{base64.urlsafe_b64encode(orjson.dumps(value)).decode().rstrip('=')}"
 
 
+_INVALID_CURSOR = "The page cursor is not valid; start again from the first page"
+
+
 def _counted_cursor(cursor: str | None) -> tuple[str | None, int | None]:
     """A cursor without the total its first page counted (``_with_total``), and that total (None: none kept)."""
     if cursor is None or cursor.count(".") != 2:
         return cursor, None
     head, _, total = cursor.rpartition(".")
     if not total.isdigit() or len(total) > 12:
-        raise _bad_cursor("The page cursor is not valid; start again from the first page")
+        raise _bad_cursor(_INVALID_CURSOR)
     return head, int(total)
 
 
@@ -412,7 +415,7 @@ def _with_total(page: SearchPage) -> SearchPage:
 
 
 def _decode_cursor(text: str) -> Any:
-    invalid = "The page cursor is not valid; start again from the first page"
+    invalid = _INVALID_CURSOR
     layout, dot, encoded = text.partition(".")
     if not dot or not layout.isdigit():
         raise _bad_cursor(invalid)
@@ -1688,11 +1691,9 @@ class SearchEngine:
             if len(group) <= _Groups.BY_IDS:
                 return None
             self.selectivity.learn_larger(order.rtype, spans, _Groups.BY_IDS)
-        tails = await self.store.scan_index_many([(order.rtype, a, b) for a, b in second.tail],
-                                                 limit=_Groups.UNVALUED + 1)
-        if any(len(keys) > _Groups.UNVALUED for keys in tails):
+        unvalued = await self._tail_ids(order.rtype, second, _Groups.UNVALUED)
+        if unvalued is None:
             return None
-        unvalued = frozenset(split_index_key(key)[1] for keys in tails for key in keys)
         far = await order.run_end(self.store, anchor, rising=order.descending == back)
         members = _Members(value, anchor, far, None, time.monotonic(), unvalued=unvalued)
         self.groups.put_members(order, back, members)  # for the pages after, as a run's ids are
@@ -1716,6 +1717,14 @@ class SearchEngine:
                     raise _too_many_sharing(bound)
         return frozenset(rids), far
 
+    async def _tail_ids(self, rtype: str, order: IndexOrder, bound: int) -> frozenset[str] | None:
+        """The ids that ``order``'s tail entries name (the resources without a value of it), its ranges scanned in
+        one command; None when a range holds more than ``bound`` keys."""
+        tails = await self.store.scan_index_many([(rtype, low, high) for low, high in order.tail], limit=bound + 1)
+        if any(len(keys) > bound for keys in tails):
+            return None
+        return frozenset(split_index_key(key)[1] for keys in tails for key in keys)
+
     async def _without_second(self, order: IndexOrder, second: IndexOrder, members: _Members) -> frozenset[str]:
         """Ids among which are the group's members without a value of the second key: its members; for a group
         walked within (``members.rids`` None), those that its ``~`` entry there names (keys.py ``_within_entries``:
@@ -1727,13 +1736,8 @@ class SearchEngine:
             if not (second.absent and await self._layout() >= ABSENT_LAYOUT):
                 return members.rids
             bound = 8 * len(members.rids)
-            named: set[str] = set()
-            for low, high in second.tail:
-                keys = await self.store.scan_index(order.rtype, low, high, after=None, limit=bound + 1)
-                named.update(split_index_key(key)[1] for key in keys)
-                if len(keys) > bound or len(named) > bound:
-                    return members.rids
-            return members.rids & named
+            named = await self._tail_ids(order.rtype, second, bound)
+            return members.rids if named is None or len(named) > bound else members.rids & named
         if members.unvalued is not None:
             return members.unvalued
         bound = 10 * self.settings.search_sort_max

@@ -250,10 +250,13 @@ class ScanBatcher(_Batcher[Scan, tuple[list[str], Bounds | None]]):
         return keys
 
     async def scan_many(self, ranges: list[tuple[Bounds, str]], limit: int) -> list[list[str]]:
-        """``scan`` of each (bounds, family) at once, unfiltered ranges of at most ``_MAX_SHARED`` keys: queued
-        together and awaited together, without a task each (``$everything`` probes ~65 types' ranges)."""
-        assert 0 < limit <= self._MAX_SHARED
+        """``scan`` of each (bounds, family) at once, unfiltered: queued together and awaited together, without a
+        task each (``$everything`` probes ~65 types' ranges); ranges of more than ``_MAX_SHARED`` keys each go
+        alone, as ``scan`` sends them, concurrently."""
+        assert limit > 0
         assert not any("$regex" in bounds or "$not" in bounds for bounds, _ in ranges)
+        if limit > self._MAX_SHARED:
+            return list(await asyncio.gather(*(self.scan(bounds, limit, family=family) for bounds, family in ranges)))
         futures = [self._queue([(bounds, limit, self._fills.get(family, 0.0) >= 0.25)]) for bounds, family in ranges]
         replies = await asyncio.gather(*(asyncio.shield(f) for f in futures))
         out = []
